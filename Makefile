@@ -1,0 +1,33 @@
+# The two commands a newcomer needs:  make dev  (run it locally)   make test  (run every test)
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install dev test lint unit
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml scripts/bootstrap.sh
+	VENV=$(VENV) scripts/bootstrap.sh
+	touch $@
+
+dev: install
+	$(BIN)/email-service dev
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: install lint
+	$(BIN)/pytest
+
+unit: install
+	$(BIN)/pytest -m "not slow and not image"
+
+# The benchmark (bench/README.md): about 2.5 minutes on 2 cores; a table, then one JSON line.
+.PHONY: bench bench-smoke
+bench: install
+	scripts/install-bench-tools.sh
+	$(BIN)/python -m bench
+
+bench-smoke: install
+	$(BIN)/python -m bench --smoke

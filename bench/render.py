@@ -1,0 +1,120 @@
+"""Render cost per message: compile-once (the service's path) vs compiling for every message."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from mailcore.config import Settings
+from mailcore.rendering import CompiledTemplate, TemplateSource
+from mailcore.templates import TemplateRegistry, builtin_templates_dir
+
+SHARED_MJML = Path(__file__).resolve().parent.parent.parent / "shared" / "testdata" / "mjml"
+
+
+@dataclass
+class RenderCost:
+    name: str
+    compiled_us: float  #: one render of an already compiled template
+    per_message_us: float  #: compile + render, as if nothing were cached
+
+
+def _time_per_call(fn: Callable[[], Any], budget: float, min_calls: int = 3) -> float:
+    """Median-of-batches seconds per call, spending about ``budget`` seconds."""
+    fn()  # warm
+    batches: list[float] = []
+    deadline = time.perf_counter() + budget
+    batch = 1
+    while True:
+        started = time.perf_counter()
+        for _ in range(batch):
+            fn()
+        elapsed = time.perf_counter() - started
+        if elapsed < 0.005 and batch < 1 << 16:
+            batch *= 4
+            continue
+        batches.append(elapsed / batch)
+        if time.perf_counter() > deadline and len(batches) >= min_calls:
+            break
+    batches.sort()
+    return batches[len(batches) // 2]
+
+
+def _compile_and_render(source: TemplateSource, data: dict[str, Any], brand: dict[str, Any]
+                        ) -> Any:
+    return CompiledTemplate(source).render(data, brand=brand)
+
+
+def measure(budget_per_template: float = 0.4) -> tuple[list[RenderCost], list[RenderCost]]:
+    """(built-in templates, real-world MJML set) costs in microseconds."""
+    settings = Settings.from_env({"SENDER_EMAIL": "noreply@shop.example.com",
+                                  "SENDER_NAME": "Shop", "SECRETS_DIR": "/nonexistent"})
+    brand = asdict(settings.brand)
+    registry = TemplateRegistry.from_dir(builtin_templates_dir())
+    builtin: list[RenderCost] = []
+    for name in registry.names():
+        template = registry.get(name)
+        assert template is not None
+        data = dict(template.source.sample_data)
+        source = template.source
+        builtin.append(RenderCost(
+            name,
+            _time_per_call(partial(template.render, data, brand=brand), budget_per_template) * 1e6,
+            _time_per_call(partial(_compile_and_render, source, data, brand),
+                           budget_per_template) * 1e6,
+        ))
+    real: list[RenderCost] = []
+    if SHARED_MJML.is_dir():
+        for path in sorted(SHARED_MJML.glob("*.mjml")):
+            source = TemplateSource(name=path.stem, subject=path.stem,
+                                    mjml=path.read_text(encoding="utf-8"))
+            compiled = CompiledTemplate(source)
+            real.append(RenderCost(
+                path.stem,
+                _time_per_call(partial(compiled.render, {}, brand=brand),
+                               budget_per_template / 4) * 1e6,
+                _time_per_call(partial(_compile_and_render, source, {}, brand),
+                               budget_per_template / 4, min_calls=2) * 1e6,
+            ))
+    return builtin, real
+
+
+def measure_message_build(budget: float = 0.4) -> dict[str, float] | None:
+    """Microseconds per message for what a worker does besides I/O: render ``password_reset``,
+    build the MIME message, serialise it. ``None`` if the service's MIME API has changed."""
+    try:
+        from mailcore.message import Recipient
+        from mailcore.mime import build_envelope
+    except ImportError:
+        return None
+    registry = TemplateRegistry.from_dir(builtin_templates_dir())
+    template = registry.get("password_reset")
+    if template is None:
+        return None
+    brand = {"name": "Shop", "url": "https://example.com", "logo_url": "", "color": "#2563eb",
+             "support_email": ""}
+    data = dict(template.source.sample_data)
+    sender = Recipient(email="noreply@shop.example.com", name="Shop")
+    to = [Recipient(email="a@example.com")]
+    rendered = template.render(data, brand=brand)
+
+    def build() -> Any:
+        return build_envelope(message_id="0f8fad5b-d9cb-469f-a165-70867728950e",
+                              rendered=rendered, sender=sender, to=to)
+
+    try:
+        envelope = build()
+        envelope.as_bytes()
+    except (TypeError, AttributeError):
+        return None
+    return {
+        "render_us": round(_time_per_call(partial(template.render, data, brand=brand),
+                                          budget) * 1e6, 1),
+        "mime_build_us": round(_time_per_call(build, budget) * 1e6, 1),
+        "mime_serialise_us": round(_time_per_call(envelope.as_bytes, budget) * 1e6, 1),
+        "message_bytes": len(envelope.as_bytes()),
+    }

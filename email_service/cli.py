@@ -1,0 +1,322 @@
+"""``email-service``: one command, a subcommand per process or tool."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from mailcore.config import ConfigError, Settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        result: int = args.run(args)
+    except ConfigError as exc:
+        print(f"email-service: configuration error: {exc}", file=sys.stderr)
+        return 2
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="email-service", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    api = sub.add_parser("api", help="run the HTTP ingress (and the Redis event listener)")
+    api.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"))
+    api.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    api.set_defaults(run=_run_api)
+
+    worker = sub.add_parser("worker", help="run Dramatiq worker processes that deliver mail")
+    worker.add_argument("--processes", type=int,
+                        default=int(os.environ.get("WORKER_PROCESSES", "2")))
+    worker.add_argument("--threads", type=int, default=int(os.environ.get("WORKER_THREADS", "8")))
+    worker.set_defaults(run=_run_worker)
+
+    dev = sub.add_parser("dev", help="run the whole stack locally, catching mail in a folder")
+    dev.add_argument("--port", type=int, default=8000)
+    dev.add_argument("--outbox", type=Path, default=Path("outbox"))
+    dev.add_argument("--sync", type=Path, action="append", default=None, metavar="PATH",
+                     help="template folders / EmailTemplate YAML to sync into the store and "
+                          "watch (default: templates/ and examples/emailtemplates/ if present)")
+    dev.set_defaults(run=_run_dev)
+
+    render = sub.add_parser("render", help="render a named template or an .mjml/.html file")
+    render.add_argument("template", help="a template name, or a path to an .mjml or .html file")
+    render.add_argument("--data", type=Path, help="JSON file with the template data")
+    render.add_argument("--out", type=Path, help="write here instead of stdout")
+    render.add_argument("--part", choices=("html", "text", "subject"), default="html")
+    render.add_argument("--locale")
+    render.set_defaults(run=_run_render)
+
+    dlq = sub.add_parser("dlq", help="inspect and act on dead letters")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
+    dlq_list = dlq_sub.add_parser("list", help="newest dead letters first")
+    dlq_list.add_argument("--limit", type=int, default=100)
+    dlq_show = dlq_sub.add_parser("show", help="one dead letter with its status history")
+    dlq_show.add_argument("id")
+    dlq_retry = dlq_sub.add_parser("retry", help="requeue one (keeping its id) or --all")
+    target = dlq_retry.add_mutually_exclusive_group(required=True)
+    target.add_argument("id", nargs="?")
+    target.add_argument("--all", action="store_true")
+    dlq_purge = dlq_sub.add_parser("purge", help="delete every dead letter")
+    dlq_purge.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    dlq.set_defaults(run=_run_dlq)
+
+    token = sub.add_parser("token", help="mint a JWT signed with JWT_SECRET (for testing)")
+    token.add_argument("--subject", default="dev")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
+    token.add_argument("--scope", help="space-separated scopes (e.g. 'email:send email:admin')")
+    token.set_defaults(run=_run_token)
+
+    operator = sub.add_parser("operator", help="run the EmailTemplate operator (kopf)")
+    scope = operator.add_mutually_exclusive_group()
+    scope.add_argument("--namespace", "-n", action="append", default=[], metavar="NS",
+                       help="watch this namespace (repeatable; default: TEMPLATE_NAMESPACES)")
+    scope.add_argument("--all-namespaces", "-A", action="store_true",
+                       help="watch EmailTemplates in every namespace")
+    operator.add_argument("--liveness", default="http://0.0.0.0:8080/healthz",
+                          help="kopf's liveness endpoint (default: %(default)s)")
+    operator.add_argument("--handlers", type=Path, help="the kopf handlers file (default: found "
+                          "beside the package or via EMAIL_SERVICE_OPERATOR_HANDLERS)")
+    operator.add_argument("--verbose", action="store_true", help="kopf's verbose logging")
+    operator.set_defaults(run=_run_operator)
+
+    sync = sub.add_parser("sync", help="compile template folders and EmailTemplate YAML files "
+                          "into the template store (dev, no cluster); --watch re-syncs on change")
+    sync.add_argument("paths", nargs="+", type=Path,
+                      help="template folders (like templates/) and EmailTemplate YAML files/dirs")
+    sync.add_argument("--namespace", help="namespace of templates that name none "
+                      "(default: the first of TEMPLATE_NAMESPACES)")
+    sync.add_argument("--watch", action="store_true", help="keep running; re-sync on changes")
+    sync.set_defaults(run=_run_sync)
+    return parser
+
+
+def _run_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from mailcore.logs import configure_logging
+    from mailcore.telemetry import configure_tracing
+    from service.app import create_app
+
+    settings = Settings.from_env()
+    configure_logging(settings.log_level)
+    configure_tracing("api")
+    app = create_app(settings)
+    uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False,
+                timeout_graceful_shutdown=25, server_header=False)
+    return 0
+
+
+def _run_worker(args: argparse.Namespace) -> int:
+    from dramatiq.cli import main as dramatiq_main
+    from dramatiq.cli import make_argument_parser
+
+    from mailcore.logs import configure_logging
+
+    settings = Settings.from_env()  # fail here with one line rather than in every child
+    configure_logging(settings.log_level)
+    if settings.worker_metrics_port:
+        from workers.exposition import prepare_multiprocess_dir, serve_worker_metrics
+
+        prepare_multiprocess_dir()  # before any child imports prometheus_client
+        serve_worker_metrics(settings.worker_metrics_port, settings.redis_url,
+                             settings.queue_name)
+    dramatiq_args = make_argument_parser().parse_args([  # type: ignore[no-untyped-call]
+        "workers.actors", "--processes", str(args.processes), "--threads", str(args.threads),
+        "--skip-logging", "--worker-shutdown-timeout", str(settings.worker_shutdown_timeout_ms),
+    ])
+    code = dramatiq_main(dramatiq_args)  # type: ignore[no-untyped-call]
+    return int(code or 0)
+
+
+def _run_dev(args: argparse.Namespace) -> int:
+    from .dev import run_dev
+
+    sync = args.sync if args.sync is not None else [
+        path for path in (Path("templates"), Path("examples/emailtemplates")) if path.exists()]
+    return run_dev(port=args.port, outbox=args.outbox, sync=sync)
+
+
+def _run_render(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from mailcore.rendering import TemplateError, TemplateSource
+    from mailcore.templates import TemplateRegistry, builtin_templates_dir
+
+    settings = Settings.from_env()
+    path = Path(args.template)
+    registry = TemplateRegistry.from_dir(builtin_templates_dir(settings.templates_dir))
+    if path.suffix in {".mjml", ".html"} and path.is_file():
+        body = path.read_text(encoding="utf-8")
+        source = TemplateSource(
+            name=path.stem, subject=path.stem,
+            mjml=body if path.suffix == ".mjml" else None,
+            html=body if path.suffix == ".html" else None,
+        )
+        registry = TemplateRegistry({source.name: source})
+        name = source.name
+    else:
+        name = args.template
+    template = registry.get(name)
+    if template is None:
+        print(f"email-service: no template or file named {name!r} "
+              f"(templates: {', '.join(registry.names())})", file=sys.stderr)
+        return 2
+    try:
+        data = json.loads(args.data.read_text()) if args.data else dict(template.source.sample_data)
+    except (OSError, json.JSONDecodeError) as exc:
+        print(f"email-service: cannot read --data: {exc}", file=sys.stderr)
+        return 2
+    try:
+        template.validate_data(data)
+        rendered = template.render(data, brand=asdict(settings.brand), locale=args.locale)
+    except TemplateError as exc:
+        print(f"email-service: {exc.reason}: {exc}", file=sys.stderr)
+        return 1
+    output = getattr(rendered, args.part)
+    if args.out:
+        args.out.write_text(output, encoding="utf-8")
+    else:
+        sys.stdout.write(output if output.endswith("\n") else output + "\n")
+    return 0
+
+
+def _run_dlq(args: argparse.Namespace) -> int:
+    import redis
+
+    from mailcore.deadletters import DeadLetters
+
+    settings = Settings.from_env()
+    dead = DeadLetters(redis.Redis.from_url(settings.redis_url, socket_timeout=10),
+                       settings.queue_name, settings.key_prefix,
+                       settings.status_retention_seconds)
+    if args.dlq_command == "list":
+        for letter in dead.list(args.limit):
+            last = letter.last_error or {}
+            error = " ".join(str(part) for part in (last.get("code"), last.get("message")) if part)
+            print(f"{letter.id}  {letter.template}  {','.join(letter.recipients)}  "
+                  f"attempts={letter.attempts}  {error}")
+        return 0
+    if args.dlq_command == "show":
+        found = dead.show(args.id)
+        if found is None:
+            print(f"email-service: no dead letter {args.id!r}", file=sys.stderr)
+            return 1
+        print(json.dumps(found, indent=2, default=str))
+        return 0
+    if args.dlq_command == "retry":
+        if args.all:
+            print(f"requeued {dead.retry_all()} message(s)")
+            return 0
+        if not dead.retry(args.id):
+            print(f"email-service: no dead letter {args.id!r}", file=sys.stderr)
+            return 1
+        print(f"requeued {args.id}")
+        return 0
+    if not args.yes and input("Delete every dead letter? [y/N] ").strip().lower() != "y":
+        return 1
+    print(f"purged {dead.purge()} message(s)")
+    return 0
+
+
+def _run_token(args: argparse.Namespace) -> int:
+    from mailcore.tokens import mint_token
+
+    settings = Settings.from_env()
+    if not settings.jwt_secret:
+        raise ConfigError("JWT_SECRET: required to mint a token")
+    extra = {"scope": args.scope} if args.scope else {}
+    print(mint_token(settings.jwt_secret, subject=args.subject, ttl_seconds=args.ttl,
+                     audience=settings.jwt_audience, issuer=settings.jwt_issuer, **extra))
+    return 0
+
+
+def _operator_handlers(explicit: Path | None) -> Path:
+    """The kopf handlers file: --handlers, $EMAIL_SERVICE_OPERATOR_HANDLERS, or the source tree."""
+    candidates = [explicit] if explicit else []
+    if os.environ.get("EMAIL_SERVICE_OPERATOR_HANDLERS"):
+        candidates.append(Path(os.environ["EMAIL_SERVICE_OPERATOR_HANDLERS"]))
+    here = Path(__file__).resolve().parent
+    candidates += [here / "_operator" / "handlers.py", here.parent / "operator" / "handlers.py"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise ConfigError("EMAIL_SERVICE_OPERATOR_HANDLERS: operator/handlers.py not found "
+                      f"(looked at {', '.join(map(str, candidates))})")
+
+
+def _run_operator(args: argparse.Namespace) -> int:
+    from kopf.cli import main as kopf_main
+
+    settings = Settings.from_env()
+    handlers = _operator_handlers(args.handlers)
+    kopf_args = ["run", str(handlers), "--standalone", "--liveness", args.liveness]
+    namespaces = args.namespace or list(settings.template_namespaces)
+    if args.all_namespaces or (not args.namespace and "*" in namespaces):
+        kopf_args.append("--all-namespaces")
+    else:
+        for namespace in namespaces:
+            kopf_args += ["--namespace", namespace]
+    if args.verbose:
+        kopf_args.append("--verbose")
+    kopf_main.main(args=kopf_args, prog_name="email-service operator", standalone_mode=False)
+    return 0
+
+
+def _run_sync(args: argparse.Namespace) -> int:
+    from mailcore.store import TemplateStoreWriter
+    from mailcore.template_resources import collect_templates, describe_error
+
+    settings = Settings.from_env()
+    namespace = args.namespace or next(
+        (ns for ns in settings.template_namespaces if ns != "*"), "default")
+    writer = TemplateStoreWriter.from_settings(settings)
+    written: set[str] = set()
+
+    def sync_once() -> int:
+        valid, refused = collect_templates(args.paths, namespace,
+                                           sender_allowed=settings.sender_domain_allowed)
+        for key, (source, origin) in sorted(valid.items()):
+            changed = writer.put(key, source, origin)
+            state = "stored" if changed else "unchanged"
+            print(f"{key}\tReady=True\tCompiled\tversion {source.version} ({state})", flush=True)
+        for refusal in refused:
+            error = refusal.error
+            print(f"{refusal.where}\tReady=False\t{error.reason}\t{describe_error(error)}",
+                  flush=True)
+        # A refused template keeps its last good version (as with the operator); a template
+        # whose file is gone is removed. A file that does not parse at all removes nothing.
+        if not any(refusal.key is None for refusal in refused):
+            kept = set(valid) | {refusal.key for refusal in refused if refusal.key}
+            for key in sorted(written - kept):
+                if writer.delete(key):
+                    print(f"{key}\tremoved", flush=True)
+            written.difference_update(written - kept)
+        written.update(valid)
+        return 1 if refused else 0
+
+    try:
+        code = sync_once()
+        if not args.watch:
+            return code
+        from watchfiles import watch
+
+        print(f"email-service sync: watching {', '.join(map(str, args.paths))}", flush=True)
+        for _changes in watch(*args.paths):
+            sync_once()
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        writer.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

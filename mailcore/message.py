@@ -1,0 +1,135 @@
+"""The message model: what a caller may ask for, validated before anything is queued.
+
+Everything here that later becomes a mail header (subject, display names, reply-to, custom
+headers) is refused when it carries CR or LF, so header injection never reaches a worker.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from email_validator import EmailNotValidError, validate_email
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+#: Recipients (to + cc + bcc) one message may name.
+MAX_RECIPIENTS = 50
+MAX_HEADERS = 20
+MAX_TAGS = 10
+
+_TEMPLATE_NAME = (
+    r"^(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?/)?"  # optional namespace/
+    r"[a-z0-9](?:[a-z0-9._-]{0,251}[a-z0-9])?$"
+)
+# RFC 5322 field-name: printable ASCII except colon and space.
+_HEADER_NAME = re.compile(r"^[!-9;-~]{1,76}$")
+# Headers the service sets itself; a caller must not replace them.
+_RESERVED_HEADERS = frozenset(
+    name.lower()
+    for name in (
+        "From", "To", "Cc", "Bcc", "Subject", "Date", "Message-ID", "MIME-Version",
+        "Content-Type", "Content-Transfer-Encoding", "Reply-To", "Sender", "Return-Path",
+        "Received", "DKIM-Signature",
+    )
+)
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _no_line_breaks(value: str) -> str:
+    if "\r" in value or "\n" in value:
+        raise ValueError("must not contain CR or LF (header injection)")
+    if _CONTROL.search(value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+def normalize_address(value: str) -> str:
+    """Return the normalized address or raise ``ValueError`` saying what is wrong."""
+    if "\r" in value or "\n" in value:
+        raise ValueError("must not contain CR or LF (header injection)")
+    try:
+        return validate_email(value, check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        raise ValueError(f"not a valid email address: {exc}") from None
+
+
+HeaderText = Annotated[str, AfterValidator(_no_line_breaks)]
+EmailAddress = Annotated[str, Field(max_length=320), AfterValidator(normalize_address)]
+
+
+class Recipient(BaseModel):
+    """One mailbox: an address and an optional display name."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    email: EmailAddress
+    name: Annotated[HeaderText, Field(max_length=200)] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        return {"email": value} if isinstance(value, str) else value
+
+
+def _as_list(value: Any) -> Any:
+    return [value] if isinstance(value, str | dict) else value
+
+
+RecipientList = Annotated[list[Recipient], BeforeValidator(_as_list)]
+
+
+class SendRequest(BaseModel):
+    """``POST /v1/messages``: send one template to one or more recipients."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    template: Annotated[str, Field(pattern=_TEMPLATE_NAME, max_length=317)]
+    to: Annotated[RecipientList, Field(min_length=1)]
+    data: dict[str, Any] = Field(default_factory=dict)
+    subject: Annotated[HeaderText, Field(min_length=1, max_length=998)] | None = None
+    sender: Recipient | None = Field(default=None, alias="from")
+    reply_to: Recipient | None = None
+    cc: RecipientList = Field(default_factory=list)
+    bcc: RecipientList = Field(default_factory=list)
+    headers: dict[str, Annotated[HeaderText, Field(max_length=998)]] = Field(default_factory=dict)
+    locale: Annotated[str, Field(pattern=r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*$")] | None = None
+    tags: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]] = Field(
+        default_factory=list, max_length=MAX_TAGS
+    )
+
+    @field_validator("headers")
+    @classmethod
+    def _check_headers(cls, headers: dict[str, str]) -> dict[str, str]:
+        if len(headers) > MAX_HEADERS:
+            raise ValueError(f"at most {MAX_HEADERS} custom headers")
+        for name in headers:
+            if not _HEADER_NAME.match(name):
+                raise ValueError(f"{name!r} is not a valid header name")
+            if name.lower() in _RESERVED_HEADERS:
+                raise ValueError(f"{name!r} is set by the service and cannot be overridden")
+        return headers
+
+    @model_validator(mode="after")
+    def _check_recipient_count(self) -> SendRequest:
+        if len(self.to) + len(self.cc) + len(self.bcc) > MAX_RECIPIENTS:
+            raise ValueError(f"at most {MAX_RECIPIENTS} recipients (to + cc + bcc)")
+        return self
+
+
+def error_details(exc: ValidationError) -> list[dict[str, str]]:
+    """Pydantic errors as ``[{"field", "message"}]`` with dotted field paths (``to.0.email``)."""
+    details = []
+    for error in exc.errors(include_url=False):
+        field = ".".join(str(part) for part in error["loc"]) or "body"
+        message = error["msg"].removeprefix("Value error, ")
+        details.append({"field": field, "message": message})
+    return details

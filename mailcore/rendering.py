@@ -1,0 +1,337 @@
+"""Compile a template once, render it per message.
+
+A template's body is MJML (or HTML) with Jinja in it. Compiling runs the MJML compiler once per
+template version; rendering a message is then only Jinja on the compiled HTML. The Jinja
+constructs are swapped for inert placeholders while MJML compiles, so the compiler cannot
+mangle them, and any literal ``{{``/``{%``/``{#`` the compiler emits (CSS can) stays literal.
+
+Templates may come from Kubernetes resources written by other teams, so they run in Jinja's
+sandbox, with HTML autoescaping, and with limits on the operators that can exhaust memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import jsonschema
+import orjson
+from jinja2 import TemplateSyntaxError
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from mjml import mjml2html
+
+from .html_text import html_to_text
+
+_JINJA = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
+_LITERAL_OPENER = re.compile(r"\{[{%#]")
+_WHITESPACE = re.compile(r"\s+")
+_BLANK_LINES = re.compile(r"\n[ \t]*(?:\n[ \t]*){2,}")
+#: Largest string or sequence a template may build with ``*`` or ``**`` (memory bombs).
+MAX_PRODUCT = 100_000
+
+
+class TemplateError(Exception):
+    """A template cannot be compiled or rendered.
+
+    Parameters:
+      reason: a CamelCase reason (``InvalidMJML``, ``RenderError``, ``InvalidSchema``,
+        ``InvalidData``) fit for a Kubernetes condition.
+      message: what is wrong, for humans.
+      line: the line of the offending source, where known.
+      field: for ``InvalidData``, the dotted path inside the data (``customer.email``).
+      violations: for ``InvalidData``, every ``(field, message)`` found, the first one first.
+    """
+
+    def __init__(
+        self, reason: str, message: str, line: int | None = None, field: str | None = None,
+        violations: list[tuple[str, str]] | None = None,
+    ) -> None:
+        super().__init__(f"{message} (line {line})" if line else message)
+        self.reason = reason
+        self.message = message
+        self.line = line
+        self.field = field
+        self.violations = violations or []
+
+
+@dataclass(frozen=True)
+class LocaleOverride:
+    """Per-locale replacements; a field left ``None`` falls back to the default."""
+
+    subject: str | None = None
+    mjml: str | None = None
+    html: str | None = None
+    text: str | None = None
+
+
+@dataclass(frozen=True)
+class TemplateSource:
+    """A template as authored (a file set in templates/ or an EmailTemplate resource)."""
+
+    name: str
+    subject: str
+    mjml: str | None = None
+    html: str | None = None
+    text: str | None = None
+    sender: str | None = None
+    reply_to: str | None = None
+    variables: Mapping[str, Any] | None = None
+    sample_data: Mapping[str, Any] = field(default_factory=dict)
+    locales: Mapping[str, LocaleOverride] = field(default_factory=dict)
+
+    @cached_property
+    def version(self) -> str:
+        """A content hash: equal sources have equal versions, any change gives a new one."""
+        canonical = orjson.dumps(
+            {
+                "subject": self.subject, "mjml": self.mjml, "html": self.html, "text": self.text,
+                "sender": self.sender, "reply_to": self.reply_to, "variables": self.variables,
+                "sample_data": self.sample_data,
+                "locales": {key: vars(value) for key, value in sorted(self.locales.items())},
+            },
+            option=orjson.OPT_SORT_KEYS,
+        )
+        return hashlib.sha256(canonical).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class RenderedEmail:
+    subject: str
+    html: str
+    text: str
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**" and isinstance(right, int) and abs(right) > 64:
+            raise SecurityError("exponent too large")
+        if operator == "*":
+            for seq, count in ((left, right), (right, left)):
+                sized = isinstance(seq, str | list | tuple) and isinstance(count, int)
+                if sized and len(seq) * count > MAX_PRODUCT:
+                    raise SecurityError("result of * too large")
+        return super().call_binop(context, operator, left, right)
+
+
+_HTML_ENV = _Sandbox(autoescape=True, keep_trailing_newline=True)
+_TEXT_ENV = _Sandbox(autoescape=False, keep_trailing_newline=True)
+
+
+@dataclass(frozen=True)
+class _Body:
+    subject: Any
+    html: Any
+    text: Any
+
+
+class CompiledTemplate:
+    """A template ready to render: Jinja programs for subject, HTML and text, per locale."""
+
+    def __init__(self, source: TemplateSource) -> None:
+        self.source = source
+        self.name = source.name
+        self.version = source.version
+        self.validator = _schema_validator(source.variables)
+        self._default = _compile_body(source.subject, source.mjml, source.html, source.text)
+        self._locales = {
+            locale: _compile_body(
+                override.subject or source.subject,
+                override.mjml if override.mjml or override.html else source.mjml,
+                override.html if override.mjml or override.html else source.html,
+                override.text if override.text is not None else (
+                    source.text if not (override.mjml or override.html) else None
+                ),
+            )
+            for locale, override in source.locales.items()
+        }
+
+    @property
+    def locales(self) -> list[str]:
+        return sorted(self._locales)
+
+    def validate_data(self, data: Mapping[str, Any]) -> None:
+        """Raise ``TemplateError(InvalidData)`` when data does not match ``variables``."""
+        if self.validator is None:
+            return
+        errors = sorted(self.validator.iter_errors(data), key=lambda e: list(e.absolute_path))
+        if errors:
+            violations = [(".".join(str(p) for p in error.absolute_path), error.message)
+                          for error in errors[:50]]
+            where, message = violations[0]
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            raise TemplateError("InvalidData", f"{where or 'data'}: {message}{more}", field=where,
+                                violations=violations)
+
+    def render(
+        self, data: Mapping[str, Any], *, brand: Mapping[str, Any] | None = None,
+        locale: str | None = None,
+    ) -> RenderedEmail:
+        body = self._select(locale)
+        context = {**data, "brand": dict(brand or {})}
+        try:
+            subject = _WHITESPACE.sub(" ", body.subject.render(context)).strip()
+            html = body.html.render(context)
+            text = _BLANK_LINES.sub("\n\n", body.text.render(context))
+        except SecurityError as exc:
+            raise TemplateError("RenderError", f"blocked by the sandbox: {exc}") from None
+        except Exception as exc:  # a template error at render time: bad filter use, types, ...
+            raise TemplateError("RenderError", f"{type(exc).__name__}: {exc}") from None
+        if not subject:
+            raise TemplateError("RenderError", "the subject renders empty")
+        return RenderedEmail(subject=subject, html=html, text=text)
+
+    def _select(self, locale: str | None) -> _Body:
+        if locale:
+            for candidate in (locale, locale.replace("_", "-").split("-")[0]):
+                if candidate in self._locales:
+                    return self._locales[candidate]
+        return self._default
+
+
+def compile_template(source: TemplateSource) -> CompiledTemplate:
+    """Compile MJML and Jinja, then test-render with ``sample_data`` (raises TemplateError)."""
+    compiled = CompiledTemplate(source)
+    if source.sample_data or source.variables:
+        compiled.validate_data(source.sample_data)
+    for locale in [None, *compiled.locales]:
+        compiled.render(source.sample_data, locale=locale)
+    return compiled
+
+
+def compile_mjml(mjml: str) -> str:
+    """MJML to HTML (the compiler alone, no Jinja handling)."""
+    try:
+        return str(mjml2html(mjml))
+    except ValueError as exc:
+        raise TemplateError("InvalidMJML", f"MJML does not compile: {exc}") from None
+
+
+def _compile_body(subject: str, mjml: str | None, html: str | None, text: str | None) -> _Body:
+    if (mjml is None) == (html is None):
+        raise TemplateError("InvalidTemplate", "exactly one of mjml or html is required")
+    source = mjml if mjml is not None else html
+    assert source is not None
+    _parse(_TEXT_ENV, source, "body")  # syntax errors with the author's line numbers
+    protected, constructs = _protect(source)
+    if mjml is not None:
+        _check_mjml_root(mjml)
+        try:
+            protected = compile_mjml(protected)
+        except TemplateError as exc:
+            raise _locate_mjml_error(exc, mjml) from None
+    html_program = _restore(protected, constructs)
+    text_program = text if text is not None else _restore(html_to_text(protected), constructs)
+    return _Body(
+        subject=_parse(_TEXT_ENV, subject, "subject"),
+        html=_parse(_HTML_ENV, html_program, "body"),
+        text=_parse(_TEXT_ENV, text_program, "text"),
+    )
+
+
+def _check_mjml_root(mjml: str) -> None:
+    stripped = _JINJA.sub("", mjml).lstrip()
+    if stripped.startswith("<?xml"):
+        stripped = stripped.split("?>", 1)[-1].lstrip()
+    if not stripped.startswith("<mjml"):
+        raise TemplateError("InvalidMJML", "MJML must start with an <mjml> root element", 1)
+
+
+_MJML_TAG = re.compile(r"<!--.*?-->|<(/?)(mjml|mj-[a-z-]+)\b[^>]*?(/?)>", re.DOTALL)
+_MJML_POSITION = re.compile(r" at position (\d+):(\d+)$")
+_PLACEHOLDER_LENGTH = len("JINJAX000000X")
+
+
+def _locate_mjml_error(error: TemplateError, mjml: str) -> TemplateError:
+    """Add the author's line to an MJML compiler error (the compiler reports none, or offsets
+    into the text with Jinja swapped out), naming the element left open or closed astray."""
+    message = _MJML_POSITION.sub("", error.message)
+    problem = _structure_problem(mjml)
+    if problem is not None:
+        what, line = problem
+        return TemplateError(error.reason, f"{message}: {what}", line)
+    position = _MJML_POSITION.search(error.message)
+    if position:
+        offset = _original_offset(mjml, int(position.group(1)))
+        return TemplateError(error.reason, message, mjml.count("\n", 0, offset) + 1)
+    return error
+
+
+def _original_offset(source: str, protected_offset: int) -> int:
+    """Map an offset in the protected text (Jinja swapped for placeholders) back to ``source``."""
+    delta = 0
+    for match in _JINJA.finditer(source):
+        start = match.start() + delta
+        if protected_offset < start:
+            break
+        if protected_offset < start + _PLACEHOLDER_LENGTH:
+            return match.start()
+        delta += _PLACEHOLDER_LENGTH - (match.end() - match.start())
+    return max(0, min(len(source), protected_offset - delta))
+
+
+def _structure_problem(mjml: str) -> tuple[str, int] | None:
+    """The first MJML element closed astray, or the innermost one never closed, with its line."""
+    text = _JINJA.sub(lambda m: re.sub(r"[^\n]", " ", m.group(0)), mjml)
+    stack: list[tuple[str, int]] = []
+    for match in _MJML_TAG.finditer(text):
+        closing, name, self_closing = match.group(1), match.group(2), match.group(3)
+        if name is None or self_closing:
+            continue
+        line = text.count("\n", 0, match.start()) + 1
+        if not closing:
+            stack.append((name, line))
+        elif stack and stack[-1][0] == name:
+            stack.pop()
+        elif any(open_name == name for open_name, _ in stack):
+            inner, inner_line = stack[-1]
+            return f"<{inner}> is never closed", inner_line
+        else:
+            return f"</{name}> closes no open <{name}>", line
+    if stack:
+        name, line = stack[-1]
+        return f"<{name}> is never closed", line
+    return None
+
+
+def _protect(source: str) -> tuple[str, list[str]]:
+    """Replace each Jinja construct with an alphanumeric placeholder the compiler keeps as is."""
+    constructs: list[str] = []
+
+    def swap(match: re.Match[str]) -> str:
+        constructs.append(match.group(0))
+        return f"JINJAX{len(constructs) - 1:06d}X"
+
+    return _JINJA.sub(swap, source), constructs
+
+
+def _restore(compiled: str, constructs: list[str]) -> str:
+    """Make the compiler's output literal to Jinja, then put the Jinja constructs back."""
+    literal = _LITERAL_OPENER.sub(lambda m: "{{ '" + m.group(0) + "' }}", compiled)
+    return re.sub(r"JINJAX(\d{6})X", lambda m: constructs[int(m.group(1))], literal)
+
+
+def _parse(env: _Sandbox, source: str, part: str) -> Any:
+    try:
+        return env.from_string(source)
+    except TemplateSyntaxError as exc:
+        raise TemplateError("RenderError", f"Jinja syntax error in {part}: {exc.message}",
+                            exc.lineno) from None
+
+
+def _schema_validator(schema: Mapping[str, Any] | None) -> jsonschema.protocols.Validator | None:
+    if schema is None:
+        return None
+    validator_class = jsonschema.validators.validator_for(schema, jsonschema.Draft202012Validator)
+    try:
+        validator_class.check_schema(dict(schema))
+    except jsonschema.SchemaError as exc:
+        raise TemplateError("InvalidSchema", f"variables is not a valid JSON Schema: {exc.message}"
+                            ) from None
+    return validator_class(schema)

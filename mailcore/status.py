@@ -1,0 +1,153 @@
+"""Message status: what happened to each accepted message, kept in Redis for a retention period.
+
+A status is a hash ``<prefix>:msg:<id>`` plus a timeline list ``<prefix>:msg:<id>:timeline`` of
+timestamped events. The ingress writes the first entry in the same atomic step that queues the
+message; workers move it along: ``queued → sending → sent``, or ``retrying`` after a transient
+failure, ``failed`` after a permanent one, ``dead`` when retries are exhausted.
+
+The status is also the guard that makes delivery effectively-once: a worker records ``sent``
+before Dramatiq acknowledges the message, and checks it before sending, so a redelivered message
+that was already accepted by the relay is not sent again.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis
+
+QUEUED = "queued"
+SENDING = "sending"
+RETRYING = "retrying"
+SENT = "sent"
+FAILED = "failed"
+DEAD = "dead"
+STATUSES = (QUEUED, SENDING, RETRYING, SENT, FAILED, DEAD)
+
+# Atomically: skip when already sent, refuse while another attempt holds a live lease,
+# otherwise take the lease and count the attempt.
+_BEGIN_ATTEMPT = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'sent' then return {'sent', 0} end
+local lease = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0')
+if status == 'sending' and lease > tonumber(ARGV[1]) then return {'busy', 0} end
+local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HSET', KEYS[1], 'status', 'sending', 'updated_at', ARGV[1],
+           'lease_until', tonumber(ARGV[1]) + tonumber(ARGV[2]))
+redis.call('RPUSH', KEYS[2], ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+return {status or '', attempts}
+"""
+
+
+def status_key(prefix: str, message_id: str) -> str:
+    return f"{prefix}:msg:{message_id}"
+
+
+def timeline_key(prefix: str, message_id: str) -> str:
+    return f"{prefix}:msg:{message_id}:timeline"
+
+
+def event(status: str, detail: str = "", **extra: Any) -> bytes:
+    """One timeline entry."""
+    entry: dict[str, Any] = {"at": round(time.time(), 3), "status": status}
+    if detail:
+        entry["detail"] = detail
+    entry.update({key: value for key, value in extra.items() if value is not None})
+    return orjson.dumps(entry)
+
+
+def initial_fields(
+    *, message_id: str, owner: str, template: str, recipients: list[str], source: str
+) -> dict[str, str]:
+    """The status hash of a message just accepted."""
+    now = str(time.time())
+    return {
+        "id": message_id, "owner": owner, "status": QUEUED, "template": template,
+        "recipients": orjson.dumps(recipients).decode(), "source": source, "attempts": "0",
+        "created_at": now, "updated_at": now,
+    }
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """The outcome of :meth:`StatusStore.begin_attempt`.
+
+    Parameters:
+      proceed: whether this worker should send now.
+      reason: ``sent`` (already delivered: skip), ``busy`` (another attempt holds the lease),
+        or the previous status when proceeding.
+      attempt: the attempt number counted for this try.
+    """
+
+    proceed: bool
+    reason: str
+    attempt: int
+
+
+class StatusStore:
+    """Worker-side status updates (synchronous Redis).
+
+    Parameters:
+      client: a Redis client.
+      prefix: key prefix.
+      retention_seconds: how long statuses are kept after their last change.
+    """
+
+    def __init__(self, client: redis.Redis, prefix: str, retention_seconds: int) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.retention = retention_seconds
+        self._begin = client.register_script(_BEGIN_ATTEMPT)
+
+    def begin_attempt(self, message_id: str, lease_seconds: float) -> Attempt:
+        keys = [status_key(self.prefix, message_id), timeline_key(self.prefix, message_id)]
+        now = time.time()
+        previous, attempts = self._begin(
+            keys=keys, args=[now, lease_seconds, event(SENDING), self.retention])
+        previous = previous.decode() if isinstance(previous, bytes) else str(previous)
+        if previous in {"sent", "busy"}:
+            return Attempt(proceed=False, reason=previous, attempt=0)
+        return Attempt(proceed=True, reason=previous, attempt=int(attempts))
+
+    def record(self, message_id: str, status: str, detail: str = "", **fields: Any) -> None:
+        """Set the status (and extra fields) and append a timeline event, in one round trip."""
+        values = {"status": status, "updated_at": str(time.time()), "lease_until": "0"}
+        values.update({key: str(value) for key, value in fields.items() if value is not None})
+        keys = (status_key(self.prefix, message_id), timeline_key(self.prefix, message_id))
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(keys[0], mapping=values)  # type: ignore[arg-type]
+        pipe.rpush(keys[1], event(status, detail, **{
+            k: fields.get(k) for k in ("code", "transport", "attempt")}))
+        for key in keys:
+            pipe.expire(key, self.retention)
+        pipe.execute()
+
+
+def decode_status(fields: dict[bytes, bytes], timeline: list[bytes]) -> dict[str, Any]:
+    """The API view of a status hash and its timeline."""
+    raw = {key.decode(): value.decode() for key, value in fields.items()}
+    last_error = None
+    if raw.get("last_error"):
+        code = raw.get("last_code")
+        last_error = {"code": int(code) if code and code.isdigit() else None,
+                      "message": raw["last_error"]}
+    return {
+        "id": raw.get("id"),
+        "status": raw.get("status"),
+        "template": raw.get("template"),
+        "template_version": raw.get("version") or None,
+        "transport": raw.get("transport") or None,
+        "attempts": int(raw.get("attempts", "0")),
+        "recipients": orjson.loads(raw.get("recipients", "[]")),
+        "source": raw.get("source"),
+        "last_error": last_error,
+        "response": raw.get("response") or None,
+        "created_at": float(raw.get("created_at", "0")),
+        "updated_at": float(raw.get("updated_at", "0")),
+        "timeline": [orjson.loads(entry) for entry in timeline],
+    }

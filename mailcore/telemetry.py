@@ -1,0 +1,83 @@
+"""Tracing set-up from the standard ``OTEL_*`` variables, and trace-context hand-over.
+
+- ``OTEL_EXPORTER_OTLP_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` set: spans go to that
+  collector over OTLP/HTTP (the exporter reads the other ``OTEL_EXPORTER_OTLP_*`` itself).
+- ``OTEL_TRACES_EXPORTER=console``: spans are printed (development).
+- neither: spans are created (their ids still correlate logs) but exported nowhere.
+
+The context travels from the ingress to the worker inside the queued job as a W3C
+``traceparent``, so one trace covers request → render → SMTP.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+)
+
+TRACER_NAME = "email-service"
+_provider: TracerProvider | None = None
+
+
+def configure_tracing(component: str) -> TracerProvider:
+    """Install the process's tracer provider once; ``component`` is api, worker or operator."""
+    global _provider
+    if _provider is not None:
+        return _provider
+    resource = Resource.create({
+        "service.name": os.environ.get("OTEL_SERVICE_NAME", "email-service"),
+        "service.component": component,
+    })
+    provider = TracerProvider(resource=resource)
+    exporters = {name.strip() for name in
+                 os.environ.get("OTEL_TRACES_EXPORTER", "otlp").lower().split(",")}
+    endpoint = (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+                or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+    if "otlp" in exporters and endpoint:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    if "console" in exporters:
+        provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
+    trace.set_tracer_provider(provider)
+    _provider = provider
+    return provider
+
+
+def shutdown_tracing() -> None:
+    """Flush spans still buffered (process shutdown)."""
+    if _provider is not None:
+        _provider.shutdown()
+
+
+def tracer() -> trace.Tracer:
+    return trace.get_tracer(TRACER_NAME)
+
+
+def inject_context() -> dict[str, str]:
+    """The current trace context as a carrier to put inside a queued job."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier
+
+
+def extract_context(carrier: Mapping[str, Any] | None) -> Context:
+    return propagate.extract(dict(carrier or {}))
+
+
+def current_ids() -> tuple[str, str] | None:
+    """(trace_id, span_id) in hex of the current span, when there is one."""
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return None
+    return f"{context.trace_id:032x}", f"{context.span_id:016x}"

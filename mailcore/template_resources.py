@@ -1,0 +1,284 @@
+"""EmailTemplate resources: from a resource's spec to a :class:`TemplateSource`, and back to status.
+
+Pure functions only: the kopf handlers (``operator/handlers.py``) and the dev sync
+(``email-service sync``) call these and apply what they return; nothing here talks to Kubernetes
+or Redis.
+
+Names: an EmailTemplate ``welcome`` in namespace ``team-a`` is stored as ``team-a/welcome``.
+Callers may use that qualified name, or the bare ``welcome`` when ``team-a`` is one of the
+configured ``TEMPLATE_NAMESPACES`` (searched in the configured order; see :mod:`mailcore.store`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .rendering import (
+    CompiledTemplate,
+    LocaleOverride,
+    TemplateError,
+    TemplateSource,
+    compile_template,
+)
+
+GROUP = "email.platform.example.com"
+VERSION = "v1"
+PLURAL = "emailtemplates"
+KIND = "EmailTemplate"
+API_VERSION = f"{GROUP}/{VERSION}"
+#: Blocks deletion until the template is removed from the store.
+FINALIZER = f"{GROUP}/store-cleanup"
+READY = "Ready"
+#: Reason of the Ready condition when the template compiled and is in the store.
+COMPILED = "Compiled"
+#: Reason when the store could not be written (retried with backoff).
+STORE_UNAVAILABLE = "StoreUnavailable"
+#: Longest condition message kept (the API server allows 32768).
+MAX_MESSAGE = 4096
+
+
+def qualified_name(namespace: str, name: str) -> str:
+    """The store key and the name callers use: ``namespace/name``."""
+    return f"{namespace}/{name}"
+
+
+def source_from_spec(key: str, spec: Mapping[str, Any]) -> TemplateSource:
+    """Translate an EmailTemplate spec into a :class:`TemplateSource` (no compiling yet)."""
+    locales: dict[str, LocaleOverride] = {}
+    for entry in spec.get("locales") or []:
+        locale = str(entry.get("locale") or "")
+        if not locale:
+            raise TemplateError("InvalidTemplate", "spec.locales: every entry needs a locale")
+        if locale in locales:
+            raise TemplateError("InvalidTemplate", f"spec.locales: {locale!r} appears twice")
+        locales[locale] = LocaleOverride(
+            subject=entry.get("subject"), mjml=entry.get("mjml"), html=entry.get("html"),
+            text=entry.get("text"),
+        )
+    subject = spec.get("subject")
+    if not isinstance(subject, str) or not subject.strip():
+        raise TemplateError("InvalidTemplate", "spec.subject is required")
+    variables = spec.get("variables")
+    sample = spec.get("sampleData")
+    return TemplateSource(
+        name=key,
+        subject=subject.strip(),
+        mjml=spec.get("mjml"),
+        html=spec.get("html"),
+        text=spec.get("text"),
+        sender=spec.get("from"),
+        reply_to=spec.get("replyTo"),
+        variables=dict(variables) if isinstance(variables, Mapping) else None,
+        sample_data=dict(sample) if isinstance(sample, Mapping) else {},
+        locales=locales,
+    )
+
+
+def compile_resource(
+    key: str, spec: Mapping[str, Any], *, sender_allowed: Callable[[str], bool] | None = None,
+) -> CompiledTemplate:
+    """Build, compile and test-render a spec; raises :class:`TemplateError` saying why not.
+
+    ``sender_allowed`` (e.g. ``Settings.sender_domain_allowed``) checks ``spec.from``'s address.
+    """
+    check_mailboxes(spec, sender_allowed)
+    return compile_template(source_from_spec(key, spec))
+
+
+def check_mailboxes(
+    spec: Mapping[str, Any], sender_allowed: Callable[[str], bool] | None = None,
+) -> None:
+    """``from``/``replyTo`` must be ``addr`` or ``Name <addr>`` that a message could carry."""
+    from email.utils import parseaddr
+
+    from .message import normalize_address
+
+    for field in ("from", "replyTo"):
+        value = spec.get(field)
+        if value is None:
+            continue
+        _, address = parseaddr(str(value))
+        try:
+            if not address or "\r" in str(value) or "\n" in str(value):
+                raise ValueError("expected addr@example.com or Name <addr@example.com>")
+            address = normalize_address(address)
+        except ValueError as exc:
+            raise TemplateError("InvalidTemplate", f"spec.{field}: {exc}") from None
+        if field == "from" and sender_allowed is not None and not sender_allowed(address):
+            raise TemplateError(
+                "SenderNotAllowed",
+                f"spec.from: {address.rpartition('@')[2]} is not a domain this service may send "
+                "from (SENDER_EMAIL's domain or ALLOWED_SENDER_DOMAINS)")
+
+
+def describe_error(error: TemplateError) -> str:
+    """The condition message for a refused template: the error, with its line where known."""
+    text = f"{error.message} (line {error.line})" if error.line else error.message
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
+
+
+def now_rfc3339() -> str:
+    return datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat().replace(
+        "+00:00", "Z"
+    )
+
+
+def set_condition(
+    conditions: Sequence[Mapping[str, Any]] | None,
+    *,
+    type: str,  # the Kubernetes field name
+    status: bool,
+    reason: str,
+    message: str,
+    generation: int | None,
+    now: str | None = None,
+) -> list[dict[str, Any]]:
+    """Conditions with ``type`` set; ``lastTransitionTime`` moves only when the status changes."""
+    value = "True" if status else "False"
+    result: list[dict[str, Any]] = []
+    previous: Mapping[str, Any] | None = None
+    for condition in conditions or []:
+        if condition.get("type") == type:
+            previous = condition
+        else:
+            result.append(dict(condition))
+    transition = (
+        previous["lastTransitionTime"]
+        if previous is not None and previous.get("status") == value
+        and previous.get("lastTransitionTime")
+        else (now or now_rfc3339())
+    )
+    new: dict[str, Any] = {
+        "type": type, "status": value, "reason": reason, "message": message,
+        "lastTransitionTime": transition,
+    }
+    if generation is not None:
+        new["observedGeneration"] = generation
+    result.append(new)
+    return result
+
+
+def ready_status(
+    status: Mapping[str, Any] | None,
+    *,
+    ready: bool,
+    reason: str,
+    message: str,
+    generation: int | None,
+    key: str,
+    version: str | None = None,
+) -> dict[str, Any]:
+    """The whole ``status`` to merge-patch: conditions (replaced whole), generation, version.
+
+    ``version`` is given only when a new version was stored; otherwise the last good one stays.
+    """
+    current = status or {}
+    patch: dict[str, Any] = {
+        "conditions": set_condition(
+            current.get("conditions"), type=READY, status=ready, reason=reason, message=message,
+            generation=generation,
+        ),
+        "template": key,
+    }
+    if generation is not None:
+        patch["observedGeneration"] = generation
+    if version is not None:
+        patch["version"] = version
+    return patch
+
+
+def iter_resource_documents(path: Path) -> Iterator[dict[str, Any]]:
+    """The EmailTemplate documents in one YAML file (other kinds are skipped)."""
+    import yaml
+
+    try:
+        documents = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+    except yaml.YAMLError as exc:
+        raise TemplateError("InvalidTemplate", f"{path.name}: not valid YAML: {exc}") from None
+    for document in documents:
+        if isinstance(document, dict) and document.get("kind") == KIND:
+            yield document
+
+
+def resource_key(document: Mapping[str, Any], default_namespace: str) -> str:
+    metadata = document.get("metadata") or {}
+    name = metadata.get("name")
+    if not isinstance(name, str) or not name:
+        raise TemplateError("InvalidTemplate", "metadata.name is required")
+    return qualified_name(str(metadata.get("namespace") or default_namespace), name)
+
+
+@dataclasses.dataclass(frozen=True)
+class Refusal:
+    """A template :func:`collect_templates` could not accept, and why."""
+
+    #: Where it came from (a store key, or a file and document name).
+    where: str
+    #: Its store key when known: the stored version of that key must stay, not be removed.
+    key: str | None
+    error: TemplateError
+
+
+def collect_templates(
+    paths: Sequence[Path], default_namespace: str, *,
+    sender_allowed: Callable[[str], bool] | None = None,
+) -> tuple[dict[str, tuple[TemplateSource, dict[str, Any]]], list[Refusal]]:
+    """Read template folders (as in ``templates/``) and EmailTemplate YAML files, and compile them.
+
+    Returns the valid templates by store key (with an origin record) and the refused ones. A path
+    may be a folder of template folders, a folder of YAML files, one template folder, or one YAML
+    file.
+    """
+    from .templates import load_template_dir
+
+    valid: dict[str, tuple[TemplateSource, dict[str, Any]]] = {}
+    refused: list[Refusal] = []
+
+    def add_folder(folder: Path) -> None:
+        key = qualified_name(default_namespace, folder.name)
+        try:
+            loaded = load_template_dir(folder)
+            source = dataclasses.replace(loaded, name=key)
+            compile_template(source)
+        except TemplateError as exc:
+            refused.append(Refusal(key, key, exc))
+            return
+        valid[key] = (source, {"kind": "TemplateFolder", "path": str(folder)})
+
+    def add_yaml(path: Path) -> None:
+        try:
+            documents = list(iter_resource_documents(path))
+        except TemplateError as exc:
+            refused.append(Refusal(str(path), None, exc))
+            return
+        for document in documents:
+            key = None
+            try:
+                key = resource_key(document, default_namespace)
+                compiled = compile_resource(key, document.get("spec") or {},
+                                            sender_allowed=sender_allowed)
+            except TemplateError as exc:
+                where = f"{path}: {(document.get('metadata') or {}).get('name')}"
+                refused.append(Refusal(where, key, exc))
+                continue
+            valid[key] = (compiled.source, {"kind": KIND, "path": str(path)})
+
+    def add(path: Path) -> None:
+        if path.is_file() and path.suffix in {".yaml", ".yml"}:
+            add_yaml(path)
+        elif path.is_dir() and (path / "subject.txt").is_file():
+            add_folder(path)
+        elif path.is_dir():
+            for child in sorted(path.iterdir()):
+                if child.is_dir() and (child / "subject.txt").is_file():
+                    add_folder(child)
+                elif child.is_file() and child.suffix in {".yaml", ".yml"}:
+                    add_yaml(child)
+
+    for path in paths:
+        add(path)
+    return valid, refused

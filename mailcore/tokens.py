@@ -1,0 +1,200 @@
+"""JWT verification for callers (and minting, for development and tests).
+
+HS256 tokens are checked with the shared secret; RS256/ES256 tokens with public keys from a JWKS
+(URL or file) chosen by ``kid``. Each algorithm only ever meets its own kind of key, so ``none``
+and RS/HS confusion tokens are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import jwt
+
+#: Algorithms by key kind; anything else is refused before a key is looked at.
+SECRET_ALGORITHMS = frozenset({"HS256"})
+PUBLIC_KEY_ALGORITHMS = {"RS256": "RSA", "ES256": "EC"}
+
+
+class AuthError(Exception):
+    """The request is not authenticated; the message says why (never echoing the token)."""
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: the token's subject, its scopes and all its claims."""
+
+    subject: str
+    claims: dict[str, Any]
+    scopes: frozenset[str] = field(default_factory=frozenset)
+
+
+class JWKSKeys:
+    """Public keys by ``kid`` from a JWKS URL or file, cached and refreshed on an unknown ``kid``.
+
+    Parameters:
+      url: where to fetch the JWKS (``https://issuer/.well-known/jwks.json``).
+      path: a JWKS file (e.g. a mounted Secret, re-read when a new ``kid`` shows up).
+      max_age: seconds after which the set is refreshed anyway (rotation).
+      min_refresh_interval: refreshes for unknown ``kid`` values happen at most this often, so
+        forged ``kid`` values cannot turn the service into a JWKS-fetching amplifier.
+    """
+
+    def __init__(
+        self, *, url: str | None = None, path: Path | None = None, max_age: float = 600,
+        min_refresh_interval: float = 10,
+    ) -> None:
+        if (url is None) == (path is None):
+            raise ValueError("exactly one of url or path")
+        self.url = url
+        self.path = path
+        self.max_age = max_age
+        self.min_refresh_interval = min_refresh_interval
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._loaded_at = 0.0
+        self._lock = anyio.Lock()
+
+    async def get(self, kid: str) -> jwt.PyJWK | None:
+        now = time.monotonic()
+        stale = now - self._loaded_at > self.max_age
+        if kid not in self._keys or stale:
+            async with self._lock:
+                may_refresh = time.monotonic() - self._loaded_at >= self.min_refresh_interval
+                if (kid not in self._keys and may_refresh) or stale:
+                    await self._refresh()
+        return self._keys.get(kid)
+
+    async def _refresh(self) -> None:
+        try:
+            raw = await anyio.to_thread.run_sync(self._read)
+            key_set = jwt.PyJWKSet.from_dict(json.loads(raw))
+        except (OSError, ValueError, jwt.PyJWKSetError) as exc:
+            self._loaded_at = time.monotonic()  # back off; keep the keys we have
+            raise AuthError(f"signing keys unavailable: {exc}") from None
+        self._keys = {key.key_id: key for key in key_set.keys if key.key_id}
+        self._loaded_at = time.monotonic()
+
+    def _read(self) -> bytes:
+        if self.path is not None:
+            return self.path.read_bytes()
+        assert self.url is not None
+        with urllib.request.urlopen(self.url, timeout=5) as response:  # noqa: S310 - configured
+            return bytes(response.read(1024 * 1024))
+
+
+class TokenVerifier:
+    """Checks ``Authorization: Bearer`` tokens.
+
+    Parameters:
+      secret: the HS256 shared secret (optional when a JWKS is given).
+      jwks: public keys for RS256/ES256 tokens.
+      audience, issuer: enforced when set.
+      leeway: seconds of clock skew tolerated on ``exp``/``nbf``/``iat``.
+    """
+
+    def __init__(
+        self, secret: str | None = None, *, jwks: JWKSKeys | None = None,
+        audience: str | None = None, issuer: str | None = None, leeway: float = 0,
+    ) -> None:
+        if not secret and jwks is None:
+            raise ValueError("a JWT secret or a JWKS is required")
+        self._secret = secret
+        self._jwks = jwks
+        self._audience = audience
+        self._issuer = issuer
+        self._leeway = leeway
+
+    async def verify(self, authorization: str | None) -> Caller:
+        token = _bearer(authorization)
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.DecodeError:
+            raise AuthError("malformed token") from None
+        algorithm = header.get("alg")
+        key: Any
+        if algorithm in SECRET_ALGORITHMS and self._secret:
+            key = self._secret
+        elif algorithm in PUBLIC_KEY_ALGORITHMS and self._jwks is not None:
+            kid = header.get("kid")
+            if not isinstance(kid, str) or not kid:
+                raise AuthError("token has no 'kid' header")
+            jwk = await self._jwks.get(kid)
+            if jwk is None:
+                raise AuthError("token signed with an unknown key")
+            if jwk.key_type != PUBLIC_KEY_ALGORITHMS[algorithm]:
+                raise AuthError(f"key {kid!r} cannot verify {algorithm}")
+            key = jwk.key
+        else:
+            raise AuthError(f"token algorithm {algorithm!r} is not allowed")
+        claims = self._decode(token, key, algorithm)
+        subject = claims.get("sub")
+        return Caller(
+            subject=str(subject) if subject is not None else "anonymous",
+            claims=claims,
+            scopes=_scopes(claims),
+        )
+
+    def _decode(self, token: str, key: Any, algorithm: str) -> dict[str, Any]:
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token, key, algorithms=[algorithm], audience=self._audience,
+                issuer=self._issuer, leeway=self._leeway,
+                options={"require": ["exp"], "verify_aud": self._audience is not None},
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthError("token expired") from None
+        except jwt.ImmatureSignatureError:
+            raise AuthError("token not yet valid") from None
+        except jwt.InvalidAudienceError:
+            raise AuthError("token audience is not accepted") from None
+        except jwt.InvalidIssuerError:
+            raise AuthError("token issuer is not accepted") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise AuthError(f"token lacks the {exc.claim!r} claim") from None
+        except jwt.InvalidSignatureError:
+            raise AuthError("token signature is invalid") from None
+        except jwt.InvalidTokenError as exc:
+            raise AuthError(f"invalid token: {exc}") from None
+        return claims
+
+
+def _bearer(authorization: str | None) -> str:
+    if not authorization:
+        raise AuthError("missing Authorization header")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthError("Authorization must be 'Bearer <token>'")
+    return token.strip()
+
+
+def _scopes(claims: Mapping[str, Any]) -> frozenset[str]:
+    scopes: set[str] = set()
+    for name in ("scope", "scp"):
+        value = claims.get(name)
+        if isinstance(value, str):
+            scopes.update(value.split())
+        elif isinstance(value, list):
+            scopes.update(str(item) for item in value)
+    return frozenset(scopes)
+
+
+def mint_token(
+    secret: str, *, subject: str = "dev", ttl_seconds: int = 3600, audience: str | None = None,
+    issuer: str | None = None, **extra: Any,
+) -> str:
+    """An HS256 token for development and tests."""
+    now = int(time.time())
+    claims: dict[str, Any] = {"sub": subject, "iat": now, "exp": now + ttl_seconds, **extra}
+    if audience:
+        claims["aud"] = audience
+    if issuer:
+        claims["iss"] = issuer
+    return jwt.encode(claims, secret, algorithm="HS256")

@@ -1,0 +1,64 @@
+"""The transport plug-in point: one small base class, one module per way of delivering."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+from ..mime import Envelope
+
+
+class DeliveryError(Exception):
+    """Delivery failed.
+
+    Parameters:
+      message: what happened, for logs and status.
+      code: the server's reply code (SMTP or HTTP) when there was one.
+    """
+
+    #: Whether trying again later may succeed.
+    transient = True
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(f"{code} {message}" if code else message)
+        self.code = code
+        self.text = message
+
+
+class TransientDeliveryError(DeliveryError):
+    """Try again later: connection trouble, timeouts, 4xx replies."""
+
+
+class PermanentDeliveryError(DeliveryError):
+    """Do not try again: the server refused the message for good (5xx replies)."""
+
+    transient = False
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    """The accepted outcome of a send.
+
+    Parameters:
+      transport: the transport's name.
+      response: the server's final reply (e.g. ``250 2.0.0 Ok: queued as ...``).
+      refused: recipients the server refused while accepting the others.
+    """
+
+    transport: str
+    response: str = ""
+    refused: dict[str, str] = field(default_factory=dict)
+
+
+class Transport(ABC):
+    """Delivers envelopes. Implementations must be safe to call from several threads."""
+
+    #: Short name used in logs, status and configuration.
+    name: str = "base"
+
+    @abstractmethod
+    def send(self, envelope: Envelope) -> DeliveryResult:
+        """Deliver, or raise :class:`TransientDeliveryError` / :class:`PermanentDeliveryError`."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections (worker shutdown)."""

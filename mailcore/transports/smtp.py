@@ -1,0 +1,178 @@
+"""SMTP delivery with one reused connection per worker thread."""
+
+from __future__ import annotations
+
+import smtplib
+import socket
+import ssl
+import threading
+from typing import Any, Literal
+
+from ..mime import Envelope
+from .base import DeliveryResult, PermanentDeliveryError, TransientDeliveryError, Transport
+
+
+class SMTPTransport(Transport):
+    """Delivers through an SMTP relay.
+
+    Each thread keeps its connection open between messages and opens a new one after any error,
+    so a burst pays the connect, TLS and AUTH round trips once per thread, not once per email.
+
+    Parameters:
+      host, port: the relay.
+      security: ``starttls`` (upgrade, required), ``ssl`` (implicit TLS) or ``none``.
+      username, password: AUTH credentials; AUTH is skipped when both are empty.
+      timeout: seconds for the connect and for each command.
+      ssl_context: TLS settings; the system's trust store by default.
+    """
+
+    name = "smtp"
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        security: Literal["starttls", "ssl", "none"] = "starttls",
+        username: str | None = None,
+        password: str | None = None,
+        timeout: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+        local_hostname: str | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.security = security
+        self.username = username
+        self.password = password
+        self.timeout = timeout
+        self.ssl_context = ssl_context or ssl.create_default_context()
+        self.local_hostname = local_hostname
+        self._local = threading.local()
+        self._all: set[smtplib.SMTP] = set()
+        self._all_lock = threading.Lock()
+
+    def send(self, envelope: Envelope) -> DeliveryResult:
+        raw = envelope.as_bytes()
+        reused = getattr(self._local, "conn", None) is not None
+        try:
+            conn = self._connection()
+            try:
+                refused = conn.sendmail(envelope.sender, list(envelope.recipients), raw)
+            except smtplib.SMTPServerDisconnected:
+                if not reused:
+                    raise
+                # The relay closed our idle connection: nothing was accepted; reconnect once.
+                self._drop()
+                conn = self._connection()
+                refused = conn.sendmail(envelope.sender, list(envelope.recipients), raw)
+        except smtplib.SMTPRecipientsRefused as exc:
+            self._reset()
+            codes = {addr: f"{code} {_text(msg)}" for addr, (code, msg) in exc.recipients.items()}
+            detail = "; ".join(f"{addr}: {reply}" for addr, reply in codes.items())
+            first = min(code for code, _ in exc.recipients.values())
+            if all(400 <= code < 500 for code, _ in exc.recipients.values()):
+                raise TransientDeliveryError(f"all recipients refused: {detail}", first) from exc
+            raise PermanentDeliveryError(f"all recipients refused: {detail}", first) from exc
+        except smtplib.SMTPResponseException as exc:
+            self._reset()
+            error_cls = TransientDeliveryError if exc.smtp_code < 500 else PermanentDeliveryError
+            raise error_cls(_text(exc.smtp_error), exc.smtp_code) from exc
+        except (smtplib.SMTPException, OSError) as exc:
+            self._drop()
+            raise TransientDeliveryError(f"{type(exc).__name__}: {exc}") from exc
+        return DeliveryResult(
+            transport=self.name,
+            response=conn.last_reply,
+            refused={addr: f"{code} {_text(msg)}" for addr, (code, msg) in refused.items()},
+        )
+
+    def close(self) -> None:
+        with self._all_lock:
+            conns, self._all = list(self._all), set()
+        for conn in conns:
+            _quit(conn)
+        self._local = threading.local()
+
+    def _connection(self) -> _RecordingSMTP:
+        conn: _RecordingSMTP | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        conn = self._open()
+        self._local.conn = conn
+        with self._all_lock:
+            self._all.add(conn)
+        return conn
+
+    def _open(self) -> _RecordingSMTP:
+        try:
+            if self.security == "ssl":
+                conn: _RecordingSMTP = _RecordingSMTPSSL(
+                    self.host, self.port, timeout=self.timeout,
+                    local_hostname=self.local_hostname, context=self.ssl_context,
+                )
+            else:
+                conn = _RecordingSMTP(self.host, self.port, timeout=self.timeout,
+                                      local_hostname=self.local_hostname)
+        except socket.gaierror as exc:
+            raise TransientDeliveryError(f"cannot resolve {self.host}: {exc}") from exc
+        try:
+            conn.ehlo()
+            if self.security == "starttls":
+                if not conn.has_extn("starttls"):
+                    raise PermanentDeliveryError(
+                        f"{self.host}:{self.port} does not offer STARTTLS "
+                        "(set SMTP_SECURITY=none only for a trusted local relay)"
+                    )
+                conn.starttls(context=self.ssl_context)
+                conn.ehlo()
+            if self.username or self.password:
+                conn.login(self.username or "", self.password or "")
+        except BaseException:
+            _quit(conn)
+            raise
+        return conn
+
+    def _reset(self) -> None:
+        """After a refused message the session is still usable once RSET succeeds."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            return
+        try:
+            conn.rset()
+        except (smtplib.SMTPException, OSError):
+            self._drop()
+
+    def _drop(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            with self._all_lock:
+                self._all.discard(conn)
+            _quit(conn)
+
+
+class _RecordingSMTP(smtplib.SMTP):
+    """Keeps the server's reply to DATA (``250 ... queued as X``) for the delivery record."""
+
+    last_reply = ""
+
+    def data(self, msg: Any) -> tuple[int, bytes]:
+        code, reply = super().data(msg)
+        self.last_reply = f"{code} {_text(reply)}"
+        return code, reply
+
+
+class _RecordingSMTPSSL(_RecordingSMTP, smtplib.SMTP_SSL):
+    pass
+
+
+def _text(reply: bytes | str) -> str:
+    return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+
+
+def _quit(conn: smtplib.SMTP) -> None:
+    try:
+        conn.quit()
+    except (smtplib.SMTPException, OSError):
+        conn.close()

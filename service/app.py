@@ -1,0 +1,105 @@
+"""The ingress application: wiring settings, Redis, templates and routes together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import redis
+import redis.asyncio as aioredis
+from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+from redis.exceptions import RedisError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from mailcore.config import Settings
+from mailcore.deadletters import DeadLetters
+from mailcore.store import template_store_from_settings
+from mailcore.templates import TemplateRegistry, builtin_templates_dir
+from mailcore.tokens import JWKSKeys, TokenVerifier
+
+from .docs import docs_routes
+from .errors import ApiError, error_response, handle_not_found
+from .events import EventListener
+from .metrics import IngressMetrics, MetricsMiddleware, count_rejection, metrics_endpoint
+from .routes import routes
+from .sending import SendService
+
+log = logging.getLogger("email_service.ingress")
+
+
+async def handle_redis_error(request: Request, exc: Exception) -> Response:
+    """Redis is unreachable: nothing was written; the caller should retry."""
+    log.error("redis unavailable: %s", exc)
+    request.app.state.metrics.enqueue_failures.labels("redis").inc()
+    return await handle_error(request, ApiError(503, "unavailable",
+                                                "the queue is unavailable; retry later",
+                                                headers={"Retry-After": "5"}))
+
+
+async def handle_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    count_rejection(request, exc.code)
+    return error_response(exc)
+
+
+def create_app(settings: Settings, *, dev_secret: str | None = None) -> Starlette:
+    """The Starlette app. Refuses to build without token keys outside development mode."""
+    settings.require_jwt_secret()
+    secret = settings.jwt_secret or dev_secret
+    jwks = None
+    if settings.jwt_jwks_url or settings.jwt_jwks_file:
+        jwks = JWKSKeys(url=settings.jwt_jwks_url, path=settings.jwt_jwks_file)
+    if not secret and jwks is None:
+        raise ValueError("JWT_SECRET: development mode needs a minted secret")
+    registry = TemplateRegistry.from_dir(builtin_templates_dir(settings.templates_dir),
+                                         store=template_store_from_settings(settings))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5,
+                                         socket_connect_timeout=2)
+        sync_client = redis.Redis.from_url(settings.redis_url, socket_timeout=10,
+                                           socket_connect_timeout=2)
+        service = SendService(settings, registry, client, metrics=app.state.metrics)
+        app.state.redis = client
+        app.state.send_service = service
+        app.state.dead_letters = DeadLetters(sync_client, settings.queue_name,
+                                             settings.key_prefix,
+                                             settings.status_retention_seconds)
+        listener_task = None
+        if settings.events_enabled:
+            listener = EventListener(settings, service)
+            app.state.event_listener = listener
+            listener_task = asyncio.create_task(listener.run(), name="password-reset-events")
+        try:
+            yield
+        finally:
+            if listener_task is not None:
+                listener_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await listener_task
+            await client.aclose()
+            sync_client.close()
+
+    metrics = IngressMetrics()
+    app = Starlette(
+        routes=[*routes, *docs_routes(), Route("/metrics", metrics_endpoint, methods=["GET"])],
+        lifespan=lifespan,
+        middleware=[Middleware(OpenTelemetryMiddleware, excluded_urls="health,ready,metrics"),
+                    Middleware(MetricsMiddleware, metrics=metrics)],
+        exception_handlers={ApiError: handle_error, HTTPException: handle_not_found,
+                            RedisError: handle_redis_error},
+    )
+    app.state.metrics = metrics
+    app.state.verifier = TokenVerifier(
+        secret, jwks=jwks, audience=settings.jwt_audience, issuer=settings.jwt_issuer,
+        leeway=settings.jwt_leeway_seconds,
+    )
+    return app

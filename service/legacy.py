@@ -1,0 +1,93 @@
+"""The two endpoints of the services this one replaces, unchanged on the wire."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, TypeVar
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from mailcore.message import EmailAddress, HeaderText, Recipient, SendRequest, error_details
+
+from .errors import ApiError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _number_to_str(value: Any) -> Any:
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+Text = Annotated[str, BeforeValidator(_number_to_str)]
+
+
+class ResetCodeRequest(BaseModel):
+    """``POST /email-service/send-reset-code`` (extra fields are ignored, as before)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    email: EmailAddress
+    code: Annotated[Text, Field(min_length=1, max_length=64)]
+
+
+class Customer(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    name: Annotated[HeaderText, Field(min_length=1, max_length=200)]
+    email: EmailAddress
+    address: Annotated[str, Field(max_length=1000)] | None = None
+    phone: Annotated[str, Field(max_length=64)] | None = None
+
+
+class OrderItem(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    product_id: Annotated[Text, Field(max_length=128)]
+    name: Annotated[str, Field(min_length=1, max_length=500)]
+    quantity: Annotated[int, Field(ge=1)]
+    price: Annotated[float, Field(ge=0)]
+
+
+class OrderConfirmation(BaseModel):
+    """``POST /api/order-confirmation``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    order_id: Annotated[Text, Field(min_length=1, max_length=128)]
+    customer: Customer
+    items: Annotated[list[OrderItem], Field(min_length=1, max_length=500)]
+    total: Annotated[float, Field(ge=0)]
+    order_date: Annotated[str, Field(max_length=64)] | None = None
+    shipping_method: Annotated[str, Field(max_length=200)] | None = None
+    estimated_delivery: Annotated[str, Field(max_length=64)] | None = None
+    notes: Annotated[str, Field(max_length=2000)] | None = None
+
+
+def parse_reset(body: dict[str, Any], template: str) -> SendRequest:
+    """Missing or invalid fields answer 400, as the original service did."""
+    reset = _validate(ResetCodeRequest, body, status=400)
+    return SendRequest(
+        template=template,
+        to=[Recipient(email=reset.email)],
+        data={"email": reset.email, "code": reset.code},
+    )
+
+
+def parse_order(body: dict[str, Any], template: str) -> SendRequest:
+    order = _validate(OrderConfirmation, body, status=422)
+    customer = order.customer
+    return SendRequest(
+        template=template,
+        to=[Recipient(email=customer.email, name=customer.name)],
+        data=order.model_dump(mode="json"),
+    )
+
+
+def _validate(model: type[M], body: dict[str, Any], *, status: int) -> M:
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        details = error_details(exc)
+        missing = [d["field"] for d in details if d["message"] == "Field required"]
+        message = (f"missing required field(s): {', '.join(missing)}" if missing
+                   else f"{details[0]['field']}: {details[0]['message']}")
+        raise ApiError(status, "invalid_request", message, details=details) from None

@@ -1,0 +1,277 @@
+"""The OpenAPI 3.1 description of every endpoint, built from the same models that validate."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import models_json_schema
+
+from mailcore.message import SendRequest
+from mailcore.status import STATUSES
+
+from .legacy import OrderConfirmation, ResetCodeRequest
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorDetail(_Out):
+    field: str
+    message: str
+
+
+class Error(_Out):
+    error: str = Field(description="Stable machine-readable code, e.g. invalid_request.")
+    message: str = Field(description="What went wrong, for humans.")
+    details: list[ErrorDetail]
+
+
+class Queued(_Out):
+    id: str = Field(description="The message id; also sent as X-Email-Service-Id.")
+    status: Literal["queued"]
+
+
+class ResetCodeSent(_Out):
+    message: Literal["Password reset code sent successfully"]
+
+
+class OrderConfirmationSent(_Out):
+    status: Literal["success"]
+    message: Literal["Order confirmation email sent"]
+
+
+class Health(_Out):
+    status: Literal["healthy"]
+    service: Literal["email-service"]
+
+
+class Ready(BaseModel):
+    status: str
+    service: Literal["email-service"]
+    reason: str | None = None
+
+
+class TimelineEvent(BaseModel):
+    at: float
+    status: str
+    detail: str | None = None
+    code: str | None = None
+    transport: str | None = None
+    attempt: str | None = None
+
+
+class LastError(_Out):
+    code: int | None
+    message: str
+
+
+class MessageStatus(_Out):
+    id: str | None
+    status: Literal[STATUSES]  # type: ignore[valid-type]
+    template: str | None
+    template_version: str | None
+    transport: str | None
+    attempts: int
+    recipients: list[str]
+    source: str | None
+    last_error: LastError | None
+    response: str | None
+    created_at: float
+    updated_at: float
+    timeline: list[TimelineEvent]
+
+
+class TemplateInfo(_Out):
+    name: str
+    version: str
+    source: dict[str, Any] | None = Field(
+        description='Where it comes from: {"kind": "builtin"} or the EmailTemplate resource.')
+    locales: list[str]
+    variables: dict[str, Any] | None
+
+
+class TemplateDetail(TemplateInfo):
+    subject: str
+    sample_data: dict[str, Any]
+
+
+class TemplateList(_Out):
+    templates: list[TemplateInfo]
+
+
+class PreviewRequest(_Out):
+    data: dict[str, Any] | None = None
+    locale: str | None = None
+
+
+class Preview(_Out):
+    template: str
+    version: str
+    subject: str
+    html: str
+    text: str
+
+
+class DeadLetter(_Out):
+    id: str
+    redis_id: str
+    died_at: float
+    template: str | None
+    recipients: list[str]
+    status: str | None
+    attempts: int
+    last_error: LastError | None
+
+
+class DeadLetterList(_Out):
+    dead_letters: list[DeadLetter]
+
+
+class DeadLetterDetail(DeadLetter):
+    status_record: MessageStatus | None
+    request: dict[str, Any] | None
+    traceback: str | None
+
+
+class RetryAll(_Out):
+    retried: int
+
+
+class Purged(_Out):
+    purged: int
+
+
+_MODELS: list[type[BaseModel]] = [
+    SendRequest, ResetCodeRequest, OrderConfirmation, Error, Queued, ResetCodeSent,
+    OrderConfirmationSent, Health, Ready, MessageStatus, TemplateList, TemplateDetail,
+    PreviewRequest, Preview,
+    DeadLetterList, DeadLetterDetail, RetryAll, Purged,
+]
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _json(model: type[BaseModel], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(model)}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    texts = {400: "Malformed request", 401: "Missing or invalid token",
+             403: "Token lacks the required scope", 404: "Not found",
+             409: "Idempotency-Key reused with a different body", 413: "Body too large",
+             422: "Invalid field (details name it)", 429: "Rate limited (see Retry-After)",
+             503: "Redis unavailable or queue full (see Retry-After)"}
+    return {str(code): _json(Error, texts[code]) for code in codes}
+
+
+_IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header", "required": False,
+                "description": "Same key + same body within 24 h returns the original answer "
+                               "and sends nothing; another body answers 409.",
+                "schema": {"type": "string", "minLength": 1, "maxLength": 255,
+                           "pattern": "^[!-~]+$"}}
+_SEND_ERRORS = (400, 401, 403, 409, 413, 422, 429, 503)
+
+
+def _body(model: type[BaseModel]) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": _ref(model)}}}
+
+
+def _path_param(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+@functools.cache
+def openapi_document() -> dict[str, Any]:
+    _, schemas = models_json_schema([(m, "validation") for m in _MODELS],
+                                    ref_template="#/components/schemas/{model}")
+    components = schemas.get("$defs", {})
+    secured: list[dict[str, list[str]]] = [{"bearer": []}]
+    paths: dict[str, Any] = {
+        "/health": {"get": {"summary": "Liveness", "security": [], "operationId": "health",
+                            "responses": {"200": _json(Health, "Alive")}}},
+        "/ready": {"get": {"summary": "Readiness (Redis answers)", "security": [],
+                           "operationId": "ready",
+                           "responses": {"200": _json(Ready, "Ready"),
+                                         "503": _json(Ready, "Redis unavailable")}}},
+        "/v1/messages": {"post": {
+            "summary": "Send a template to one or more recipients", "operationId": "send",
+            "parameters": [_IDEMPOTENCY], "requestBody": _body(SendRequest),
+            "responses": {"202": _json(Queued, "Accepted and queued"), **_errors(*_SEND_ERRORS)},
+        }},
+        "/v1/messages/{id}": {"get": {
+            "summary": "Status and timeline of a message sent under the caller's subject",
+            "operationId": "getMessage", "parameters": [_path_param("id")],
+            "responses": {"200": _json(MessageStatus, "The status"), **_errors(401, 404)},
+        }},
+        "/v1/templates": {"get": {
+            "summary": "Templates and their versions", "operationId": "listTemplates",
+            "responses": {"200": _json(TemplateList, "Templates"), **_errors(401)},
+        }},
+        "/v1/templates/{name}": {"get": {
+            "summary": "One template: version, source, variables, subject, sample data",
+            "operationId": "getTemplate", "parameters": [_path_param("name")],
+            "responses": {"200": _json(TemplateDetail, "The template"), **_errors(401, 404)},
+        }},
+        "/v1/templates/{name}/render": {"post": {
+            "summary": "Render a template for given data and locale without sending",
+            "operationId": "renderTemplate",
+            "parameters": [_path_param("name")], "requestBody": _body(PreviewRequest),
+            "responses": {"200": _json(Preview, "Rendered"),
+                          **_errors(400, 401, 404, 413, 422)},
+        }},
+        "/v1/dead-letters": {
+            "get": {"summary": "List dead letters (admin scope)", "operationId": "listDead",
+                    "parameters": [{"name": "limit", "in": "query", "required": False,
+                                    "schema": {"type": "integer", "minimum": 1,
+                                               "maximum": 1000}}],
+                    "responses": {"200": _json(DeadLetterList, "Dead letters"),
+                                  **_errors(401, 403, 422)}},
+            "delete": {"summary": "Purge dead letters (admin scope)", "operationId": "purgeDead",
+                       "responses": {"200": _json(Purged, "Purged"), **_errors(401, 403)}},
+        },
+        "/v1/dead-letters/retry": {"post": {
+            "summary": "Retry every dead letter (admin scope)", "operationId": "retryAllDead",
+            "responses": {"202": _json(RetryAll, "Requeued"), **_errors(401, 403)},
+        }},
+        "/v1/dead-letters/{id}": {"get": {
+            "summary": "A dead letter with its history (admin scope)", "operationId": "showDead",
+            "parameters": [_path_param("id")],
+            "responses": {"200": _json(DeadLetterDetail, "The dead letter"),
+                          **_errors(401, 403, 404)},
+        }},
+        "/v1/dead-letters/{id}/retry": {"post": {
+            "summary": "Retry one dead letter, keeping its id (admin scope)",
+            "operationId": "retryDead", "parameters": [_path_param("id")],
+            "responses": {"202": _json(Queued, "Requeued"), **_errors(401, 403, 404)},
+        }},
+        "/email-service/send-reset-code": {"post": {
+            "summary": "Original contract: send a password-reset code",
+            "operationId": "sendResetCode", "parameters": [_IDEMPOTENCY],
+            "requestBody": _body(ResetCodeRequest),
+            "responses": {"200": _json(ResetCodeSent, "Queued"), **_errors(*_SEND_ERRORS)},
+        }},
+        "/api/order-confirmation": {"post": {
+            "summary": "Original contract: send an order confirmation",
+            "operationId": "orderConfirmation", "parameters": [_IDEMPOTENCY],
+            "requestBody": _body(OrderConfirmation),
+            "responses": {"200": _json(OrderConfirmationSent, "Queued"),
+                          **_errors(*_SEND_ERRORS)},
+        }},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "email-service", "version": "1",
+                 "description": "Transactional email: authenticated sends, queued delivery."},
+        "paths": paths,
+        "security": secured,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                           "bearerFormat": "JWT"}},
+        },
+    }

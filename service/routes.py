@@ -1,0 +1,244 @@
+"""HTTP endpoints: probes, the native ``/v1`` API and the two original contracts."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import anyio
+import anyio.to_thread
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from mailcore.deadletters import DeadLetters
+from mailcore.message import SendRequest, error_details
+from mailcore.rendering import RenderedEmail, TemplateError
+from mailcore.status import decode_status, status_key, timeline_key
+from mailcore.tokens import Caller
+
+from . import legacy
+from .auth import authenticate
+from .body import read_json_object
+from .errors import ApiError, JSONResponse
+from .openapi import PreviewRequest, openapi_document
+from .sending import Idempotency, Responder, SendService
+
+
+def _service(request: Request) -> SendService:
+    service: SendService = request.app.state.send_service
+    return service
+
+
+async def health(request: Request) -> JSONResponse:
+    return JSONResponse({"status": "healthy", "service": "email-service"})
+
+
+async def ready(request: Request) -> JSONResponse:
+    try:
+        await request.app.state.redis.ping()
+    except (RedisError, OSError) as exc:
+        return JSONResponse(
+            {"status": "unavailable", "service": "email-service", "reason": f"redis: {exc}"},
+            status_code=503,
+        )
+    return JSONResponse({"status": "ready", "service": "email-service"})
+
+
+async def _sender(request: Request) -> tuple[SendService, Caller, dict[str, Any]]:
+    """Authenticate (with the sending scope), rate-limit, and read the body."""
+    service = _service(request)
+    caller = await authenticate(request, scope=service.settings.jwt_required_scope)
+    await service.limit_caller(caller)
+    body = await read_json_object(request, service.settings.max_body_bytes)
+    return service, caller, body
+
+
+async def _submit(request: Request, service: SendService, caller: Caller, body: dict[str, Any],
+                  send: SendRequest, *, source: str, respond: Responder) -> JSONResponse:
+    idempotency = Idempotency.from_request(
+        request.headers.get("idempotency-key"), caller.subject, request.url.path, body)
+    status_code, answer, replay = await service.submit(
+        send, owner=caller.subject, source=source, respond=respond, idempotency=idempotency)
+    headers = {"Idempotent-Replayed": "true"} if replay else {}
+    return JSONResponse(answer, status_code=status_code, headers=headers)
+
+
+async def send_message(request: Request) -> JSONResponse:
+    service, caller, body = await _sender(request)
+    return await _submit(request, service, caller, body, service.parse(body), source="api",
+                         respond=lambda mid: (202, {"id": mid, "status": "queued"}))
+
+
+async def send_reset_code(request: Request) -> JSONResponse:
+    service, caller, body = await _sender(request)
+    send = legacy.parse_reset(body, service.settings.reset_template)
+    service.check(send, status=400)
+    return await _submit(request, service, caller, body, send, source="reset-code",
+                         respond=lambda _: (200, {"message":
+                                                  "Password reset code sent successfully"}))
+
+
+async def order_confirmation(request: Request) -> JSONResponse:
+    service, caller, body = await _sender(request)
+    send = legacy.parse_order(body, service.settings.order_template)
+    service.check(send)
+    return await _submit(request, service, caller, body, send, source="order-confirmation",
+                         respond=lambda _: (200, {"status": "success",
+                                                  "message": "Order confirmation email sent"}))
+
+
+async def get_message(request: Request) -> JSONResponse:
+    """A message's status; callers only see messages sent under their own JWT subject."""
+    caller = await authenticate(request)
+    service = _service(request)
+    message_id = request.path_params["id"]
+    prefix = service.settings.key_prefix
+    async with service.client.pipeline(transaction=False) as pipe:
+        pipe.hgetall(status_key(prefix, message_id))
+        pipe.lrange(timeline_key(prefix, message_id), 0, -1)
+        fields, timeline = await pipe.execute()
+    if not fields or fields.get(b"owner", b"").decode() != caller.subject:
+        raise ApiError(404, "not_found", f"no message {message_id!r} for this caller")
+    return JSONResponse(decode_status(fields, timeline))
+
+
+def _describe(service: SendService, name: str) -> dict[str, Any] | None:
+    template = service.registry.get(name)
+    if template is None:
+        return None
+    return {"name": name, "version": template.version, "source": service.registry.origin(name),
+            "locales": template.locales, "variables": template.source.variables}
+
+
+async def list_templates(request: Request) -> JSONResponse:
+    await authenticate(request)
+    service = _service(request)
+    items = [item for name in service.registry.names()
+             if (item := _describe(service, name)) is not None]
+    return JSONResponse({"templates": items})
+
+
+async def get_template(request: Request) -> JSONResponse:
+    await authenticate(request)
+    service = _service(request)
+    name = request.path_params["name"]
+    described = _describe(service, name)
+    if described is None:
+        raise ApiError(404, "unknown_template", f"no template named {name!r}")
+    template = service.registry.get(name)
+    assert template is not None
+    return JSONResponse({**described, "subject": template.source.subject,
+                         "sample_data": dict(template.source.sample_data)})
+
+
+#: Renders for previews run in threads, a few at a time, each with a deadline: the ingress
+#: must stay responsive even if a template loops for long on the caller's data.
+_RENDER_LIMITER = anyio.CapacityLimiter(4)
+RENDER_TIMEOUT_SECONDS = 2.0
+
+
+async def render_template(request: Request) -> JSONResponse:
+    """Render a template with the given data (or its sample data) without sending anything."""
+    await authenticate(request)
+    service = _service(request)
+    name = request.path_params["name"]
+    template = service.registry.get(name)
+    if template is None:
+        raise ApiError(404, "unknown_template", f"no template named {name!r}")
+    body = await read_json_object(request, service.settings.max_body_bytes)
+    try:
+        preview = PreviewRequest.model_validate(body)
+    except ValidationError as exc:
+        details = error_details(exc)
+        raise ApiError(422, "invalid_request", f"{details[0]['field']}: {details[0]['message']}",
+                       details=details) from None
+    data = template.source.sample_data if preview.data is None else preview.data
+
+    def render() -> RenderedEmail:
+        template.validate_data(data)
+        return template.render(data, brand=asdict(service.settings.brand), locale=preview.locale)
+
+    try:
+        with anyio.fail_after(RENDER_TIMEOUT_SECONDS):
+            rendered = await anyio.to_thread.run_sync(render, limiter=_RENDER_LIMITER,
+                                                      abandon_on_cancel=True)
+    except TimeoutError:
+        raise ApiError(422, "render_timeout",
+                       f"rendering took longer than {RENDER_TIMEOUT_SECONDS} s") from None
+    except TemplateError as exc:
+        details = [{"field": f"data.{field}" if field else "data", "message": message}
+                   for field, message in exc.violations or [("", exc.message)]]
+        raise ApiError(422, "render_error", exc.message, details=details) from None
+    return JSONResponse({"template": name, "version": template.version, **asdict(rendered)})
+
+
+# --- dead letters (admin scope) ---------------------------------------------------------------
+
+async def _dead_letters(request: Request) -> DeadLetters:
+    service = _service(request)
+    await authenticate(request, scope=service.settings.admin_scope)
+    dead: DeadLetters = request.app.state.dead_letters
+    return dead
+
+
+async def list_dead_letters(request: Request) -> JSONResponse:
+    dead = await _dead_letters(request)
+    raw_limit = request.query_params.get("limit", "100")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 1000:
+        raise ApiError(422, "invalid_request", "limit must be an integer from 1 to 1000",
+                       details=[{"field": "limit", "message": "1..1000"}])
+    letters = await anyio.to_thread.run_sync(dead.list, int(raw_limit))
+    return JSONResponse({"dead_letters": [letter.as_dict() for letter in letters]})
+
+
+async def show_dead_letter(request: Request) -> JSONResponse:
+    dead = await _dead_letters(request)
+    found = await anyio.to_thread.run_sync(dead.show, request.path_params["id"])
+    if found is None:
+        raise ApiError(404, "not_found", "no such dead letter")
+    return JSONResponse(found)
+
+
+async def retry_dead_letter(request: Request) -> JSONResponse:
+    dead = await _dead_letters(request)
+    message_id = request.path_params["id"]
+    if not await anyio.to_thread.run_sync(dead.retry, message_id):
+        raise ApiError(404, "not_found", "no such dead letter")
+    return JSONResponse({"id": message_id, "status": "queued"}, status_code=202)
+
+
+async def retry_all_dead_letters(request: Request) -> JSONResponse:
+    dead = await _dead_letters(request)
+    return JSONResponse({"retried": await anyio.to_thread.run_sync(dead.retry_all)},
+                        status_code=202)
+
+
+async def purge_dead_letters(request: Request) -> JSONResponse:
+    dead = await _dead_letters(request)
+    return JSONResponse({"purged": await anyio.to_thread.run_sync(dead.purge)})
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(openapi_document())
+
+
+routes = [
+    Route("/health", health, methods=["GET"]),
+    Route("/ready", ready, methods=["GET"]),
+    Route("/openapi.json", openapi, methods=["GET"]),
+    Route("/v1/messages", send_message, methods=["POST"]),
+    Route("/v1/messages/{id}", get_message, methods=["GET"]),
+    Route("/v1/templates", list_templates, methods=["GET"]),
+    Route("/v1/templates/{name:path}/render", render_template, methods=["POST"]),
+    Route("/v1/templates/{name:path}", get_template, methods=["GET"]),
+    Route("/v1/dead-letters", list_dead_letters, methods=["GET"]),
+    Route("/v1/dead-letters", purge_dead_letters, methods=["DELETE"]),
+    Route("/v1/dead-letters/retry", retry_all_dead_letters, methods=["POST"]),
+    Route("/v1/dead-letters/{id}", show_dead_letter, methods=["GET"]),
+    Route("/v1/dead-letters/{id}/retry", retry_dead_letter, methods=["POST"]),
+    Route("/email-service/send-reset-code", send_reset_code, methods=["POST"]),
+    Route("/api/order-confirmation", order_confirmation, methods=["POST"]),
+]

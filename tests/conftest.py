@@ -1,0 +1,86 @@
+"""Shared fixtures: one real redis-server and SMTP server per session, service stacks per module."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .support import (
+    TEST_SECRET,
+    RedisServer,
+    ServiceProcess,
+    SMTPServer,
+    base_env,
+    free_port,
+)
+
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the fault-injection table when the fault scenarios ran."""
+    from .test_faults import FAULT_TABLE
+
+    if not FAULT_TABLE:
+        return
+    columns = list(FAULT_TABLE[0])
+    terminalreporter.section("fault injection: accepted vs delivered")
+    terminalreporter.write_line("  ".join(f"{c:>18}" for c in columns))
+    for row in FAULT_TABLE:
+        terminalreporter.write_line("  ".join(f"{row[c]!s:>18}" for c in columns))
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def smtp_server() -> Iterator[SMTPServer]:
+    server = SMTPServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def secret() -> str:
+    return TEST_SECRET
+
+
+class Stack:
+    """A running ingress and worker against the session's Redis and SMTP server."""
+
+    def __init__(self, api: ServiceProcess, worker: ServiceProcess, port: int) -> None:
+        self.api = api
+        self.worker = worker
+        self.base_url = f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def stack(
+    redis_server: RedisServer, smtp_server: SMTPServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    import httpx
+
+    logs = tmp_path_factory.mktemp("stack-logs")
+    port = free_port()
+    env = base_env(redis_server.url, smtp_server.port)
+    api = ServiceProcess(["api", "--host", "127.0.0.1", "--port", str(port)], env,
+                         logs / "api.log").start()
+    worker = ServiceProcess(["worker", "--processes", "1", "--threads", "4"], env,
+                            logs / "worker.log").start()
+    try:
+        api.wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/ready").status_code == 200,
+                       message="the ingress to be ready")
+        worker.wait_until(lambda: "ready for action" in worker.output(),
+                          message="the worker to start")
+        yield Stack(api, worker, port)
+    finally:
+        api.stop()
+        worker.stop()

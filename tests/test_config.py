@@ -1,0 +1,85 @@
+"""Configuration: original variable names, secrets from files, one clear line per mistake."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mailcore.config import ConfigError, Settings
+
+from .support import REPO
+
+BASE = {"SECRETS_DIR": "/nonexistent"}
+
+
+def test_original_names_compose_the_redis_url() -> None:
+    settings = Settings.from_env({**BASE, "REDIS_HOST": "redis.internal", "REDIS_PORT": "6380",
+                                  "REDIS_PASSWORD": "p@ss/word"})
+    assert settings.redis_url == "redis://:p%40ss%2Fword@redis.internal:6380/0"
+
+
+def test_redis_url_wins_and_smtp_defaults_follow_security() -> None:
+    settings = Settings.from_env({**BASE, "REDIS_URL": "rediss://h:1/2", "SMTP_SECURITY": "ssl"})
+    assert settings.redis_url == "rediss://h:1/2"
+    assert settings.smtp_port == 465
+    assert Settings.from_env(BASE).smtp_port == 587
+    assert Settings.from_env({**BASE, "SMTP_SECURITY": "none"}).smtp_port == 25
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"SMTP_PORT": "smtp"}, "SMTP_PORT"),
+        ({"SMTP_PORT": "70000"}, "SMTP_PORT"),
+        ({"REDIS_PORT": "-1"}, "REDIS_PORT"),
+        ({"SMTP_SECURITY": "tls13"}, "SMTP_SECURITY"),
+        ({"SENDER_EMAIL": "nobody"}, "SENDER_EMAIL"),
+        ({"SENDER_NAME": "Shop\r\nBcc: x@evil.com"}, "SENDER_NAME"),
+        ({"EVENTS_ENABLED": "maybe"}, "EVENTS_ENABLED"),
+        ({"REDIS_URL": "http://redis"}, "REDIS_URL"),
+        ({"MAX_BODY_BYTES": "10"}, "MAX_BODY_BYTES"),
+        ({"RETRY_MIN_BACKOFF_MS": "9000", "RETRY_MAX_BACKOFF_MS": "10"}, "RETRY_MIN_BACKOFF_MS"),
+        ({"JWT_SECRET": "a", "JWT_SECRET_FILE": "/x"}, "JWT_SECRET"),
+        ({"JWT_SECRET_FILE": "/nonexistent/secret"}, "JWT_SECRET_FILE"),
+        ({"TEMPLATES_DIR": "/nonexistent"}, "TEMPLATES_DIR"),
+        ({"LOG_LEVEL": "chatty"}, "LOG_LEVEL"),
+    ],
+)
+def test_invalid_settings_name_the_variable(env: dict[str, str], variable: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        Settings.from_env({**BASE, **env})
+    assert str(error.value).startswith(f"{variable}:")
+
+
+def test_secrets_from_file_and_from_run_secrets(tmp_path: Path) -> None:
+    (tmp_path / "jwt").write_text("from-file\n")
+    (tmp_path / "smtp_password").write_text("from-secrets-dir")
+    settings = Settings.from_env({"SECRETS_DIR": str(tmp_path),
+                                  "JWT_SECRET_FILE": str(tmp_path / "jwt")})
+    assert settings.jwt_secret == "from-file"
+    assert settings.smtp_password == "from-secrets-dir"
+
+
+def test_no_secret_means_no_service_outside_dev() -> None:
+    with pytest.raises(ConfigError, match=r"^JWT_SECRET: required"):
+        Settings.from_env(BASE).require_jwt_secret()
+    Settings.from_env({**BASE, "EMAIL_SERVICE_DEV": "1"}).require_jwt_secret()
+
+
+def test_processes_stop_with_one_line_naming_the_variable() -> None:
+    env = {"PATH": "/usr/bin:/bin", "SECRETS_DIR": "/nonexistent"}
+    api = subprocess.run([sys.executable, "-m", "email_service", "api"], env=env, cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert api.returncode == 2
+    lines = api.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("email-service: configuration error: JWT_SECRET: required")
+    worker = subprocess.run([sys.executable, "-m", "email_service", "worker"],
+                            env={**env, "SMTP_PORT": "x"}, cwd=REPO, capture_output=True,
+                            text=True, timeout=60)
+    assert worker.returncode == 2
+    assert len(worker.stderr.strip().splitlines()) == 1
+    assert "SMTP_PORT: must be an integer" in worker.stderr

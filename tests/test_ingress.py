@@ -1,0 +1,322 @@
+"""The ingress at the door: auth, validation, limits — and that refused input queues nothing.
+
+The app runs in-process against the session's real redis-server, on a queue no worker consumes,
+so the queue length tells exactly what was accepted.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from starlette.testclient import TestClient
+
+from mailcore.config import Settings
+from mailcore.tokens import mint_token
+from service.app import create_app
+
+from .support import TEST_SECRET, RedisServer
+
+QUEUE = "email-ingress-test"
+
+
+@pytest.fixture
+def client(redis_server: RedisServer) -> Iterator[TestClient]:
+    redis_server.client().delete(f"dramatiq:{QUEUE}")
+    settings = Settings.from_env({
+        "REDIS_URL": redis_server.url, "JWT_SECRET": TEST_SECRET, "QUEUE_NAME": QUEUE,
+        "SENDER_EMAIL": "noreply@shop.example.com", "EVENTS_ENABLED": "false",
+        "MAX_BODY_BYTES": "65536", "SECRETS_DIR": "/nonexistent",
+        "RESET_LIMIT_PER_RECIPIENT": "off",
+    })
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def queued(redis_server: RedisServer) -> Any:
+    return lambda: redis_server.client().llen(f"dramatiq:{QUEUE}")
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+GOOD = bearer(mint_token(TEST_SECRET, subject="billing"))
+
+
+def send(client: TestClient, body: Any, headers: dict[str, str] | None = None) -> Any:
+    return client.post("/v1/messages", json=body, headers=GOOD if headers is None else headers)
+
+
+def valid_message(**overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"template": "password_reset", "to": "ada@example.com",
+                            "data": {"email": "ada@example.com", "code": "123"}}
+    body.update(overrides)
+    return body
+
+
+def test_valid_message_is_queued(client: TestClient, queued: Any) -> None:
+    response = send(client, valid_message())
+    assert response.status_code == 202
+    assert response.json()["status"] == "queued"
+    assert queued() == 1
+
+
+# --- authentication ----------------------------------------------------------------------------
+
+def _unsigned(claims: dict[str, Any]) -> str:
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    header = b64(json.dumps({"alg": "none", "typ": "JWT"}).encode())
+    return f"{header}.{b64(json.dumps(claims).encode())}."
+
+
+def _rsa_public_pem() -> bytes:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.public_key().public_bytes(serialization.Encoding.PEM,
+                                         serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+FUTURE = int(time.time()) + 3600
+
+
+@pytest.mark.parametrize(
+    ("headers", "reason"),
+    [
+        ({}, "missing Authorization header"),
+        ({"Authorization": "Basic dXNlcjpwYXNz"}, "Bearer"),
+        (bearer("not.a.jwt"), "malformed token"),
+        (bearer(_unsigned({"sub": "x", "exp": FUTURE})), "algorithm 'none' is not allowed"),
+        (bearer(jwt.encode({"sub": "x"}, TEST_SECRET, algorithm="HS256")), "'exp'"),
+        (bearer(mint_token(TEST_SECRET, ttl_seconds=-120)), "token expired"),
+        (bearer(mint_token("another-secret-of-sufficient-length!!")), "signature is invalid"),
+        (bearer(jwt.encode({"sub": "x", "exp": FUTURE}, TEST_SECRET * 2, algorithm="HS512")),
+         "'HS512' is not allowed"),
+    ],
+    ids=["missing", "basic", "garbage", "alg-none", "no-exp", "expired", "wrong-key", "hs512"],
+)
+def test_bad_tokens_are_refused(
+    client: TestClient, queued: Any, headers: dict[str, str], reason: str
+) -> None:
+    response = send(client, valid_message(), headers=headers)
+    assert response.status_code == 401
+    assert response.json()["error"] == "unauthorized"
+    assert reason in response.json()["message"]
+    assert response.headers["www-authenticate"].startswith('Bearer realm="email-service"')
+    assert queued() == 0
+
+
+def test_rs_hs_confusion_token_is_refused(client: TestClient, queued: Any) -> None:
+    """A token 'signed' with HS256 using an RSA public key as the secret must not pass."""
+    public_pem = _rsa_public_pem()
+    header = base64.urlsafe_b64encode(b'{"alg":"RS256","typ":"JWT"}').rstrip(b"=").decode()
+    forged_rs = f"{header}.{jwt.encode({'exp': FUTURE}, 'x' * 32).split('.', 1)[1]}"
+    hs_with_pem = jwt.api_jws.PyJWS().encode(  # bypass pyjwt's own PEM-as-HMAC guard
+        json.dumps({"sub": "x", "exp": FUTURE}).encode(), key=b"k" * 32, algorithm="HS256")
+    import hmac
+    from hashlib import sha256
+
+    signing_input = hs_with_pem.rsplit(".", 1)[0]
+    signature = base64.urlsafe_b64encode(
+        hmac.new(public_pem, signing_input.encode(), sha256).digest()).rstrip(b"=").decode()
+    for token in (forged_rs, f"{signing_input}.{signature}"):
+        response = send(client, valid_message(), headers=bearer(token))
+        assert response.status_code == 401, token
+    assert queued() == 0
+
+
+def test_audience_and_issuer_are_enforced_when_configured(redis_server: RedisServer) -> None:
+    settings = Settings.from_env({
+        "REDIS_URL": redis_server.url, "JWT_SECRET": TEST_SECRET, "QUEUE_NAME": QUEUE,
+        "JWT_AUDIENCE": "email-service", "JWT_ISSUER": "https://auth.example.com",
+        "EVENTS_ENABLED": "false", "SECRETS_DIR": "/nonexistent",
+    })
+    with TestClient(create_app(settings)) as client:
+        wrong_aud = mint_token(TEST_SECRET, audience="billing", issuer="https://auth.example.com")
+        no_aud = mint_token(TEST_SECRET, issuer="https://auth.example.com")
+        wrong_iss = mint_token(TEST_SECRET, audience="email-service", issuer="https://evil")
+        right = mint_token(TEST_SECRET, audience="email-service", issuer="https://auth.example.com")
+        assert "audience" in send(client, valid_message(), bearer(wrong_aud)).json()["message"]
+        assert send(client, valid_message(), bearer(no_aud)).status_code == 401
+        assert "issuer" in send(client, valid_message(), bearer(wrong_iss)).json()["message"]
+        assert send(client, valid_message(), bearer(right)).status_code == 202
+
+
+def test_probes_need_no_token(client: TestClient) -> None:
+    assert client.get("/health").json() == {"status": "healthy", "service": "email-service"}
+    assert client.get("/ready").status_code == 200
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+def test_malformed_json_is_400(client: TestClient, queued: Any) -> None:
+    for body in (b"{", b"", b"\xff\xfe", b'{"a": 1} trailing'):
+        response = client.post("/v1/messages", content=body,
+                               headers={**GOOD, "Content-Type": "application/json"})
+        assert response.status_code == 400, body
+        assert response.json()["error"] == "malformed_json"
+    assert queued() == 0
+
+
+def test_deeply_nested_json_is_refused_cleanly(client: TestClient, queued: Any) -> None:
+    body = b'{"template": "password_reset", "data": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    response = client.post("/v1/messages", content=body, headers=GOOD)
+    assert response.status_code == 400
+    assert queued() == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ([1, 2], "body"),
+        ({"to": "ada@example.com", "data": {}}, "template"),
+        (valid_message(to="not-an-address"), "to.0.email"),
+        (valid_message(to=[]), "to"),
+        (valid_message(to={"email": "ada@example.com", "name": "Ada\r\nBcc: x@evil.com"}),
+         "to.0.name"),
+        (valid_message(template="no_such_template"), "template"),
+        (valid_message(template="../../etc/passwd"), "template"),
+        (valid_message(data="text"), "data"),
+        (valid_message(data={"email": "a@example.com"}), "data"),
+        (valid_message(data={"email": "a@example.com", "code": 5}), "data.code"),
+        (valid_message(subject="Hi\nBcc: victim@example.com"), "subject"),
+        (valid_message(subject="Hi\rthere"), "subject"),
+        (valid_message(reply_to={"email": "r@example.com", "name": "R\nX-Evil: 1"}),
+         "reply_to.name"),
+        (valid_message(reply_to="r@example.com\r\nBcc: x@evil.com"), "reply_to.email"),
+        (valid_message(headers={"X-Trace": "a\r\nBcc: x@evil.com"}), "headers.X-Trace"),
+        (valid_message(cc=[{"email": "c@example.com", "name": "C\nBcc: x@evil.com"}]),
+         "cc.0.name"),
+        (valid_message(bcc={"email": "b@example.com", "name": "B\r\n"}), "bcc.0.name"),
+        (valid_message(**{"from": {"email": "noreply@shop.example.com", "name": "S\nX: y"}}),
+         "from.name"),
+        (valid_message(to="victim@example.com\nBcc: all@example.com"), "to.0.email"),
+        (valid_message(headers={"Bad Name:": "v"}), "headers"),
+        (valid_message(headers={"From": "ceo@shop.example.com"}), "headers"),
+        (valid_message(**{"from": "ceo@elsewhere.example.org"}), "from.email"),
+        (valid_message(cc=["x@example.com"] * 60), "body"),
+        (valid_message(tags=["has space"]), "tags.0"),
+        (valid_message(unexpected=True), "unexpected"),
+    ],
+    ids=["array", "no-template", "bad-address", "no-recipient", "name-crlf", "unknown-template",
+         "path-template", "data-type", "data-missing-field", "data-wrong-type", "subject-lf",
+         "subject-cr", "reply-name-lf", "reply-email-crlf", "header-crlf", "cc-name-lf",
+         "bcc-name-crlf", "from-name-lf", "to-email-lf", "header-name",
+         "reserved-header", "foreign-from", "too-many-recipients", "bad-tag", "unknown-field"],
+)
+def test_invalid_messages_are_422_naming_the_field(
+    client: TestClient, queued: Any, body: Any, field: str
+) -> None:
+    response = send(client, body)
+    assert response.status_code == 422, response.text
+    payload = response.json()
+    assert set(payload) == {"error", "message", "details"}
+    fields = [detail["field"] for detail in payload["details"]]
+    assert field in fields, payload
+    assert queued() == 0
+
+
+def test_body_over_limit_is_413(client: TestClient, queued: Any) -> None:
+    huge = valid_message(data={"email": "a@example.com", "code": "1", "pad": "x" * 70_000})
+    response = send(client, huge)
+    assert response.status_code == 413
+    assert response.json()["error"] == "payload_too_large"
+    # Without Content-Length (chunked), the limit holds while streaming.
+    chunks = iter([json.dumps(huge).encode()[i:i + 8192] for i in range(0, 80_000, 8192)])
+    response = client.post("/v1/messages", content=chunks, headers=GOOD)
+    assert response.status_code == 413
+    assert queued() == 0
+
+
+def test_reset_code_contract_errors_are_400(client: TestClient, queued: Any) -> None:
+    url = "/email-service/send-reset-code"
+    for body in ({"email": "a@example.com"}, {"code": "1"}, {}):
+        response = client.post(url, json=body, headers=GOOD)
+        assert response.status_code == 400
+        assert "missing required field" in response.json()["message"]
+    assert client.post(url, json={"email": "nope", "code": "1"}, headers=GOOD).status_code == 400
+    assert client.post(url, json={"email": "a@example.com", "code": "1"}).status_code == 401
+    assert queued() == 0
+    ok = client.post(url, json={"email": "a@example.com", "code": 123456}, headers=GOOD)
+    assert ok.json() == {"message": "Password reset code sent successfully"}
+    assert queued() == 1
+
+
+def test_order_confirmation_validation(client: TestClient, queued: Any) -> None:
+    url = "/api/order-confirmation"
+    order = {"order_id": "1", "customer": {"name": "A", "email": "a@example.com"},
+             "items": [{"product_id": "p", "name": "n", "quantity": 1, "price": 1.5}],
+             "total": 1.5}
+    bad_quantity = {**order, "items": [{**order["items"][0], "quantity": "lots"}]}
+    response = client.post(url, json=bad_quantity, headers=GOOD)
+    assert response.status_code == 422
+    assert response.json()["details"][0]["field"] == "items.0.quantity"
+    no_customer = {key: value for key, value in order.items() if key != "customer"}
+    assert client.post(url, json=no_customer, headers=GOOD).status_code == 422
+    assert queued() == 0
+    response = client.post(url, json=order, headers=GOOD)
+    assert response.json() == {"status": "success", "message": "Order confirmation email sent"}
+    assert queued() == 1
+
+
+def test_unknown_route_and_method_are_json(client: TestClient) -> None:
+    assert client.get("/nope").json()["error"] == "not_found"
+    assert client.get("/v1/messages").status_code == 405
+
+
+def test_templates_list_detail_and_render(client: TestClient) -> None:
+    listed = {t["name"]: t for t in client.get("/v1/templates", headers=GOOD).json()["templates"]}
+    assert {"password_reset", "order_confirmation"} <= set(listed)
+    assert listed["password_reset"]["source"] == {"kind": "builtin"}
+    detail = client.get("/v1/templates/password_reset", headers=GOOD).json()
+    assert detail["version"] == listed["password_reset"]["version"]
+    assert detail["variables"]["required"] == ["email", "code"] and detail["sample_data"]["code"]
+    assert client.get("/v1/templates/nope", headers=GOOD).status_code == 404
+    rendered = client.post("/v1/templates/password_reset/render",
+                           json={"data": {"email": "a@example.com", "code": "<b>42</b>"}},
+                           headers=GOOD).json()
+    assert "&lt;b&gt;42&lt;/b&gt;" in rendered["html"]
+    assert "<b>42</b>" in rendered["text"]
+    assert client.post("/v1/templates/nope/render", json={}, headers=GOOD).status_code == 404
+    bad = client.post("/v1/templates/password_reset/render",
+                      json={"data": {"email": 1, "code": 2}}, headers=GOOD)
+    assert bad.status_code == 422
+    assert {d["field"] for d in bad.json()["details"]} == {"data.email", "data.code"}
+
+
+def test_every_data_violation_is_listed(client: TestClient, queued: Any) -> None:
+    order = {"order_id": 5, "customer": {"name": "A"}, "items": [], "total": -1}
+    response = send(client, {"template": "order_confirmation", "to": "a@example.com",
+                             "data": order})
+    assert response.status_code == 422
+    fields = {detail["field"] for detail in response.json()["details"]}
+    assert fields == {"data.order_id", "data.customer", "data.items", "data.total"}
+    assert queued() == 0
+
+
+def test_enqueue_with_redis_down_is_503(redis_server: RedisServer) -> None:
+    settings = Settings.from_env({
+        "REDIS_URL": "redis://127.0.0.1:1/0", "JWT_SECRET": TEST_SECRET,
+        "EVENTS_ENABLED": "false", "SECRETS_DIR": "/nonexistent",
+    })
+    with TestClient(create_app(settings)) as client:
+        response = send(client, valid_message())
+        assert response.status_code == 503
+        assert response.headers["retry-after"]
+        assert client.get("/ready").status_code == 503
+
+
+def test_message_ids_are_unique(client: TestClient) -> None:
+    ids = {send(client, valid_message()).json()["id"] for _ in range(20)}
+    assert len(ids) == 20
+    assert all(uuid.UUID(i) for i in ids)

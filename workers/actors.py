@@ -1,0 +1,139 @@
+"""The Dramatiq entry point for worker processes: ``dramatiq workers.actors``.
+
+Importing this module configures the broker from the environment and declares the send actor,
+which is what Dramatiq's worker processes expect of the module they are given.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import dramatiq
+from dramatiq.middleware import CurrentMessage
+from opentelemetry import trace
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from mailcore.config import Settings
+from mailcore.logs import configure_logging
+from mailcore.queue import SEND_ACTOR
+from mailcore.rendering import TemplateError
+from mailcore.status import DEAD, FAILED, RETRYING, SENT
+from mailcore.telemetry import configure_tracing, extract_context, tracer
+from mailcore.transports import DeliveryError, PermanentDeliveryError, TransientDeliveryError
+
+from . import metrics
+from .runtime import build_runtime
+
+log = logging.getLogger("email_service.worker")
+
+#: Redis errors that mean "briefly unreachable", worth waiting out.
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
+
+settings = Settings.from_env()
+configure_logging(settings.log_level)
+configure_tracing("worker")
+runtime = build_runtime(settings)
+dramatiq.set_broker(runtime.broker)
+
+
+def should_retry(retries: int, exception: BaseException) -> bool:
+    """Retry transient failures (relay trouble, 4xx, Redis briefly away) until the retry budget
+    is spent."""
+    transient = isinstance(exception, (TransientDeliveryError, *REDIS_DOWN))
+    return transient and retries < settings.max_retries
+
+
+@dramatiq.actor(
+    actor_name=SEND_ACTOR,
+    queue_name=settings.queue_name,
+    retry_when=should_retry,
+    min_backoff=settings.retry_min_backoff_ms,
+    max_backoff=settings.retry_max_backoff_ms,
+    time_limit=settings.send_time_limit_ms,
+    throws=(PermanentDeliveryError, TemplateError),
+)
+def send_email(job: dict[str, Any]) -> None:
+    message = CurrentMessage.get_current_message()
+    retries = message.options.get("retries", 0) if message else 0
+    # One trace from the ingress request (or the Redis event) through render and SMTP.
+    with tracer().start_as_current_span(
+        "send_email", context=extract_context(job.get("trace")), kind=trace.SpanKind.CONSUMER,
+        attributes={"email.message_id": job["id"], "email.attempt": retries + 1,
+                    "messaging.system": "dramatiq"},
+    ) as span:
+        outcome = _send(job, retries, message.options.get("redis_message_id") if message else None)
+        span.set_attribute("email.outcome", outcome)
+
+
+def _send(job: dict[str, Any], retries: int, redis_id: str | None) -> str:
+    """Guarded delivery with status records; returns the outcome (or raises for Dramatiq)."""
+    message_id = job["id"]
+    template = job.get("request", {}).get("template", "")
+    transport = runtime.deliverer.transport.name
+    status = runtime.status
+    # The guard that makes redelivery safe: never send what the relay already accepted.
+    attempt = status.begin_attempt(message_id, settings.send_time_limit_ms / 1000)
+    if attempt.reason == "sent":
+        log.warning("already sent; redelivered copy dropped", extra={"message_id": message_id})
+        metrics.MESSAGES.labels(template, transport, "duplicate").inc()
+        return "duplicate"
+    if not attempt.proceed:
+        raise TransientDeliveryError("another attempt of this message is in progress")
+    context = {"message_id": message_id, "attempt": attempt.attempt, "template": template}
+    try:
+        delivered = runtime.deliverer.deliver(job)
+    except (PermanentDeliveryError, TemplateError) as exc:
+        log.error("dead-lettered: permanent failure: %s", exc, extra=context)
+        status.record(message_id, FAILED, str(exc), last_error=_text(exc),
+                      last_code=getattr(exc, "code", None), redis_id=redis_id)
+        metrics.MESSAGES.labels(template, transport, "failed").inc()
+        metrics.DEAD_LETTERS.labels("failed").inc()
+        trace.get_current_span().set_attribute("email.outcome", "failed")
+        raise
+    except Exception as raised:
+        failure = raised if isinstance(raised, TransientDeliveryError) else None
+        if failure is None:
+            # Unexpected (a bug, a broken socket): retrying is safer than dropping the message.
+            log.exception("unexpected error while sending", extra=context)
+            failure = TransientDeliveryError(f"{type(raised).__name__}: {raised}")
+        if retries >= settings.max_retries:
+            log.error("dead-lettered after %d attempts: %s", retries + 1, failure, extra=context)
+            status.record(message_id, DEAD, f"gave up after {retries + 1} attempts: {failure}",
+                          last_error=failure.text, last_code=failure.code, redis_id=redis_id)
+            metrics.MESSAGES.labels(template, transport, "dead").inc()
+            metrics.DEAD_LETTERS.labels("exhausted").inc()
+        else:
+            log.warning("attempt %d failed, will retry: %s", retries + 1, failure, extra=context)
+            status.record(message_id, RETRYING, str(failure), last_error=failure.text,
+                          last_code=failure.code)
+            metrics.MESSAGES.labels(template, transport, "retry").inc()
+            metrics.RETRIES.inc()
+        trace.get_current_span().set_attribute(
+            "email.outcome", "dead" if retries >= settings.max_retries else "retry")
+        if failure is raised:
+            raise
+        raise failure from raised
+    # The relay has the message: this must be recorded before Dramatiq acknowledges, or a
+    # redelivery would send it again, so wait out a short Redis outage rather than give up.
+    deadline = time.monotonic() + settings.send_time_limit_ms / 1000
+    while True:
+        try:
+            status.record(message_id, SENT, delivered.result.response,
+                          transport=delivered.result.transport, version=delivered.version,
+                          response=delivered.result.response,
+                          code=delivered.result.response[:3] or None)
+            break
+        except REDIS_DOWN:
+            if time.monotonic() > deadline:
+                log.error("sent, but the sent status could not be recorded", extra=context)
+                raise
+            time.sleep(0.2)
+    metrics.MESSAGES.labels(delivered.template, delivered.result.transport, "sent").inc()
+    return "sent"
+
+
+def _text(exc: Exception) -> str:
+    return exc.text if isinstance(exc, DeliveryError) else str(exc)

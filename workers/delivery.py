@@ -1,0 +1,115 @@
+"""One delivery: job payload → template → rendered MIME → transport. No Dramatiq here."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from email.headerregistry import Address
+from email.utils import parseaddr
+from typing import Any
+
+from opentelemetry import trace
+
+from mailcore.config import Settings
+from mailcore.message import Recipient, SendRequest
+from mailcore.mime import build_envelope
+from mailcore.rendering import TemplateError
+from mailcore.telemetry import tracer
+from mailcore.templates import TemplateRegistry
+from mailcore.transports import DeliveryError, DeliveryResult, Transport
+
+from . import metrics
+
+log = logging.getLogger("email_service.worker")
+
+
+@dataclass(frozen=True)
+class Delivered:
+    result: DeliveryResult
+    template: str
+    version: str
+
+
+class Deliverer:
+    """Renders and delivers send jobs.
+
+    Parameters:
+      settings: sender identity and brand values.
+      registry: compiled templates (each version compiled once per process).
+      transport: where messages go.
+    """
+
+    def __init__(
+        self, settings: Settings, registry: TemplateRegistry, transport: Transport
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.transport = transport
+        self._brand = asdict(settings.brand)
+        self._default_sender = Recipient(email=settings.sender_email, name=settings.sender_name)
+
+    def deliver(self, job: dict[str, Any]) -> Delivered:
+        """Raises ``TemplateError`` (permanent) or a ``DeliveryError`` from the transport."""
+        request = SendRequest.model_validate(job["request"])
+        span = trace.get_current_span()
+        with tracer().start_as_current_span("template.load",
+                                            attributes={"email.template": request.template}):
+            template = self.registry.get(request.template)
+        if template is None:
+            raise TemplateError("UnknownTemplate", f"no template named {request.template!r}")
+        span.set_attribute("email.template", template.name)
+        span.set_attribute("email.template_version", template.version)
+        started = time.perf_counter()
+        with tracer().start_as_current_span("render", attributes={
+                "email.template": template.name, "email.template_version": template.version}):
+            rendered = template.render(request.data, brand=self._brand, locale=request.locale)
+        metrics.RENDER_SECONDS.labels(template.name).observe(time.perf_counter() - started)
+        if request.subject:
+            rendered = type(rendered)(subject=request.subject, html=rendered.html,
+                                      text=rendered.text)
+        envelope = build_envelope(
+            message_id=job["id"],
+            rendered=rendered,
+            sender=request.sender or _parse_mailbox(template.source.sender) or self._default_sender,
+            to=request.to,
+            cc=request.cc,
+            bcc=request.bcc,
+            reply_to=request.reply_to or _parse_mailbox(template.source.reply_to),
+            headers=request.headers,
+            tags=request.tags,
+        )
+        if self.settings.trace_recipients:
+            span.set_attribute("email.recipients", list(envelope.recipients))
+        started = time.perf_counter()
+        with tracer().start_as_current_span(
+            "transport.send", kind=trace.SpanKind.CLIENT,
+            attributes={"email.transport": self.transport.name, "email.message_id": job["id"]},
+        ) as send_span:
+            try:
+                result = self.transport.send(envelope)
+            except DeliveryError as exc:
+                if exc.code is not None:
+                    send_span.set_attribute("smtp.code", exc.code)
+                raise
+            finally:
+                metrics.SEND_SECONDS.labels(self.transport.name).observe(
+                    time.perf_counter() - started)
+            if result.response[:3].isdigit():
+                send_span.set_attribute("smtp.code", int(result.response[:3]))
+        log.info("delivered", extra={"message_id": job["id"], "template": template.name,
+                                     "version": template.version, "transport": result.transport,
+                                     "response": result.response})
+        if result.refused:
+            log.warning("some recipients refused", extra={"message_id": job["id"],
+                                                          "refused": len(result.refused)})
+        return Delivered(result=result, template=template.name, version=template.version)
+
+
+def _parse_mailbox(value: str | None) -> Recipient | None:
+    """``"Name <addr>"`` or ``"addr"`` from a template override."""
+    if not value:
+        return None
+    name, addr = parseaddr(value)
+    Address(addr_spec=addr)  # raises on malformed addresses
+    return Recipient(email=addr, name=name or None)

@@ -1,0 +1,30 @@
+"""Worker metrics for Prometheus.
+
+Dramatiq runs several worker processes, so counters and histograms use prometheus_client's
+multiprocess mode: each process writes to ``PROMETHEUS_MULTIPROC_DIR`` and the ``email-service
+worker`` parent serves the merged view on ``WORKER_METRICS_PORT`` (9191), together with queue
+gauges read from Redis at scrape time.
+
+- ``email_messages_total{template,transport,outcome}``: outcome sent | retry | failed | dead |
+  duplicate (a redelivered copy of a message already sent, dropped)
+- ``email_render_seconds{template}``, ``email_send_seconds{transport}``: latency histograms
+- ``email_retries_total``, ``email_dead_letters_total{reason}`` (failed | exhausted)
+- ``email_queue_depth``, ``email_queue_delayed``, ``email_queue_in_flight``,
+  ``email_queue_oldest_age_seconds``, ``email_dead_letter_queue_size``: queue gauges
+"""
+
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+_LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+MESSAGES = Counter("email_messages", "Messages handled by workers, by outcome",
+                   ["template", "transport", "outcome"])
+RENDER_SECONDS = Histogram("email_render_seconds", "Template render time per message",
+                           ["template"], buckets=_LATENCY)
+SEND_SECONDS = Histogram("email_send_seconds", "Transport send time per message", ["transport"],
+                         buckets=_LATENCY)
+RETRIES = Counter("email_retries", "Send attempts that failed transiently and will be retried")
+DEAD_LETTERS = Counter("email_dead_letters", "Messages dead-lettered, by reason", ["reason"])

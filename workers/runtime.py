@@ -1,0 +1,55 @@
+"""What a worker process holds: broker, templates, transport and the deliverer using them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+from dramatiq import Broker
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import CurrentMessage, Middleware, default_middleware
+
+from mailcore.config import Settings
+from mailcore.status import StatusStore
+from mailcore.store import template_store_from_settings
+from mailcore.telemetry import shutdown_tracing
+from mailcore.templates import TemplateRegistry, builtin_templates_dir
+from mailcore.transports import Transport, transport_from_settings
+
+from .broker import make_broker
+from .delivery import Deliverer
+
+
+class CloseTransport(Middleware):
+    """Quit SMTP sessions politely once the worker threads have finished their sends."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+
+    def after_worker_shutdown(self, broker: Broker, worker: object) -> None:
+        self.transport.close()
+        shutdown_tracing()  # flush spans still buffered
+
+
+@dataclass
+class WorkerRuntime:
+    broker: RedisBroker
+    deliverer: Deliverer
+    status: StatusStore
+
+
+def build_runtime(settings: Settings) -> WorkerRuntime:
+    registry = TemplateRegistry.from_dir(builtin_templates_dir(settings.templates_dir),
+                                         store=template_store_from_settings(settings))
+    transport = transport_from_settings(settings)
+    middleware = [m() for m in default_middleware]
+    middleware += [CurrentMessage(), CloseTransport(transport)]
+    broker = make_broker(
+        settings.redis_url, middleware=middleware,
+        heartbeat_timeout_ms=settings.queue_heartbeat_timeout_ms,
+        maintenance_chance=settings.queue_maintenance_chance,
+    )
+    status = StatusStore(redis.Redis.from_url(settings.redis_url, socket_timeout=10),
+                         settings.key_prefix, settings.status_retention_seconds)
+    return WorkerRuntime(broker=broker, deliverer=Deliverer(settings, registry, transport),
+                         status=status)
