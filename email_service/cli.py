@@ -74,6 +74,16 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--scope", help="space-separated scopes (e.g. 'email:send email:admin')")
     token.set_defaults(run=_run_token)
 
+    probe = sub.add_parser("probe", help="liveness/readiness check for Kubernetes probes")
+    probe.add_argument("target", choices=("worker",))
+    probe.add_argument("--ready", action="store_true",
+                       help="readiness: also require that Redis answers")
+    probe.add_argument("--max-age", type=float, default=30.0, metavar="SECONDS",
+                       help="a worker process silent this long is frozen or dead (default 30)")
+    probe.add_argument("--stall", type=float, default=60.0, metavar="SECONDS",
+                       help="with Redis up, a consumer idle this long is wedged (default 60)")
+    probe.set_defaults(run=_run_probe)
+
     operator = sub.add_parser("operator", help="run the EmailTemplate operator (kopf)")
     scope = operator.add_mutually_exclusive_group()
     scope.add_argument("--namespace", "-n", action="append", default=[], metavar="NS",
@@ -119,9 +129,11 @@ def _run_worker(args: argparse.Namespace) -> int:
     from dramatiq.cli import make_argument_parser
 
     from mailcore.logs import configure_logging
+    from workers.heartbeat import prepare_directory
 
     settings = Settings.from_env()  # fail here with one line rather than in every child
     configure_logging(settings.log_level)
+    prepare_directory(settings.worker_heartbeat_dir)
     if settings.worker_metrics_port:
         from workers.exposition import prepare_multiprocess_dir, serve_worker_metrics
 
@@ -224,6 +236,21 @@ def _run_dlq(args: argparse.Namespace) -> int:
         return 1
     print(f"purged {dead.purge()} message(s)")
     return 0
+
+
+def _run_probe(args: argparse.Namespace) -> int:
+    import time
+
+    from workers.heartbeat import problems, read_reports
+
+    settings = Settings.from_env()
+    found = problems(read_reports(settings.worker_heartbeat_dir), now=time.time(),
+                     ready=args.ready, max_age=args.max_age, stall_after=args.stall)
+    for problem in found:
+        print(problem, file=sys.stderr)
+    if not found:
+        print("ready" if args.ready else "live")
+    return 1 if found else 0
 
 
 def _run_token(args: argparse.Namespace) -> int:

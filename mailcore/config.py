@@ -117,6 +117,9 @@ class Settings:
     worker_shutdown_timeout_ms: int = 25_000
     #: Where ``email-service worker`` serves Prometheus metrics (0: not at all).
     worker_metrics_port: int = 9191
+    #: Worker heartbeat files for the liveness/readiness probe (``email-service probe worker``).
+    worker_heartbeat_dir: Path = Path("/tmp/email-service-heartbeat")
+    worker_heartbeat_seconds: float = 5.0
     #: Put recipient addresses on trace spans (off: they are personal data).
     trace_recipients: bool = False
 
@@ -197,6 +200,9 @@ class Settings:
             worker_shutdown_timeout_ms=env.integer("WORKER_SHUTDOWN_TIMEOUT_MS", 25_000,
                                                    low=100),
             worker_metrics_port=env.integer("WORKER_METRICS_PORT", 9191, low=0, high=65535),
+            worker_heartbeat_dir=Path(env.text("WORKER_HEARTBEAT_DIR",
+                                               "/tmp/email-service-heartbeat")),
+            worker_heartbeat_seconds=env.number("WORKER_HEARTBEAT_SECONDS", 5.0, low=0.05),
             trace_recipients=env.flag("TRACE_RECIPIENTS", False),
             templates_dir=env.path("TEMPLATES_DIR"),
             reset_template=env.text("RESET_TEMPLATE", "password_reset"),

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -229,6 +230,8 @@ def base_env(redis_url: str, smtp_port: int, **overrides: str) -> dict[str, str]
         SECRETS_DIR="/nonexistent",
         PYTHONUNBUFFERED="1",
         WORKER_METRICS_PORT="0",  # tests that scrape workers pick a free port
+        # Each worker command clears its heartbeat folder on start: one folder per test stack.
+        WORKER_HEARTBEAT_DIR=tempfile.mkdtemp(prefix="email-service-heartbeat-"),
     )
     env.update(overrides)
     return env

@@ -12,6 +12,8 @@ being sent twice.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -21,7 +23,23 @@ from dramatiq.errors import ConnectionClosed
 
 
 class RecoveringRedisBroker(RedisBroker):
-    """A :class:`RedisBroker` whose consumers take back what an earlier consumer left behind."""
+    """A :class:`RedisBroker` whose consumers take back what an earlier consumer left behind.
+
+    It also notes when a command last completed (``last_dispatch``, wall-clock seconds): the
+    worker heartbeat reads it to tell a wedged consumer from an idle one.
+    """
+
+    last_dispatch: float = 0.0
+
+    def _dispatch(self, command: str) -> Callable[..., Any]:
+        dispatch: Callable[..., Any] = super()._dispatch(command)  # type: ignore[no-untyped-call]
+
+        def timed(queue_name: str, *args: Any) -> Any:
+            result = dispatch(queue_name, *args)
+            self.last_dispatch = time.time()
+            return result
+
+        return timed
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Consumer:
         acks = f"{self.namespace}:__acks__.{self.broker_id}.{queue_name}"

@@ -18,6 +18,7 @@ from mailcore.transports import Transport, transport_from_settings
 
 from .broker import make_broker
 from .delivery import Deliverer
+from .heartbeat import Heartbeat
 
 
 class CloseTransport(Middleware):
@@ -43,7 +44,8 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
                                          store=template_store_from_settings(settings))
     transport = transport_from_settings(settings)
     middleware = [m() for m in default_middleware]
-    middleware += [CurrentMessage(), CloseTransport(transport)]
+    middleware += [CurrentMessage(), CloseTransport(transport),
+                   Heartbeat(settings.worker_heartbeat_dir, settings.worker_heartbeat_seconds)]
     broker = make_broker(
         settings.redis_url, middleware=middleware,
         heartbeat_timeout_ms=settings.queue_heartbeat_timeout_ms,
