@@ -112,7 +112,7 @@ def observed(redis_server: RedisServer, smtp_server: SMTPServer,
     env = base_env(redis_server.url, smtp_server.port, QUEUE_NAME=QUEUE,
                    OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{receiver.server_port}",
                    OTEL_BSP_SCHEDULE_DELAY="50", WORKER_METRICS_PORT=str(metrics_port),
-                   PROMETHEUS_MULTIPROC_DIR=str(logs / "prometheus"), LOG_FORMAT="json",
+                   LOG_FORMAT="json",  # and the default PROMETHEUS_MULTIPROC_DIR, as deployed
                    KEY_PREFIX="email-obs", EVENTS_CHANNEL="observed_reset_events")
     api = ServiceProcess(["api", "--host", "127.0.0.1", "--port", str(api_port)], env,
                          logs / "api.log").start()

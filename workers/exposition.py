@@ -22,7 +22,8 @@ from prometheus_client.registry import Collector
 
 
 def prepare_multiprocess_dir() -> Path:
-    """A fresh ``PROMETHEUS_MULTIPROC_DIR`` for this worker command (inherited by its children)."""
+    """Empty ``PROMETHEUS_MULTIPROC_DIR`` (set by the worker command before prometheus_client was
+    imported) for this run; its children inherit it."""
     path = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", "/tmp/email-service-metrics"))
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True, exist_ok=True)
