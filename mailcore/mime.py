@@ -1,15 +1,26 @@
-"""Build the MIME message: multipart/alternative with a text and an HTML part."""
+"""Build the MIME message: multipart/alternative with a text and an HTML part.
+
+The message is written straight to bytes. The standard library's ``EmailMessage`` parses every
+header it is given back into a token tree and re-folds it when serialising, which cost about
+2.4 ms per message — most of a worker's CPU per email (the benchmark's profile). Everything
+written here is already validated (addresses by email-validator, no CR/LF in any header value),
+so a small writer suffices: RFC 2047 encoded-words for non-ASCII header text (``email.header``),
+``formataddr`` for mailboxes, quoted-printable bodies (``binascii``, in C) and CRLF line ends.
+"""
 
 from __future__ import annotations
 
+import binascii
+import os
 from dataclasses import dataclass
-from email.headerregistry import Address
-from email.message import EmailMessage
-from email.policy import SMTP
-from email.utils import formatdate
+from email.header import Header
+from email.utils import formataddr, formatdate
 
 from .message import Recipient
 from .rendering import RenderedEmail
+
+#: Longest header line we emit unfolded (RFC 5322 recommends 78 characters).
+_FOLD_AT = 78
 
 
 @dataclass(frozen=True)
@@ -19,15 +30,44 @@ class Envelope:
     message_id: str
     sender: str
     recipients: tuple[str, ...]
-    message: EmailMessage
+    raw: bytes
 
     def as_bytes(self) -> bytes:
-        return self.message.as_bytes(policy=SMTP)
+        return self.raw
 
 
-def _address(recipient: Recipient) -> Address:
-    local, _, domain = recipient.email.rpartition("@")
-    return Address(display_name=recipient.name or "", username=local, domain=domain)
+def _ascii_address(address: str) -> str:
+    """The address with an internationalised domain in its ASCII (IDNA) form."""
+    local, _, domain = address.rpartition("@")
+    if domain.isascii():
+        return address
+    return f"{local}@{domain.encode('idna').decode('ascii')}"
+
+
+def _mailbox(recipient: Recipient) -> str:
+    return formataddr((recipient.name or "", _ascii_address(recipient.email)), charset="utf-8")
+
+
+def _header(name: str, value: str) -> str:
+    """One header line (folded if long); non-ASCII text becomes RFC 2047 encoded-words."""
+    if value.isascii() and len(name) + 2 + len(value) <= _FOLD_AT:
+        return f"{name}: {value}"
+    charset = "us-ascii" if value.isascii() else "utf-8"
+    folded = Header(value, charset, header_name=name).encode(linesep="\r\n")
+    return f"{name}: {folded}"
+
+
+def _address_header(name: str, recipients: list[Recipient]) -> str:
+    # One mailbox per folded line keeps long recipient lists within the line limit.
+    return f"{name}: " + ",\r\n ".join(_mailbox(r) for r in recipients)
+
+
+def _part(boundary: str, subtype: str, body: str) -> bytes:
+    text = body.replace("\r\n", "\n").replace("\r", "\n").encode("utf-8")
+    encoded = binascii.b2a_qp(text, istext=True).replace(b"\n", b"\r\n")
+    return (f"--{boundary}\r\nContent-Type: text/{subtype}; charset=\"utf-8\"\r\n"
+            "Content-Transfer-Encoding: quoted-printable\r\n\r\n").encode("ascii") + \
+        encoded + b"\r\n"
 
 
 def build_envelope(
@@ -45,23 +85,29 @@ def build_envelope(
     """Assemble headers and both parts; Bcc recipients go to the envelope only."""
     cc = cc or []
     bcc = bcc or []
-    msg = EmailMessage(policy=SMTP)
-    msg["From"] = _address(sender)
-    msg["To"] = [_address(r) for r in to]
+    domain = _ascii_address(sender.email).rpartition("@")[2]
+    boundary = f"=_{os.urandom(12).hex()}"  # "=_" cannot occur in quoted-printable text
+    lines = [f"From: {_mailbox(sender)}", _address_header("To", to)]
     if cc:
-        msg["Cc"] = [_address(r) for r in cc]
+        lines.append(_address_header("Cc", cc))
     if reply_to is not None:
-        msg["Reply-To"] = _address(reply_to)
-    msg["Subject"] = rendered.subject
-    msg["Date"] = formatdate(localtime=False, usegmt=True)
-    domain = sender.email.rpartition("@")[2]
-    msg["Message-ID"] = f"<{message_id}@{domain}>"
-    msg["X-Email-Service-Id"] = message_id
+        lines.append(f"Reply-To: {_mailbox(reply_to)}")
+    lines += [
+        _header("Subject", rendered.subject),
+        f"Date: {formatdate(localtime=False, usegmt=True)}",
+        f"Message-ID: <{message_id}@{domain}>",
+        f"X-Email-Service-Id: {message_id}",
+    ]
     if tags:
-        msg["X-Email-Service-Tags"] = ", ".join(tags)
-    for name, value in (headers or {}).items():
-        msg[name] = value
-    msg.set_content(rendered.text)
-    msg.add_alternative(rendered.html, subtype="html")
-    recipients = tuple(dict.fromkeys(r.email for r in [*to, *cc, *bcc]))
-    return Envelope(message_id=message_id, sender=sender.email, recipients=recipients, message=msg)
+        lines.append(_header("X-Email-Service-Tags", ", ".join(tags)))
+    lines += [_header(name, value) for name, value in (headers or {}).items()]
+    lines += ["MIME-Version: 1.0", f'Content-Type: multipart/alternative; boundary="{boundary}"']
+    raw = b"".join([
+        ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8"),
+        _part(boundary, "plain", rendered.text),
+        _part(boundary, "html", rendered.html),
+        f"--{boundary}--\r\n".encode("ascii"),
+    ])
+    recipients = tuple(dict.fromkeys(_ascii_address(r.email) for r in [*to, *cc, *bcc]))
+    return Envelope(message_id=message_id, sender=_ascii_address(sender.email),
+                    recipients=recipients, raw=raw)

@@ -92,7 +92,9 @@ def create_app(settings: Settings, *, dev_secret: str | None = None) -> Starlett
     app = Starlette(
         routes=[*routes, *docs_routes(), Route("/metrics", metrics_endpoint, methods=["GET"])],
         lifespan=lifespan,
-        middleware=[Middleware(OpenTelemetryMiddleware, excluded_urls="health,ready,metrics"),
+        middleware=[Middleware(OpenTelemetryMiddleware, excluded_urls="health,ready,metrics",
+                               # one server span per request, not one per ASGI message
+                               exclude_spans=["receive", "send"]),
                     Middleware(MetricsMiddleware, metrics=metrics)],
         exception_handlers={ApiError: handle_error, HTTPException: handle_not_found,
                             RedisError: handle_redis_error},
