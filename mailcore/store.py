@@ -359,9 +359,10 @@ def _follow(ref: weakref.ReferenceType[RedisTemplateStore], stop: threading.Even
                         store.refresh()
                     next_poll = time.monotonic() + period
                 store = None
-        # AttributeError/ValueError: redis-py's reaction to its connection being closed under it
-        # (by close(), or by the client's finalizer once the store is dropped).
-        except (redis.RedisError, OSError, ValueError, AttributeError) as exc:
+        # AttributeError/ValueError (TypeError with hiredis, which redis-py uses whenever it is
+        # installed): redis-py's reaction to its connection being closed under it (by close(),
+        # or by the client's finalizer once the store is dropped).
+        except (redis.RedisError, OSError, ValueError, AttributeError, TypeError) as exc:
             store = None
             following.clear()
             if stop.is_set() or ref() is None:
@@ -374,7 +375,7 @@ def _follow(ref: weakref.ReferenceType[RedisTemplateStore], stop: threading.Even
             backoff = min(backoff * 2, 5.0)
         finally:
             if pubsub is not None:
-                with contextlib.suppress(redis.RedisError, OSError, AttributeError):
+                with contextlib.suppress(redis.RedisError, OSError, AttributeError, TypeError):
                     pubsub.close()
 
 
