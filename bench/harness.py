@@ -860,8 +860,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=int(os.environ.get("BENCH_PROCESSES",
                                                                             "2")),
                         help="worker processes (default: the CLI's default, 2)")
-    parser.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "32")),
-                        help="threads per worker process (default: the CLI's default, 32)")
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "24")),
+                        help="threads per worker process (default: the CLI's default, 24)")
     parser.add_argument("--service-root", type=Path,
                         help="run the service from this source tree (e.g. a `git archive` of a "
                              "commit) instead of the checkout; the bench code stays the same")

@@ -35,9 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run Dramatiq worker processes that deliver mail")
     worker.add_argument("--processes", type=int,
                         default=int(os.environ.get("WORKER_PROCESSES", "2")))
-    worker.add_argument("--threads", type=int, default=int(os.environ.get("WORKER_THREADS", "32")),
+    worker.add_argument("--threads", type=int, default=int(os.environ.get("WORKER_THREADS", "24")),
                         help="threads per process; each keeps one SMTP session open, so a "
-                             "distant relay needs many (default 32)")
+                             "distant relay needs many (default 24)")
     worker.set_defaults(run=_run_worker)
 
     dev = sub.add_parser("dev", help="run the whole stack locally, catching mail in a folder")

@@ -453,3 +453,14 @@ def test_helm_is_the_real_binary(helm_binary: str) -> None:
     version = helm(helm_binary, "version", "--short").stdout
     assert version.startswith("v4."), version
     assert shutil.which(helm_binary) or Path(helm_binary).is_file()
+
+
+@pytest.mark.parametrize("env", ["default", *ENVIRONMENTS])
+def test_worker_smtp_sessions_stay_under_a_default_relay_limit(helm_binary: str, env: str) -> None:
+    """Each worker thread holds one SMTP session; Postfix admits 50 per client by default."""
+    args = ["--set", f"jwt.secret={SECRET}"] if env == "default" else ["-f", values_file(env)]
+    worker = by_kind(render(helm_binary, *args), "Deployment")["mail-email-service-worker"]
+    command = worker["spec"]["template"]["spec"]["containers"][0]["args"]
+    processes = int(command[command.index("--processes") + 1])
+    threads = int(command[command.index("--threads") + 1])
+    assert processes * threads <= 50
