@@ -115,3 +115,16 @@ def test_problems_name_what_is_wrong(changes: dict[str, object], ready: bool,
                                      expected: list[str]) -> None:
     assert problems([report(**changes)], now=1000.0, ready=ready, max_age=30,
                     stall_after=60) == expected
+
+
+def test_corrupt_or_foreign_heartbeat_files_are_not_trusted(tmp_path: Path) -> None:
+    (tmp_path / "1.json").write_text("{not json")
+    (tmp_path / "2.json").write_text('{"pid": 2, "surprise": true}')
+    (tmp_path / "3.json").write_text('["a", "list"]')
+    (tmp_path / "4.json").write_text('{"pid": 4, "updated": "soon", "redis": true, '
+                                     '"last_dispatch": 1, "consumers": true, "threads": "yes"}')
+    assert read_reports(tmp_path) == []
+    env = base_env("redis://127.0.0.1:1/0", 25, WORKER_HEARTBEAT_DIR=str(tmp_path))
+    result = probe(env)
+    assert result.returncode == 1
+    assert "no worker process has written a heartbeat yet" in result.stderr

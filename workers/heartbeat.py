@@ -65,10 +65,21 @@ def read_reports(directory: Path) -> list[Report]:
     reports = []
     for path in sorted(directory.glob("*.json")):
         try:
-            reports.append(Report(**json.loads(path.read_text(encoding="utf-8"))))
+            report = Report(**json.loads(path.read_text(encoding="utf-8")))
         except (OSError, ValueError, TypeError):
             continue  # removed or replaced while we looked: the next probe sees it whole
+        if _well_formed(report):
+            reports.append(report)
     return reports
+
+
+def _well_formed(report: Report) -> bool:
+    """Only files this module wrote count (a stray or tampered file is ignored)."""
+    numbers = (report.updated, report.last_dispatch)
+    flags = (report.redis, report.consumers, report.threads)
+    return (isinstance(report.pid, int) and not isinstance(report.pid, bool)
+            and all(isinstance(n, int | float) and not isinstance(n, bool) for n in numbers)
+            and all(isinstance(flag, bool) for flag in flags))
 
 
 def problems(reports: Iterable[Report], *, now: float, ready: bool, max_age: float,
