@@ -464,3 +464,44 @@ def test_worker_smtp_sessions_stay_under_a_default_relay_limit(helm_binary: str,
     processes = int(command[command.index("--processes") + 1])
     threads = int(command[command.index("--threads") + 1])
     assert processes * threads <= 50
+
+
+@pytest.mark.parametrize("settings", [
+    ["operator.enabled=false"],
+    ["networkPolicy.enabled=false", "topologySpread.enabled=false"],
+    ["redis.bundled=false", "redis.host=redis.example.internal"],  # no password at all
+    ["jwt.secret=", "jwt.jwksUrl=https://idp.example.com/jwks.json"],  # keys from a JWKS only
+    ["jwt.jwksUrl=https://idp.example.com/jwks.json"],  # HS256 secret and a JWKS together
+    ["worker.autoscaling.enabled=false", "worker.replicas=1", "ingress.replicas=1"],
+    ["config.templateNamespaces={*}", "metrics.serviceMonitor.enabled=true",
+     "dashboard.enabled=true", "image.digest=sha256:" + "a" * 64],
+], ids=["no-operator", "no-policies", "external-redis-no-password", "jwks-only", "jwks-and-secret",
+        "single",
+        "cluster-wide-monitored"])
+def test_optional_paths_render_valid_objects(helm_binary: str, settings: list[str]) -> None:
+    args = ["--set", f"jwt.secret={SECRET}"]
+    for setting in settings:
+        args += ["--set", setting]
+    docs = render(helm_binary, *args)
+    for doc in docs:
+        if doc["kind"] not in CRD_KINDS:
+            kubernetes_validate.validate(doc, KUBERNETES_VERSIONS[-1], strict=True)
+    deployments = by_kind(docs, "Deployment")
+    assert "mail-email-service-ingress" in deployments
+    if "operator.enabled=false" in settings:
+        assert "mail-email-service-operator" not in deployments
+        assert not by_kind(docs, "ClusterRole")
+    if "redis.bundled=false" in settings:
+        assert not by_kind(docs, "StatefulSet")
+        worker = pod_specs(docs)["mail-email-service-worker"]
+        assert projected_files(worker) == {}  # nothing to mount, and still a valid volume
+    # Every Secret a pod mounts exists in the render (or is named as existing by values).
+    created = {(name, key) for name, secret in by_kind(docs, "Secret").items()
+               for key in secret.get("data", {})}
+    for spec in pod_specs(docs).values():
+        if any(volume["name"] == "secrets" for volume in spec.get("volumes", [])):
+            assert set(projected_files(spec).values()) <= created
+    if any(s.startswith("image.digest") for s in settings):
+        image = deployments["mail-email-service-ingress"]["spec"]["template"]["spec"][
+            "containers"][0]["image"]
+        assert image == "ghcr.io/example/email-service@sha256:" + "a" * 64
