@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -25,10 +26,33 @@ REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port nothing listens on, chosen below the kernel's ephemeral range: a port the kernel
+    handed out for binding to port 0 is soon reused for some outgoing connection, and the
+    server started on it a moment later finds it taken."""
+    high = _ephemeral_low() - 1
+    for _ in range(200):
+        port = random.randint(max(1024, high - 12000), high)  # noqa: S311 - not a secret
+        if port in _HANDED_OUT:  # given to a server that may not have bound it yet
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
+
+
+_HANDED_OUT: set[int] = set()
 
 
 class ProcessExited(AssertionError):

@@ -130,9 +130,11 @@ class Rig:
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[Rig]:
     rig = Rig(tmp_path)
-    rig.start()
-    yield rig
-    rig.stop()
+    try:
+        rig.start()
+        yield rig
+    finally:  # a rig that failed half-way up still stops what it started
+        rig.stop()
     # Collect what the faults left behind now, while this module's warning filter applies,
     # rather than in whichever test the garbage collector happens to run next.
     gc.collect()
