@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -22,37 +20,11 @@ from typing import Any, TypeVar
 import redis
 from aiosmtpd.controller import Controller
 
+# Ports for the servers tests start: one implementation, shared with the benchmark.
+from bench.procs import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
-
-
-def _ephemeral_low() -> int:
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
-def free_port() -> int:
-    """A port nothing listens on, chosen below the kernel's ephemeral range: a port the kernel
-    handed out for binding to port 0 is soon reused for some outgoing connection, and the
-    server started on it a moment later finds it taken."""
-    high = _ephemeral_low() - 1
-    for _ in range(200):
-        port = random.randint(max(1024, high - 12000), high)  # noqa: S311 - not a secret
-        if port in _HANDED_OUT:  # given to a server that may not have bound it yet
-            continue
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            _HANDED_OUT.add(port)
-            return port
-    raise RuntimeError("no free port below the ephemeral range")
-
-
-_HANDED_OUT: set[int] = set()
 
 
 class ProcessExited(AssertionError):
@@ -175,37 +147,44 @@ class SMTPServer:
         self.controller.stop()
 
 
-class ServiceProcess:
-    """``email-service <args>`` as a subprocess with its output in a log file."""
+#: How service processes are started by default: this checkout's ``email-service``.
+EMAIL_SERVICE = (sys.executable, "-m", "email_service")
 
-    def __init__(self, args: list[str], env: Mapping[str, str], log_path: Path) -> None:
+
+class ServiceProcess:
+    """``email-service <args>`` (or ``program`` + ``args``, e.g. a command run inside the built
+    image) as a subprocess in its own process group, with its output in a log file."""
+
+    def __init__(self, args: list[str], env: Mapping[str, str], log_path: Path, *,
+                 program: Sequence[str] = EMAIL_SERVICE) -> None:
         self.args = args
         self.env = dict(env)
         self.log_path = log_path
+        self.program = tuple(program)
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ServiceProcess:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "email_service", *self.args],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-            start_new_session=True,
+            [*self.program, *self.args], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, cwd=REPO, start_new_session=True,
         )
         log.close()
         return self
 
-    def wait_until(self, condition: Callable[[], Any], *, timeout: float = 30,
-                   message: str = "the process") -> None:
-        """Wait for ``condition``; fail at once with the log if the process exits first."""
+    def wait_until(self, condition: Callable[[], T], *, timeout: float = 30,
+                   message: str = "the process") -> T:
+        """Wait for ``condition`` and return its value; fail at once with the log if the
+        process exits first."""
 
-        def check() -> Any:
+        def check() -> T:
             assert self.process is not None
             if self.process.poll() is not None:
-                raise ProcessExited(f"{self.args[0]} exited with {self.process.returncode}:\n"
-                                    f"{self.output()[-3000:]}")
+                raise ProcessExited(f"{message}: {self.args[0]} exited with "
+                                    f"{self.process.returncode}:\n{self.output()[-3000:]}")
             return condition()
 
-        wait_for(check, timeout=timeout, message=message)
+        return wait_for(check, timeout=timeout, message=message)
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -18,15 +18,15 @@ Building needs root (debootstrap, buildah's storage); CI runs as root.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tomllib
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +41,8 @@ from mailcore.tokens import mint_token
 from .support import (
     REPO,
     TEST_SECRET,
-    ProcessExited,
     RedisServer,
+    ServiceProcess,
     SMTPServer,
     base_env,
     free_port,
@@ -217,37 +217,6 @@ def test_runtime_stage_has_no_build_tools(rootfs: Path, container: str) -> None:
 # --- running it -------------------------------------------------------------------------------
 
 
-class ImageProcess:
-    """A process started from the image, in its own process group, output in a log file."""
-
-    def __init__(self, argv: Sequence[str], log_path: Path) -> None:
-        self.log_path = log_path
-        with log_path.open("ab") as log:
-            self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_until(self, condition: Any, message: str, timeout: float = START_TIMEOUT) -> Any:
-        def check() -> Any:
-            if self.process.poll() is not None:
-                raise ProcessExited(f"{message}: exited with {self.process.returncode}:\n"
-                                    f"{self.output()[-3000:]}")
-            return condition()
-
-        return wait_for(check, timeout=timeout, interval=0.2, message=message)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
-
-
 def service_env(redis_url: str, smtp_port: int, **overrides: str) -> dict[str, str]:
     """What the tests' service processes get, less everything inherited from this machine."""
     return {key: value for key, value in base_env(redis_url, smtp_port, **overrides).items()
@@ -300,6 +269,31 @@ def uids_of_python_serving(port: int) -> set[int]:
     return uids
 
 
+def image_process(argv: list[str], log_path: Path) -> ServiceProcess:
+    """A command run inside the image (``argv`` from buildah_run or read_only_run)."""
+    return ServiceProcess(argv, os.environ, log_path, program=()).start()
+
+
+def start_ingress_and_worker(
+    run: Callable[..., list[str]], env: Mapping[str, str], port: int, logs: Path,
+    started: list[ServiceProcess], label: str,
+) -> str:
+    """Start ``email-service api`` and a one-thread worker through ``run``; wait until both are
+    up; return the ingress's base URL. Started processes are appended to ``started``."""
+    api = image_process(run(env, "email-service", "api", "--host", "127.0.0.1",
+                            "--port", str(port)), logs / "api.log")
+    started.append(api)
+    worker = image_process(run(env, "email-service", "worker", "--processes", "1",
+                               "--threads", "1"), logs / "worker.log")
+    started.append(worker)
+    base_url = f"http://127.0.0.1:{port}"
+    api.wait_until(lambda: httpx.get(f"{base_url}/ready", timeout=5).status_code == 200,
+                   timeout=START_TIMEOUT, message=f"the {label} ingress to be ready")
+    worker.wait_until(lambda: "ready for action" in worker.output(),
+                      timeout=START_TIMEOUT, message=f"the {label} worker to start")
+    return base_url
+
+
 @pytest.fixture(scope="module")
 def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RedisServer, SMTPServer]]:
     redis_server = RedisServer(tmp_path_factory.mktemp("image-redis"))
@@ -314,8 +308,8 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RedisSe
 
 
 @pytest.fixture
-def processes() -> Iterator[list[ImageProcess]]:
-    started: list[ImageProcess] = []
+def processes() -> Iterator[list[ServiceProcess]]:
+    started: list[ServiceProcess] = []
     yield started
     for process in started:
         process.stop()
@@ -354,23 +348,13 @@ def send_and_expect_delivery(base_url: str, smtp_server: SMTPServer, recipient: 
 @pytest.mark.slow
 def test_ingress_and_worker_run_from_the_image(
     container: str, config: dict[str, Any], services: tuple[RedisServer, SMTPServer],
-    processes: list[ImageProcess], tmp_path: Path,
+    processes: list[ServiceProcess], tmp_path: Path,
 ) -> None:
     redis_server, smtp_server = services
     port = free_port()
     env = service_env(redis_server.url, smtp_server.port)
-    api = ImageProcess(buildah_run(container, env, "email-service", "api", "--host", "127.0.0.1",
-                                   "--port", str(port)), tmp_path / "api.log")
-    processes.append(api)
-    worker = ImageProcess(buildah_run(container, env, "email-service", "worker", "--processes",
-                                      "1", "--threads", "1"), tmp_path / "worker.log")
-    processes.append(worker)
-
-    base_url = f"http://127.0.0.1:{port}"
-    api.wait_until(lambda: httpx.get(f"{base_url}/ready", timeout=5).status_code == 200,
-                   "the ingress in the image to be ready")
-    worker.wait_until(lambda: "ready for action" in worker.output(),
-                      "the worker in the image to start")
+    base_url = start_ingress_and_worker(functools.partial(buildah_run, container), env, port,
+                                        tmp_path, processes, "image's")
     expected_uid = int(config["User"].partition(":")[0])
     assert uids_of_python_serving(port) == {expected_uid}, "the ingress runs as the image's USER"
 
@@ -391,7 +375,8 @@ def test_read_only_runtime_is_read_only(rootfs: Path, config: dict[str, Any]) ->
 
 
 class ReadOnlyStack:
-    def __init__(self, base_url: str, port: int, metrics_port: int, worker: ImageProcess) -> None:
+    def __init__(self, base_url: str, port: int, metrics_port: int,
+                 worker: ServiceProcess) -> None:
         self.base_url = base_url
         self.port = port
         self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
@@ -412,21 +397,11 @@ def read_only_stack(
     logs = tmp_path_factory.mktemp("read-only")
     port, metrics_port = free_port(), free_port()
     env = service_env(redis_server.url, smtp_server.port, WORKER_METRICS_PORT=str(metrics_port))
-    started = []
+    started: list[ServiceProcess] = []
     try:
-        api = ImageProcess(read_only_run(rootfs, config, env, "email-service", "api", "--host",
-                                         "127.0.0.1", "--port", str(port)), logs / "api.log")
-        started.append(api)
-        worker = ImageProcess(read_only_run(rootfs, config, env, "email-service", "worker",
-                                            "--processes", "1", "--threads", "1"),
-                              logs / "worker.log")
-        started.append(worker)
-        base_url = f"http://127.0.0.1:{port}"
-        api.wait_until(lambda: httpx.get(f"{base_url}/ready", timeout=5).status_code == 200,
-                       "the read-only ingress to be ready")
-        worker.wait_until(lambda: "ready for action" in worker.output(),
-                          "the read-only worker to start")
-        yield ReadOnlyStack(base_url, port, metrics_port, worker)
+        base_url = start_ingress_and_worker(functools.partial(read_only_run, rootfs, config),
+                                            env, port, logs, started, "read-only")
+        yield ReadOnlyStack(base_url, port, metrics_port, worker=started[1])
     finally:
         for process in started:
             process.stop()
@@ -463,7 +438,8 @@ def scrape(url: str) -> str:
 @pytest.mark.slow
 def test_worker_serves_queue_gauges(read_only_stack: ReadOnlyStack) -> None:
     metrics = read_only_stack.worker.wait_until(
-        lambda: scrape(read_only_stack.metrics_url), "the worker's metrics endpoint")
+        lambda: scrape(read_only_stack.metrics_url), timeout=START_TIMEOUT,
+        message="the worker's metrics endpoint")
     assert "email_queue_depth" in metrics
 
 
