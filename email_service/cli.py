@@ -134,16 +134,15 @@ def _run_worker(args: argparse.Namespace) -> int:
     from workers.heartbeat import prepare_directory
 
     settings = Settings.from_env()  # fail here with one line rather than in every child
-    if settings.worker_metrics_port:
-        # prometheus_client picks its multiprocess mode when first imported, and the Dramatiq
-        # processes are forked from this one: name the folder before anything imports it.
-        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", "/tmp/email-service-metrics")
     configure_logging(settings.log_level)
     prepare_directory(settings.worker_heartbeat_dir)
     if settings.worker_metrics_port:
+        # prometheus_client picks its multiprocess mode when first imported, and the Dramatiq
+        # processes are forked from this one: name the folder before importing it.
+        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", "/tmp/email-service-metrics")
         from workers.exposition import prepare_multiprocess_dir, serve_worker_metrics
 
-        prepare_multiprocess_dir()  # before any child imports prometheus_client
+        prepare_multiprocess_dir()
         serve_worker_metrics(settings.worker_metrics_port, settings.redis_url,
                              settings.queue_name)
     dramatiq_args = make_argument_parser().parse_args([  # type: ignore[no-untyped-call]

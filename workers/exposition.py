@@ -22,9 +22,9 @@ from prometheus_client.registry import Collector
 
 
 def prepare_multiprocess_dir() -> Path:
-    """Empty ``PROMETHEUS_MULTIPROC_DIR`` (set by the worker command before prometheus_client was
-    imported) for this run; its children inherit it."""
-    path = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", "/tmp/email-service-metrics"))
+    """Empty ``PROMETHEUS_MULTIPROC_DIR`` (which the worker command names before importing
+    prometheus_client) for this run; its children inherit it."""
+    path = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True, exist_ok=True)
     return path
