@@ -121,8 +121,10 @@ class Heartbeat(Middleware):
         self.interval = interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._booted = time.time()
 
     def after_worker_boot(self, broker: Broker, worker: Any) -> None:
+        self._booted = time.time()  # "no command yet" counts from boot, not from 1970
         self.directory.mkdir(parents=True, exist_ok=True)
         self._thread = threading.Thread(target=self._run, args=(broker, worker),
                                         name="heartbeat", daemon=True)
@@ -151,7 +153,7 @@ class Heartbeat(Middleware):
             pid=os.getpid(),
             updated=time.time(),
             redis=redis_ok,
-            last_dispatch=getattr(broker, "last_dispatch", time.time()),
+            last_dispatch=max(getattr(broker, "last_dispatch", 0.0), self._booted),
             consumers=all(thread.is_alive() for thread in consumers),
             threads=all(thread.is_alive() for thread in threads),
         )
