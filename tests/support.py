@@ -115,6 +115,16 @@ class RecordingHandler:
     #: Client (host, port) of each accepted message: distinct values = distinct connections.
     peers: list[tuple[str, int]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Offer PIPELINING (RFC 2920) as production relays do; aiosmtpd reads pipelined commands
+    #: in order but does not advertise the extension itself.
+    pipelining: bool = True
+
+    async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str,
+                          responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        if self.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         with self.lock:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import socket
 import ssl
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -176,4 +178,129 @@ def test_tls_with_auth_against_a_private_ca(tmp_path: Path, security: str) -> No
             untrusting.send(envelope("untrusted@example.com"))
         assert handler.to("untrusted@example.com") == handler.to("wrong@example.com") == []
     finally:
+        controller.stop()
+
+
+# --- PIPELINING (RFC 2920) and the body on the wire ---------------------------------------------
+
+class WithholdingRelay:
+    """A relay that offers PIPELINING and answers nothing until DATA has arrived: a client that
+    waits for each reply (no pipelining) stalls against it and times out."""
+
+    def __init__(self, refuse: frozenset[str] = frozenset()) -> None:
+        self.refuse = refuse
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.envelopes: list[list[bytes]] = []
+        self.bodies: list[bytes] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        with conn, conn.makefile("rb") as lines:
+            conn.sendall(b"220 relay ready\r\n")
+            lines.readline()  # EHLO
+            conn.sendall(b"250-relay\r\n250-PIPELINING\r\n250 SIZE 1000000\r\n")
+            while True:
+                commands = [lines.readline()]
+                if commands[0].upper().startswith(b"QUIT"):
+                    conn.sendall(b"221 bye\r\n")
+                    return
+                while commands[-1] and commands[-1] != b"DATA\r\n":
+                    commands.append(lines.readline())
+                self.envelopes.append(commands)
+                replies = [b"250 sender ok\r\n"]
+                for command in commands[1:-1]:
+                    address = command.decode().partition("<")[2].rstrip(">\r\n")
+                    replies.append(b"550 no such user\r\n" if address in self.refuse
+                                   else b"250 recipient ok\r\n")
+                conn.sendall(b"".join(replies) + b"354 go ahead\r\n")
+                body = b""
+                while not body.endswith(b"\r\n.\r\n"):
+                    body += lines.readline()
+                self.bodies.append(body)
+                conn.sendall(b"250 2.0.0 queued as P1\r\n")
+
+    def close(self) -> None:
+        self.listener.close()
+        self.thread.join(timeout=5)
+
+
+def test_envelope_commands_are_pipelined_in_one_write() -> None:
+    relay = WithholdingRelay(refuse=frozenset({"gone@example.com"}))
+    transport = SMTPTransport("127.0.0.1", relay.port, security="none", timeout=3)
+    try:
+        message = build_envelope(
+            message_id="p1", rendered=RenderedEmail(subject="Hi", html="<p>Hi</p>", text="Hi\n"),
+            sender=Recipient(email="noreply@shop.example.com"),
+            to=[Recipient(email="a@example.com"), Recipient(email="gone@example.com")])
+        result = transport.send(message)
+    finally:
+        transport.close()
+        relay.close()
+    assert result.response == "250 2.0.0 queued as P1"
+    assert result.refused == {"gone@example.com": "550 no such user"}
+    [commands] = relay.envelopes
+    mail_from = f"MAIL FROM:<noreply@shop.example.com> SIZE={len(message.raw)}\r\n"
+    assert commands == [mail_from.encode(), b"RCPT TO:<a@example.com>\r\n",
+                        b"RCPT TO:<gone@example.com>\r\n", b"DATA\r\n"]
+    assert relay.bodies == [message.raw + b".\r\n"]
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_body_is_dot_stuffed_and_line_ends_made_crlf(pipelining: bool) -> None:
+    smtp = SMTPServer()
+    smtp.handler.pipelining = pipelining
+    smtp.start()
+    raw = b"Subject: dots\r\n\r\n.starts with a dot\r\n.\r\n..two\r\nbare\nlf and bare\rcr"
+    transport = SMTPTransport("127.0.0.1", smtp.port, security="none", timeout=5)
+    try:
+        transport.send(Envelope(message_id="d1", sender="s@example.com",
+                                recipients=("d@example.com",), raw=raw))
+    finally:
+        transport.close()
+        smtp.stop()
+    [received] = smtp.handler.to("d@example.com")
+    # What arrives is the message itself: stuffing undone by the server, every line end CRLF.
+    assert received.data.rstrip(b"\r\n") == (b"Subject: dots\r\n\r\n.starts with a dot\r\n.\r\n"
+                                             b"..two\r\nbare\r\nlf and bare\r\ncr")
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_partly_and_wholly_refused_recipients(pipelining: bool) -> None:
+    class Refusing(RecordingHandler):
+        async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
+                              rcpt_options: list[str]) -> str:
+            if address.startswith("gone"):
+                return "550 5.1.1 no such user"
+            if address.startswith("later"):
+                return "450 4.2.1 try later"
+            envelope.rcpt_tos.append(address)
+            return "250 OK"
+
+    handler = Refusing(pipelining=pipelining)
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    transport = SMTPTransport("127.0.0.1", port, security="none", timeout=5)
+    try:
+        two = build_envelope(
+            message_id="r1", rendered=RenderedEmail(subject="Hi", html="<p>Hi</p>", text="Hi"),
+            sender=Recipient(email="s@example.com"),
+            to=[Recipient(email="ok@example.com"), Recipient(email="gone@example.com")])
+        result = transport.send(two)
+        assert result.refused == {"gone@example.com": "550 5.1.1 no such user"}
+        assert [m.rcpt_tos for m in handler.received] == [["ok@example.com"]]
+        with pytest.raises(PermanentDeliveryError, match="no such user") as hard:
+            transport.send(envelope("gone@example.com"))
+        assert hard.value.code == 550
+        with pytest.raises(TransientDeliveryError, match="try later"):
+            transport.send(envelope("later@example.com"))
+        # The session is still good after the refusals.
+        transport.send(envelope("ok@example.com", "r4"))
+        assert len(handler.to("ok@example.com")) == 2
+        assert len(set(handler.peers)) == 1
+    finally:
+        transport.close()
         controller.stop()

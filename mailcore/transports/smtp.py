@@ -1,12 +1,13 @@
-"""SMTP delivery with one reused connection per worker thread."""
+"""SMTP delivery with one reused connection per worker thread, pipelined where the relay allows."""
 
 from __future__ import annotations
 
+import re
 import smtplib
 import socket
 import ssl
 import threading
-from typing import Any, Literal
+from typing import Literal
 
 from ..mime import Envelope
 from .base import DeliveryResult, PermanentDeliveryError, TransientDeliveryError, Transport
@@ -17,6 +18,9 @@ class SMTPTransport(Transport):
 
     Each thread keeps its connection open between messages and opens a new one after any error,
     so a burst pays the connect, TLS and AUTH round trips once per thread, not once per email.
+    With a relay that offers PIPELINING (RFC 2920; Postfix, Exchange, SES and the hosted
+    providers all do) MAIL, RCPT and DATA go out in one write, so a message costs two round
+    trips instead of three plus one per recipient.
 
     Parameters:
       host, port: the relay.
@@ -58,14 +62,15 @@ class SMTPTransport(Transport):
         try:
             conn = self._connection()
             try:
-                refused = conn.sendmail(envelope.sender, list(envelope.recipients), raw)
+                refused = conn.transaction(envelope.sender, envelope.recipients, raw)
             except smtplib.SMTPServerDisconnected:
                 if not reused:
                     raise
-                # The relay closed our idle connection: nothing was accepted; reconnect once.
+                # The relay closed our idle connection before it saw the message (a drop after
+                # the body went out is a different error): nothing was accepted; reconnect once.
                 self._drop()
                 conn = self._connection()
-                refused = conn.sendmail(envelope.sender, list(envelope.recipients), raw)
+                refused = conn.transaction(envelope.sender, envelope.recipients, raw)
         except smtplib.SMTPRecipientsRefused as exc:
             self._reset()
             codes = {addr: f"{code} {_text(msg)}" for addr, (code, msg) in exc.recipients.items()}
@@ -152,15 +157,88 @@ class SMTPTransport(Transport):
             _quit(conn)
 
 
+_BARE_EOL = re.compile(rb"\r\n|\r|\n")
+
+
+class BodyUnconfirmed(OSError):
+    """The connection failed after the message body went out: the relay may have it."""
+
+
 class _RecordingSMTP(smtplib.SMTP):
-    """Keeps the server's reply to DATA (``250 ... queued as X``) for the delivery record."""
+    """An SMTP session that sends a whole transaction, pipelined when the relay offers it, and
+    keeps the server's final reply (``250 ... queued as X``) for the delivery record."""
 
     last_reply = ""
 
-    def data(self, msg: Any) -> tuple[int, bytes]:
-        code, reply = super().data(msg)
+    def transaction(self, sender: str, recipients: tuple[str, ...], raw: bytes
+                    ) -> dict[str, tuple[int, bytes]]:
+        """Send one message; returns the refused recipients and raises what ``sendmail`` raises
+        (the caller resets the session after a refusal), or ``BodyUnconfirmed``."""
+        self.ehlo_or_helo_if_needed()
+        if not self.has_extn("pipelining"):
+            return self._lockstep(sender, recipients, raw)
+        options = f" SIZE={len(raw)}" if self.has_extn("size") else ""
+        commands = [f"MAIL FROM:{smtplib.quoteaddr(sender)}{options}\r\n"]
+        commands += [f"RCPT TO:{smtplib.quoteaddr(rcpt)}\r\n" for rcpt in recipients]
+        commands.append("DATA\r\n")
+        self.send("".join(commands))
+        mail_reply = self.getreply()
+        refused = {}
+        for rcpt in recipients:
+            code, reply = self.getreply()
+            if code not in (250, 251):
+                refused[rcpt] = (code, reply)
+        data_code, data_reply = self.getreply()
+        if data_code == 354 and (mail_reply[0] != 250 or len(refused) == len(recipients)):
+            # A relay that said 354 regardless gets an empty body, which it must refuse.
+            self.send(".\r\n")
+            self.getreply()
+        if mail_reply[0] != 250:
+            raise smtplib.SMTPSenderRefused(mail_reply[0], mail_reply[1], sender)
+        if len(refused) == len(recipients):
+            raise smtplib.SMTPRecipientsRefused(refused)
+        if data_code != 354:
+            raise smtplib.SMTPDataError(data_code, data_reply)
+        self._body(raw)
+        return refused
+
+    def _lockstep(self, sender: str, recipients: tuple[str, ...], raw: bytes
+                  ) -> dict[str, tuple[int, bytes]]:
+        """One command, one reply (a relay without PIPELINING)."""
+        options = [f"SIZE={len(raw)}"] if self.has_extn("size") else []
+        code, reply = self.mail(sender, options)
+        if code != 250:
+            raise smtplib.SMTPSenderRefused(code, reply, sender)
+        refused = {}
+        for rcpt in recipients:
+            code, reply = self.rcpt(rcpt)
+            if code not in (250, 251):
+                refused[rcpt] = (code, reply)
+        if len(refused) == len(recipients):
+            raise smtplib.SMTPRecipientsRefused(refused)
+        code, reply = self.docmd("data")
+        if code != 354:
+            raise smtplib.SMTPDataError(code, reply)
+        self._body(raw)
+        return refused
+
+    def _body(self, raw: bytes) -> None:
+        """Dot-stuff and send the body, then take the final reply."""
+        crlf = raw.count(b"\r\n")
+        if raw.count(b"\r") != crlf or raw.count(b"\n") != crlf:
+            raw = _BARE_EOL.sub(b"\r\n", raw)
+        stuffed = raw.replace(b"\r\n.", b"\r\n..")
+        if stuffed.startswith(b"."):
+            stuffed = b"." + stuffed
+        ending = b".\r\n" if stuffed.endswith(b"\r\n") else b"\r\n.\r\n"
+        try:
+            self.send(stuffed + ending)
+            code, reply = self.getreply()
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            raise BodyUnconfirmed(f"connection lost after the message was sent: {exc}") from exc
         self.last_reply = f"{code} {_text(reply)}"
-        return code, reply
+        if code != 250:
+            raise smtplib.SMTPDataError(code, reply)
 
 
 class _RecordingSMTPSSL(_RecordingSMTP, smtplib.SMTP_SSL):
