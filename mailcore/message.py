@@ -17,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -52,6 +53,17 @@ def _no_line_breaks(value: str) -> str:
     return value
 
 
+#: Validation context of a job the ingress already validated: addresses were normalized there,
+#: so the worker skips email-validator (about 36 µs an address) but still refuses line breaks.
+ACCEPTED = {"accepted": True}
+
+
+def _address(value: str, info: ValidationInfo) -> str:
+    if info.context is ACCEPTED:
+        return _no_line_breaks(value)
+    return normalize_address(value)
+
+
 def normalize_address(value: str) -> str:
     """Return the normalized address or raise ``ValueError`` saying what is wrong."""
     if "\r" in value or "\n" in value:
@@ -63,7 +75,7 @@ def normalize_address(value: str) -> str:
 
 
 HeaderText = Annotated[str, AfterValidator(_no_line_breaks)]
-EmailAddress = Annotated[str, Field(max_length=320), AfterValidator(normalize_address)]
+EmailAddress = Annotated[str, Field(max_length=320), AfterValidator(_address)]
 
 
 class Recipient(BaseModel):

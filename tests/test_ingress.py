@@ -320,3 +320,22 @@ def test_message_ids_are_unique(client: TestClient) -> None:
     ids = {send(client, valid_message()).json()["id"] for _ in range(20)}
     assert len(ids) == 20
     assert all(uuid.UUID(i) for i in ids)
+
+
+def test_worker_trusts_the_door_normalisation_but_not_line_breaks() -> None:
+    from pydantic import ValidationError
+
+    from mailcore.message import ACCEPTED, SendRequest
+
+    body = {"template": "password_reset", "to": "User@Example.COM", "data": {"code": "1"}}
+    # At the door the address is normalised (email-validator lowercases the domain)...
+    assert SendRequest.model_validate(body).to[0].email == "User@example.com"
+    # ...and the queued job carries that form, which the worker takes as it is.
+    assert SendRequest.model_validate(body, context=ACCEPTED).to[0].email == "User@Example.COM"
+    # Header injection is refused even in a job that claims to be accepted.
+    hostile = {**body, "to": "a@example.com\r\nBcc: victim@example.org"}
+    for context in (None, ACCEPTED):
+        with pytest.raises(ValidationError, match="CR or LF"):
+            SendRequest.model_validate(hostile, context=context)
+    with pytest.raises(ValidationError, match="not a valid email address"):
+        SendRequest.model_validate({**body, "to": "not-an-address"})

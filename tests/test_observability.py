@@ -6,6 +6,9 @@ The ingress and a worker run as real processes exporting OTLP/HTTP to a receiver
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -22,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from mailcore.tokens import mint_token
 
 from .support import (
+    REPO,
     TEST_SECRET,
     RedisServer,
     ServiceProcess,
@@ -278,3 +282,22 @@ def test_log_lines_are_all_json(observed: Observed, tmp_path: Path) -> None:
         for line in process.output().splitlines():
             if line.strip():
                 json.loads(line)
+
+
+_SPAN_PROBE = """
+import json, sys
+from mailcore.telemetry import configure_tracing, current_ids, tracer
+configure_tracing("worker")
+with tracer().start_as_current_span("probe") as span:
+    sys.stderr.write(json.dumps([span.is_recording(), current_ids() is not None]))
+"""
+
+
+@pytest.mark.parametrize(("exporter", "recorded"), [("otlp", False), ("console", True)])
+def test_spans_are_recorded_only_when_exported(exporter: str, recorded: bool) -> None:
+    # No collector configured: spans are not recorded (cheap), yet logs still get their ids.
+    env = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
+    env["OTEL_TRACES_EXPORTER"] = exporter
+    probe = subprocess.run([sys.executable, "-c", _SPAN_PROBE], env=env, cwd=REPO,
+                           capture_output=True, text=True, timeout=60, check=True)
+    assert json.loads(probe.stderr) == [recorded, True]

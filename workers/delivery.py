@@ -12,7 +12,7 @@ from typing import Any
 from opentelemetry import trace
 
 from mailcore.config import Settings
-from mailcore.message import Recipient, SendRequest
+from mailcore.message import ACCEPTED, Recipient, SendRequest
 from mailcore.mime import build_envelope
 from mailcore.rendering import TemplateError
 from mailcore.telemetry import tracer
@@ -51,11 +51,9 @@ class Deliverer:
 
     def deliver(self, job: dict[str, Any]) -> Delivered:
         """Raises ``TemplateError`` (permanent) or a ``DeliveryError`` from the transport."""
-        request = SendRequest.model_validate(job["request"])
+        request = SendRequest.model_validate(job["request"], context=ACCEPTED)
         span = trace.get_current_span()
-        with tracer().start_as_current_span("template.load",
-                                            attributes={"email.template": request.template}):
-            template = self.registry.get(request.template)
+        template = self.registry.get(request.template)
         if template is None:
             raise TemplateError("UnknownTemplate", f"no template named {request.template!r}")
         span.set_attribute("email.template", template.name)
