@@ -8,16 +8,31 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-# Tokens refill continuously; Redis' own clock keeps replicas consistent.
-_TAKE = """
+# Token buckets as Lua functions, shared by the standalone take below and by the accept step
+# (mailcore.queue), which charges the caller's and recipients' buckets in the same script that
+# queues the message. Tokens refill continuously; Redis' own clock keeps replicas consistent.
+BUCKET_LUA = """
+local function now_seconds()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local function bucket_tokens(key, capacity, per_second, now)
+  local state = redis.call('HMGET', key, 'tokens', 'ts')
+  local tokens = tonumber(state[1]) or capacity
+  local ts = tonumber(state[2]) or now
+  return math.min(capacity, tokens + math.max(0, now - ts) * per_second)
+end
+local function bucket_store(key, tokens, capacity, per_second, now)
+  redis.call('HSET', key, 'tokens', tostring(tokens), 'ts', tostring(now))
+  redis.call('EXPIRE', key, math.ceil(capacity / per_second) + 1)
+end
+"""
+
+_TAKE = BUCKET_LUA + """
 local capacity = tonumber(ARGV[1])
 local per_second = tonumber(ARGV[2])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(state[1]) or capacity
-local ts = tonumber(state[2]) or now
-tokens = math.min(capacity, tokens + math.max(0, now - ts) * per_second)
+local now = now_seconds()
+local tokens = bucket_tokens(KEYS[1], capacity, per_second, now)
 local allowed = 0
 local wait = 0
 if tokens >= 1 then
@@ -26,8 +41,7 @@ if tokens >= 1 then
 else
   wait = (1 - tokens) / per_second
 end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
-redis.call('EXPIRE', KEYS[1], math.ceil(capacity / per_second) + 1)
+bucket_store(KEYS[1], tokens, capacity, per_second, now)
 return {allowed, tostring(wait)}
 """
 
@@ -70,10 +84,17 @@ class RateLimiter:
         self.prefix = prefix
         self._take = client.register_script(_TAKE)
 
+    def key(self, bucket: str) -> str:
+        return bucket_key(self.prefix, bucket)
+
     async def take(self, bucket: str, rate: Rate) -> float:
-        allowed, wait = await self._take(keys=[f"{self.prefix}:rate:{bucket}"],
+        allowed, wait = await self._take(keys=[self.key(bucket)],
                                          args=[rate.count, rate.per_second])
         return 0.0 if int(allowed) else max(float(wait), 0.001)
+
+
+def bucket_key(prefix: str, bucket: str) -> str:
+    return f"{prefix}:rate:{bucket}"
 
 
 def retry_after(wait_seconds: float) -> str:

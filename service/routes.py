@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -17,7 +18,6 @@ from mailcore.deadletters import DeadLetters
 from mailcore.message import SendRequest, error_details
 from mailcore.rendering import RenderedEmail, TemplateError
 from mailcore.status import decode_status, status_key, timeline_key
-from mailcore.tokens import Caller
 
 from . import legacy
 from .auth import authenticate
@@ -47,47 +47,56 @@ async def ready(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ready", "service": "email-service"})
 
 
-async def _sender(request: Request) -> tuple[SendService, Caller, dict[str, Any]]:
-    """Authenticate (with the sending scope), rate-limit, and read the body."""
+async def _send(request: Request, parse: Callable[[SendService, dict[str, Any]], SendRequest],
+                *, source: str, respond: Responder) -> JSONResponse:
+    """Authenticate (with the sending scope), read and validate the body, then queue it.
+
+    Every request is charged to the caller's rate limit once: a refused one here, an accepted
+    one inside the accept step (one Redis round trip for the whole acceptance)."""
     service = _service(request)
     caller = await authenticate(request, scope=service.settings.jwt_required_scope)
-    await service.limit_caller(caller)
-    body = await read_json_object(request, service.settings.max_body_bytes)
-    return service, caller, body
-
-
-async def _submit(request: Request, service: SendService, caller: Caller, body: dict[str, Any],
-                  send: SendRequest, *, source: str, respond: Responder) -> JSONResponse:
-    idempotency = Idempotency.from_request(
-        request.headers.get("idempotency-key"), caller.subject, request.url.path, body)
+    try:
+        body = await read_json_object(request, service.settings.max_body_bytes)
+        send = parse(service, body)
+        idempotency = Idempotency.from_request(
+            request.headers.get("idempotency-key"), caller.subject, request.url.path, body)
+    except ApiError:
+        await service.limit_caller(caller)  # a flood of bad requests is limited too
+        raise
     status_code, answer, replay = await service.submit(
-        send, owner=caller.subject, source=source, respond=respond, idempotency=idempotency)
+        send, owner=caller.subject, source=source, respond=respond, idempotency=idempotency,
+        limit_owner=True)
     headers = {"Idempotent-Replayed": "true"} if replay else {}
     return JSONResponse(answer, status_code=status_code, headers=headers)
 
 
+def _parse_reset(service: SendService, body: dict[str, Any]) -> SendRequest:
+    send = legacy.parse_reset(body, service.settings.reset_template)
+    service.check(send, status=400)
+    return send
+
+
+def _parse_order(service: SendService, body: dict[str, Any]) -> SendRequest:
+    send = legacy.parse_order(body, service.settings.order_template)
+    service.check(send)
+    return send
+
+
 async def send_message(request: Request) -> JSONResponse:
-    service, caller, body = await _sender(request)
-    return await _submit(request, service, caller, body, service.parse(body), source="api",
-                         respond=lambda mid: (202, {"id": mid, "status": "queued"}))
+    return await _send(request, SendService.parse, source="api",
+                       respond=lambda mid: (202, {"id": mid, "status": "queued"}))
 
 
 async def send_reset_code(request: Request) -> JSONResponse:
-    service, caller, body = await _sender(request)
-    send = legacy.parse_reset(body, service.settings.reset_template)
-    service.check(send, status=400)
-    return await _submit(request, service, caller, body, send, source="reset-code",
-                         respond=lambda _: (200, {"message":
-                                                  "Password reset code sent successfully"}))
+    return await _send(request, _parse_reset, source="reset-code",
+                       respond=lambda _: (200, {"message":
+                                                "Password reset code sent successfully"}))
 
 
 async def order_confirmation(request: Request) -> JSONResponse:
-    service, caller, body = await _sender(request)
-    send = legacy.parse_order(body, service.settings.order_template)
-    service.check(send)
-    return await _submit(request, service, caller, body, send, source="order-confirmation",
-                         respond=lambda _: (200, {"status": "success",
-                                                  "message": "Order confirmation email sent"}))
+    return await _send(request, _parse_order, source="order-confirmation",
+                       respond=lambda _: (200, {"status": "success",
+                                                "message": "Order confirmation email sent"}))
 
 
 async def get_message(request: Request) -> JSONResponse:

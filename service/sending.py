@@ -9,7 +9,7 @@ import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from mailcore.config import Settings
 from mailcore.message import SendRequest, error_details
-from mailcore.queue import Acceptor, send_job
+from mailcore.queue import Acceptor, Charge, send_job
 from mailcore.ratelimit import RateLimiter, retry_after
 from mailcore.rendering import TemplateError
 from mailcore.status import QUEUED, event, initial_fields
@@ -114,44 +114,37 @@ class SendService:
                            details=[{"field": "from.email", "message": "domain not allowed"}])
 
     async def limit_caller(self, caller: Caller) -> None:
-        """429 with ``Retry-After`` when the caller's token bucket is empty."""
+        """Charge a refused request to the caller's bucket: 429 (``Retry-After``) when it is
+        empty. Accepted requests are charged inside the accept step instead."""
         rate = self.settings.rate_for(caller.subject)
         if rate is None:
             return
         wait = await self.limiter.take(f"caller:{caller.subject}", rate)
         if wait:
-            raise ApiError(429, "rate_limited",
-                           f"too many requests for {caller.subject!r}; retry later",
-                           headers={"Retry-After": retry_after(wait)})
+            raise _caller_limited(caller.subject, wait)
 
-    async def _limit_recipients(self, request: SendRequest) -> None:
+    def _recipient_charges(self, request: SendRequest) -> tuple[Charge, ...]:
         rate = self.settings.reset_limit_per_recipient
         if rate is None or request.template != self.settings.reset_template:
-            return
-        for recipient in [*request.to, *request.cc, *request.bcc]:
-            digest = hashlib.sha256(recipient.email.lower().encode()).hexdigest()[:32]
-            wait = await self.limiter.take(f"reset:{digest}", rate)
-            if wait:
-                raise ApiError(429, "recipient_rate_limited",
-                               "too many password-reset emails to this recipient; retry later",
-                               headers={"Retry-After": retry_after(wait)})
+            return ()
+        digests = dict.fromkeys(
+            hashlib.sha256(recipient.email.lower().encode()).hexdigest()[:32]
+            for recipient in [*request.to, *request.cc, *request.bcc])
+        return tuple(Charge(self.limiter.key(f"reset:{digest}"), rate) for digest in digests)
 
     async def submit(
         self, request: SendRequest, *, owner: str, source: str, respond: Responder,
         idempotency: Idempotency | None = None, message_id: str | None = None,
+        limit_owner: bool = False,
     ) -> tuple[int, dict[str, Any], bool]:
         """Record and queue ``request``; once this returns, the message is in Redis.
 
-        Returns the answer (status code, body) and whether it is a replay of an earlier
-        request with the same idempotency key.
+        ``limit_owner`` charges the request to the owner's rate limit (API callers; events
+        have none). Returns the answer (status code, body) and whether it is a replay of an
+        earlier request with the same idempotency key.
         """
         message_id = message_id or str(uuid.uuid4())
         status_code, body = respond(message_id)
-        if idempotency is not None:
-            stored = cast(bytes | None, await self.client.get(self._idem_key(idempotency)))
-            if stored is not None:
-                return (*self._replay(stored, idempotency), True)
-        await self._limit_recipients(request)
         job = send_job(message_id, request.model_dump(mode="json", by_alias=True,
                                                       exclude_defaults=True), source=source)
         with tracer().start_as_current_span(
@@ -161,14 +154,16 @@ class SendService:
             job["trace"] = inject_context()  # the worker continues this trace
             return await self._accept(job, request, owner=owner, source=source,
                                       idempotency=idempotency, status_code=status_code,
-                                      body=body)
+                                      body=body, limit_owner=limit_owner)
 
     async def _accept(
         self, job: dict[str, Any], request: SendRequest, *, owner: str, source: str,
         idempotency: Idempotency | None, status_code: int, body: dict[str, Any],
+        limit_owner: bool,
     ) -> tuple[int, dict[str, Any], bool]:
         message_id = job["id"]
         recipients = [r.email for r in [*request.to, *request.cc, *request.bcc]]
+        owner_rate = self.settings.rate_for(owner) if limit_owner else None
         result = await self.acceptor.accept(
             job,
             status_fields=initial_fields(message_id=message_id, owner=owner,
@@ -180,7 +175,15 @@ class SendService:
                 "fingerprint": idempotency.fingerprint if idempotency else "",
                 "status": status_code, "body": body}),
             idempotency_ttl=self.settings.idempotency_ttl_seconds,
+            caller=Charge(self.limiter.key(f"caller:{owner}"), owner_rate) if owner_rate else None,
+            recipients=self._recipient_charges(request),
         )
+        if result.outcome == "rate_limited":
+            raise _caller_limited(owner, result.wait)
+        if result.outcome == "recipient_limited":
+            raise ApiError(429, "recipient_rate_limited",
+                           "too many password-reset emails to this recipient; retry later",
+                           headers={"Retry-After": retry_after(result.wait)})
         if result.outcome == "full":
             if self.metrics is not None:
                 self.metrics.enqueue_failures.labels("queue_full").inc()
@@ -205,6 +208,11 @@ class SendService:
             raise ApiError(409, "idempotency_conflict",
                            "this Idempotency-Key was used with a different request body")
         return int(record["status"]), dict(record["body"])
+
+
+def _caller_limited(subject: str, wait: float) -> ApiError:
+    return ApiError(429, "rate_limited", f"too many requests for {subject!r}; retry later",
+                    headers={"Retry-After": retry_after(wait)})
 
 
 def _summary(details: list[dict[str, Any]]) -> str:

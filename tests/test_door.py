@@ -13,6 +13,7 @@ from typing import Any
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from redis.asyncio.connection import AbstractConnection
 from starlette.testclient import TestClient
 
 from mailcore.config import Settings
@@ -87,6 +88,72 @@ def test_queue_ceiling_answers_503_and_writes_nothing(redis_server: RedisServer)
         prefix = service.settings.key_prefix
         keys = redis_server.client().keys(f"{prefix}:msg:*:timeline")
         assert len(keys) == 3  # the refused message left no status behind
+
+
+def test_refused_requests_count_against_the_caller_limit(redis_server: RedisServer) -> None:
+    with app_client(redis_server, RATE_LIMIT="3/minute", RESET_LIMIT_PER_RECIPIENT="off") as client:
+        shop = bearer(mint_token(TEST_SECRET, subject="shop"))
+        bad = [client.post("/v1/messages", json={"template": "password_reset"}, headers=shop),
+               client.post("/v1/messages", content=b"{not json", headers=shop)]
+        assert [r.status_code for r in bad] == [422, 400]
+        assert client.post("/v1/messages", json=reset(), headers=shop).status_code == 202
+        # Three requests took the three tokens: valid or not, the fourth is limited.
+        for attempt in (reset(), {"template": "password_reset"}):
+            limited = client.post("/v1/messages", json=attempt, headers=shop)
+            assert limited.status_code == 429 and limited.json()["error"] == "rate_limited"
+
+
+def test_recipient_limits_are_all_or_nothing(redis_server: RedisServer) -> None:
+    with app_client(redis_server, RESET_LIMIT_PER_RECIPIENT="1/hour",
+                    RATE_LIMIT="off") as client:
+        auth = bearer(mint_token(TEST_SECRET))
+        first, second = (f"{name}-{uuid.uuid4().hex[:6]}@example.org" for name in "ab")
+        assert client.post("/v1/messages", json=reset(first), headers=auth).status_code == 202
+        both = {**reset(first), "to": [first, second]}
+        refused = client.post("/v1/messages", json=both, headers=auth)
+        assert refused.status_code == 429 and refused.json()["error"] == "recipient_rate_limited"
+        # The refusal took nothing from the second recipient's bucket.
+        assert client.post("/v1/messages", json=reset(second), headers=auth).status_code == 202
+        assert client.post("/v1/messages", json=reset(second), headers=auth).status_code == 429
+
+
+def test_idempotent_replay_is_answered_after_the_recipient_limit(
+        redis_server: RedisServer) -> None:
+    with app_client(redis_server, RESET_LIMIT_PER_RECIPIENT="1/hour") as client:
+        auth = {**bearer(mint_token(TEST_SECRET)), "Idempotency-Key": "k-1"}
+        victim = f"v-{uuid.uuid4().hex[:6]}@example.org"
+        first = client.post("/v1/messages", json=reset(victim), headers=auth)
+        again = client.post("/v1/messages", json=reset(victim), headers=auth)
+        assert first.status_code == again.status_code == 202
+        assert again.json() == first.json() and again.headers["idempotent-replayed"] == "true"
+
+
+def test_accepting_a_message_is_one_redis_round_trip(
+        redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each loopback round trip costs more CPU than the Python around it (the benchmark's
+    # profile), so the caller limit, the recipient limit, idempotency, the queue ceiling, the
+    # status record and the Dramatiq message are all handled by one script.
+    replies: list[str] = []
+    read_response = AbstractConnection.read_response
+
+    async def counted(self: AbstractConnection, *args: Any, **kwargs: Any) -> Any:
+        response = await read_response(self, *args, **kwargs)
+        replies.append(repr(response)[:60])
+        return response
+
+    monkeypatch.setattr(AbstractConnection, "read_response", counted)
+    with app_client(redis_server, RATE_LIMIT="100/minute",
+                    RESET_LIMIT_PER_RECIPIENT="5/hour") as client:
+        auth = {**bearer(mint_token(TEST_SECRET)), "Idempotency-Key": uuid.uuid4().hex}
+        assert client.post("/v1/messages", json=reset(), headers=auth).status_code == 202
+        replies.clear()
+        for path, body in (("/v1/messages", reset(f"y-{uuid.uuid4().hex[:6]}@example.org")),
+                           ("/email-service/send-reset-code",
+                            {"email": f"x-{uuid.uuid4().hex[:6]}@example.org", "code": "1"})):
+            answer = client.post(path, json=body,
+                                 headers={**auth, "Idempotency-Key": uuid.uuid4().hex})
+            assert answer.status_code in (200, 202)
+        assert len(replies) == 2, replies
 
 
 # --- JWKS (RS256 / ES256), rotation, scopes --------------------------------------------------
