@@ -25,6 +25,8 @@ from pydantic import (
 #: Recipients (to + cc + bcc) one message may name.
 MAX_RECIPIENTS = 50
 MAX_HEADERS = 20
+#: Messages one batch request may carry (Postmark allows 500, Resend 100).
+MAX_BATCH = 100
 MAX_TAGS = 10
 
 _TEMPLATE_NAME = (
@@ -135,6 +137,14 @@ class SendRequest(BaseModel):
         if len(self.to) + len(self.cc) + len(self.bcc) > MAX_RECIPIENTS:
             raise ValueError(f"at most {MAX_RECIPIENTS} recipients (to + cc + bcc)")
         return self
+
+
+class BatchRequest(BaseModel):
+    """``POST /v1/messages/batch``: several messages, accepted all together or not at all."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    messages: Annotated[list[SendRequest], Field(min_length=1, max_length=MAX_BATCH)]
 
 
 def error_details(exc: ValidationError) -> list[dict[str, str]]:

@@ -26,62 +26,78 @@ SEND_ACTOR = "send_email"
 #: Dramatiq's Redis namespace (its default).
 NAMESPACE = "dramatiq"
 
-# KEYS: idempotency record, status, timeline, <queue>.msgs, <queue>, then the token buckets.
+# KEYS: 1 idempotency record, 2 <queue>.msgs, 3 <queue>, then the B token buckets, then the
+#   status and timeline keys of each of the M messages.
 # ARGV: 1 idempotent ('1'/'0'), 2 idempotency record, 3 its ttl, 4 max queue depth,
-#   5 redis message id, 6 message body, 7 status retention, 8 timeline event,
-#   9 whether the first bucket is the caller's ('1'/'0'), 10 bucket count, then capacity and
-#   refill per second of each bucket, then the status hash's field/value pairs.
+#   5 status retention, 6 whether the first bucket is the caller's ('1'/'0'), 7 B, 8 M,
+#   then capacity, refill per second and tokens needed of each bucket, then for each message:
+#   redis message id, message body, timeline event, F, and the status hash's F field/value pairs.
 _ACCEPT = BUCKET_LUA + """
-local callers = tonumber(ARGV[9])
-local buckets = tonumber(ARGV[10])
+local callers, buckets, count = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local now = 0
 if buckets > 0 then now = now_seconds() end
-local tokens = {}
-for i = 1, buckets do
-  tokens[i] = bucket_tokens(KEYS[5 + i], tonumber(ARGV[9 + 2 * i]), tonumber(ARGV[10 + 2 * i]), now)
+local capacity, rate, need, tokens = {}, {}, {}, {}
+for j = 1, buckets do
+  local at = 6 + 3 * j
+  capacity[j], rate[j], need[j] = tonumber(ARGV[at]), tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])
+  tokens[j] = bucket_tokens(KEYS[3 + j], capacity[j], rate[j], now)
 end
 -- The caller's bucket pays for every request, whatever is answered.
 if callers == 1 then
-  local capacity, per_second = tonumber(ARGV[11]), tonumber(ARGV[12])
-  if tokens[1] < 1 then
-    bucket_store(KEYS[6], tokens[1], capacity, per_second, now)
-    return {'rate_limited', tostring((1 - tokens[1]) / per_second)}
+  if tokens[1] < need[1] then
+    bucket_store(KEYS[4], tokens[1], capacity[1], rate[1], now)
+    return {'rate_limited', tostring((need[1] - tokens[1]) / rate[1])}
   end
-  bucket_store(KEYS[6], tokens[1] - 1, capacity, per_second, now)
+  bucket_store(KEYS[4], tokens[1] - need[1], capacity[1], rate[1], now)
 end
 if ARGV[1] == '1' then
   local existing = redis.call('GET', KEYS[1])
   if existing then return {'existing', existing} end
 end
 local max_depth = tonumber(ARGV[4])
-if max_depth > 0 and redis.call('LLEN', KEYS[5]) >= max_depth then return {'full', ''} end
--- The recipients' buckets: every one must have a token, then all are charged.
-for i = callers + 1, buckets do
-  if tokens[i] < 1 then
-    return {'recipient_limited', tostring((1 - tokens[i]) / tonumber(ARGV[10 + 2 * i]))}
+if max_depth > 0 and redis.call('LLEN', KEYS[3]) + count > max_depth then return {'full', ''} end
+-- The recipients' buckets: every one must have its tokens, then all are charged.
+for j = callers + 1, buckets do
+  if tokens[j] < need[j] then
+    return {'recipient_limited', tostring((need[j] - tokens[j]) / rate[j])}
   end
 end
-for i = callers + 1, buckets do
-  bucket_store(KEYS[5 + i], tokens[i] - 1, tonumber(ARGV[9 + 2 * i]),
-               tonumber(ARGV[10 + 2 * i]), now)
+for j = callers + 1, buckets do
+  bucket_store(KEYS[3 + j], tokens[j] - need[j], capacity[j], rate[j], now)
 end
 if ARGV[1] == '1' then redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3]) end
-redis.call('HSET', KEYS[2], unpack(ARGV, 11 + 2 * buckets))
-redis.call('EXPIRE', KEYS[2], ARGV[7])
-redis.call('RPUSH', KEYS[3], ARGV[8])
-redis.call('EXPIRE', KEYS[3], ARGV[7])
-redis.call('HSET', KEYS[4], ARGV[5], ARGV[6])
-redis.call('RPUSH', KEYS[5], ARGV[5])
+local at = 9 + 3 * buckets
+for i = 1, count do
+  local status, timeline = KEYS[2 + buckets + 2 * i], KEYS[3 + buckets + 2 * i]
+  local fields = tonumber(ARGV[at + 3])
+  redis.call('HSET', status, unpack(ARGV, at + 4, at + 3 + 2 * fields))
+  redis.call('EXPIRE', status, ARGV[5])
+  redis.call('RPUSH', timeline, ARGV[at + 2])
+  redis.call('EXPIRE', timeline, ARGV[5])
+  redis.call('HSET', KEYS[2], ARGV[at], ARGV[at + 1])
+  redis.call('RPUSH', KEYS[3], ARGV[at])
+  at = at + 4 + 2 * fields
+end
 return {'queued', ''}
 """
 
 
 @dataclass(frozen=True)
 class Charge:
-    """One token to take from the bucket at ``key`` (refilling at ``rate``) when accepting."""
+    """``tokens`` to take from the bucket at ``key`` (refilling at ``rate``) when accepting."""
 
     key: str
     rate: Rate
+    tokens: int = 1
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One message to accept: its job, its first status record and timeline event."""
+
+    job: dict[str, Any]
+    status_fields: dict[str, str]
+    timeline_event: bytes
 
 
 def send_job(message_id: str, request: dict[str, Any], *, source: str) -> dict[str, Any]:
@@ -137,30 +153,30 @@ class Acceptor:
         self._script = client.register_script(_ACCEPT)
 
     async def accept(
-        self, job: dict[str, Any], *, status_fields: dict[str, str], timeline_event: bytes,
-        idempotency_key: str | None = None, idempotency_record: bytes = b"",
-        idempotency_ttl: int = 0, caller: Charge | None = None,
+        self, entries: list[Entry], *, idempotency_key: str | None = None,
+        idempotency_record: bytes = b"", idempotency_ttl: int = 0, caller: Charge | None = None,
         recipients: tuple[Charge, ...] = (),
     ) -> AcceptResult:
         """Charge ``caller`` (always, even when refused for another reason), then ``recipients``
-        (all or none), and queue ``job``; nothing else is written unless it is queued."""
-        redis_message_id, data = encode_message(job, self.queue_name)
-        message_id = job["id"]
+        (all or none), and queue every entry (all or none), in one round trip."""
         queue = queue_key(self.queue_name)
-        keys = [idempotency_key or f"{self.prefix}:idem:-",
-                status_key(self.prefix, message_id), timeline_key(self.prefix, message_id),
-                f"{queue}.msgs", queue]
+        charges = (caller, *recipients) if caller else recipients
+        keys = [idempotency_key or f"{self.prefix}:idem:-", f"{queue}.msgs", queue]
+        keys += [charge.key for charge in charges]
         args: list[Any] = [
             "1" if idempotency_key else "0", idempotency_record, idempotency_ttl,
-            self.max_queue_depth, redis_message_id, data, self.retention, timeline_event,
+            self.max_queue_depth, self.retention, "1" if caller else "0", len(charges),
+            len(entries),
         ]
-        charges = (caller, *recipients) if caller else recipients
-        args += ["1" if caller else "0", len(charges)]
         for charge in charges:
-            keys.append(charge.key)
-            args += [charge.rate.count, charge.rate.per_second]
-        for field, value in status_fields.items():
-            args += [field, value]
+            args += [charge.rate.count, charge.rate.per_second, charge.tokens]
+        for entry in entries:
+            message_id = entry.job["id"]
+            keys += [status_key(self.prefix, message_id), timeline_key(self.prefix, message_id)]
+            args += [*encode_message(entry.job, self.queue_name), entry.timeline_event,
+                     len(entry.status_fields)]
+            for field, value in entry.status_fields.items():
+                args += [field, value]
         outcome, detail = await self._script(keys=keys, args=args)
         outcome = outcome.decode()
         if outcome.endswith("limited"):

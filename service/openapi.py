@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
-from mailcore.message import SendRequest
+from mailcore.message import BatchRequest, SendRequest
 from mailcore.status import STATUSES
 
 from .legacy import OrderConfirmation, ResetCodeRequest
@@ -32,6 +32,10 @@ class Error(_Out):
 class Queued(_Out):
     id: str = Field(description="The message id; also sent as X-Email-Service-Id.")
     status: Literal["queued"]
+
+
+class BatchQueued(_Out):
+    messages: list[Queued] = Field(description="One entry per message, in the request's order.")
 
 
 class ResetCodeSent(_Out):
@@ -145,7 +149,8 @@ class Purged(_Out):
 
 
 _MODELS: list[type[BaseModel]] = [
-    SendRequest, ResetCodeRequest, OrderConfirmation, Error, Queued, ResetCodeSent,
+    SendRequest, BatchRequest, ResetCodeRequest, OrderConfirmation, Error, Queued, BatchQueued,
+    ResetCodeSent,
     OrderConfirmationSent, Health, Ready, MessageStatus, TemplateList, TemplateDetail,
     PreviewRequest, Preview,
     DeadLetterList, DeadLetterDetail, RetryAll, Purged,
@@ -202,6 +207,13 @@ def openapi_document() -> dict[str, Any]:
             "summary": "Send a template to one or more recipients", "operationId": "send",
             "parameters": [_IDEMPOTENCY], "requestBody": _body(SendRequest),
             "responses": {"202": _json(Queued, "Accepted and queued"), **_errors(*_SEND_ERRORS)},
+        }},
+        "/v1/messages/batch": {"post": {
+            "summary": "Send up to 100 messages in one request: all are queued, or none",
+            "operationId": "sendBatch",
+            "parameters": [_IDEMPOTENCY], "requestBody": _body(BatchRequest),
+            "responses": {"202": _json(BatchQueued, "All accepted and queued"),
+                          **_errors(*_SEND_ERRORS)},
         }},
         "/v1/messages/{id}": {"get": {
             "summary": "Status and timeline of a message sent under the caller's subject",

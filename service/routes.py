@@ -24,7 +24,7 @@ from .auth import authenticate
 from .body import read_json_object
 from .errors import ApiError, JSONResponse
 from .openapi import PreviewRequest, openapi_document
-from .sending import Idempotency, Responder, SendService
+from .sending import Idempotency, SendService
 
 
 def _service(request: Request) -> SendService:
@@ -47,44 +47,63 @@ async def ready(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ready", "service": "email-service"})
 
 
-async def _send(request: Request, parse: Callable[[SendService, dict[str, Any]], SendRequest],
-                *, source: str, respond: Responder) -> JSONResponse:
+#: Reads the validated messages of a request body.
+Parser = Callable[[SendService, dict[str, Any]], list[SendRequest]]
+#: The success answer from the new message ids: (status code, body).
+BatchResponder = Callable[[list[str]], tuple[int, dict[str, Any]]]
+
+
+async def _send(request: Request, parse: Parser, *, source: str,
+                respond: BatchResponder) -> JSONResponse:
     """Authenticate (with the sending scope), read and validate the body, then queue it.
 
-    Every request is charged to the caller's rate limit once: a refused one here, an accepted
-    one inside the accept step (one Redis round trip for the whole acceptance)."""
+    Every message is charged to the caller's rate limit: a refused request here (one token),
+    an accepted one inside the accept step (one Redis round trip for the whole acceptance)."""
     service = _service(request)
     caller = await authenticate(request, scope=service.settings.jwt_required_scope)
     try:
         body = await read_json_object(request, service.settings.max_body_bytes)
-        send = parse(service, body)
+        messages = parse(service, body)
         idempotency = Idempotency.from_request(
             request.headers.get("idempotency-key"), caller.subject, request.url.path, body)
     except ApiError:
         await service.limit_caller(caller)  # a flood of bad requests is limited too
         raise
-    status_code, answer, replay = await service.submit(
-        send, owner=caller.subject, source=source, respond=respond, idempotency=idempotency,
-        limit_owner=True)
+    status_code, answer, replay = await service.submit_many(
+        messages, owner=caller.subject, source=source, respond=respond,
+        idempotency=idempotency, limit_owner=True)
     headers = {"Idempotent-Replayed": "true"} if replay else {}
     return JSONResponse(answer, status_code=status_code, headers=headers)
 
 
-def _parse_reset(service: SendService, body: dict[str, Any]) -> SendRequest:
+def _parse_message(service: SendService, body: dict[str, Any]) -> list[SendRequest]:
+    return [service.parse(body)]
+
+
+def _parse_batch(service: SendService, body: dict[str, Any]) -> list[SendRequest]:
+    return service.parse_batch(body)
+
+
+def _parse_reset(service: SendService, body: dict[str, Any]) -> list[SendRequest]:
     send = legacy.parse_reset(body, service.settings.reset_template)
     service.check(send, status=400)
-    return send
+    return [send]
 
 
-def _parse_order(service: SendService, body: dict[str, Any]) -> SendRequest:
+def _parse_order(service: SendService, body: dict[str, Any]) -> list[SendRequest]:
     send = legacy.parse_order(body, service.settings.order_template)
     service.check(send)
-    return send
+    return [send]
 
 
 async def send_message(request: Request) -> JSONResponse:
-    return await _send(request, SendService.parse, source="api",
-                       respond=lambda mid: (202, {"id": mid, "status": "queued"}))
+    return await _send(request, _parse_message, source="api",
+                       respond=lambda ids: (202, {"id": ids[0], "status": "queued"}))
+
+
+async def send_batch(request: Request) -> JSONResponse:
+    return await _send(request, _parse_batch, source="api", respond=lambda ids: (
+        202, {"messages": [{"id": mid, "status": "queued"} for mid in ids]}))
 
 
 async def send_reset_code(request: Request) -> JSONResponse:
@@ -239,6 +258,7 @@ routes = [
     Route("/ready", ready, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
     Route("/v1/messages", send_message, methods=["POST"]),
+    Route("/v1/messages/batch", send_batch, methods=["POST"]),
     Route("/v1/messages/{id}", get_message, methods=["GET"]),
     Route("/v1/templates", list_templates, methods=["GET"]),
     Route("/v1/templates/{name:path}/render", render_template, methods=["POST"]),

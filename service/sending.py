@@ -7,6 +7,7 @@ import hashlib
 import logging
 import re
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,8 +18,8 @@ from opentelemetry import trace
 from pydantic import ValidationError
 
 from mailcore.config import Settings
-from mailcore.message import SendRequest, error_details
-from mailcore.queue import Acceptor, Charge, send_job
+from mailcore.message import BatchRequest, SendRequest, error_details
+from mailcore.queue import Acceptor, Charge, Entry, send_job
 from mailcore.ratelimit import RateLimiter, retry_after
 from mailcore.rendering import TemplateError
 from mailcore.status import QUEUED, event, initial_fields
@@ -92,6 +93,25 @@ class SendService:
             self.check(request, status=status)
             return request
 
+    def parse_batch(self, body: dict[str, Any]) -> list[SendRequest]:
+        """``{"messages": [...]}``: every message valid, or 422 naming ``messages.N.field``."""
+        with tracer().start_as_current_span("validate"):
+            try:
+                batch = BatchRequest.model_validate(body)
+            except ValidationError as exc:
+                details = error_details(exc)
+                raise ApiError(422, "invalid_request", _summary(details),
+                               details=details) from None
+            for index, request in enumerate(batch.messages):
+                try:
+                    self.check(request)
+                except ApiError as exc:
+                    exc.details = [{**detail, "field": f"messages.{index}.{detail['field']}"}
+                                   for detail in exc.details]
+                    exc.message = f"messages.{index}: {exc.message}"
+                    raise
+            return batch.messages
+
     def check(self, request: SendRequest, *, status: int = 422) -> None:
         """Template exists, data matches its variables, ``from`` is an allowed sender."""
         template = self.registry.get(request.template)
@@ -123,14 +143,16 @@ class SendService:
         if wait:
             raise _caller_limited(caller.subject, wait)
 
-    def _recipient_charges(self, request: SendRequest) -> tuple[Charge, ...]:
+    def _recipient_charges(self, requests: list[SendRequest]) -> tuple[Charge, ...]:
         rate = self.settings.reset_limit_per_recipient
-        if rate is None or request.template != self.settings.reset_template:
+        if rate is None:
             return ()
-        digests = dict.fromkeys(
+        digests = Counter(
             hashlib.sha256(recipient.email.lower().encode()).hexdigest()[:32]
-            for recipient in [*request.to, *request.cc, *request.bcc])
-        return tuple(Charge(self.limiter.key(f"reset:{digest}"), rate) for digest in digests)
+            for request in requests if request.template == self.settings.reset_template
+            for recipient in dict.fromkeys([*request.to, *request.cc, *request.bcc]))
+        return tuple(Charge(self.limiter.key(f"reset:{digest}"), rate, tokens)
+                     for digest, tokens in digests.items())
 
     async def submit(
         self, request: SendRequest, *, owner: str, source: str, respond: Responder,
@@ -143,40 +165,71 @@ class SendService:
         have none). Returns the answer (status code, body) and whether it is a replay of an
         earlier request with the same idempotency key.
         """
-        message_id = message_id or str(uuid.uuid4())
-        status_code, body = respond(message_id)
-        job = send_job(message_id, request.model_dump(mode="json", by_alias=True,
-                                                      exclude_defaults=True), source=source)
+        return await self.submit_many(
+            [request], owner=owner, source=source, respond=lambda ids: respond(ids[0]),
+            idempotency=idempotency, message_ids=[message_id] if message_id else None,
+            limit_owner=limit_owner)
+
+    async def submit_many(
+        self, requests: list[SendRequest], *, owner: str, source: str,
+        respond: Callable[[list[str]], tuple[int, dict[str, Any]]],
+        idempotency: Idempotency | None = None, message_ids: list[str] | None = None,
+        limit_owner: bool = False,
+    ) -> tuple[int, dict[str, Any], bool]:
+        """Record and queue all of ``requests`` or none of them (one token each from the
+        owner's limit); otherwise like :meth:`submit`."""
+        ids = message_ids or [str(uuid.uuid4()) for _ in requests]
+        status_code, body = respond(ids)
         with tracer().start_as_current_span(
             "enqueue", kind=trace.SpanKind.PRODUCER,
-            attributes={"email.message_id": message_id, "email.template": request.template},
+            attributes={"email.message_id": ids[0] if len(ids) == 1 else ids,
+                        "email.template": requests[0].template if len(requests) == 1
+                        else sorted({r.template for r in requests})},
         ):
-            job["trace"] = inject_context()  # the worker continues this trace
-            return await self._accept(job, request, owner=owner, source=source,
-                                      idempotency=idempotency, status_code=status_code,
-                                      body=body, limit_owner=limit_owner)
+            carrier = inject_context()  # the worker continues this trace
+            entries = []
+            for message_id, request in zip(ids, requests, strict=True):
+                job = send_job(message_id, request.model_dump(
+                    mode="json", by_alias=True, exclude_defaults=True), source=source)
+                job["trace"] = carrier
+                recipients = [r.email for r in [*request.to, *request.cc, *request.bcc]]
+                fields = initial_fields(message_id=message_id, owner=owner,
+                                        template=request.template, recipients=recipients,
+                                        source=source)
+                entries.append(Entry(job, fields, event(QUEUED, f"accepted via {source}")))
+            replay = await self._accept(entries, requests, owner=owner, idempotency=idempotency,
+                                        status_code=status_code, body=body,
+                                        limit_owner=limit_owner)
+        if replay is not None:
+            return (*replay, True)
+        if self.metrics is not None:
+            self.metrics.accepted.labels(source).inc(len(entries))
+        for entry, request in zip(entries, requests, strict=True):
+            log.info("queued", extra={"message_id": entry.job["id"],
+                                      "template": request.template, "source": source})
+        return status_code, body, False
 
     async def _accept(
-        self, job: dict[str, Any], request: SendRequest, *, owner: str, source: str,
+        self, entries: list[Entry], requests: list[SendRequest], *, owner: str,
         idempotency: Idempotency | None, status_code: int, body: dict[str, Any],
         limit_owner: bool,
-    ) -> tuple[int, dict[str, Any], bool]:
-        message_id = job["id"]
-        recipients = [r.email for r in [*request.to, *request.cc, *request.bcc]]
+    ) -> tuple[int, dict[str, Any]] | None:
+        """Queue the entries; returns the stored answer instead when this is a replay."""
         owner_rate = self.settings.rate_for(owner) if limit_owner else None
+        if owner_rate is not None and owner_rate.count < len(entries):
+            raise ApiError(422, "batch_too_large",
+                           f"{len(entries)} messages exceed the {owner_rate.count}-message "
+                           f"burst of {owner!r}'s rate limit; send smaller batches")
         result = await self.acceptor.accept(
-            job,
-            status_fields=initial_fields(message_id=message_id, owner=owner,
-                                         template=request.template, recipients=recipients,
-                                         source=source),
-            timeline_event=event(QUEUED, f"accepted via {source}"),
+            entries,
             idempotency_key=self._idem_key(idempotency) if idempotency else None,
             idempotency_record=orjson.dumps({
                 "fingerprint": idempotency.fingerprint if idempotency else "",
                 "status": status_code, "body": body}),
             idempotency_ttl=self.settings.idempotency_ttl_seconds,
-            caller=Charge(self.limiter.key(f"caller:{owner}"), owner_rate) if owner_rate else None,
-            recipients=self._recipient_charges(request),
+            caller=(Charge(self.limiter.key(f"caller:{owner}"), owner_rate, len(entries))
+                    if owner_rate else None),
+            recipients=self._recipient_charges(requests),
         )
         if result.outcome == "rate_limited":
             raise _caller_limited(owner, result.wait)
@@ -191,12 +244,8 @@ class SendService:
                            headers={"Retry-After": "10"})
         if result.outcome == "existing":
             assert idempotency is not None
-            return (*self._replay(result.stored, idempotency), True)
-        if self.metrics is not None:
-            self.metrics.accepted.labels(source).inc()
-        log.info("queued", extra={"message_id": message_id, "template": request.template,
-                                  "source": source})
-        return status_code, body, False
+            return self._replay(result.stored, idempotency)
+        return None
 
     def _idem_key(self, idempotency: Idempotency) -> str:
         return f"{self.settings.key_prefix}:idem:{idempotency.key}"

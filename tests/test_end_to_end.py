@@ -96,6 +96,28 @@ def test_v1_messages_order_with_hostile_name_is_escaped(
     assert len(mail.rcpt_tos) == 3  # to, cc and the envelope-only bcc
 
 
+def test_batch_delivers_each_message_once(stack: Stack, smtp_server: SMTPServer,
+                                         secret: str) -> None:
+    recipients = [unique(f"batch{i}") for i in range(20)]
+    messages = [{"template": "password_reset", "to": to,
+                 "data": {"email": to, "code": str(731000 + i)}}
+                for i, to in enumerate(recipients)]
+    response = httpx.post(f"{stack.base_url}/v1/messages/batch", json={"messages": messages},
+                          headers=auth(secret))
+    assert response.status_code == 202, response.text
+    ids = [answer["id"] for answer in response.json()["messages"]]
+    wait_for(lambda: all(smtp_server.handler.to(to) for to in recipients),
+             message="every message of the batch")
+    for i, (to, message_id) in enumerate(zip(recipients, ids, strict=True)):
+        [mail] = smtp_server.handler.to(to)
+        assert mail.message["X-Email-Service-Id"] == message_id
+        body = mail.message.get_body(preferencelist=("plain",))
+        assert body is not None and str(731000 + i) in body.get_content()
+    wait_for(lambda: httpx.get(f"{stack.base_url}/v1/messages/{ids[-1]}",
+                               headers=auth(secret)).json()["status"] == "sent",
+             message="the sent status")
+
+
 def test_legacy_order_confirmation_contract(
     stack: Stack, smtp_server: SMTPServer, secret: str
 ) -> None:

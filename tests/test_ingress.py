@@ -339,3 +339,65 @@ def test_worker_trusts_the_door_normalisation_but_not_line_breaks() -> None:
             SendRequest.model_validate(hostile, context=context)
     with pytest.raises(ValidationError, match="not a valid email address"):
         SendRequest.model_validate({**body, "to": "not-an-address"})
+
+
+# --- Batches: many messages, one request, all or nothing ----------------------------------------
+
+def batch(client: TestClient, messages: list[Any], headers: dict[str, str] | None = None) -> Any:
+    return client.post("/v1/messages/batch", json={"messages": messages},
+                       headers=GOOD if headers is None else headers)
+
+
+def test_batch_is_queued_whole_with_one_id_per_message(
+        client: TestClient, queued: Any, redis_server: RedisServer) -> None:
+    messages = [valid_message(to=f"b{i}@example.com") for i in range(5)]
+    messages.append({"template": "order_confirmation", "to": "o@example.com", "data": {
+        "order_id": "A-1", "customer": {"name": "Ada", "email": "o@example.com"},
+        "items": [{"product_id": "p", "name": "x", "quantity": 1, "price": 1}], "total": 1}})
+    response = batch(client, messages)
+    assert response.status_code == 202, response.text
+    answers = response.json()["messages"]
+    assert [a["status"] for a in answers] == ["queued"] * 6
+    assert len({a["id"] for a in answers}) == 6
+    assert queued() == 6
+    # Each message has its own status, in the caller's order.
+    statuses = [client.get(f"/v1/messages/{a['id']}", headers=GOOD).json() for a in answers]
+    assert [s["recipients"] for s in statuses] == [[m["to"]] for m in messages]
+    assert statuses[-1]["template"] == "order_confirmation"
+
+
+@pytest.mark.parametrize(("messages", "field"), [
+    ([], "messages"),
+    ([valid_message()] * 101, "messages"),
+    ([valid_message(), valid_message(to="not an address")], "messages.1.to.0.email"),
+    ([valid_message(), valid_message(template="no-such-template")], "messages.1.template"),
+    ([valid_message(data={"email": "a@example.com"})], "messages.0.data"),
+    ([valid_message(subject="x\r\nBcc: victim@example.org")], "messages.0.subject"),
+])
+def test_a_bad_message_refuses_the_whole_batch(client: TestClient, queued: Any,
+                                               messages: list[Any], field: str) -> None:
+    response = batch(client, messages)
+    assert response.status_code == 422, response.text
+    assert field in [detail["field"] for detail in response.json()["details"]]
+    assert queued() == 0
+
+
+def test_hostile_batch_bodies_are_refused(client: TestClient, queued: Any) -> None:
+    for body in ({"messages": "nope"}, {"messages": [valid_message()], "extra": 1}, [1, 2],
+                 {"messages": [[valid_message()]]}):
+        response = client.post("/v1/messages/batch", json=body, headers=GOOD)
+        assert response.status_code in (400, 422), (body, response.text)
+        assert response.json()["error"] in ("invalid_request", "invalid_json")
+    assert batch(client, [valid_message()], headers={}).status_code == 401
+    assert queued() == 0
+
+
+def test_batch_is_idempotent(client: TestClient, queued: Any) -> None:
+    headers = {**GOOD, "Idempotency-Key": f"batch-{uuid.uuid4().hex}"}
+    messages = [valid_message(to=f"i{i}@example.com") for i in range(3)]
+    first = batch(client, messages, headers)
+    again = batch(client, messages, headers)
+    assert first.status_code == again.status_code == 202
+    assert again.json() == first.json() and again.headers["idempotent-replayed"] == "true"
+    assert batch(client, messages[:2], headers).status_code == 409
+    assert queued() == 3

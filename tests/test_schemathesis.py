@@ -39,7 +39,8 @@ def test_api_matches_its_openapi_document(stack: Stack, tmp_path: Path) -> None:
     failures = [case for case in cases if case.find("failure") is not None]
     assert not failures, result.stdout[-8000:]
     tested = {case.get("name") for case in cases}
-    assert {"POST /v1/messages", "GET /v1/messages/{id}", "POST /email-service/send-reset-code",
+    assert {"POST /v1/messages", "POST /v1/messages/batch", "GET /v1/messages/{id}",
+            "POST /email-service/send-reset-code",
             "POST /api/order-confirmation", "POST /v1/templates/{name}/render",
             "GET /v1/dead-letters/{id}", "DELETE /v1/dead-letters"} <= tested, tested
     crashed = [case for case in cases if case.find("error") is not None]
