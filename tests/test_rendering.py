@@ -84,6 +84,32 @@ def test_sandbox_blocks_template_injection(expression: str) -> None:
     assert error.value.reason == "RenderError"
 
 
+@pytest.mark.parametrize("expression", [
+    "{{ order.__class__ }}", "{{ order.copy.__globals__ }}", "{{ order.items.__self__ }}",
+    "{{ (order | list).__class__.__subclasses__() }}",
+])
+def test_sandbox_still_guards_dicts_and_their_methods(expression: str) -> None:
+    with pytest.raises(TemplateError) as error:
+        compile_template(source(subject=expression, sample_data={"order": {"id": 1}}))
+    assert error.value.reason == "RenderError"
+
+
+def test_data_keys_come_before_dict_methods() -> None:
+    # JSON data: ``order.items`` is the order's items, not dict.items (Jinja's default).
+    template = CompiledTemplate(source(
+        subject="{{ order.items | length }} items, {{ order.keys }}",
+        mjml="<mjml><mj-body><mj-text>{% for i in order.items %}{{ i.name }};{% endfor %}"
+             "{{ range(3) | list }}</mj-text></mj-body></mjml>"))
+    out = template.render({"order": {"items": [{"name": "tea"}, {"name": "cup"}],
+                                     "keys": "house keys"}})
+    assert out.subject == "2 items, house keys"
+    assert "tea;cup;" in out.html and "[0, 1, 2]" in out.html  # Jinja's globals still there
+    # A template's own assignments never leak into the next render.
+    setter = CompiledTemplate(source(subject="{% set name = 'changed' %}{{ name }}"))
+    assert setter.render({"name": "Ada"}).subject == "changed"
+    assert CompiledTemplate(source()).render({"name": "Ada"}).subject == "Hi Ada"
+
+
 def test_data_is_never_evaluated_as_a_template() -> None:
     out = CompiledTemplate(source()).render({"name": "{{ ''.__class__ }}"})
     assert "{{ ''.__class__ }}" in out.text
