@@ -30,6 +30,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
 TRACER_NAME = "email-service"
 _provider: TracerProvider | None = None
+_exporting = False
 
 
 def configure_tracing(component: str) -> TracerProvider:
@@ -56,11 +57,18 @@ def configure_tracing(component: str) -> TracerProvider:
     # by default). Exporting nowhere: spans still get ids, which correlate the logs, but are not
     # recorded; a recorded span tree cost about a tenth of a worker's CPU per email.
     provider = TracerProvider(resource=resource, sampler=None if processors else ALWAYS_OFF)
+    global _exporting
+    _exporting = bool(processors)
     for processor in processors:
         provider.add_span_processor(processor)
     trace.set_tracer_provider(provider)
     _provider = provider
     return provider
+
+
+def exporting() -> bool:
+    """Whether spans are exported: an exporter is configured (see the module's docstring)."""
+    return _exporting
 
 
 def shutdown_tracing() -> None:
