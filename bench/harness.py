@@ -37,7 +37,7 @@ from typing import Any
 
 import orjson
 
-from . import httpload, render, smtpblast
+from . import floor, httpload, render, smtpblast
 from .procs import (
     REPO,
     LineProc,
@@ -341,6 +341,12 @@ def phase_render(run: Run) -> None:
         run.notes.append("render_realworld_us: ../shared/testdata/mjml is absent")
 
 
+def phase_floor(run: Run, redis: RedisServer, sink: PostfixSink) -> None:
+    run.log("one delivery's own cost: one thread in-process, no Dramatiq")
+    run.figures["delivery_floor_cpu_us"] = floor.measure(
+        redis.url, sink.port, 100 if run.args.smoke else 2000)
+
+
 def phase_door_saturation(run: Run, sizes: Sizes, service: Service) -> None:
     run.log("door at saturation (wrk, no worker: the queue only fills)")
     url = f"http://127.0.0.1:{service.port}/v1/messages"
@@ -585,6 +591,7 @@ def full(run: Run, sizes: Sizes) -> None:
     redis = RedisServer(run.workdir / "redis.log")
     smtp_sink = PostfixSink(run.workdir / "smtp-sink.log")
     with _started(smtp_sink, redis):
+        phase_floor(run, redis, smtp_sink)
         service = Service(run, redis)
         try:
             service.start_api(smtp_sink.port)
@@ -806,6 +813,12 @@ def table(run: Run) -> str:
             cores = os.cpu_count() or 1
             add(f"=> CPU-bound ceiling on {cores} cores (stack CPU {cpu['stack_us']} us/msg)",
                 _fmt(round(cores * 1e6 / cpu["stack_us"]), " /s"))
+    if "delivery_floor_cpu_us" in f:
+        d = f["delivery_floor_cpu_us"]
+        add("one delivery, 1 thread, no Dramatiq: begin / deliver / record",
+            f"{d['begin_attempt_us']} / {d['deliver_us']} / {d['record_sent_us']} us")
+        add("  => floor of a worker's CPU per email (the three together)",
+            f"{d['whole_us']} us")
     if "door_saturation" in f and f["door_saturation"].get("cpu_per_request"):
         d = f["door_saturation"]["cpu_per_request"]
         add("door CPU per accepted request: ingress / redis",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import redis
 from dramatiq import Broker
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage, Middleware, default_middleware
@@ -21,14 +20,17 @@ from .delivery import Deliverer
 from .heartbeat import Heartbeat
 
 
-class CloseTransport(Middleware):
-    """Quit SMTP sessions politely once the worker threads have finished their sends."""
+class CloseConnections(Middleware):
+    """Quit SMTP sessions politely and close the status connections once the worker threads
+    have finished their sends."""
 
-    def __init__(self, transport: Transport) -> None:
+    def __init__(self, transport: Transport, status: StatusStore) -> None:
         self.transport = transport
+        self.status = status
 
     def after_worker_shutdown(self, broker: Broker, worker: object) -> None:
         self.transport.close()
+        self.status.close()
         shutdown_tracing()  # flush spans still buffered
 
 
@@ -43,15 +45,15 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
     registry = TemplateRegistry.from_dir(builtin_templates_dir(settings.templates_dir),
                                          store=template_store_from_settings(settings))
     transport = transport_from_settings(settings)
+    status = StatusStore.from_url(settings.redis_url, settings.key_prefix,
+                                  settings.status_retention_seconds)
     middleware = [m() for m in default_middleware]
-    middleware += [CurrentMessage(), CloseTransport(transport),
+    middleware += [CurrentMessage(), CloseConnections(transport, status),
                    Heartbeat(settings.worker_heartbeat_dir, settings.worker_heartbeat_seconds)]
     broker = make_broker(
         settings.redis_url, middleware=middleware,
         heartbeat_timeout_ms=settings.queue_heartbeat_timeout_ms,
         maintenance_chance=settings.queue_maintenance_chance,
     )
-    status = StatusStore(redis.Redis.from_url(settings.redis_url, socket_timeout=10),
-                         settings.key_prefix, settings.status_retention_seconds)
     return WorkerRuntime(broker=broker, deliverer=Deliverer(settings, registry, transport),
                          status=status)
