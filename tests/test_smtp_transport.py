@@ -41,19 +41,19 @@ def server() -> Iterator[SMTPServer]:
     smtp.stop()
 
 
-def envelope(to: str, message_id: str = "m1") -> Envelope:
+def envelope(*to: str, message_id: str = "m1") -> Envelope:
     return build_envelope(
         message_id=message_id,
         rendered=RenderedEmail(subject="Hello", html="<p>Hi</p>", text="Hi\n"),
         sender=Recipient(email="noreply@shop.example.com", name="Shop"),
-        to=[Recipient(email=to)],
+        to=[Recipient(email=address) for address in to],
     )
 
 
 def test_connection_is_reused_across_messages(server: SMTPServer) -> None:
     transport = SMTPTransport("127.0.0.1", server.port, security="none", timeout=5)
     for i in range(5):
-        result = transport.send(envelope("a@example.com", f"m{i}"))
+        result = transport.send(envelope("a@example.com", message_id=f"m{i}"))
         assert result.response.startswith("250")
     assert len(server.handler.received) == 5
     assert len(set(server.handler.peers)) == 1
@@ -230,11 +230,8 @@ class WithholdingRelay:
 def test_envelope_commands_are_pipelined_in_one_write() -> None:
     relay = WithholdingRelay(refuse=frozenset({"gone@example.com"}))
     transport = SMTPTransport("127.0.0.1", relay.port, security="none", timeout=3)
+    message = envelope("a@example.com", "gone@example.com", message_id="p1")
     try:
-        message = build_envelope(
-            message_id="p1", rendered=RenderedEmail(subject="Hi", html="<p>Hi</p>", text="Hi\n"),
-            sender=Recipient(email="noreply@shop.example.com"),
-            to=[Recipient(email="a@example.com"), Recipient(email="gone@example.com")])
         result = transport.send(message)
     finally:
         transport.close()
@@ -285,11 +282,7 @@ def test_partly_and_wholly_refused_recipients(pipelining: bool) -> None:
     controller.start()
     transport = SMTPTransport("127.0.0.1", port, security="none", timeout=5)
     try:
-        two = build_envelope(
-            message_id="r1", rendered=RenderedEmail(subject="Hi", html="<p>Hi</p>", text="Hi"),
-            sender=Recipient(email="s@example.com"),
-            to=[Recipient(email="ok@example.com"), Recipient(email="gone@example.com")])
-        result = transport.send(two)
+        result = transport.send(envelope("ok@example.com", "gone@example.com", message_id="r1"))
         assert result.refused == {"gone@example.com": "550 5.1.1 no such user"}
         assert [m.rcpt_tos for m in handler.received] == [["ok@example.com"]]
         with pytest.raises(PermanentDeliveryError, match="no such user") as hard:
@@ -298,7 +291,7 @@ def test_partly_and_wholly_refused_recipients(pipelining: bool) -> None:
         with pytest.raises(TransientDeliveryError, match="try later"):
             transport.send(envelope("later@example.com"))
         # The session is still good after the refusals.
-        transport.send(envelope("ok@example.com", "r4"))
+        transport.send(envelope("ok@example.com", message_id="r4"))
         assert len(handler.to("ok@example.com")) == 2
         assert len(set(handler.peers)) == 1
     finally:
