@@ -24,7 +24,7 @@ from .auth import authenticate
 from .body import read_json_object
 from .errors import ApiError, JSONResponse
 from .openapi import PreviewRequest, openapi_document
-from .sending import Idempotency, SendService
+from .sending import BatchResponder, Idempotency, SendService
 
 
 def _service(request: Request) -> SendService:
@@ -49,8 +49,6 @@ async def ready(request: Request) -> JSONResponse:
 
 #: Reads the validated messages of a request body.
 Parser = Callable[[SendService, dict[str, Any]], list[SendRequest]]
-#: The success answer from the new message ids: (status code, body).
-BatchResponder = Callable[[list[str]], tuple[int, dict[str, Any]]]
 
 
 async def _send(request: Request, parse: Parser, *, source: str,

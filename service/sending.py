@@ -36,6 +36,8 @@ _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 
 #: Builds the endpoint's success answer from the new message id: (status code, body).
 Responder = Callable[[str], tuple[int, dict[str, Any]]]
+#: The same from the ids of all the messages a request queued.
+BatchResponder = Callable[[list[str]], tuple[int, dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -147,10 +149,11 @@ class SendService:
         rate = self.settings.reset_limit_per_recipient
         if rate is None:
             return ()
+        # One token per message per address (an address named twice in a message counts once).
         digests = Counter(
-            hashlib.sha256(recipient.email.lower().encode()).hexdigest()[:32]
-            for request in requests if request.template == self.settings.reset_template
-            for recipient in dict.fromkeys([*request.to, *request.cc, *request.bcc]))
+            digest for request in requests if request.template == self.settings.reset_template
+            for digest in {hashlib.sha256(recipient.email.lower().encode()).hexdigest()[:32]
+                           for recipient in [*request.to, *request.cc, *request.bcc]})
         return tuple(Charge(self.limiter.key(f"reset:{digest}"), rate, tokens)
                      for digest, tokens in digests.items())
 
@@ -172,9 +175,8 @@ class SendService:
 
     async def submit_many(
         self, requests: list[SendRequest], *, owner: str, source: str,
-        respond: Callable[[list[str]], tuple[int, dict[str, Any]]],
-        idempotency: Idempotency | None = None, message_ids: list[str] | None = None,
-        limit_owner: bool = False,
+        respond: BatchResponder, idempotency: Idempotency | None = None,
+        message_ids: list[str] | None = None, limit_owner: bool = False,
     ) -> tuple[int, dict[str, Any], bool]:
         """Record and queue all of ``requests`` or none of them (one token each from the
         owner's limit); otherwise like :meth:`submit`."""
