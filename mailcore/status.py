@@ -16,10 +16,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import redis
+from redis.commands.core import Script
 
 QUEUED = "queued"
 SENDING = "sending"
@@ -101,6 +102,11 @@ class Attempt:
     attempt: int
 
 
+class _Scripts(NamedTuple):
+    begin: Script
+    record: Script
+
+
 class StatusStore:
     """Worker-side status updates (synchronous Redis).
 
@@ -129,13 +135,15 @@ class StatusStore:
                                                 single_connection_client=True),
                    prefix, retention_seconds)
 
-    def _scripts(self) -> tuple[Any, Any]:
-        scripts: tuple[Any, Any] | None = getattr(self._local, "scripts", None)
+    def _scripts(self) -> _Scripts:
+        """This thread's scripts, on its own connection (made on first use)."""
+        scripts: _Scripts | None = getattr(self._local, "scripts", None)
         if scripts is None:
             client = self.connect()
             with self._clients_lock:
                 self._clients.append(client)
-            scripts = (client.register_script(_BEGIN_ATTEMPT), client.register_script(_RECORD))
+            scripts = _Scripts(begin=client.register_script(_BEGIN_ATTEMPT),
+                               record=client.register_script(_RECORD))
             self._local.scripts = scripts
         return scripts
 
@@ -148,7 +156,7 @@ class StatusStore:
     def begin_attempt(self, message_id: str, lease_seconds: float) -> Attempt:
         keys = [status_key(self.prefix, message_id), timeline_key(self.prefix, message_id)]
         now = time.time()
-        previous, attempts = self._scripts()[0](
+        previous, attempts = self._scripts().begin(
             keys=keys, args=[now, lease_seconds, event(SENDING), self.retention])
         previous = previous.decode() if isinstance(previous, bytes) else str(previous)
         if previous in {"sent", "busy"}:
@@ -163,8 +171,8 @@ class StatusStore:
             k: fields.get(k) for k in ("code", "transport", "attempt")})]
         for field, value in values.items():
             args += [field, value]
-        self._scripts()[1](keys=[status_key(self.prefix, message_id),
-                           timeline_key(self.prefix, message_id)], args=args)
+        self._scripts().record(keys=[status_key(self.prefix, message_id),
+                                     timeline_key(self.prefix, message_id)], args=args)
 
 
 def decode_status(fields: dict[bytes, bytes], timeline: list[bytes]) -> dict[str, Any]:

@@ -78,10 +78,6 @@ def _parse_message(service: SendService, body: dict[str, Any]) -> list[SendReque
     return [service.parse(body)]
 
 
-def _parse_batch(service: SendService, body: dict[str, Any]) -> list[SendRequest]:
-    return service.parse_batch(body)
-
-
 def _parse_reset(service: SendService, body: dict[str, Any]) -> list[SendRequest]:
     send = legacy.parse_reset(body, service.settings.reset_template)
     service.check(send, status=400)
@@ -100,7 +96,7 @@ async def send_message(request: Request) -> JSONResponse:
 
 
 async def send_batch(request: Request) -> JSONResponse:
-    return await _send(request, _parse_batch, source="api", respond=lambda ids: (
+    return await _send(request, SendService.parse_batch, source="api", respond=lambda ids: (
         202, {"messages": [{"id": mid, "status": "queued"} for mid in ids]}))
 
 

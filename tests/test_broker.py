@@ -13,7 +13,7 @@ from redis.connection import AbstractConnection
 
 from workers.broker import MAX_PENDING_ACKS, RecoveringRedisBroker, make_broker
 
-from .support import RedisServer
+from .support import RedisServer, wait_for
 
 
 @pytest.fixture
@@ -40,12 +40,16 @@ def _keys(broker: RecoveringRedisBroker, queue: str) -> tuple[str, str]:
 
 
 def _take(consumer: Any, count: int) -> list[MessageProxy]:
+    """The next ``count`` messages, failing after 10 s (``next`` answers None while waiting)."""
     taken: list[MessageProxy] = []
-    while len(taken) < count:
+
+    def enough() -> list[MessageProxy] | None:
         message = next(consumer)
         if message is not None:
             taken.append(message)
-    return taken
+        return taken if len(taken) >= count else None
+
+    return wait_for(enough, timeout=10, interval=0, message=f"{count} messages")
 
 
 def test_acks_ride_along_with_the_next_fetch(broker: RecoveringRedisBroker,
