@@ -61,6 +61,36 @@ def test_html_is_autoescaped_but_text_and_subject_are_not() -> None:
     assert "Hello <i>&</i>!" in out.text
 
 
+HOSTILE_TEXT = """<script>alert('x') & "y"</script>"""
+
+
+def test_html_escaping_matches_jinjas_own_for_every_kind_of_value() -> None:
+    # The oracle is plain Jinja with autoescaping, unpatched: our faster escape must print
+    # exactly what it prints, for text, numbers, Markup (|safe, macros, set blocks) and the rest.
+    from jinja2 import Environment
+
+    html = (
+        "{% macro cell(v) %}<td>{{ v }}</td>{% endmacro %}{% set block %}<i>{{ s }}</i>{% endset %}"
+        "{{ s }}|{{ n }}|{{ f }}|{{ b }}|{{ none }}|{{ items }}|{{ d }}|{{ s | safe }}|"
+        "{{ cell(s) }}|{{ block }}|{{ missing }}|{{ n * f }}|{{ b * 2 }}|{{ '%.2f' | format(f) }}|"
+        "{% autoescape false %}{{ s }}{% endautoescape %}"
+    )
+    data = {"s": HOSTILE_TEXT, "n": 3, "f": 2.5, "b": True, "none": None,
+            "items": [HOSTILE_TEXT, 1], "d": {"k": HOSTILE_TEXT}}
+    ours = CompiledTemplate(source(mjml=None, html=html, text="-")).render(data).html
+    assert ours == Environment(autoescape=True).from_string(html).render(data)
+    assert "<script>" not in ours.split("|")[0]
+
+
+def test_the_portable_text_escape_matches_markupsafe() -> None:
+    from markupsafe import escape
+
+    from mailcore.rendering import _escape_text_portably
+
+    for text in (HOSTILE_TEXT, "&amp; already", "plain", ""):
+        assert _escape_text_portably(text) == str(escape(text))
+
+
 def test_subject_line_breaks_from_data_are_collapsed() -> None:
     out = CompiledTemplate(source()).render({"name": "Ada\r\nBcc: victim@example.com"})
     assert "\n" not in out.subject and "\r" not in out.subject
