@@ -5,11 +5,13 @@ header it is given back into a token tree and re-folds it when serialising, whic
 2.4 ms per message — most of a worker's CPU per email (the benchmark's profile). Everything
 written here is already validated (addresses by email-validator, no CR/LF in any header value),
 so a small writer suffices: RFC 2047 encoded-words for non-ASCII header text (``email.header``),
-``formataddr`` for mailboxes, quoted-printable bodies (``binascii``, in C) and CRLF line ends.
+``formataddr`` for mailboxes, a quoted-printable text part and a base64 HTML part (both in C)
+and CRLF line ends.
 """
 
 from __future__ import annotations
 
+import base64
 import binascii
 import os
 from dataclasses import dataclass
@@ -62,11 +64,36 @@ def _address_header(name: str, recipients: list[Recipient]) -> str:
     return f"{name}: " + ",\r\n ".join(_mailbox(r) for r in recipients)
 
 
+def _lf_bytes(body: str) -> bytes:
+    """UTF-8 with every line end (CRLF, CR, LF) as LF; encoded first, as bytes replace faster."""
+    data = body.encode("utf-8")
+    if b"\r" in data:
+        data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    return data
+
+
+def _quoted_printable(body: str) -> bytes:
+    return binascii.b2a_qp(_lf_bytes(body), istext=True).replace(b"\n", b"\r\n")
+
+
+def _base64(body: str) -> bytes:
+    # Text in base64 is encoded in its canonical form, CRLF line ends (RFC 2045 6.8).
+    return base64.encodebytes(_lf_bytes(body).replace(b"\n", b"\r\n")).replace(b"\n", b"\r\n")
+
+
 def _part(boundary: str, subtype: str, body: str) -> bytes:
-    text = body.replace("\r\n", "\n").replace("\r", "\n").encode("utf-8")
-    encoded = binascii.b2a_qp(text, istext=True).replace(b"\n", b"\r\n")
+    """The text part in quoted-printable, readable as it stands; the HTML part in base64.
+
+    HTML is markup nobody reads raw, and MJML writes it in lines of kilobytes full of ``=``:
+    quoted-printable (binascii's, ~9 ns a byte here) cost 65 µs for a 7 KB password reset and
+    ~0.5 ms for a 54 KB newsletter, the largest CPU cost of a delivery after its round trips.
+    Base64 takes a third of that, for ~25 % more bytes. SpamAssassin's MIME_BASE64_TEXT does
+    not apply to UTF-8 parts.
+    """
+    encoding, encoded = (("base64", _base64(body)) if subtype == "html"
+                         else ("quoted-printable", _quoted_printable(body)))
     return (f"--{boundary}\r\nContent-Type: text/{subtype}; charset=\"utf-8\"\r\n"
-            "Content-Transfer-Encoding: quoted-printable\r\n\r\n").encode("ascii") + \
+            f"Content-Transfer-Encoding: {encoding}\r\n\r\n").encode("ascii") + \
         encoded + b"\r\n"
 
 
@@ -86,7 +113,7 @@ def build_envelope(
     cc = cc or []
     bcc = bcc or []
     domain = _ascii_address(sender.email).rpartition("@")[2]
-    boundary = f"=_{os.urandom(12).hex()}"  # "=_" cannot occur in quoted-printable text
+    boundary = f"=_{os.urandom(12).hex()}"  # "=_" occurs in neither encoding
     lines = [f"From: {_mailbox(sender)}", _address_header("To", to)]
     if cc:
         lines.append(_address_header("Cc", cc))

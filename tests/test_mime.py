@@ -84,3 +84,24 @@ def test_each_message_has_its_own_boundary() -> None:
         return found.group(1).decode()
 
     assert boundary() != boundary()
+
+
+def test_html_goes_in_base64_and_text_in_quoted_printable() -> None:
+    html = "<p>Zoë —\r\nline two\rline three\nend</p>" + "<td style=\"a:b\">x</td>" * 400
+    text = "Zoë — plain\ntext"
+    envelope = build_envelope(
+        message_id="m-4", rendered=RenderedEmail(subject="s", html=html, text=text),
+        sender=SENDER, to=[Recipient(email="a@example.com")])
+    message = parse(envelope.as_bytes())
+    rich = message.get_body(preferencelist=("html",))
+    plain = message.get_body(preferencelist=("plain",))
+    assert rich is not None and plain is not None
+    assert rich["Content-Transfer-Encoding"] == "base64"
+    assert plain["Content-Transfer-Encoding"] == "quoted-printable"
+    # Base64 text is in canonical form: every line end, whatever it was, is CRLF.
+    decoded = rich.get_payload(decode=True)
+    assert decoded == html.replace("\r\n", "\n").replace("\r", "\n").replace(
+        "\n", "\r\n").encode("utf-8")
+    assert plain.get_content().replace("\r\n", "\n") == text
+    encoded_lines = rich.get_payload().split("\r\n")
+    assert max(len(line) for line in encoded_lines) <= 76  # RFC 2045 6.8
