@@ -247,12 +247,14 @@ async def openapi(request: Request) -> Response:
     return JSONResponse(openapi_document())
 
 
+# Starlette tries routes in order, so the send paths come first: every request to them skips
+# the regex matches of the routes before it.
 routes = [
+    Route("/v1/messages", send_message, methods=["POST"]),
+    Route("/v1/messages/batch", send_batch, methods=["POST"]),
     Route("/health", health, methods=["GET"]),
     Route("/ready", ready, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
-    Route("/v1/messages", send_message, methods=["POST"]),
-    Route("/v1/messages/batch", send_batch, methods=["POST"]),
     Route("/v1/messages/{id}", get_message, methods=["GET"]),
     Route("/v1/templates", list_templates, methods=["GET"]),
     Route("/v1/templates/{name:path}/render", render_template, methods=["POST"]),
