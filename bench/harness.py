@@ -305,6 +305,8 @@ def phase_ceilings(run: Run, sizes: Sizes) -> None:
         client = _run_async(httpload.closed_loop("127.0.0.1", stub.port, request,
                                                  duration=sizes.ceiling_seconds, concurrency=64))
         run.figures["asyncio_client_ceiling_rps"] = round(len(client.samples) / client.wall)
+    if httpload.have_wrk():
+        _bare_framework_ceiling(run, sizes)
     sinks: list[tuple[str, Callable[[], Any]]] = [("recording_sink", RecordingSink)]
     if not run.args.smoke:
         sinks.insert(0, ("smtp_sink", PostfixSink))
@@ -314,6 +316,23 @@ def phase_ceilings(run: Run, sizes: Sizes) -> None:
             rate = _run_async(smtpblast.blast("127.0.0.1", sink.port,
                                               total=sizes.blast_messages, connections=8))
         run.figures[f"{name}_ceiling_msgs_per_s"] = round(rate)
+
+
+def _bare_framework_ceiling(run: Run, sizes: Sizes) -> None:
+    """One uvicorn + Starlette process that does no work: what any one ingress process tops at."""
+    bare = LineProc("bare-app", python_module("bench.bare_app"))
+    with _started(bare):
+        url = f"http://127.0.0.1:{bare.port}/v1/messages"
+        httpload.run_wrk(url, body=SEND_BODY, token="x", duration=1,  # noqa: S106
+                         connections=16)
+        before = cpu_seconds(bare.pid)
+        result = httpload.run_wrk(url, body=SEND_BODY, token="x",  # noqa: S106
+                                  duration=sizes.ceiling_seconds, connections=64)
+        used = cpu_seconds(bare.pid) - before
+    run.figures["bare_framework"] = {
+        "accepted_per_s": round(result.accepted_per_s),
+        "cpu_per_request_us": round(used / max(result.requests, 1) * 1e6),
+    }
 
 
 def phase_render(run: Run) -> None:
@@ -778,6 +797,10 @@ def table(run: Run) -> str:
         add("sink ceiling: smtp-sink / recording sink",
             f"{_fmt(f.get('smtp_sink_ceiling_msgs_per_s'))} / "
             f"{_fmt(f.get('recording_sink_ceiling_msgs_per_s'))} msg/s")
+    if "bare_framework" in f:
+        b = f["bare_framework"]
+        add("bare uvicorn+Starlette process, no work: req/s; CPU/request",
+            f"{_fmt(b['accepted_per_s'])}; {_fmt(b['cpu_per_request_us'])} us")
     if "door_saturation" in f:
         d = f["door_saturation"]
         add("door at saturation: accepted req/s", _fmt(d["accepted_per_s"]), ">= 5,000",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
-from mailcore.telemetry import tracer
+from mailcore.telemetry import detail_span
 from mailcore.tokens import AuthError, Caller, TokenVerifier
 
 from .errors import ApiError
@@ -15,7 +15,7 @@ async def authenticate(request: Request, *, scope: str | None = None) -> Caller:
     token lacks ``scope``."""
     verifier: TokenVerifier = request.app.state.verifier
     try:
-        with tracer().start_as_current_span("authenticate"):
+        with detail_span("authenticate"):
             caller = await verifier.verify(request.headers.get("authorization"))
     except AuthError as exc:
         challenge = 'Bearer realm="email-service"'

@@ -23,7 +23,7 @@ from mailcore.queue import Acceptor, Charge, Entry, send_job
 from mailcore.ratelimit import RateLimiter, retry_after
 from mailcore.rendering import TemplateError
 from mailcore.status import QUEUED, event, initial_fields
-from mailcore.telemetry import inject_context, tracer
+from mailcore.telemetry import detail_span, inject_context, tracer
 from mailcore.templates import TemplateRegistry
 from mailcore.tokens import Caller
 
@@ -85,7 +85,7 @@ class SendService:
         self.limiter = RateLimiter(client, settings.key_prefix)
 
     def parse(self, body: dict[str, Any], *, status: int = 422) -> SendRequest:
-        with tracer().start_as_current_span("validate"):
+        with detail_span("validate"):
             try:
                 request = SendRequest.model_validate(body)
             except ValidationError as exc:
@@ -97,7 +97,7 @@ class SendService:
 
     def parse_batch(self, body: dict[str, Any]) -> list[SendRequest]:
         """``{"messages": [...]}``: every message valid, or 422 naming ``messages.N.field``."""
-        with tracer().start_as_current_span("validate"):
+        with detail_span("validate"):
             try:
                 batch = BatchRequest.model_validate(body)
             except ValidationError as exc:

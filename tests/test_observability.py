@@ -286,18 +286,22 @@ def test_log_lines_are_all_json(observed: Observed, tmp_path: Path) -> None:
 
 _SPAN_PROBE = """
 import json, sys
-from mailcore.telemetry import configure_tracing, current_ids, tracer
+from mailcore.telemetry import configure_tracing, current_ids, detail_span, tracer
 configure_tracing("worker")
 with tracer().start_as_current_span("probe") as span:
-    sys.stderr.write(json.dumps([span.is_recording(), current_ids() is not None]))
+    with detail_span("child") as child:
+        inner, child_recorded = current_ids(), child.is_recording()
+    sys.stderr.write(json.dumps([span.is_recording(), current_ids() is not None,
+                                 child_recorded, inner == current_ids()]))
 """
 
 
 @pytest.mark.parametrize(("exporter", "recorded"), [("otlp", False), ("console", True)])
 def test_spans_are_recorded_only_when_exported(exporter: str, recorded: bool) -> None:
-    # No collector configured: spans are not recorded (cheap), yet logs still get their ids.
+    # No collector configured: spans are not recorded (cheap), yet logs still get their ids;
+    # child spans are not even made, so inside one the logs carry the parent's ids.
     env = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
     env["OTEL_TRACES_EXPORTER"] = exporter
     probe = subprocess.run([sys.executable, "-c", _SPAN_PROBE], env=env, cwd=REPO,
                            capture_output=True, text=True, timeout=60, check=True)
-    assert json.loads(probe.stderr) == [recorded, True]
+    assert json.loads(probe.stderr) == [recorded, True, recorded, not recorded]

@@ -15,7 +15,7 @@ from mailcore.config import Settings
 from mailcore.message import ACCEPTED, Recipient, SendRequest
 from mailcore.mime import build_envelope
 from mailcore.rendering import TemplateError
-from mailcore.telemetry import tracer
+from mailcore.telemetry import detail_span
 from mailcore.templates import TemplateRegistry
 from mailcore.transports import DeliveryError, DeliveryResult, Transport
 
@@ -59,7 +59,7 @@ class Deliverer:
         span.set_attribute("email.template", template.name)
         span.set_attribute("email.template_version", template.version)
         started = time.perf_counter()
-        with tracer().start_as_current_span("render", attributes={
+        with detail_span("render", attributes={
                 "email.template": template.name, "email.template_version": template.version}):
             rendered = template.render(request.data, brand=self._brand, locale=request.locale)
         metrics.RENDER_SECONDS.labels(template.name).observe(time.perf_counter() - started)
@@ -80,7 +80,7 @@ class Deliverer:
         if self.settings.trace_recipients:
             span.set_attribute("email.recipients", list(envelope.recipients))
         started = time.perf_counter()
-        with tracer().start_as_current_span(
+        with detail_span(
             "transport.send", kind=trace.SpanKind.CLIENT,
             attributes={"email.transport": self.transport.name, "email.message_id": job["id"]},
         ) as send_span:
