@@ -162,8 +162,13 @@ class TokenVerifier:
             raise AuthError(f"token algorithm {algorithm!r} is not allowed")
         claims = self._decode(token, key, algorithm)
         subject = claims.get("sub")
+        subject = str(subject) if subject is not None else "anonymous"
+        if not subject.isprintable():
+            # The subject names the caller in Redis keys, statuses and logs: a control
+            # character or a lone surrogate (which has no UTF-8 form) has no place there.
+            raise AuthError("token subject must be printable text")
         return Caller(
-            subject=str(subject) if subject is not None else "anonymous",
+            subject=subject,
             claims=claims,
             scopes=_scopes(claims),
         )

@@ -102,8 +102,12 @@ FUTURE = int(time.time()) + 3600
         (bearer(mint_token("another-secret-of-sufficient-length!!")), "signature is invalid"),
         (bearer(jwt.encode({"sub": "x", "exp": FUTURE}, TEST_SECRET * 2, algorithm="HS512")),
          "'HS512' is not allowed"),
+        (bearer(mint_token(TEST_SECRET, subject="\ud800")), "subject must be printable"),
+        (bearer(mint_token(TEST_SECRET, subject="ops\r\nX-Injected: 1")),
+         "subject must be printable"),
     ],
-    ids=["missing", "basic", "garbage", "alg-none", "no-exp", "expired", "wrong-key", "hs512"],
+    ids=["missing", "basic", "garbage", "alg-none", "no-exp", "expired", "wrong-key", "hs512",
+         "lone-surrogate-subject", "control-character-subject"],
 )
 def test_bad_tokens_are_refused(
     client: TestClient, queued: Any, headers: dict[str, str], reason: str
@@ -114,6 +118,18 @@ def test_bad_tokens_are_refused(
     assert reason in response.json()["message"]
     assert response.headers["www-authenticate"].startswith('Bearer realm="email-service"')
     assert queued() == 0
+
+
+@pytest.mark.parametrize("subject", ["Zoë ✓ 請求", 'quote " and \\ backslash', "x" * 300])
+def test_any_printable_subject_owns_its_messages(client: TestClient, subject: str) -> None:
+    # The subject travels into the status record (JSON decoded inside Redis) and must come
+    # back equal: only the caller that queued a message may read it.
+    owner = bearer(mint_token(TEST_SECRET, subject=subject))
+    accepted = send(client, valid_message(), headers=owner)
+    assert accepted.status_code == 202
+    message_id = accepted.json()["id"]
+    assert client.get(f"/v1/messages/{message_id}", headers=owner).status_code == 200
+    assert client.get(f"/v1/messages/{message_id}", headers=GOOD).status_code == 404
 
 
 def test_rs_hs_confusion_token_is_refused(client: TestClient, queued: Any) -> None:
