@@ -11,7 +11,13 @@ import pytest
 from dramatiq.broker import MessageProxy
 from redis.connection import AbstractConnection
 
-from workers.broker import MAX_PENDING_ACKS, RecoveringRedisBroker, make_broker
+from workers.broker import (
+    BUSY_POLL_MS,
+    MAX_IDLE_POLL_MS,
+    MAX_PENDING_ACKS,
+    RecoveringRedisBroker,
+    make_broker,
+)
 
 from .support import RedisServer, wait_for
 
@@ -126,3 +132,53 @@ def test_fetch_survives_redis_forgetting_its_scripts(broker: RecoveringRedisBrok
     consumer.ack(second)
     consumer.close()
     assert broker.client.hlen(_keys(broker, queue)[1]) == 0
+
+
+def test_an_idle_queue_is_polled_at_least_every_100_ms(broker: RecoveringRedisBroker,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # Dramatiq backs off to its worker timeout (1 s) on an empty queue: a lone message on a
+    # quiet system waited up to a second. Here the waits grow only to MAX_IDLE_POLL_MS.
+    waits: list[float] = []
+    monkeypatch.setattr("workers.broker.time.sleep", waits.append)
+    queue = _queue_with(broker, 0)
+    consumer = broker.consume(queue, prefetch=4, timeout=1000)
+    assert [next(consumer) for _ in range(20)] == [None] * 20
+    assert waits[0] < 0.011 and waits[1] > waits[0]  # still a backoff: 5-10 ms, then longer
+    assert max(waits) <= MAX_IDLE_POLL_MS / 1000
+    assert min(waits[-5:]) >= MAX_IDLE_POLL_MS / 2000
+    broker.enqueue(dramatiq.Message(queue_name=queue, actor_name="noop", args=(), kwargs={},
+                                    options={}))
+    assert next(consumer) is not None  # the next poll finds it
+    consumer.close()
+
+
+def test_a_busy_consumer_fetches_once_a_quarter_of_its_prefetch_is_free(
+        broker: RecoveringRedisBroker, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("workers.broker.time.sleep", lambda seconds: None)
+    queue = _queue_with(broker, 20)
+    acks_key, _ = _keys(broker, queue)
+    consumer = broker.consume(queue, prefetch=8, timeout=1000)
+    held = _take(consumer, 8)
+    consumer.ack(held[0])  # one free: 7 of 8 still outstanding, no fetch yet
+    assert next(consumer) is None and broker.client.scard(acks_key) == 8
+    consumer.ack(held[1])  # a quarter free: one fetch brings two and sends both acks
+    assert next(consumer) is not None and next(consumer) is not None
+    assert broker.client.scard(acks_key) == 8  # 6 held + 2 new, the 2 acked ones gone
+    consumer.close()
+
+
+def test_a_busy_consumer_waits_briefly_instead_of_backing_off(
+        broker: RecoveringRedisBroker, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every prefetched message still being worked on is not an idle queue: no growing backoff,
+    # and the first ack makes room for the next fetch.
+    waits: list[float] = []
+    monkeypatch.setattr("workers.broker.time.sleep", waits.append)
+    queue = _queue_with(broker, 5)
+    consumer = broker.consume(queue, prefetch=2, timeout=1000)
+    held = _take(consumer, 2)
+    waits.clear()
+    assert [next(consumer) for _ in range(10)] == [None] * 10
+    assert waits == [BUSY_POLL_MS / 1000] * 10
+    consumer.ack(held[0])
+    assert next(consumer) is not None
+    consumer.close()

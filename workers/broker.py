@@ -33,6 +33,13 @@ from dramatiq.message import Message
 
 #: Acks waiting for the consumer's next fetch are sent at once beyond this many.
 MAX_PENDING_ACKS = 64
+#: Longest pause between polls of an empty queue. Dramatiq backs off up to its worker timeout
+#: (1 s), so a lone password reset on a quiet system waited up to a second before any worker
+#: looked; polling at most this far apart costs an idle worker process ~10 fetches a second.
+MAX_IDLE_POLL_MS = 100
+#: Pause while most prefetched messages are still being worked on: the queue is not idle, the
+#: threads are busy, and acks free room within milliseconds.
+BUSY_POLL_MS = 2
 
 
 class RecoveringRedisBroker(RedisBroker):
@@ -106,6 +113,7 @@ class _BatchingConsumer(_RedisConsumer):
         super().__init__(broker, queue_name, prefetch, timeout)  # type: ignore[no-untyped-call]
         self.pending_acks: list[str] = []
         self._acks_lock = threading.Lock()
+        self._low_water = max(1, prefetch // 4)
 
     def ack(self, message: MessageProxy) -> None:
         # Called by worker threads: note it; the consumer thread sends it.
@@ -129,7 +137,7 @@ class _BatchingConsumer(_RedisConsumer):
 
     def __next__(self) -> MessageProxy | None:
         # Dramatiq's own loop (dramatiq 2.x _RedisConsumer.__next__), with the fetch also
-        # carrying the waiting acks.
+        # carrying the waiting acks, and shorter waits (MAX_IDLE_POLL_MS, BUSY_POLL_MS).
         while True:
             if len(self.pending_acks) >= MAX_PENDING_ACKS:
                 self._fetch(0)
@@ -141,14 +149,22 @@ class _BatchingConsumer(_RedisConsumer):
                 message = Message.decode(data)
                 self.queued_message_ids.add(message.message_id)
                 return MessageProxy(message)
-            messages: list[bytes] = []
             room = self.prefetch - self.outstanding_message_count
-            if room > 0 or self.pending_acks:
-                self.message_cache = messages = self._fetch(max(room, 0))
-            if not messages:
-                self.misses, backoff_ms = compute_backoff(self.misses, max_backoff=self.timeout)
-                time.sleep(backoff_ms / 1000)
+            if room < self._low_water:
+                # Three quarters of the prefetch (Dramatiq's is twice the thread count) are
+                # still waiting or being worked on: no thread is short of work. Fetching once a
+                # quarter is free makes each fetch bring (and ack) several messages. Dramatiq
+                # backed off here as if the queue were empty, so a saturated worker slept ever
+                # longer between fetches.
+                time.sleep(BUSY_POLL_MS / 1000)
                 return None
+            self.message_cache = messages = self._fetch(room)
+            if messages:
+                continue
+            self.misses, backoff_ms = compute_backoff(
+                self.misses, max_backoff=min(self.timeout, MAX_IDLE_POLL_MS))
+            time.sleep(backoff_ms / 1000)
+            return None
 
     def close(self) -> None:
         waiting = len(self.pending_acks)
