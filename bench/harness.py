@@ -292,6 +292,15 @@ def _started(*procs: Proc) -> Iterator[None]:
 # --- phases ----------------------------------------------------------------------------------
 
 
+def _service_redis(run: Run) -> RedisServer:
+    """The service's Redis: durable like the chart's (AOF, fsync on every write), unless
+    ``--volatile-redis`` asks for the in-memory Redis earlier sessions measured with."""
+    aof_dir = None if run.args.volatile_redis else run.workdir / "redis-data"
+    if aof_dir is not None:
+        aof_dir.mkdir(exist_ok=True)
+    return RedisServer(run.workdir / "redis.log", aof_dir=aof_dir)
+
+
 def phase_ceilings(run: Run, sizes: Sizes) -> None:
     run.log("load generator and sink ceilings")
     stub = LineProc("stub-http", python_module("bench.stub_http"))
@@ -319,20 +328,26 @@ def phase_ceilings(run: Run, sizes: Sizes) -> None:
 
 
 def _bare_framework_ceiling(run: Run, sizes: Sizes) -> None:
-    """One uvicorn + Starlette process that does no work: what any one ingress process tops at."""
-    bare = LineProc("bare-app", python_module("bench.bare_app"))
-    with _started(bare):
-        url = f"http://127.0.0.1:{bare.port}/v1/messages"
-        httpload.run_wrk(url, body=SEND_BODY, token="x", duration=1,  # noqa: S106
-                         connections=16)
-        before = cpu_seconds(bare.pid)
-        result = httpload.run_wrk(url, body=SEND_BODY, token="x",  # noqa: S106
-                                  duration=sizes.ceiling_seconds, connections=64)
-        used = cpu_seconds(bare.pid) - before
-    run.figures["bare_framework"] = {
-        "accepted_per_s": round(result.accepted_per_s),
-        "cpu_per_request_us": round(used / max(result.requests, 1) * 1e6),
-    }
+    """One uvicorn + Starlette process that does no work, then one that only makes a Redis
+    round trip per request: what any one ingress process tops at, and any that records what
+    it accepts."""
+    redis = RedisServer(run.workdir / "bare-redis.log")
+    with _started(redis):
+        for key, extra in (("bare_framework", []), ("bare_framework_redis", ["--redis",
+                                                                          redis.url])):
+            bare = LineProc("bare-app", python_module("bench.bare_app", *extra))
+            with _started(bare):
+                url = f"http://127.0.0.1:{bare.port}/v1/messages"
+                httpload.run_wrk(url, body=SEND_BODY, token="x", duration=1,  # noqa: S106
+                                 connections=16)
+                before = cpu_seconds(bare.pid)
+                result = httpload.run_wrk(url, body=SEND_BODY, token="x",  # noqa: S106
+                                          duration=sizes.ceiling_seconds, connections=64)
+                used = cpu_seconds(bare.pid) - before
+            run.figures[key] = {
+                "accepted_per_s": round(result.accepted_per_s),
+                "cpu_per_request_us": round(used / max(result.requests, 1) * 1e6),
+            }
 
 
 def phase_render(run: Run) -> None:
@@ -633,7 +648,7 @@ def _fit_sizes(run: Run, sizes: Sizes) -> None:
 def full(run: Run, sizes: Sizes) -> None:
     phase_ceilings(run, sizes)
     phase_render(run)
-    redis = RedisServer(run.workdir / "redis.log")
+    redis = _service_redis(run)
     smtp_sink = PostfixSink(run.workdir / "smtp-sink.log")
     with _started(smtp_sink, redis):
         phase_floor(run, redis, smtp_sink)
@@ -680,7 +695,7 @@ def full(run: Run, sizes: Sizes) -> None:
 
 def smoke(run: Run, sizes: Sizes) -> None:
     """A few seconds: the pipeline delivers every accepted message (recording sink only)."""
-    redis = RedisServer(run.workdir / "redis.log")
+    redis = _service_redis(run)
     sink = RecordingSink(run.workdir / "sink.log")
     with _started(sink, redis):
         service = Service(run, redis)
@@ -709,7 +724,7 @@ def profile_mode(run: Run, sizes: Sizes) -> None:
     from . import profile
 
     seconds = run.args.profile_seconds
-    redis = RedisServer(run.workdir / "redis.log")
+    redis = _service_redis(run)
     smtp_sink = PostfixSink(run.workdir / "smtp-sink.log")
     with _started(smtp_sink, redis):
         service = Service(run, redis)
@@ -752,7 +767,7 @@ def sweep_mode(run: Run, sizes: Sizes) -> None:
     """End-to-end rate and CPU per message for several worker sizings (``--sweep 1x8,2x8``),
     on loopback and through the 10 ms/direction proxy."""
     specs = [tuple(int(n) for n in spec.split("x")) for spec in run.args.sweep.split(",")]
-    redis = RedisServer(run.workdir / "redis.log")
+    redis = _service_redis(run)
     smtp_sink = PostfixSink(run.workdir / "smtp-sink.log")
     proxy = LineProc("proxy", python_module(
         "bench.proxy", "--upstream", f"127.0.0.1:{smtp_sink.port}", "--delay", "0.010"))
@@ -826,6 +841,10 @@ def table(run: Run) -> str:
     if "bare_framework" in f:
         b = f["bare_framework"]
         add("bare uvicorn+Starlette process, no work: req/s; CPU/request",
+            f"{_fmt(b['accepted_per_s'])}; {_fmt(b['cpu_per_request_us'])} us")
+    if "bare_framework_redis" in f:
+        b = f["bare_framework_redis"]
+        add("  the same with one Redis PING per request: req/s; CPU/request",
             f"{_fmt(b['accepted_per_s'])}; {_fmt(b['cpu_per_request_us'])} us")
     if "door_saturation" in f:
         d = f["door_saturation"]
@@ -934,6 +953,8 @@ def table(run: Run) -> str:
         add("machine: cpus / load at start / busy cores during run",
             f"{machine['cpus']} / {machine['loadavg_1m_at_start']} / "
             f"{machine['busy_cores_during_run']}")
+    if f.get("config", {}).get("redis"):
+        add("service's Redis", f["config"]["redis"])
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     widths = [max(w, len(h)) for w, h in zip(widths, ("figure", "measured", "target", ""),
                                                strict=True)]
@@ -966,6 +987,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--service-root", type=Path,
                         help="run the service from this source tree (e.g. a `git archive` of a "
                              "commit) instead of the checkout; the bench code stays the same")
+    parser.add_argument("--volatile-redis", action="store_true",
+                        help="run the service's Redis without its append-only file (the chart "
+                             "runs it with appendfsync always; earlier figures were without)")
     parser.add_argument("--workdir", type=Path, help="keep logs here (default: a temp folder)")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -994,6 +1018,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         run.figures["config"] = {"worker_processes": args.processes,
                                  "worker_threads": args.threads, "mode": mode.__name__,
+                                 "redis": "volatile" if args.volatile_redis
+                                 else "aof-appendfsync-always",
                                  "seconds": round(time.monotonic() - run.started, 1)}
         run.figures["notes"] = run.notes
         print(table(run))

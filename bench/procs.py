@@ -256,13 +256,18 @@ class PostfixSink(Proc):
 
 
 class RedisServer(Proc):
-    def __init__(self, log: Path | None = None) -> None:
+    """A private redis-server; with ``aof_dir``, durable as the chart runs it (an append-only
+    file in that folder, fsynced on every write: ``appendfsync always``)."""
+
+    def __init__(self, log: Path | None = None, *, aof_dir: Path | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise FileNotFoundError("redis-server is not installed (make install)")
         self.port = free_port()
+        persistence = (["--appendonly", "yes", "--appendfsync", "always", "--dir", str(aof_dir)]
+                       if aof_dir is not None else ["--appendonly", "no"])
         super().__init__("redis", [binary, "--port", str(self.port), "--bind", "127.0.0.1",
-                                   "--save", "", "--appendonly", "no", "--protected-mode", "no"],
+                                   "--save", "", *persistence, "--protected-mode", "no"],
                          log=log)
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.client = redis.Redis.from_url(self.url, socket_timeout=10)
