@@ -36,6 +36,8 @@ _BLANK_LINES = re.compile(r"\n[ \t]*(?:\n[ \t]*){2,}")
 _NUMBERS = (int, float)
 #: Largest string or sequence a template may build with ``*`` or ``**`` (memory bombs).
 MAX_PRODUCT = 100_000
+#: Largest integer, in bits, ``*`` or ``**`` may make (repeated squaring doubles the size).
+MAX_INT_BITS = 4096
 
 
 class TemplateError(Exception):
@@ -126,9 +128,17 @@ class _Sandbox(ImmutableSandboxedEnvironment):
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if operator == "*" and type(left) in _NUMBERS and type(right) in _NUMBERS:
-            return left * right  # the common case (price * quantity), bounded by its operands
-        if operator == "**" and isinstance(right, int) and abs(right) > 64:
-            raise SecurityError("exponent too large")
+            # The common case (price * quantity). Integers are unbounded, and a loop that
+            # squares one doubles its size each time: gigabytes within 30 iterations.
+            if (type(left) is int and type(right) is int
+                    and left.bit_length() + right.bit_length() > MAX_INT_BITS):
+                raise SecurityError("result of * too large")
+            return left * right
+        if operator == "**" and isinstance(right, int):
+            if abs(right) > 64:
+                raise SecurityError("exponent too large")
+            if isinstance(left, int) and left.bit_length() * abs(right) > MAX_INT_BITS:
+                raise SecurityError("result of ** too large")
         if operator == "*":
             for seq, count in ((left, right), (right, left)):
                 sized = isinstance(seq, str | list | tuple) and isinstance(count, int)

@@ -106,6 +106,9 @@ def test_subject_line_breaks_from_data_are_collapsed() -> None:
         "{{ 'a' * 100000000 }}",
         "{{ [1] * 10000000 }}",
         "{{ 2 ** 100000 }}",
+        "{% set ns = namespace(x=4294967296) %}{% for i in range(40) %}"
+        "{% set ns.x = ns.x * ns.x %}{% endfor %}{{ ns.x > 0 }}",
+        "{{ ((2 ** 64) ** 64) ** 64 }}",
     ],
 )
 def test_sandbox_blocks_template_injection(expression: str) -> None:
