@@ -71,12 +71,12 @@ if ARGV[1] == '1' then redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3]) end
 local at = 9 + 3 * buckets
 for i = 1, count do
   local status, timeline = KEYS[2 + buckets + 2 * i], KEYS[3 + buckets + 2 * i]
-  local pairs_ = {}
+  local hash_args = {}
   for field, value in pairs(cjson.decode(ARGV[at + 3])) do
-    pairs_[#pairs_ + 1] = field
-    pairs_[#pairs_ + 1] = value
+    hash_args[#hash_args + 1] = field
+    hash_args[#hash_args + 1] = value
   end
-  redis.call('HSET', status, unpack(pairs_))
+  redis.call('HSET', status, unpack(hash_args))
   redis.call('EXPIRE', status, ARGV[5])
   redis.call('RPUSH', timeline, ARGV[at + 2])
   redis.call('EXPIRE', timeline, ARGV[5])

@@ -17,7 +17,6 @@ import contextlib
 import functools
 import os
 from collections.abc import Mapping
-from contextlib import AbstractContextManager
 from typing import Any
 
 from opentelemetry import propagate, trace
@@ -87,7 +86,7 @@ def tracer() -> trace.Tracer:
     return trace.get_tracer(TRACER_NAME)
 
 
-def detail_span(name: str, **kwargs: Any) -> AbstractContextManager[trace.Span]:
+def detail_span(name: str, **kwargs: Any) -> contextlib.AbstractContextManager[trace.Span]:
     """A child span that is only worth its cost when spans are exported.
 
     Without an exporter a span is never recorded and only its ids are of use; a child's ids
