@@ -23,21 +23,27 @@ import orjson
 from jinja2 import TemplateSyntaxError
 from jinja2.exceptions import SecurityError
 from jinja2.runtime import Context
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markupsafe import escape
 from mjml import mjml2html
 
 from .html_text import html_to_text
+from .sandbox import (
+    Budget,
+    LimitExceeded,
+    RenderLimits,
+    Sandbox,
+    activate,
+    check_printable,
+    patch_program,
+    render_output,
+)
 
 _JINJA = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
 _LITERAL_OPENER = re.compile(r"\{[{%#]")
 _WHITESPACE = re.compile(r"\s+")
 _BLANK_LINES = re.compile(r"\n[ \t]*(?:\n[ \t]*){2,}")
-_NUMBERS = (int, float)
-#: Largest string or sequence a template may build with ``*`` or ``**`` (memory bombs).
-MAX_PRODUCT = 100_000
-#: Largest integer, in bits, ``*`` or ``**`` may make (repeated squaring doubles the size).
-MAX_INT_BITS = 4096
+#: The bounds a render gets when its caller names none (see :class:`RenderLimits`).
+DEFAULT_LIMITS = RenderLimits()
 
 
 class TemplateError(Exception):
@@ -111,44 +117,8 @@ class RenderedEmail:
     text: str
 
 
-class _Sandbox(ImmutableSandboxedEnvironment):
-    intercepted_binops = frozenset({"*", "**"})
-
-    def getattr(self, obj: Any, attribute: str) -> Any:
-        # Template data is JSON: ``order.items`` means the key, not dict.items. Looking the key
-        # up first is also what makes data access cheap (the sandbox's attribute check and a
-        # caught AttributeError cost ~3 µs per access, most of a loop's render time). Only
-        # plain dicts, and only their keys, which ``order['items']`` could reach anyway.
-        if type(obj) is dict:
-            try:
-                return obj[attribute]
-            except KeyError:
-                pass
-        return super().getattr(obj, attribute)
-
-    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        if operator == "*" and type(left) in _NUMBERS and type(right) in _NUMBERS:
-            # The common case (price * quantity). Integers are unbounded, and a loop that
-            # squares one doubles its size each time: gigabytes within 30 iterations.
-            if (type(left) is int and type(right) is int
-                    and left.bit_length() + right.bit_length() > MAX_INT_BITS):
-                raise SecurityError("result of * too large")
-            return left * right
-        if operator == "**" and isinstance(right, int):
-            if abs(right) > 64:
-                raise SecurityError("exponent too large")
-            if isinstance(left, int) and left.bit_length() * abs(right) > MAX_INT_BITS:
-                raise SecurityError("result of ** too large")
-        if operator == "*":
-            for seq, count in ((left, right), (right, left)):
-                sized = isinstance(seq, str | list | tuple) and isinstance(count, int)
-                if sized and len(seq) * count > MAX_PRODUCT:
-                    raise SecurityError("result of * too large")
-        return super().call_binop(context, operator, left, right)
-
-
-_HTML_ENV = _Sandbox(autoescape=True, keep_trailing_newline=True)
-_TEXT_ENV = _Sandbox(autoescape=False, keep_trailing_newline=True)
+_HTML_ENV = Sandbox(autoescape=True, keep_trailing_newline=True)
+_TEXT_ENV = Sandbox(autoescape=False, keep_trailing_newline=True)
 
 
 #: Jinja's globals (range, dict, namespace, ...), the same in both environments.
@@ -179,17 +149,18 @@ def _escape(value: Any) -> str:
         return _escape_text(value)
     if kind is int or kind is float:
         return str(value)
+    check_printable(value)
     return escape(value)
 
 
-def _run(program: Any, context: dict[str, Any]) -> str:
+def _run(program: Any, context: dict[str, Any], budget: Budget) -> str:
     # Template.render copies the globals (a ChainMap) into a fresh dict on every call, ~15 µs
     # three times per message; ``context`` already holds them, so it is used as it is (the
     # template's own assignments go to its context's locals, never into ``context``). The
     # Context is built directly, as new_context(shared=True) would, minus the set of global
     # names it keeps for ``{% import %}``, which these loader-less environments cannot run.
-    return "".join(program.root_render_func(
-        Context(program.environment, context, program.name, program.blocks)))
+    return render_output(program.root_render_func(
+        Context(program.environment, context, program.name, program.blocks)), budget)
 
 
 @dataclass(frozen=True)
@@ -239,18 +210,30 @@ class CompiledTemplate:
 
     def render(
         self, data: Mapping[str, Any], *, brand: Mapping[str, Any] | None = None,
-        locale: str | None = None,
+        locale: str | None = None, limits: RenderLimits | None = None,
     ) -> RenderedEmail:
+        """Render with ``data``; raises ``TemplateError`` (``RenderError``, or
+        ``RenderBudgetExceeded`` / ``OutputTooLarge`` past ``limits``)."""
         body = self._select(locale)
         context = {**_GLOBALS, **data, "brand": dict(brand or {})}
+        budget = Budget(limits or DEFAULT_LIMITS)
+        previous = activate(budget)
         try:
-            subject = _WHITESPACE.sub(" ", _run(body.subject, context)).strip()
-            html = _run(body.html, context)
-            text = _BLANK_LINES.sub("\n\n", _run(body.text, context))
+            subject = _WHITESPACE.sub(" ", _run(body.subject, context, budget)).strip()
+            html = _run(body.html, context, budget)
+            text = _BLANK_LINES.sub("\n\n", _run(body.text, context, budget))
+            if budget.failure is not None:  # raised, and swallowed somewhere in the template
+                raise budget.failure
+        except LimitExceeded as exc:
+            raise TemplateError(exc.reason, exc.text) from None
         except SecurityError as exc:
             raise TemplateError("RenderError", f"blocked by the sandbox: {exc}") from None
         except Exception as exc:  # a template error at render time: bad filter use, types, ...
+            if budget.failure is not None:
+                raise TemplateError(budget.failure.reason, budget.failure.text) from None
             raise TemplateError("RenderError", f"{type(exc).__name__}: {exc}") from None
+        finally:
+            activate(previous)
         if not subject:
             raise TemplateError("RenderError", "the subject renders empty")
         return RenderedEmail(subject=subject, html=html, text=text)
@@ -263,18 +246,53 @@ class CompiledTemplate:
         return self._default
 
 
-def compile_template(source: TemplateSource) -> CompiledTemplate:
+def compile_template(source: TemplateSource, limits: RenderLimits | None = None
+                     ) -> CompiledTemplate:
     """Compile MJML and Jinja, then test-render with ``sample_data`` (raises TemplateError)."""
     compiled = CompiledTemplate(source)
     if source.sample_data or source.variables:
         compiled.validate_data(source.sample_data)
     for locale in [None, *compiled.locales]:
-        compiled.render(source.sample_data, locale=locale)
+        compiled.render(source.sample_data, locale=locale, limits=limits)
     return compiled
+
+
+#: Deepest element nesting the MJML compiler is given. mjml-python (Rust) recurses per level
+#: and overflows its stack, killing the process with SIGSEGV, at ~1,500-2,000 nested
+#: mj-section/mj-wrapper (~7,000-10,000 plain HTML tags) on an 8 MiB stack; real templates
+#: nest 5-9 deep.
+MAX_MJML_DEPTH = 64
+#: Largest MJML source compiled (real-world templates are 2-20 KB).
+MAX_MJML_BYTES = 512 * 1024
+_ANY_TAG = re.compile(r"<!--.*?-->|<!\[CDATA\[.*?\]\]>|<(/?)([A-Za-z][\w:.-]*)"
+                      r"(?:[^>\"']|\"[^\"]*\"|'[^']*')*?(/?)>", re.DOTALL)
+_VOID = frozenset({"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta",
+                   "param", "source", "track", "wbr"})
+
+
+def check_mjml_shape(mjml: str) -> None:
+    """Refuse MJML too large or nested too deep to compile safely (before the compiler runs)."""
+    size = len(mjml.encode("utf-8", "surrogatepass"))
+    if size > MAX_MJML_BYTES:
+        raise TemplateError("MJMLTooLarge", f"the MJML is {size} bytes (the limit is "
+                            f"{MAX_MJML_BYTES})")
+    depth = 0
+    for match in _ANY_TAG.finditer(mjml):
+        closing, name, self_closing = match.groups()
+        if name is None or self_closing or name.lower() in _VOID:
+            continue
+        if closing:
+            depth = max(0, depth - 1)
+            continue
+        depth += 1
+        if depth > MAX_MJML_DEPTH:
+            raise TemplateError("MJMLTooDeep", f"elements nest more than {MAX_MJML_DEPTH} "
+                                "deep", mjml.count("\n", 0, match.start()) + 1)
 
 
 def compile_mjml(mjml: str) -> str:
     """MJML to HTML (the compiler alone, no Jinja handling)."""
+    check_mjml_shape(mjml)
     try:
         return str(mjml2html(mjml))
     except ValueError as exc:
@@ -290,6 +308,7 @@ def _compile_body(subject: str, mjml: str | None, html: str | None, text: str | 
     protected, constructs = _protect(source)
     if mjml is not None:
         _check_mjml_root(mjml)
+        check_mjml_shape(mjml)
         try:
             protected = compile_mjml(protected)
         except TemplateError as exc:
@@ -385,17 +404,21 @@ def _restore(compiled: str, constructs: list[str]) -> str:
     return re.sub(r"JINJAX(\d{6})X", lambda m: constructs[int(m.group(1))], literal)
 
 
-def _parse(env: _Sandbox, source: str, part: str) -> Any:
+def _parse(env: Sandbox, source: str, part: str) -> Any:
     try:
         program = env.from_string(source)
     except TemplateSyntaxError as exc:
         raise TemplateError("RenderError", f"Jinja syntax error in {part}: {exc.message}",
                             exc.lineno) from None
+    except (RecursionError, MemoryError):  # expressions nested thousands deep
+        raise TemplateError("RenderError", f"the Jinja in {part} nests too deeply") from None
     # Every render's Context takes set(program.globals); over Jinja's ChainMap that costs a
     # few µs, three times a message. A plain dict of the same names costs almost nothing.
     program.globals = dict(program.globals)
-    # The compiled module looks ``escape`` up in its own namespace, where Jinja put markupsafe's.
+    # The compiled module looks ``escape`` up in its own namespace, where Jinja put markupsafe's;
+    # its joins (``~``) and ``str`` (unescaped output) are swapped for bounded ones there too.
     program.root_render_func.__globals__["escape"] = _escape
+    patch_program(program.root_render_func.__globals__)
     return program
 
 

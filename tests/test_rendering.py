@@ -103,8 +103,6 @@ def test_subject_line_breaks_from_data_are_collapsed() -> None:
         "{{ ''.__class__.__mro__[1].__subclasses__() }}",
         "{{ cycler.__init__.__globals__ }}",
         "{{ name.__class__ }}",
-        "{{ 'a' * 100000000 }}",
-        "{{ [1] * 10000000 }}",
         "{{ 2 ** 100000 }}",
         "{% set ns = namespace(x=4294967296) %}{% for i in range(40) %}"
         "{% set ns.x = ns.x * ns.x %}{% endfor %}{{ ns.x > 0 }}",

@@ -95,7 +95,6 @@ def test_jinja_syntax_error_in_subject() -> None:
     "{{ user.name.__class__.__mro__ }}",
     "{{ [].append(1) }}",
     "{{ {}.update(a=1) }}",
-    "{{ 'x' * 10000000 }}",
 ])
 def test_template_injection_is_blocked_by_the_sandbox(expression: str) -> None:
     error = refused(html=f"<p>{expression}</p>", mjml=None)
