@@ -303,10 +303,14 @@ def _run_operator(args: argparse.Namespace) -> int:
 
 
 def _run_sync(args: argparse.Namespace) -> int:
+    from mailcore.sandbox_process import ProcessLimits, TemplateSandbox
     from mailcore.store import TemplateStoreWriter
     from mailcore.template_resources import collect_templates, describe_error
 
     settings = Settings.from_env()
+    # Templates are untrusted: compiled and test-rendered in a child that may crash, not here.
+    sandbox = TemplateSandbox(ProcessLimits.from_settings(
+        settings, settings.operator_render_timeout_seconds))
     namespace = args.namespace or next(
         (ns for ns in settings.template_namespaces if ns != "*"), "default")
     writer = TemplateStoreWriter.from_settings(settings)
@@ -314,7 +318,8 @@ def _run_sync(args: argparse.Namespace) -> int:
 
     def sync_once() -> int:
         valid, refused = collect_templates(args.paths, namespace,
-                                           sender_allowed=settings.sender_domain_allowed)
+                                           sender_allowed=settings.sender_domain_allowed,
+                                           compiler=sandbox.compile)
         for key, (source, origin) in sorted(valid.items()):
             changed = writer.put(key, source, origin)
             state = "stored" if changed else "unchanged"
@@ -347,6 +352,7 @@ def _run_sync(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
+        sandbox.close()
         writer.close()
 
 

@@ -19,6 +19,7 @@ from urllib.parse import quote, urlsplit
 from email_validator import EmailNotValidError, validate_email
 
 from .ratelimit import Rate, parse_rate
+from .sandbox import RenderLimits
 
 SmtpSecurity = Literal["starttls", "ssl", "none"]
 TransportName = Literal["smtp", "outbox"]
@@ -145,6 +146,17 @@ class Settings:
     operator_render_timeout_seconds: float = 10.0
     #: Where the operator serves Prometheus metrics (0: not at all).
     operator_metrics_port: int = 9192
+    #: Longest rendered part, and longest string a template may build, in characters.
+    render_max_bytes: int = 1024 * 1024
+    #: Seconds one render may take (worker, preview, test render) before it fails.
+    render_time_budget_seconds: float = 2.0
+    #: Address space of the child process that compiles and test-renders templates.
+    compile_memory_limit_mb: int = 1024
+
+    @property
+    def render_limits(self) -> RenderLimits:
+        return RenderLimits(max_bytes=self.render_max_bytes,
+                            time_budget=self.render_time_budget_seconds)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -225,6 +237,9 @@ class Settings:
             operator_render_timeout_seconds=env.number("OPERATOR_RENDER_TIMEOUT_SECONDS", 10.0,
                                                        low=0.1),
             operator_metrics_port=env.integer("OPERATOR_METRICS_PORT", 9192, low=0, high=65535),
+            render_max_bytes=env.integer("RENDER_MAX_BYTES", 1024 * 1024, low=1024),
+            render_time_budget_seconds=env.number("RENDER_TIME_BUDGET_SECONDS", 2.0, low=0.01),
+            compile_memory_limit_mb=env.integer("COMPILE_MEMORY_LIMIT_MB", 1024, low=64),
         )
         if settings.retry_min_backoff_ms > settings.retry_max_backoff_ms:
             raise ConfigError(

@@ -12,6 +12,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -73,11 +74,53 @@ class TextFormatter(logging.Formatter):
         return mask_addresses(line) if self.mask else line
 
 
+def describe_job(message: Any) -> str:
+    """A queue message as logs may show it: actor and ids, never its arguments (the job holds
+    the template data, e.g. a password-reset code)."""
+    actor = getattr(message, "actor_name", "?")
+    ids = [f"message_id={message.message_id}"] if getattr(message, "message_id", None) else []
+    args = getattr(message, "args", None) or ()
+    job = args[0] if args else None
+    if isinstance(job, dict) and isinstance(job.get("id"), str):
+        ids.append(f"id={job['id']}")
+    return f"{actor}({', '.join(ids)})"
+
+
+class RedactJobs(logging.Filter):
+    """Replace queue messages given to a log call (Dramatiq's own lines print them with
+    ``%s``, arguments and all) by :func:`describe_job`, whatever library logs them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and any(_is_job(arg) for arg in args):
+            record.args = tuple(describe_job(_unwrap(arg)) if _is_job(arg) else arg
+                                for arg in args)
+        elif isinstance(args, Mapping) and any(_is_job(arg) for arg in args.values()):
+            record.args = {key: describe_job(_unwrap(arg)) if _is_job(arg) else arg
+                           for key, arg in args.items()}
+        if _is_job(record.msg):
+            record.msg = describe_job(_unwrap(record.msg))
+        return True
+
+
+def _unwrap(value: Any) -> Any:
+    return getattr(value, "_message", value)  # Dramatiq's MessageProxy wraps a Message
+
+
+def _is_job(value: Any) -> bool:
+    if value is None or isinstance(value, (str, int, float, bytes)):
+        return False
+    kind = type(value)
+    return kind.__module__.startswith("dramatiq") and kind.__name__ in {"Message",
+                                                                         "MessageProxy"}
+
+
 def configure_logging(level: str = "INFO") -> None:
     """Root logging: ``level`` (``LOG_LEVEL``), ``LOG_FORMAT`` (json|text), ``LOG_RECIPIENTS``."""
     mask = os.environ.get("LOG_RECIPIENTS", "false").lower() not in {"1", "true", "yes"}
     text = os.environ.get("LOG_FORMAT", "json").lower() == "text"
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RedactJobs())
     handler.setFormatter(TextFormatter(mask=mask) if text else JSONFormatter(mask=mask))
     root = logging.getLogger()
     root.handlers[:] = [handler]

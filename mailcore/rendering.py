@@ -201,7 +201,7 @@ class CompiledTemplate:
             return
         errors = sorted(self.validator.iter_errors(data), key=lambda e: list(e.absolute_path))
         if errors:
-            violations = [(".".join(str(p) for p in error.absolute_path), error.message)
+            violations = [(".".join(str(p) for p in error.absolute_path), _violation(error))
                           for error in errors[:50]]
             where, message = violations[0]
             more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
@@ -420,6 +420,20 @@ def _parse(env: Sandbox, source: str, part: str) -> Any:
     program.root_render_func.__globals__["escape"] = _escape
     patch_program(program.root_render_func.__globals__)
     return program
+
+
+#: Schema keywords whose messages name properties, never a value.
+_NAMES_ONLY = frozenset({"required", "dependentRequired", "additionalProperties"})
+
+
+def _violation(error: jsonschema.ValidationError) -> str:
+    """What a value fails, without the value (data may be secret, e.g. a reset code, and
+    these messages reach logs and statuses)."""
+    if error.validator in _NAMES_ONLY:
+        return error.message
+    expected = orjson.dumps(error.validator_value, default=str).decode()
+    expected = expected if len(expected) <= 120 else expected[:117] + "..."
+    return f"does not satisfy {error.validator} {expected}"
 
 
 def _schema_validator(schema: Mapping[str, Any] | None) -> jsonschema.protocols.Validator | None:

@@ -226,12 +226,14 @@ class Refusal:
 def collect_templates(
     paths: Sequence[Path], default_namespace: str, *,
     sender_allowed: Callable[[str], bool] | None = None,
+    compiler: Callable[[TemplateSource], object] = compile_template,
 ) -> tuple[dict[str, tuple[TemplateSource, dict[str, Any]]], list[Refusal]]:
     """Read template folders (as in ``templates/``) and EmailTemplate YAML files, and compile them.
 
     Returns the valid templates by store key (with an origin record) and the refused ones. A path
     may be a folder of template folders, a folder of YAML files, one template folder, or one YAML
-    file.
+    file. ``compiler`` compiles and test-renders one source, raising :class:`TemplateError` (e.g.
+    :meth:`mailcore.sandbox_process.TemplateSandbox.compile`, which risks a child process only).
     """
     from .templates import load_template_dir
 
@@ -243,7 +245,7 @@ def collect_templates(
         try:
             loaded = load_template_dir(folder)
             source = dataclasses.replace(loaded, name=key)
-            compile_template(source)
+            compiler(source)
         except TemplateError as exc:
             refused.append(Refusal(key, key, exc))
             return
@@ -259,13 +261,15 @@ def collect_templates(
             key = None
             try:
                 key = resource_key(document, default_namespace)
-                compiled = compile_resource(key, document.get("spec") or {},
-                                            sender_allowed=sender_allowed)
+                spec = document.get("spec") or {}
+                check_mailboxes(spec, sender_allowed)
+                source = source_from_spec(key, spec)
+                compiler(source)
             except TemplateError as exc:
                 where = f"{path}: {(document.get('metadata') or {}).get('name')}"
                 refused.append(Refusal(where, key, exc))
                 continue
-            valid[key] = (compiled.source, {"kind": KIND, "path": str(path)})
+            valid[key] = (source, {"kind": KIND, "path": str(path)})
 
     def add(path: Path) -> None:
         if path.is_file() and path.suffix in {".yaml", ".yml"}:

@@ -15,10 +15,7 @@ an operator restart simply re-applies every template through the resume handler.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
-import threading
-from collections.abc import Iterator
 from typing import Any
 
 import kopf
@@ -27,7 +24,8 @@ from prometheus_client import Counter, Gauge, start_http_server
 
 from mailcore.config import Settings
 from mailcore.logs import configure_logging
-from mailcore.rendering import CompiledTemplate, TemplateError
+from mailcore.rendering import TemplateError, TemplateSource
+from mailcore.sandbox_process import ProcessLimits, TemplateSandbox
 from mailcore.store import TemplateStoreWriter
 from mailcore.template_resources import (
     COMPILED,
@@ -36,10 +34,11 @@ from mailcore.template_resources import (
     PLURAL,
     STORE_UNAVAILABLE,
     VERSION,
-    compile_resource,
+    check_mailboxes,
     describe_error,
     qualified_name,
     ready_status,
+    source_from_spec,
 )
 
 log = logging.getLogger("email_service.operator")
@@ -66,51 +65,18 @@ def _observe(key: str, outcome: str, ready: bool | None) -> None:
 RESYNC_SECONDS = Settings.from_env().operator_resync_seconds
 
 
-class _RenderTimeout(BaseException):
-    """Raised in a test render that ran too long (a BaseException: passes ``except Exception``)."""
+def _compile(key: str, spec: kopf.Spec, memo: Any) -> TemplateSource:
+    """Check, compile and test-render a spec in the sandbox process (raises TemplateError).
 
-
-@contextlib.contextmanager
-def _time_limit(seconds: float) -> Iterator[None]:
-    """Interrupt the block (pure-Python work, like Jinja rendering) after ``seconds``.
-
-    A template is untrusted code: ``{% for a in range(100000) %}{% for b in range(100000) %}``
-    passes the sandbox but would hold an operator thread forever. The same mechanism as
-    Dramatiq's time limit: an asynchronous exception raised in this thread.
+    A template is untrusted code: the compiler (native) may crash and a render may run away, so
+    both happen in a child process with memory, CPU and wall-clock limits, never in this one.
     """
-    thread_id = ctypes.c_ulong(threading.get_ident())
-    lock = threading.Lock()
-    state = {"done": False, "fired": False}
-
-    def fire() -> None:
-        with lock:
-            if not state["done"]:
-                state["fired"] = True
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(thread_id,
-                                                           ctypes.py_object(_RenderTimeout))
-
-    timer = threading.Timer(seconds, fire)
-    timer.daemon = True
-    timer.start()
-    try:
-        yield
-    finally:
-        with lock:
-            state["done"] = True
-            timer.cancel()
-            if state["fired"]:  # not raised yet (it may have fired just now): withdraw it
-                ctypes.pythonapi.PyThreadState_SetAsyncExc(thread_id, None)
-
-
-def _compile(key: str, spec: kopf.Spec, config: Settings) -> CompiledTemplate:
-    """Compile and test-render within the configured time limit (raises TemplateError)."""
-    limit = config.operator_render_timeout_seconds
-    try:
-        with _time_limit(limit):
-            return compile_resource(key, spec, sender_allowed=config.sender_domain_allowed)
-    except _RenderTimeout:
-        raise TemplateError("RenderError", f"the test render took longer than {limit:g}s "
-                            "(a loop too long?)") from None
+    config: Settings = memo.config
+    check_mailboxes(spec, config.sender_domain_allowed)
+    source = source_from_spec(key, spec)
+    sandbox: TemplateSandbox = memo.sandbox
+    sandbox.compile(source)
+    return source
 
 
 def _retry_delay(retry: int, settings: Settings) -> float:
@@ -126,6 +92,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         start_http_server(config.operator_metrics_port)
     memo.config = config
     memo.store = TemplateStoreWriter.from_settings(config)
+    memo.sandbox = TemplateSandbox(ProcessLimits.from_settings(
+        config, config.operator_render_timeout_seconds))
     settings.persistence.finalizer = FINALIZER
     # Keep kopf's bookkeeping in our own annotations; status holds only what users read.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
@@ -140,6 +108,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
 def close(memo: kopf.Memo, **_: Any) -> None:
     store: TemplateStoreWriter = memo.store
     store.close()
+    sandbox: TemplateSandbox = memo.sandbox
+    sandbox.close()
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
@@ -154,7 +124,7 @@ def reconcile(
     key = qualified_name(namespace, name)
     generation = meta.get("generation")
     try:
-        compiled = _compile(key, spec, memo.config)
+        source = _compile(key, spec, memo)
     except TemplateError as exc:
         message = describe_error(exc)
         patch.status.update(ready_status(status, ready=False, reason=exc.reason, message=message,
@@ -164,12 +134,12 @@ def reconcile(
         # Permanent: not retried until the spec changes; the stored version keeps serving.
         raise kopf.PermanentError(f"{exc.reason}: {message}") from None
 
-    version = compiled.version
+    version = source.version
     store: TemplateStoreWriter = memo.store
     origin = {"kind": "EmailTemplate", "namespace": namespace, "name": name,
               "uid": meta.get("uid"), "generation": generation}
     try:
-        changed = store.put(key, compiled.source, origin)
+        changed = store.put(key, source, origin)
     except (redis.RedisError, OSError) as exc:
         delay = _retry_delay(retry, memo.config)
         message = f"the template store is unreachable ({exc}); retrying in {delay:g}s"
@@ -197,17 +167,17 @@ def resync(spec: kopf.Spec, name: str, namespace: str | None, meta: kopf.Meta,
     try:
         if store.get(key) is not None or not status.get("version"):
             return
-        compiled = _compile(key, spec, memo.config)
+        source = _compile(key, spec, memo)
     except (redis.RedisError, OSError, TemplateError):
         return  # the store is down (retried next time) or the spec is refused (reconcile says)
-    if compiled.version != status.get("version"):
+    if source.version != status.get("version"):
         return  # a newer spec is being handled by reconcile
     origin = {"kind": "EmailTemplate", "namespace": namespace, "name": name,
               "uid": meta.get("uid"), "generation": meta.get("generation")}
     with contextlib.suppress(redis.RedisError, OSError):
-        if store.put(key, compiled.source, origin, only_if_absent=True):
+        if store.put(key, source, origin, only_if_absent=True):
             log.warning("%s: was missing from the store; restored version %s", key,
-                        compiled.version)
+                        source.version)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)

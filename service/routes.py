@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
@@ -14,9 +15,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from mailcore.config import Settings
 from mailcore.deadletters import DeadLetters
 from mailcore.message import SendRequest, error_details
 from mailcore.rendering import RenderedEmail, TemplateError
+from mailcore.sandbox_process import ProcessLimits, TemplateSandbox
 from mailcore.status import decode_status, status_key, timeline_key
 
 from . import legacy
@@ -156,10 +159,19 @@ async def get_template(request: Request) -> JSONResponse:
                          "sample_data": dict(template.source.sample_data)})
 
 
-#: Renders for previews run in threads, a few at a time, each with a deadline: the ingress
-#: must stay responsive even if a template loops for long on the caller's data.
-_RENDER_LIMITER = anyio.CapacityLimiter(4)
-RENDER_TIMEOUT_SECONDS = 2.0
+#: Previews render in a child process (a template and the caller's data are untrusted: a
+#: runaway there is killed, not left running in this one), one at a time, waiting in the loop.
+_RENDER_LIMITER = anyio.CapacityLimiter(1)
+_preview_sandbox: TemplateSandbox | None = None
+
+
+def _sandbox(settings: Settings) -> TemplateSandbox:
+    global _preview_sandbox
+    if _preview_sandbox is None:
+        _preview_sandbox = TemplateSandbox(ProcessLimits.from_settings(
+            settings, settings.render_time_budget_seconds + 1.0))
+        atexit.register(_preview_sandbox.close)
+    return _preview_sandbox
 
 
 async def render_template(request: Request) -> JSONResponse:
@@ -178,18 +190,20 @@ async def render_template(request: Request) -> JSONResponse:
         raise ApiError(422, "invalid_request", f"{details[0]['field']}: {details[0]['message']}",
                        details=details) from None
     data = template.source.sample_data if preview.data is None else preview.data
+    sandbox = _sandbox(service.settings)
 
     def render() -> RenderedEmail:
-        template.validate_data(data)
-        return template.render(data, brand=asdict(service.settings.brand), locale=preview.locale)
+        return sandbox.render(template.source, data, brand=asdict(service.settings.brand),
+                              locale=preview.locale)
 
+    timeout = sandbox.limits.timeout + 0.5  # the child is killed by then; this bounds the wait
     try:
-        with anyio.fail_after(RENDER_TIMEOUT_SECONDS):
+        with anyio.fail_after(timeout):
             rendered = await anyio.to_thread.run_sync(render, limiter=_RENDER_LIMITER,
                                                       abandon_on_cancel=True)
     except TimeoutError:
-        raise ApiError(422, "render_timeout",
-                       f"rendering took longer than {RENDER_TIMEOUT_SECONDS} s") from None
+        raise ApiError(422, "render_timeout", f"rendering took longer than {timeout:g} s"
+                       ) from None
     except TemplateError as exc:
         details = [{"field": f"data.{field}" if field else "data", "message": message}
                    for field, message in exc.violations or [("", exc.message)]]

@@ -61,7 +61,8 @@ class Deliverer:
         started = time.perf_counter()
         with detail_span("render", attributes={
                 "email.template": template.name, "email.template_version": template.version}):
-            rendered = template.render(request.data, brand=self._brand, locale=request.locale)
+            rendered = template.render(request.data, brand=self._brand, locale=request.locale,
+                                       limits=self.settings.render_limits)
         metrics.RENDER_SECONDS.labels(template.name).observe(time.perf_counter() - started)
         if request.subject:
             rendered = type(rendered)(subject=request.subject, html=rendered.html,
