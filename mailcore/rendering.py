@@ -226,6 +226,9 @@ class CompiledTemplate:
                 raise budget.failure
         except LimitExceeded as exc:
             raise TemplateError(exc.reason, exc.text) from None
+        except MemoryError:  # the process's own limit (RLIMIT_AS in the sandbox process)
+            raise TemplateError("RenderBudgetExceeded", "render budget exceeded: the render ran "
+                                "out of memory") from None
         except SecurityError as exc:
             raise TemplateError("RenderError", f"blocked by the sandbox: {exc}") from None
         except Exception as exc:  # a template error at render time: bad filter use, types, ...
