@@ -152,6 +152,8 @@ class Settings:
     render_time_budget_seconds: float = 2.0
     #: Address space of the child process that compiles and test-renders templates.
     compile_memory_limit_mb: int = 1024
+    #: Deepest MJML nesting the operator, sync and previews accept (see rendering.py).
+    mjml_max_depth: int = 64
 
     @property
     def render_limits(self) -> RenderLimits:
@@ -240,6 +242,7 @@ class Settings:
             render_max_bytes=env.integer("RENDER_MAX_BYTES", 1024 * 1024, low=1024),
             render_time_budget_seconds=env.number("RENDER_TIME_BUDGET_SECONDS", 2.0, low=0.01),
             compile_memory_limit_mb=env.integer("COMPILE_MEMORY_LIMIT_MB", 1024, low=64),
+            mjml_max_depth=env.integer("MJML_MAX_DEPTH", 64, low=8),
         )
         if settings.retry_min_backoff_ms > settings.retry_max_backoff_ms:
             raise ConfigError(

@@ -288,7 +288,7 @@ def check_mjml_shape(mjml: str) -> None:
             depth = max(0, depth - 1)
             continue
         depth += 1
-        if depth > MAX_MJML_DEPTH:
+        if depth > MAX_MJML_DEPTH:  # read at each call: the sandbox process may set it
             raise TemplateError("MJMLTooDeep", f"elements nest more than {MAX_MJML_DEPTH} "
                                 "deep", mjml.count("\n", 0, match.start()) + 1)
 

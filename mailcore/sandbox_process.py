@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import rendering
 from .config import Settings
 from .rendering import (
     CompiledTemplate,
@@ -51,16 +52,18 @@ class ProcessLimits:
       memory_mb: its address space (``RLIMIT_AS``), imports included (~150 MiB).
       timeout: wall-clock seconds per request, after which it is killed.
       render: the sandbox's limits for the renders it runs.
+      mjml_max_depth: the deepest MJML nesting it compiles.
     """
 
     memory_mb: int = 1024
     timeout: float = 10.0
     render: RenderLimits = field(default_factory=RenderLimits)
+    mjml_max_depth: int = rendering.MAX_MJML_DEPTH
 
     @classmethod
     def from_settings(cls, settings: Settings, timeout: float) -> ProcessLimits:
         return cls(memory_mb=settings.compile_memory_limit_mb, timeout=timeout,
-                   render=settings.render_limits)
+                   render=settings.render_limits, mjml_max_depth=settings.mjml_max_depth)
 
 
 def source_to_dict(source: TemplateSource) -> dict[str, Any]:
@@ -176,6 +179,7 @@ class TemplateSandbox:
 
     def _ask(self, request: dict[str, Any]) -> dict[str, Any]:
         request["limits"] = asdict(self.limits.render)
+        request["mjml_max_depth"] = self.limits.mjml_max_depth
         with self._lock:
             if self._child is None or self._child.process.poll() is not None:
                 self._child = _Child(self.limits)
@@ -230,6 +234,7 @@ def _cpu_allowance(seconds: int) -> None:
 def _serve(request: dict[str, Any], cache: dict[tuple[str, str], CompiledTemplate]
            ) -> dict[str, Any]:
     limits = RenderLimits(**request["limits"])
+    rendering.MAX_MJML_DEPTH = request["mjml_max_depth"]  # this process serves one caller
     source = source_from_dict(request["source"])
     if request["op"] == "compile":
         compile_template(source, limits)

@@ -231,16 +231,22 @@ def operator_args() -> list[str]:
 
 
 @pytest.fixture(scope="module")
+def operator_overrides() -> dict[str, str]:
+    """Extra environment for the operator (a module may override this fixture)."""
+    return {}
+
+
+@pytest.fixture(scope="module")
 def operator(
     cluster: Cluster, store_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory,
-    operator_args: list[str],
+    operator_args: list[str], operator_overrides: dict[str, str],
 ) -> Iterator[Operator]:
     workdir = tmp_path_factory.mktemp("operator")
     port = free_port()
     liveness = f"http://127.0.0.1:{port}/healthz"
     metrics_port = free_port()
     env = operator_env(store_redis.url, kubeconfig(workdir / "kubeconfig", cluster.url),
-                       OPERATOR_METRICS_PORT=str(metrics_port))
+                       OPERATOR_METRICS_PORT=str(metrics_port), **operator_overrides)
     args = ["operator", "--liveness", liveness, *operator_args]
     process = ServiceProcess(args, env, workdir / "operator.log")
     operator = Operator(process, cluster, liveness, f"http://127.0.0.1:{metrics_port}/metrics")

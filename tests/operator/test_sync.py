@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,56 @@ def test_watch_resyncs_on_change(store_redis: RedisServer, tmp_path: Path) -> No
         assert "default/invoice\tremoved" in process.output()
     finally:
         process.stop()
+
+
+def hostile_resource(name: str, **spec: object) -> dict[str, object]:
+    return {"apiVersion": "email.platform.example.com/v1", "kind": "EmailTemplate",
+            "metadata": {"name": name}, "spec": {"subject": "Hi", **spec}}
+
+
+def deep_mjml(levels: int) -> str:
+    return ("<mjml><mj-body>" + "<mj-section>" * levels + "</mj-section>" * levels
+            + "</mj-body></mjml>")
+
+
+#: Sample data that must never be printed, whatever fails.
+SAMPLE_SECRET = "SAMPLE-SECRET-5150"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("depth_setting", "reason"), [
+    (None, "MJMLTooDeep"),  # refused before the compiler runs
+    ("100000", "CompilerCrashed"),  # check lifted: the compiler's SIGSEGV kills only the child
+])
+def test_sync_survives_hostile_templates_and_reports_each(
+    store_redis: RedisServer, tmp_path: Path, depth_setting: str | None, reason: str,
+) -> None:
+    documents = [
+        hostile_resource("deep", mjml=deep_mjml(3000)),
+        hostile_resource("wide", html="{{ '%999999999s'|format(code) }}",
+                         sampleData={"code": SAMPLE_SECRET}),
+        hostile_resource("loop", html="{% for a in range(100000) %}{% for b in range(100000) %}"
+                         "{% set x = code %}{% endfor %}{% endfor %}",
+                         sampleData={"code": SAMPLE_SECRET}),
+        hostile_resource("typed", html="{{ code }}", sampleData={"code": SAMPLE_SECRET},
+                         variables={"type": "object", "properties": {
+                             "code": {"type": "integer"}}}),
+        hostile_resource("fine", html="<p>{{ code }}</p>", sampleData={"code": SAMPLE_SECRET}),
+    ]
+    (tmp_path / "hostile.yaml").write_text(yaml.safe_dump_all(documents))
+    env = sync_env(store_redis)
+    env.pop("MJML_MAX_DEPTH", None)
+    if depth_setting:
+        env["MJML_MAX_DEPTH"] = depth_setting
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "email_service", "sync", str(tmp_path)],
+                            env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert time.monotonic() - started < 60
+    assert result.returncode == 1, result.stderr  # refused some, did not crash (not -11)
+    reasons = {line.split("\t")[0].rsplit(": ", 1)[-1]: line.split("\t")[2]
+               for line in result.stdout.splitlines() if "\tReady=False\t" in line}
+    assert reasons == {"deep": reason, "wide": "OutputTooLarge", "loop": "RenderBudgetExceeded",
+                       "typed": "InvalidData"}, result.stdout
+    assert "dev/fine\tReady=True" in result.stdout
+    assert writer(store_redis).get("dev/fine") is not None
+    assert SAMPLE_SECRET not in result.stdout + result.stderr
