@@ -234,7 +234,8 @@ class CompiledTemplate:
         except Exception as exc:  # a template error at render time: bad filter use, types, ...
             if budget.failure is not None:
                 raise TemplateError(budget.failure.reason, budget.failure.text) from None
-            raise TemplateError("RenderError", f"{type(exc).__name__}: {exc}") from None
+            raise TemplateError("RenderError", _without_data(f"{type(exc).__name__}: {exc}", data)
+                                ) from None
         finally:
             activate(previous)
         if not subject:
@@ -247,6 +248,27 @@ class CompiledTemplate:
                 if candidate in self._locales:
                     return self._locales[candidate]
         return self._default
+
+
+def _without_data(message: str, data: Mapping[str, Any]) -> str:
+    """An error message with the data's values blanked out: Python's messages can quote a value
+    (``KeyError: '123456'``), and they reach logs and statuses, while data may be secret."""
+    values: set[str] = set()
+    stack: list[Any] = [data]
+    while stack and len(values) < 10_000:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str | int | float) and not isinstance(item, bool):
+            text = str(item)
+            if len(text) >= 3:
+                values.add(text)
+    for value in sorted(values, key=len, reverse=True):
+        if value in message:
+            message = message.replace(value, "<data>")
+    return message
 
 
 def compile_template(source: TemplateSource, limits: RenderLimits | None = None

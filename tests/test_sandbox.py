@@ -269,3 +269,16 @@ def test_the_childs_memory_limit_holds_even_with_the_sandbox_bounds_lifted() -> 
         assert "memory" in caught.value.message
         sandbox.compile(TemplateSource(name="ok", subject="s", html="ok"))  # still serving
 
+
+
+@pytest.mark.parametrize("body", [
+    "{{ ('{x' ~ code ~ '}').format_map({}) }}",  # KeyError: 'x<code>'
+    "{{ ('{x' ~ order.ref ~ '}').format(1) }}",
+    "{% set d = {} %}{{ ('%(' ~ code ~ ')s') % d }}",
+])
+def test_render_errors_never_quote_the_data(body: str) -> None:
+    compiled = CompiledTemplate(TemplateSource(name="t", subject="s", html=body))
+    with pytest.raises(TemplateError) as caught:
+        compiled.render({"code": "739201", "order": {"ref": "REF-SECRET-77"}})
+    assert caught.value.reason == "RenderError"
+    assert "739201" not in str(caught.value) and "REF-SECRET-77" not in str(caught.value)

@@ -9,6 +9,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage, Middleware, default_middleware
 
 from mailcore.config import Settings
+from mailcore.redaction import install as install_redacting_encoder
 from mailcore.status import StatusStore
 from mailcore.store import template_store_from_settings
 from mailcore.telemetry import shutdown_tracing
@@ -42,6 +43,7 @@ class WorkerRuntime:
 
 
 def build_runtime(settings: Settings) -> WorkerRuntime:
+    install_redacting_encoder()  # jobs hold template data: their repr must not (logs)
     registry = TemplateRegistry.from_dir(builtin_templates_dir(settings.templates_dir),
                                          store=template_store_from_settings(settings))
     transport = transport_from_settings(settings)
