@@ -28,12 +28,15 @@ from mjml import mjml2html
 
 from .html_text import html_to_text
 from .sandbox import (
+    BIG_PRINT,
+    HTML_CHUNK,
+    TEXT_CHUNK,
     Budget,
     LimitExceeded,
     RenderLimits,
     Sandbox,
     activate,
-    check_printable,
+    charge_printed,
     patch_program,
     render_output,
 )
@@ -146,21 +149,23 @@ def _escape(value: Any) -> str:
     """
     kind = type(value)
     if kind is str:
+        if len(value) >= BIG_PRINT:
+            charge_printed(value)
         return _escape_text(value)
     if kind is int or kind is float:
         return str(value)
-    check_printable(value)
+    charge_printed(value)
     return escape(value)
 
 
-def _run(program: Any, context: dict[str, Any], budget: Budget) -> str:
+def _run(program: Any, context: dict[str, Any], budget: Budget, chunk_size: int) -> str:
     # Template.render copies the globals (a ChainMap) into a fresh dict on every call, ~15 µs
     # three times per message; ``context`` already holds them, so it is used as it is (the
     # template's own assignments go to its context's locals, never into ``context``). The
     # Context is built directly, as new_context(shared=True) would, minus the set of global
     # names it keeps for ``{% import %}``, which these loader-less environments cannot run.
     return render_output(program.root_render_func(
-        Context(program.environment, context, program.name, program.blocks)), budget)
+        Context(program.environment, context, program.name, program.blocks)), budget, chunk_size)
 
 
 @dataclass(frozen=True)
@@ -219,9 +224,9 @@ class CompiledTemplate:
         budget = Budget(limits or DEFAULT_LIMITS)
         previous = activate(budget)
         try:
-            subject = _WHITESPACE.sub(" ", _run(body.subject, context, budget)).strip()
-            html = _run(body.html, context, budget)
-            text = _BLANK_LINES.sub("\n\n", _run(body.text, context, budget))
+            subject = _WHITESPACE.sub(" ", _run(body.subject, context, budget, TEXT_CHUNK)).strip()
+            html = _run(body.html, context, budget, HTML_CHUNK)
+            text = _BLANK_LINES.sub("\n\n", _run(body.text, context, budget, TEXT_CHUNK))
             if budget.failure is not None:  # raised, and swallowed somewhere in the template
                 raise budget.failure
         except LimitExceeded as exc:

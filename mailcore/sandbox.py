@@ -138,6 +138,18 @@ _CONTAINERS = frozenset({list, tuple, dict, set, frozenset, Namespace})
 _local = threading.local()
 #: Outside a render (Jinja folds constant expressions while compiling): bounds, no deadline.
 _UNTIMED = Budget(RenderLimits(), timed=False)
+#: Strings shorter than this are not charged: to pile up, they must go into a container or a
+#: concatenation, which are. (It keeps the common case free of the thread-local lookup.)
+SMALL = 8192
+_FREE = frozenset({int, float, bool, type(None)})
+
+
+def charged(value: Any) -> Any:
+    """``value``, checked and charged to the current render unless it is small."""
+    kind = type(value)
+    if ((kind is str or kind is Markup) and len(value) < SMALL) or kind in _FREE:
+        return value
+    return current().charge(value)
 
 
 def current() -> Budget:
@@ -206,20 +218,23 @@ def _percent_widths(template: str) -> tuple[int, bool]:
 _WIDTHS: dict[str, tuple[int, bool]] = {}
 
 
-def percent_format(budget: Budget, template: str, values: Any) -> str:
+def percent_format(template: str, values: Any) -> str:
     """``template % values`` with every width and precision checked first."""
     found = _WIDTHS.get(template)
     if found is None:
         found = _percent_widths(template)
         if len(_WIDTHS) < 4096 and len(template) < 256:
             _WIDTHS[template] = found
-    widest, star = found
-    if widest > budget.limits.max_bytes:
-        _check_width(budget, widest, "% format")
-    if star:  # widths taken from the values
-        for value in values if type(values) is tuple else (values,):
-            _check_width(budget, value, "% format")
-    return budget.charge(template % values)  # type: ignore[no-any-return]
+    if found[0] > SMALL or found[1]:
+        budget = current()
+        _check_width(budget, found[0], "% format")
+        if found[1]:  # widths taken from the values
+            for value in values if type(values) is tuple else (values,):
+                _check_width(budget, value, "% format")
+    result = template % values
+    if type(result) is str and len(result) < SMALL:
+        return result
+    return current().charge(result)  # type: ignore[no-any-return]
 
 
 class _BoundedFormatter(Formatter):
@@ -364,26 +379,25 @@ def _bounded_filter(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     # Each filter is one bounded operation, so none checks the clock: loops and calls do.
     if name == "format":
         def do_format(value: Any, *args: Any, **kwargs: Any) -> Any:
-            budget = current()
             if args and kwargs:
                 raise TypeError("can't handle positional and keyword arguments at the same time")
             if type(value) is not str:
                 check_printable(value)
                 value = soft_str(value)
-            return percent_format(budget, value, kwargs or args)
+            return percent_format(value, kwargs or args)
         return do_format
 
     if name in _PRINTING_LINEAR:
         @wraps(fn)
         def printing(*args: Any, **kwargs: Any) -> Any:
             check_printable(_value_of(args, fn)[0])
-            return current().charge(fn(*args, **kwargs))
+            return charged(fn(*args, **kwargs))
 
         return printing
     if name in _LINEAR_FILTERS:
         @wraps(fn)
         def linear(*args: Any, **kwargs: Any) -> Any:
-            return current().charge(fn(*args, **kwargs))
+            return charged(fn(*args, **kwargs))
 
         return linear
 
@@ -404,9 +418,23 @@ def _lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> str
     return generate_lorem_ipsum(n, html, min, max)
 
 
-def _guard_iter(iterable: Any) -> Iterator[Any]:
+#: Loops over at most this many items are checked once, at their start (their steps charged up
+#: front); longer ones at every iteration. Short loops, the usual kind, then cost nothing more.
+SHORT_LOOP = 64
+_SIZED = frozenset({list, tuple, range, dict, str})
+
+
+def _guard_iter(iterable: Any) -> Iterable[Any]:
     """Each loop iteration is counted and checks the deadline."""
     budget = current()
+    if type(iterable) in _SIZED and len(iterable) <= SHORT_LOOP:
+        budget.steps += len(iterable) - 1
+        budget.step()
+        return iterable  # type: ignore[no-any-return]
+    return _each_step(iterable, budget)
+
+
+def _each_step(iterable: Any, budget: Budget) -> Iterator[Any]:
     for item in iterable:
         budget.step()
         yield item
@@ -448,22 +476,39 @@ def patch_program(namespace: dict[str, Any]) -> None:
     namespace["str_join"] = _bounded_str_join
 
 
-#: Output chunks joined at a time: fewer checks, a bounded overshoot.
-OUTPUT_CHUNK = 48
+#: Output pieces gathered before their size is checked: few checks, a bounded overshoot. HTML
+#: output holds literals (shared, not copied) and escaped values, each big one charged as it
+#: is printed (see ``charge_printed``), so it can take large chunks; text output prints
+#: containers unescaped, so it takes small ones.
+HTML_CHUNK = 256
+TEXT_CHUNK = 32
+#: Printed values this long are charged to the render's budget when printed.
+BIG_PRINT = SMALL
 
 
-def render_output(chunks: Iterator[str], budget: Budget) -> str:
+def charge_printed(value: Any) -> None:
+    """Charge a big value (or a container) printed in HTML, before it is copied out escaped."""
+    current().charge(value)
+
+
+def render_output(chunks: Iterator[str], budget: Budget, chunk_size: int) -> str:
     """Join a template's output, refusing it past ``max_bytes``."""
-    parts = list(islice(chunks, OUTPUT_CHUNK))
+    parts = list(islice(chunks, chunk_size))
+    if len(parts) < chunk_size:  # the usual case: all of it, a chunk's worth at most
+        text = "".join(parts)
+        if len(text) > budget.limits.max_bytes:
+            raise budget.fail(TOO_LARGE, "the rendered output is over "
+                              f"{budget.limits.max_bytes} characters")
+        return text
     size = sum(map(len, parts))
     while True:
         if size > budget.limits.max_bytes:
             raise budget.fail(TOO_LARGE, "the rendered output is over "
                               f"{budget.limits.max_bytes} characters")
-        if len(parts) % OUTPUT_CHUNK:  # the generator ran out
+        if len(parts) % chunk_size:  # the generator ran out
             return "".join(parts)
         budget.tick()
-        chunk = list(islice(chunks, OUTPUT_CHUNK))
+        chunk = list(islice(chunks, chunk_size))
         if not chunk:
             return "".join(parts)
         size += sum(map(len, chunk))
@@ -472,6 +517,14 @@ def render_output(chunks: Iterator[str], budget: Budget) -> str:
 
 class _BoundedCodeGenerator(CodeGenerator):
     """Jinja's compiler, wrapping loop iterables and container literals in checks."""
+
+    def visit_Call(self, node: nodes.Call, frame: Frame, forward_caller: bool = False) -> None:
+        if isinstance(node.node, nodes.EnvironmentAttribute) and node.node.name == "guard_iter":
+            self.write("environment.guard_iter(")  # ours: called directly, not via the sandbox
+            self.visit(node.args[0], frame)
+            self.write(")")
+            return
+        super().visit_Call(node, frame, forward_caller=forward_caller)
 
     def visit_For(self, node: nodes.For, frame: Frame) -> None:
         guarded = (isinstance(node.iter, nodes.Call)
@@ -571,8 +624,8 @@ class Sandbox(ImmutableSandboxedEnvironment):
         if isinstance(owner, str):
             _check_str_method(budget, __obj.__name__, owner, args, kwargs)
         elif isinstance(__obj, LoopContext) and args:  # a recursive loop's next level
-            args = (_guard_iter(args[0]), *args[1:])
-        return budget.charge(super().call(__context, __obj, *args, **kwargs))
+            args = (_each_step(args[0], budget), *args[1:])
+        return charged(super().call(__context, __obj, *args, **kwargs))
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if operator == "+" and type(left) in _NUMBERS and type(right) in _NUMBERS:
@@ -603,5 +656,5 @@ class Sandbox(ImmutableSandboxedEnvironment):
             if isinstance(left, str) and isinstance(right, str):
                 budget.need(len(left) + len(right), "+")
         elif operator == "%" and isinstance(left, str):
-            return percent_format(budget, left, right)
-        return budget.charge(super().call_binop(context, operator, left, right))
+            return percent_format(left, right)
+        return charged(super().call_binop(context, operator, left, right))
