@@ -162,16 +162,16 @@ async def get_template(request: Request) -> JSONResponse:
 #: Previews render in a child process (a template and the caller's data are untrusted: a
 #: runaway there is killed, not left running in this one), one at a time, waiting in the loop.
 _RENDER_LIMITER = anyio.CapacityLimiter(1)
-_preview_sandbox: TemplateSandbox | None = None
+_preview_sandboxes: dict[ProcessLimits, TemplateSandbox] = {}
 
 
 def _sandbox(settings: Settings) -> TemplateSandbox:
-    global _preview_sandbox
-    if _preview_sandbox is None:
-        _preview_sandbox = TemplateSandbox(ProcessLimits.from_settings(
-            settings, settings.render_time_budget_seconds + 1.0))
-        atexit.register(_preview_sandbox.close)
-    return _preview_sandbox
+    limits = ProcessLimits.from_settings(settings, settings.render_time_budget_seconds + 1.0)
+    sandbox = _preview_sandboxes.get(limits)
+    if sandbox is None:
+        sandbox = _preview_sandboxes[limits] = TemplateSandbox(limits)
+        atexit.register(sandbox.close)
+    return sandbox
 
 
 async def render_template(request: Request) -> JSONResponse:
