@@ -116,6 +116,12 @@ class Budget:
             raise self.fail(TOO_LARGE, f"{what} would be {size} characters "
                             f"(the limit is {self.limits.max_bytes})")
 
+    def add(self, size: int) -> None:
+        self.allocated += size
+        if self.allocated > self.max_allocated:
+            raise self.fail(BUDGET_EXCEEDED, "render budget exceeded: the template built more "
+                            f"than {self.max_allocated} characters in all")
+
     def charge(self, value: Any) -> Any:
         """Check a value an operation built and add it to the render's account."""
         kind = type(value)
@@ -332,9 +338,15 @@ def _pre_filter(name: str, budget: Budget, value: Any, rest: tuple[Any, ...],
         budget.need(len(text) + (text.count("\n") + 1) * max(0, step), name)
     elif name == "wordwrap":
         width = _arg(rest, kwargs, 0, "width", 79)
+        width = max(1, width if isinstance(width, int) else 1)
         wrap = _arg(rest, kwargs, 2, "wrapstring", None) or "\n"
-        lines = len(text) // max(1, width if isinstance(width, int) else 1) + text.count("\n")
+        lines = len(text) // width + text.count("\n")
         budget.need(len(text) + (lines + 1) * len(str(wrap)), name)
+        # textwrap splits a long word in time ~ length² / width (1 MB at width 1: 9 s), in C
+        # calls no deadline can interrupt: refuse what would take more than ~0.2 s.
+        if len(text) * len(text) // width > WORDWRAP_WORK:
+            raise budget.fail(BUDGET_EXCEEDED, "render budget exceeded: wordwrap of "
+                              f"{len(text)} characters at width {width}")
     elif name == "replace":
         _replace_size(budget, str(value), _arg(rest, kwargs, 0, "old", ""),
                       _arg(rest, kwargs, 1, "new", ""), _arg(rest, kwargs, 2, "count", None))
@@ -345,9 +357,13 @@ def _pre_filter(name: str, budget: Budget, value: Any, rest: tuple[Any, ...],
                               f"({budget.limits.max_items})")
     elif name == "join" and type(value) in _CONTAINERS:
         _join_size(budget, value, str(_arg(rest, kwargs, 0, "d", "")))
-    elif name == "sum" and type(value) in _CONTAINERS:
-        if not isinstance(_arg(rest, kwargs, 1, "start", 0), (int, float)):
-            budget.need(sum(weight(item, budget) for item in value), name)
+    elif name == "sum" and not isinstance(_arg(rest, kwargs, 1, "start", 0), (int, float)):
+        # Concatenating sequences copies the running result at each item: n * total.
+        if type(value) not in _CONTAINERS:
+            raise budget.fail(TOO_LARGE, "sum: a start that is not a number needs a list")
+        total = sum(weight(item, budget) for item in value)
+        if len(value) * total > 10 * budget.limits.max_items:
+            raise budget.fail(TOO_LARGE, f"sum: joining {len(value)} sequences of {total} items")
     elif name == "tojson":
         indent = _arg(rest, kwargs, 0, "indent", None)
         if isinstance(indent, int) and indent > 16:
@@ -362,6 +378,39 @@ _PRINTING_FILTERS = frozenset({"string", "e", "escape", "forceescape", "tojson",
                                "format", "urlencode", "xmlattr", "center", "indent", "wordwrap",
                                "truncate", "replace", "trim", "upper", "lower", "title",
                                "capitalize", "striptags", "urlize", "wordcount"})
+
+
+#: ``len(text)² / width`` above which ``wordwrap`` is refused (textwrap's cost on long words).
+WORDWRAP_WORK = 20_000_000_000
+
+
+def _charged_iter(iterator: Iterator[Any]) -> Iterator[Any]:
+    """A lazy filter's results (``map``, ``select``…), each counted and charged as it comes:
+    whatever collects them (``list``, ``join``, ``sort``) cannot pile up more than the budget."""
+    budget = current()
+    for item in iterator:
+        budget.step()
+        kind = type(item)
+        if kind is str or kind is Markup:
+            budget.need(len(item), "a value")
+            budget.add(len(item))
+        elif kind in _CONTAINERS:
+            budget.charge(item)
+        yield item
+
+
+def _checked_result(value: Any) -> Any:
+    """What a filter or call returned, checked: charged, or its items charged as they come."""
+    kind = type(value)
+    if kind is str or kind is Markup:
+        return value if len(value) < SMALL else current().charge(value)
+    if kind in _FREE:
+        return value
+    if kind in _CONTAINERS:
+        return current().charge(value)
+    if hasattr(value, "__next__"):
+        return _charged_iter(value)
+    return value
 
 
 #: Filters whose result is at most proportional to their input: checked after they run.
@@ -391,13 +440,13 @@ def _bounded_filter(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         @wraps(fn)
         def printing(*args: Any, **kwargs: Any) -> Any:
             check_printable(_value_of(args, fn)[0])
-            return charged(fn(*args, **kwargs))
+            return _checked_result(fn(*args, **kwargs))
 
         return printing
     if name in _LINEAR_FILTERS:
         @wraps(fn)
         def linear(*args: Any, **kwargs: Any) -> Any:
-            return charged(fn(*args, **kwargs))
+            return _checked_result(fn(*args, **kwargs))
 
         return linear
 
@@ -406,7 +455,7 @@ def _bounded_filter(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         budget = current()
         value, rest = _value_of(args, fn)
         _pre_filter(name, budget, value, rest, kwargs)
-        return budget.charge(fn(*args, **kwargs))
+        return _checked_result(fn(*args, **kwargs))
 
     return bounded
 
@@ -625,7 +674,7 @@ class Sandbox(ImmutableSandboxedEnvironment):
             _check_str_method(budget, __obj.__name__, owner, args, kwargs)
         elif isinstance(__obj, LoopContext) and args:  # a recursive loop's next level
             args = (_each_step(args[0], budget), *args[1:])
-        return charged(super().call(__context, __obj, *args, **kwargs))
+        return _checked_result(super().call(__context, __obj, *args, **kwargs))
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         if operator == "+" and type(left) in _NUMBERS and type(right) in _NUMBERS:

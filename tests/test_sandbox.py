@@ -46,6 +46,7 @@ def refused(sandbox: TemplateSandbox, body: str, data: dict[str, object] | None 
         sandbox.compile(source)
     elapsed = time.monotonic() - started
     assert caught.value.reason in BOUNDED, caught.value
+    assert "out of memory" not in caught.value.message  # the sandbox's bound, not the rlimit's
     # Stopped by its own bound, well before the child's wall-clock kill.
     assert elapsed < LIMITS.render.time_budget + 3, elapsed
     return caught.value
@@ -104,6 +105,16 @@ GROWTH = [
          "{% endfor %}",
     NS + "{% for i in range(64) %}{% set ns.a = [ns.a, ns.a]|list %}{% endfor %}",
     "{{ ([[1] * 1000] * 1000)|sum(start=[]) }}",
+    "{{ ([[1] * 300] * 300)|sum(start=[])|length }}",
+    "{{ range(1000)|map('string')|map('list')|sum(start=[])|length }}",
+    # Lazy filters feeding a collector: each item is charged as it comes.
+    "{{ range(100000)|map('string')|map('center', 8000)|list|length }}",
+    "{{ range(100000)|map('string')|map('center', 8000)|join|length }}",
+    "{{ range(100000)|map('string')|map('center', 8000)|sort|first }}",
+    "{{ range(100000)|map('string')|map('center', 8000)|select|list|length }}",
+    "{{ ''.join(range(100000)|map('string')|map('center', 8000)) }}",
+    "{{ range(100000)|map('string')|map('center', 8000)|unique|list|length }}",
+    "{{ ('a' * 200000)|wordwrap(1) }}",
     "{{ (['x' * 100000] * 100)|join(',') }}",
     "{{ ','.join(['x' * 100000] * 100) }}",
 ]
