@@ -30,6 +30,38 @@ def mask_addresses(text: str) -> str:
     return _ADDRESS.sub(r"\1***@\2", text)
 
 
+def _current_job_values() -> list[str]:
+    """The template data values of the job this worker thread is processing, longest first."""
+    module = sys.modules.get("dramatiq.middleware.current_message")
+    message = module.CurrentMessage.get_current_message() if module is not None else None
+    args = getattr(message, "args", None) or ()
+    job = args[0] if args else None
+    request = job.get("request") if isinstance(job, dict) else None
+    data = request.get("data") if isinstance(request, dict) else None
+    values: set[str] = set()
+    stack: list[Any] = [data]
+    while stack and len(values) < 1000:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str | int | float) and not isinstance(item, bool):
+            text = str(item)
+            if len(text) >= 4:
+                values.add(text)
+    return sorted(values, key=len, reverse=True)
+
+
+def redact_job_data(text: str) -> str:
+    """Blank out the current job's data values (a library's exception text can quote them,
+    e.g. a validation error's ``input_value=…``)."""
+    for value in _current_job_values():
+        if value in text:
+            text = text.replace(value, "<data>")
+    return text
+
+
 class JSONFormatter(logging.Formatter):
     """One JSON object per record."""
 
@@ -44,7 +76,8 @@ class JSONFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": mask_addresses(message) if self.mask else message,
+            "message": mask_addresses(redact_job_data(message)) if self.mask
+            else redact_job_data(message),
         }
         for key in CONTEXT_KEYS:
             value = getattr(record, key, None)
@@ -54,7 +87,7 @@ class JSONFormatter(logging.Formatter):
         if ids is not None:
             entry["trace_id"], entry["span_id"] = ids
         if record.exc_info:
-            exc = self.formatException(record.exc_info)
+            exc = redact_job_data(self.formatException(record.exc_info))
             entry["exception"] = mask_addresses(exc) if self.mask else exc
         return orjson.dumps(entry, default=str).decode()
 
@@ -70,7 +103,7 @@ class TextFormatter(logging.Formatter):
         line = super().format(record)
         context = " ".join(f"{key}={getattr(record, key)}" for key in CONTEXT_KEYS
                            if getattr(record, key, None) is not None)
-        line = f"{line} {context}" if context else line
+        line = redact_job_data(f"{line} {context}" if context else line)
         return mask_addresses(line) if self.mask else line
 
 

@@ -26,6 +26,8 @@ from typing import Any
 
 import httpx
 import pytest
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.message import Message
 
 from mailcore.tokens import mint_token
 
@@ -37,6 +39,7 @@ from .support import (
     ServiceProcess,
     SMTPServer,
     base_env,
+    dead_letters,
     free_port,
     wait_for,
 )
@@ -229,6 +232,18 @@ def test_no_process_prints_a_code_or_template_data(live: Live) -> None:
     client.publish("password_reset_events", json.dumps({"email": 7, "code": CODE}))  # refused
     wait_for(lambda: handler.to(legacy) and handler.to(event), timeout=60,
              message="the legacy and event emails")
+
+    # A job the door would never accept (data not an object): the worker's validation error
+    # quotes its input, data included, in the exception it logs.
+    broker = RedisBroker(url=live.redis.url)
+    invalid = {"id": str(uuid.uuid4()), "source": "api", "accepted_at": time.time(),
+               "request": {"template": "password_reset", "to": [{"email": unique("invalid")}],
+                           "data": [{"code": CODE}, DATA_SECRET]}}
+    broker.enqueue(Message(queue_name="email", actor_name="send_email", args=(invalid,),
+                           kwargs={}, options={}))
+    wait_for(lambda: any(invalid["id"] in raw.decode() for raw in dead_letters(client)),
+             timeout=60, message="the invalid job to be given up")
+    broker.close()
 
     outputs = {"api": live.api.output(), "worker": live.worker.output(),
                "sync": live.sync_log.read_text()}
