@@ -48,7 +48,8 @@ def _current_job_values() -> list[str]:
             stack.extend(item)
         elif isinstance(item, str | int | float) and not isinstance(item, bool):
             text = str(item)
-            if len(text) >= 4:
+            # Addresses are masked on their own terms (``LOG_RECIPIENTS`` may show them).
+            if len(text) >= 4 and not _ADDRESS.fullmatch(text):
                 values.add(text)
     return sorted(values, key=len, reverse=True)
 
