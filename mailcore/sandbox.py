@@ -12,8 +12,8 @@ Here every place a template can make something big, or keep running, is a checkp
   ``batch``, ``slice``, ``sum``) have their size computed *before* they run;
 - everything a render builds is charged to one allocation budget, so growing a value step by step
   in a loop cannot add up to gigabytes either;
-- loops, calls, filters, operators and output are time checkpoints against the render's deadline,
-  and loop iterations are counted;
+- loops, calls and output are time checkpoints against the render's deadline, and loop
+  iterations are counted (a filter or an operator is one bounded operation between them);
 - rendered output is joined in chunks and refused past ``max_bytes``.
 
 A render that crosses a bound raises :class:`LimitExceeded` (with a condition ``reason``:
@@ -143,7 +143,7 @@ class Budget:
 _CONTAINERS = frozenset({list, tuple, dict, set, frozenset, Namespace})
 _local = threading.local()
 #: Outside a render (Jinja folds constant expressions while compiling): bounds, no deadline.
-_UNTIMED = Budget(RenderLimits(), timed=False)
+_UNTIMED = Budget(RenderLimits(max_steps=2**62), timed=False)
 #: Strings shorter than this are not charged: to pile up, they must go into a container or a
 #: concatenation, which are. (It keeps the common case free of the thread-local lookup.)
 SMALL = 8192
@@ -368,6 +368,12 @@ def _pre_filter(name: str, budget: Budget, value: Any, rest: tuple[Any, ...],
         indent = _arg(rest, kwargs, 0, "indent", None)
         if isinstance(indent, int) and indent > 16:
             raise budget.fail(TOO_LARGE, f"tojson: indent {indent} is over 16")
+    elif name == "urlize":
+        # Every link it makes carries ``target`` and ``rel``: their size multiplies.
+        extra = sum(len(str(kwargs.get(key) or "")) for key in ("target", "rel"))
+        extra += sum(len(str(arg)) for arg in rest[2:4] if arg)
+        budget.need(len(text) + (len(text) // 2 + 1) * (extra + 32) if extra > 64 else 0,
+                    name)
     elif name == "truncate":
         end = _arg(rest, kwargs, 2, "end", "...")
         budget.need(len(text) + len(str(end)), name)
@@ -418,10 +424,10 @@ _LINEAR_FILTERS = frozenset({
     "abs", "attr", "capitalize", "count", "d", "default", "dictsort", "filesizeformat", "first",
     "float", "groupby", "int", "items", "last", "length", "list", "lower", "map", "max", "min",
     "random", "reject", "rejectattr", "reverse", "round", "safe", "select", "selectattr",
-    "sort", "title", "trim", "unique", "upper", "striptags", "wordcount", "urlize"})
+    "sort", "title", "trim", "unique", "upper", "striptags", "wordcount"})
 #: Of those, the ones that print a value given to them.
 _PRINTING_LINEAR = frozenset({"capitalize", "lower", "title", "trim", "upper", "striptags",
-                              "wordcount", "urlize"})
+                              "wordcount"})
 
 
 def _bounded_filter(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -115,6 +115,8 @@ GROWTH = [
     "{{ ''.join(range(100000)|map('string')|map('center', 8000)) }}",
     "{{ range(100000)|map('string')|map('center', 8000)|unique|list|length }}",
     "{{ ('a' * 200000)|wordwrap(1) }}",
+    "{{ ('http://a.io ' * 20000)|urlize(target='_' * 100000) }}",
+    "{{ ('http://a.io ' * 20000)|urlize(rel='x' * 100000) }}",
     "{{ (['x' * 100000] * 100)|join(',') }}",
     "{{ ','.join(['x' * 100000] * 100) }}",
 ]
