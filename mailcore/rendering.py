@@ -294,10 +294,12 @@ def compile_template(source: TemplateSource, limits: RenderLimits | None = None
 MAX_MJML_DEPTH = 64
 #: Largest MJML source compiled (real-world templates are 2-20 KB).
 MAX_MJML_BYTES = 512 * 1024
-_ANY_TAG = re.compile(r"<!--.*?-->|<!\[CDATA\[.*?\]\]>|<(/?)([A-Za-z][\w:.-]*)"
-                      r"(?:[^>\"']|\"[^\"]*\"|'[^']*')*?(/?)>", re.DOTALL)
+# A tag at a given "<"; nothing in it may span another "<", so an unclosed tag or quote ends
+# the attempt at the next one and the scan stays linear whatever the input.
+_TAG_AT = re.compile(r"<(/?)([A-Za-z][\w:.-]*)(?:[^<>\"']|\"[^<>\"]*\"|'[^<>']*')*(/?)>")
 _VOID = frozenset({"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta",
                    "param", "source", "track", "wbr"})
+_SKIPPED = (("<!--", "-->"), ("<![CDATA[", "]]>"))
 
 
 def check_mjml_shape(mjml: str) -> None:
@@ -307,17 +309,30 @@ def check_mjml_shape(mjml: str) -> None:
         raise TemplateError("MJMLTooLarge", f"the MJML is {size} bytes (the limit is "
                             f"{MAX_MJML_BYTES})")
     depth = 0
-    for match in _ANY_TAG.finditer(mjml):
-        closing, name, self_closing = match.groups()
-        if name is None or self_closing or name.lower() in _VOID:
-            continue
-        if closing:
-            depth = max(0, depth - 1)
-            continue
-        depth += 1
-        if depth > MAX_MJML_DEPTH:  # read at each call: the sandbox process may set it
-            raise TemplateError("MJMLTooDeep", f"elements nest more than {MAX_MJML_DEPTH} "
-                                "deep", mjml.count("\n", 0, match.start()) + 1)
+    position = mjml.find("<")
+    while position >= 0:
+        for opener, closer in _SKIPPED:  # comments and CDATA hold no elements
+            if mjml.startswith(opener, position):
+                end = mjml.find(closer, position + len(opener))
+                if end < 0:
+                    return
+                position = mjml.find("<", end + len(closer))
+                break
+        else:
+            match = _TAG_AT.match(mjml, position)
+            if match is None:
+                position = mjml.find("<", position + 1)
+                continue
+            closing, name, self_closing = match.groups()
+            if closing:
+                depth = max(0, depth - 1)
+            elif not self_closing and name.lower() not in _VOID:
+                depth += 1
+                if depth > MAX_MJML_DEPTH:  # read at each call: the sandbox process may set it
+                    raise TemplateError("MJMLTooDeep", f"elements nest more than "
+                                        f"{MAX_MJML_DEPTH} deep",
+                                        mjml.count("\n", 0, position) + 1)
+            position = mjml.find("<", match.end())
 
 
 def compile_mjml(mjml: str) -> str:

@@ -295,3 +295,16 @@ def test_render_errors_never_quote_the_data(body: str) -> None:
         compiled.render({"code": "739201", "order": {"ref": "REF-SECRET-77"}})
     assert caught.value.reason == "RenderError"
     assert "739201" not in str(caught.value) and "REF-SECRET-77" not in str(caught.value)
+
+
+@pytest.mark.parametrize("body", [
+    "<a" * 200_000, '<a "' * 100_000, "<a '" * 100_000, "<!--" * 100_000,
+    "<![CDATA[" * 50_000, '<a x="' * 80_000, "<mj-text>x</mj-text>" * 20_000,
+])
+def test_the_mjml_shape_check_is_linear_on_hostile_input(body: str) -> None:
+    started = time.monotonic()
+    try:
+        check_mjml_shape(f"<mjml><mj-body>{body}</mj-body></mjml>")
+    except TemplateError as error:
+        assert error.reason in {"MJMLTooDeep", "MJMLTooLarge"}
+    assert time.monotonic() - started < 1.0
