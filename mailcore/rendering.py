@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -302,6 +302,28 @@ _VOID = frozenset({"area", "base", "br", "col", "embed", "hr", "img", "input", "
 _SKIPPED = (("<!--", "-->"), ("<![CDATA[", "]]>"))
 
 
+def _tags(text: str) -> Iterator[tuple[bool, str, bool, int]]:
+    """``(closing, name, self_closing, offset)`` of each tag, outside comments and CDATA, in one
+    linear pass (a regex with ``.*?`` rescans the rest of the text for each unclosed one)."""
+    position = text.find("<")
+    while position >= 0:
+        for opener, closer in _SKIPPED:  # comments and CDATA hold no elements
+            if text.startswith(opener, position):
+                end = text.find(closer, position + len(opener))
+                if end < 0:
+                    return
+                position = text.find("<", end + len(closer))
+                break
+        else:
+            match = _TAG_AT.match(text, position)
+            if match is None:
+                position = text.find("<", position + 1)
+                continue
+            closing, name, self_closing = match.groups()
+            yield bool(closing), name, bool(self_closing), position
+            position = text.find("<", match.end())
+
+
 def check_mjml_shape(mjml: str) -> None:
     """Refuse MJML too large or nested too deep to compile safely (before the compiler runs)."""
     size = len(mjml.encode("utf-8", "surrogatepass"))
@@ -309,30 +331,14 @@ def check_mjml_shape(mjml: str) -> None:
         raise TemplateError("MJMLTooLarge", f"the MJML is {size} bytes (the limit is "
                             f"{MAX_MJML_BYTES})")
     depth = 0
-    position = mjml.find("<")
-    while position >= 0:
-        for opener, closer in _SKIPPED:  # comments and CDATA hold no elements
-            if mjml.startswith(opener, position):
-                end = mjml.find(closer, position + len(opener))
-                if end < 0:
-                    return
-                position = mjml.find("<", end + len(closer))
-                break
-        else:
-            match = _TAG_AT.match(mjml, position)
-            if match is None:
-                position = mjml.find("<", position + 1)
-                continue
-            closing, name, self_closing = match.groups()
-            if closing:
-                depth = max(0, depth - 1)
-            elif not self_closing and name.lower() not in _VOID:
-                depth += 1
-                if depth > MAX_MJML_DEPTH:  # read at each call: the sandbox process may set it
-                    raise TemplateError("MJMLTooDeep", f"elements nest more than "
-                                        f"{MAX_MJML_DEPTH} deep",
-                                        mjml.count("\n", 0, position) + 1)
-            position = mjml.find("<", match.end())
+    for closing, name, self_closing, position in _tags(mjml):
+        if closing:
+            depth = max(0, depth - 1)
+        elif not self_closing and name.lower() not in _VOID:
+            depth += 1
+            if depth > MAX_MJML_DEPTH:  # read at each call: the sandbox process may set it
+                raise TemplateError("MJMLTooDeep", f"elements nest more than {MAX_MJML_DEPTH} "
+                                    "deep", mjml.count("\n", 0, position) + 1)
 
 
 def compile_mjml(mjml: str) -> str:
@@ -375,7 +381,6 @@ def _check_mjml_root(mjml: str) -> None:
         raise TemplateError("InvalidMJML", "MJML must start with an <mjml> root element", 1)
 
 
-_MJML_TAG = re.compile(r"<!--.*?-->|<(/?)(mjml|mj-[a-z-]+)\b[^>]*?(/?)>", re.DOTALL)
 _MJML_POSITION = re.compile(r" at position (\d+):(\d+)$")
 _PLACEHOLDER_LENGTH = len("JINJAX000000X")
 
@@ -412,11 +417,10 @@ def _structure_problem(mjml: str) -> tuple[str, int] | None:
     """The first MJML element closed astray, or the innermost one never closed, with its line."""
     text = _JINJA.sub(lambda m: re.sub(r"[^\n]", " ", m.group(0)), mjml)
     stack: list[tuple[str, int]] = []
-    for match in _MJML_TAG.finditer(text):
-        closing, name, self_closing = match.group(1), match.group(2), match.group(3)
-        if name is None or self_closing:
+    for closing, name, self_closing, position in _tags(text):
+        if self_closing or not (name == "mjml" or name.startswith("mj-")):
             continue
-        line = text.count("\n", 0, match.start()) + 1
+        line = text.count("\n", 0, position) + 1
         if not closing:
             stack.append((name, line))
         elif stack and stack[-1][0] == name:
