@@ -105,7 +105,8 @@ class _Child:
             self._read(START_TIMEOUT)  # the child says hello once its imports are done
             self.ready = True
         try:
-            self.process.stdin.write(json.dumps(request).encode() + b"\n")
+            # default=str: YAML sample data may hold dates; the child sees them as text.
+            self.process.stdin.write(json.dumps(request, default=str).encode() + b"\n")
             self.process.stdin.flush()
         except BrokenPipeError:
             raise EOFError from None
@@ -123,7 +124,10 @@ class _Child:
         return answer
 
     def describe_death(self) -> str:
-        code = self.process.wait(timeout=5)
+        try:
+            code = self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            return "stopped answering"
         if code < 0:
             try:
                 return f"killed by {signal.Signals(-code).name}"

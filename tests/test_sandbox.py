@@ -308,3 +308,12 @@ def test_the_mjml_shape_check_is_linear_on_hostile_input(body: str) -> None:
     except TemplateError as error:
         assert error.reason in {"MJMLTooDeep", "MJMLTooLarge"}
     assert time.monotonic() - started < 1.0
+
+
+def test_sample_data_from_yaml_dates_reaches_the_child(sandbox: TemplateSandbox) -> None:
+    import datetime
+
+    source = TemplateSource(name="dated", subject="s", html="<p>{{ day }}</p>",
+                            sample_data={"day": datetime.date(2026, 11, 30)})
+    sandbox.compile(source)
+    assert "2026-11-30" in sandbox.render(source, source.sample_data).html
