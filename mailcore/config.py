@@ -12,6 +12,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 from urllib.parse import quote, urlsplit
@@ -155,7 +156,7 @@ class Settings:
     #: Deepest MJML nesting the operator, sync and previews accept (see rendering.py).
     mjml_max_depth: int = 64
 
-    @property
+    @cached_property
     def render_limits(self) -> RenderLimits:
         return RenderLimits(max_bytes=self.render_max_bytes,
                             time_budget=self.render_time_budget_seconds)
