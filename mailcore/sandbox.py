@@ -436,10 +436,14 @@ def _bounded_filter(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def do_format(value: Any, *args: Any, **kwargs: Any) -> Any:
             if args and kwargs:
                 raise TypeError("can't handle positional and keyword arguments at the same time")
-            if type(value) is not str:
-                check_printable(value)
-                value = soft_str(value)
-            return percent_format(value, kwargs or args)
+            found = _WIDTHS.get(value)  # percent_format, inlined: '%.2f'|format is everywhere
+            if found is None or found[0] > SMALL or found[1] or type(value) is not str:
+                if type(value) is not str:
+                    check_printable(value)
+                    value = soft_str(value)
+                return percent_format(value, kwargs or args)
+            result = value % (kwargs or args)
+            return result if len(result) < SMALL else current().charge(result)
         return do_format
 
     if name in _PRINTING_LINEAR:
@@ -483,8 +487,10 @@ def _guard_iter(iterable: Any) -> Iterable[Any]:
     """Each loop iteration is counted and checks the deadline."""
     budget = current()
     if type(iterable) in _SIZED and len(iterable) <= SHORT_LOOP:
-        budget.steps += len(iterable) - 1
-        budget.step()
+        budget.steps += len(iterable)
+        if budget.steps > budget.limits.max_steps or time.monotonic() > budget.deadline:
+            budget.steps -= 1
+            budget.step()  # raises, saying which
         return iterable  # type: ignore[no-any-return]
     return _each_step(iterable, budget)
 
