@@ -317,3 +317,22 @@ def test_sample_data_from_yaml_dates_reaches_the_child(sandbox: TemplateSandbox)
                             sample_data={"day": datetime.date(2026, 11, 30)})
     sandbox.compile(source)
     assert "2026-11-30" in sandbox.render(source, source.sample_data).html
+
+
+@pytest.mark.parametrize("body", [
+    "{{ ('\\t' * 1000).expandtabs(999999) }}",
+    "{{ ('a' * 1000).translate({97: 'x' * 100000}) }}",
+    "{{ 'a'.encode('utf-32') }}",
+    "{{ ''.maketrans('a', 'b') }}",
+    "{{ 'x'|attr('expandtabs') }}",
+])
+def test_string_methods_outside_the_allow_list_are_refused(body: str) -> None:
+    """Called, they raise; merely printed, they are an empty undefined value."""
+    compiled = CompiledTemplate(TemplateSource(name="t", subject="s", html=body))
+    try:
+        html = compiled.render({}).html
+    except TemplateError as error:
+        assert error.reason == "RenderError"
+        assert "sandbox" in error.message or "unsafe" in error.message
+    else:
+        assert html.strip() == ""

@@ -112,6 +112,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     smtp.controller.handler = handler
     smtp.start()
     env = base_env(redis_server.url, smtp.port, RENDER_TIME_BUDGET_SECONDS="1", SMTP_TIMEOUT="1",
+                   COMPILE_MEMORY_LIMIT_MB="512",
                    TEMPLATE_NAMESPACES="default", LOG_LEVEL="DEBUG", TEMPLATE_REFRESH_SECONDS="0.2")
     folder = logs / "templates" / "loopy"
     folder.mkdir(parents=True)

@@ -24,8 +24,9 @@ SAMPLE_SECRET = "OPERATOR-SAMPLE-SECRET-8086"
 
 @pytest.fixture(scope="module")
 def operator_overrides() -> dict[str, str]:
+    # A regressed bound costs the operator's child its memory limit, never the CI machine's.
     return {"MJML_MAX_DEPTH": "100000", "RENDER_TIME_BUDGET_SECONDS": "1",
-            "OPERATOR_RENDER_TIMEOUT_SECONDS": "20"}
+            "OPERATOR_RENDER_TIMEOUT_SECONDS": "20", "COMPILE_MEMORY_LIMIT_MB": "512"}
 
 
 def deep(levels: int) -> str:

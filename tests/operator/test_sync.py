@@ -134,6 +134,7 @@ def test_sync_survives_hostile_templates_and_reports_each(
     ]
     (tmp_path / "hostile.yaml").write_text(yaml.safe_dump_all(documents))
     env = sync_env(store_redis)
+    env["COMPILE_MEMORY_LIMIT_MB"] = "512"  # a regressed bound costs the child, not the CI
     env.pop("MJML_MAX_DEPTH", None)
     if depth_setting:
         env["MJML_MAX_DEPTH"] = depth_setting
