@@ -234,6 +234,14 @@ def test_no_process_prints_a_code_or_template_data(live: Live) -> None:
     wait_for(lambda: handler.to(legacy) and handler.to(event), timeout=60,
              message="the legacy and event emails")
 
+    # Refused at the door: the answer says what is wrong, neither it nor a log line the value.
+    refused = httpx.post(f"{live.base_url}/v1/messages", headers=live.headers(), json={
+        "template": "password_reset", "to": unique("refused"),
+        "data": {"email": "x@example.org", "code": CODE, "name": DATA_SECRET * 20,
+                 "expires_in_minutes": DATA_SECRET}})
+    assert refused.status_code == 422, refused.text
+    assert CODE not in refused.text and DATA_SECRET not in refused.text
+
     # A job the door would never accept (data not an object): the worker's validation error
     # quotes its input, data included, in the exception it logs.
     broker = RedisBroker(url=live.redis.url)
