@@ -19,7 +19,9 @@
 
 {{/* A component's object name: <fullname>-<component>, within 63 characters. */}}
 {{- define "email-service.component" -}}
-{{- printf "%s-%s" (include "email-service.fullname" .root | trunc (int (sub 62 (len .component))) | trimSuffix "-") .component -}}
+{{- $room := int (sub 62 (len .component)) -}}
+{{- $base := include "email-service.fullname" .root | trunc $room | trimSuffix "-" -}}
+{{- printf "%s-%s" $base .component -}}
 {{- end -}}
 
 {{- define "email-service.chart" -}}
@@ -61,24 +63,36 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
+{{/* Where every namespaced object goes: `namespace`, else the release's (cert-manager's way). */}}
+{{- define "email-service.namespace" -}}
+{{- default .Release.Namespace .Values.namespace -}}
+{{- end -}}
+
 {{/* The Secret the chart creates for secrets given as values. */}}
 {{- define "email-service.secretName" -}}
 {{- include "email-service.fullname" . -}}
 {{- end -}}
 
+{{/*
+Each secret (jwt, smtp, redis) lives in an existing Secret under existingSecretKey, or in the
+chart's Secret under the file name the pods read (jwt_secret, smtp_password, redis_password).
+*/}}
 {{- define "email-service.jwtSecretName" -}}
 {{- default (include "email-service.secretName" .) .Values.jwt.existingSecret -}}
 {{- end -}}
+
 {{- define "email-service.jwtSecretKey" -}}
-{{- if .Values.jwt.existingSecret -}}{{ .Values.jwt.existingSecretKey }}{{- else -}}jwt_secret{{- end -}}
+{{- ternary .Values.jwt.existingSecretKey "jwt_secret" (not (empty .Values.jwt.existingSecret)) -}}
 {{- end -}}
 
 {{- define "email-service.smtpSecretName" -}}
 {{- default (include "email-service.secretName" .) .Values.smtp.existingSecret -}}
 {{- end -}}
+
 {{- define "email-service.smtpSecretKey" -}}
-{{- if .Values.smtp.existingSecret -}}{{ .Values.smtp.existingSecretKey }}{{- else -}}smtp_password{{- end -}}
+{{- ternary .Values.smtp.existingSecretKey "smtp_password" (not (empty .Values.smtp.existingSecret)) -}}
 {{- end -}}
+
 {{- define "email-service.hasSmtpPassword" -}}
 {{- if or .Values.smtp.existingSecret .Values.smtp.password -}}true{{- end -}}
 {{- end -}}
@@ -86,25 +100,22 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "email-service.redisSecretName" -}}
 {{- default (include "email-service.secretName" .) .Values.redis.existingSecret -}}
 {{- end -}}
+
 {{- define "email-service.redisSecretKey" -}}
-{{- if .Values.redis.existingSecret -}}{{ .Values.redis.existingSecretKey }}{{- else -}}redis_password{{- end -}}
+{{- ternary .Values.redis.existingSecretKey "redis_password" (not (empty .Values.redis.existingSecret)) -}}
 {{- end -}}
+
 {{- define "email-service.hasRedisPassword" -}}
 {{- if or .Values.redis.existingSecret .Values.redis.password .Values.redis.bundled -}}true{{- end -}}
 {{- end -}}
 
-{{/* The bundled Redis password: the value, else the one already in the cluster, else new. */}}
+{{/*
+The bundled Redis password, for the chart's Secret. Never generated here: a random value would
+change on every `helm template` (GitOps tools render without cluster access, so `lookup` finds
+nothing) and roll the pods each time. Give it once as a value or in an existing Secret.
+*/}}
 {{- define "email-service.redisPassword" -}}
-{{- if .Values.redis.password -}}
-{{- .Values.redis.password -}}
-{{- else -}}
-{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "email-service.secretName" .) -}}
-{{- if and $existing $existing.data (hasKey $existing.data "redis_password") -}}
-{{- index $existing.data "redis_password" | b64dec -}}
-{{- else -}}
-{{- randAlphaNum 32 -}}
-{{- end -}}
-{{- end -}}
+{{- required "redis.password or redis.existingSecret is required with the bundled Redis: generate one once (openssl rand -hex 24) and keep it in your values or in a Secret" .Values.redis.password -}}
 {{- end -}}
 
 {{- define "email-service.redisHost" -}}
@@ -119,7 +130,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- if .Values.config.templateNamespaces -}}
 {{- join "," .Values.config.templateNamespaces -}}
 {{- else -}}
-{{- .Release.Namespace -}}
+{{- include "email-service.namespace" . -}}
 {{- end -}}
 {{- end -}}
 
@@ -129,25 +140,38 @@ name> (jwt_secret, smtp_password, redis_password). Call with (dict "root" $ "jwt
 */}}
 {{- define "email-service.secretsVolume" -}}
 {{- $root := .root -}}
-{{- $sources := list -}}
-{{- if .jwt -}}
-{{- $sources = append $sources (dict "secret" (dict "name" (include "email-service.jwtSecretName" $root) "items" (list (dict "key" (include "email-service.jwtSecretKey" $root) "path" "jwt_secret")))) -}}
-{{- end -}}
-{{- if and .smtp (include "email-service.hasSmtpPassword" $root) -}}
-{{- $sources = append $sources (dict "secret" (dict "name" (include "email-service.smtpSecretName" $root) "items" (list (dict "key" (include "email-service.smtpSecretKey" $root) "path" "smtp_password")))) -}}
-{{- end -}}
-{{- if include "email-service.hasRedisPassword" $root -}}
-{{- $sources = append $sources (dict "secret" (dict "name" (include "email-service.redisSecretName" $root) "items" (list (dict "key" (include "email-service.redisSecretKey" $root) "path" "redis_password")))) -}}
-{{- end -}}
+{{- $jwt := .jwt -}}
+{{- $smtp := and .smtp (include "email-service.hasSmtpPassword" $root) -}}
+{{- $redis := include "email-service.hasRedisPassword" $root -}}
 - name: secrets
-{{- if $sources }}
+{{- if or $jwt $smtp $redis }}
   projected:
     defaultMode: 0440
     sources:
-      {{- toYaml $sources | nindent 6 }}
+      {{- if $jwt }}
+      {{- $ref := dict "name" (include "email-service.jwtSecretName" $root) "key" (include "email-service.jwtSecretKey" $root) "path" "jwt_secret" }}
+      {{- include "email-service.secretFile" $ref | nindent 6 }}
+      {{- end }}
+      {{- if $smtp }}
+      {{- $ref := dict "name" (include "email-service.smtpSecretName" $root) "key" (include "email-service.smtpSecretKey" $root) "path" "smtp_password" }}
+      {{- include "email-service.secretFile" $ref | nindent 6 }}
+      {{- end }}
+      {{- if $redis }}
+      {{- $ref := dict "name" (include "email-service.redisSecretName" $root) "key" (include "email-service.redisSecretKey" $root) "path" "redis_password" }}
+      {{- include "email-service.secretFile" $ref | nindent 6 }}
+      {{- end }}
 {{- else }}
   emptyDir: {sizeLimit: 1Mi}
 {{- end }}
+{{- end -}}
+
+{{/* One source of the secrets volume: (dict "name" <Secret> "key" <key> "path" <file>). */}}
+{{- define "email-service.secretFile" -}}
+- secret:
+    name: {{ .name }}
+    items:
+      - key: {{ .key }}
+        path: {{ .path }}
 {{- end -}}
 
 {{/* Pod annotations that roll the pods when configuration or chart-made secrets change. */}}
