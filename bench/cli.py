@@ -34,6 +34,7 @@ from .modes import full, profile_mode, smoke, sweep_mode
 from .procs import machine_busy_seconds
 from .report import table
 from .run import Run, Sizes
+from .targets import MISSED, judge
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,8 +92,13 @@ def main(argv: list[str] | None = None) -> int:
                                  else "aof-appendfsync-always",
                                  "seconds": round(time.monotonic() - run.started, 1)}
         run.figures["notes"] = run.notes
+        run.figures["verdicts"] = verdicts = judge(run.figures)
         print(table(run))
         for note in run.notes:
             print(f"note: {note}")
         print(json.dumps(run.figures, separators=(",", ":")), flush=True)
-    return 0
+    # The smoke check fails the command when the pipeline lost, doubled or invented a message;
+    # a full run only reports (its figures depend on the machine).
+    smoke_failed = any(verdict == MISSED for figure, verdict in verdicts.items()
+                       if figure.startswith("smoke."))
+    return 1 if smoke_failed else 0

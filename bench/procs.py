@@ -25,9 +25,9 @@ import harness.redis
 from harness.ports import free_port
 from harness.processes import REPO, stop_group
 from harness.redis import queue_idle
-from harness.waiting import ProcessExited, wait_for
+from harness.waiting import ProcessExited, WaitTimeout, wait_for
 
-__all__ = ["REPO", "ProcessExited", "free_port", "queue_idle", "wait_for"]
+__all__ = ["REPO", "ProcessExited", "WaitTimeout", "free_port", "queue_idle", "wait_for"]
 
 
 def peak_rss_mb(pid: int) -> float | None:
