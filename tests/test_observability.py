@@ -14,7 +14,6 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -277,11 +276,25 @@ def test_logs_are_json_with_trace_ids_and_no_secrets(observed: Observed,
     assert TEST_SECRET not in text
 
 
-def test_log_lines_are_all_json(observed: Observed, tmp_path: Path) -> None:
-    for process in (observed.api, observed.worker):
-        for line in process.output().splitlines():
-            if line.strip():
-                json.loads(line)
+def test_log_lines_are_all_json(observed: Observed, smtp_server: SMTPServer) -> None:
+    to = f"json-lines-{uuid.uuid4().hex[:6]}@example.org"
+    message_id = send(observed, to).json()["id"]
+    wait_for(lambda: smtp_server.handler.to(to), message="the email")
+    # Each process logs this message ("queued", "delivered"): its output cannot be empty, and
+    # every line of it parses (a line that does not keeps failing until the deadline).
+    for process, event in ((observed.api, "queued"), (observed.worker, "delivered")):
+        entries = wait_for(lambda process=process, event=event: _logged(process, message_id,
+                                                                        event),
+                           message=f"a {event!r} line for {message_id} among JSON lines")
+        assert all({"time", "level", "logger", "message"} <= set(entry) for entry in entries)
+
+
+def _logged(process: ServiceProcess, message_id: str, event: str) -> list[dict[str, Any]]:
+    """Every line the process logged, parsed, once one of them is ``event`` for the message."""
+    entries = [json.loads(line) for line in process.output().splitlines() if line.strip()]
+    found = any(entry.get("message_id") == message_id and entry["message"] == event
+                for entry in entries)
+    return entries if found else []
 
 
 _SPAN_PROBE = """

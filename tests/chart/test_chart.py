@@ -261,7 +261,10 @@ def test_two_renders_are_identical(helm_binary: str, env: str) -> None:
 # --- pods: probes, hardening, rolling ----------------------------------------------------------
 
 def test_every_container_is_probed_hardened_and_sized(env_docs: list[dict[str, Any]]) -> None:
-    for name, spec in pod_specs(env_docs).items():
+    specs = pod_specs(env_docs)
+    assert {"mail-email-service-ingress", "mail-email-service-worker",
+            "mail-email-service-operator", "mail-email-service-test"} <= set(specs)
+    for name, spec in specs.items():
         assert spec["securityContext"]["runAsNonRoot"] is True, name
         assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
         for container in spec["containers"]:
