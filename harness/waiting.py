@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 T = TypeVar("T")
 
@@ -17,8 +17,12 @@ class WaitTimeout(AssertionError, TimeoutError):
     """The deadline passed: a test failure (AssertionError) and a timeout (TimeoutError)."""
 
 
-def wait_for(condition: Callable[[], T], *, timeout: float = 15.0, interval: float = 0.02,
-             message: str = "condition") -> T:
+#: What a condition returns while it does not hold yet (e.g. ``x and y`` gives ``False``).
+NotYet = None | Literal[False]
+
+
+def wait_for(condition: Callable[[], T | NotYet], *, timeout: float = 15.0,
+             interval: float = 0.02, message: str = "condition") -> T:
     """Poll ``condition`` until it returns something truthy and return that; raise
     :class:`WaitTimeout` at the deadline. Errors while polling count as "not yet" (the thing
     may not be up), except :class:`ProcessExited`."""
