@@ -75,34 +75,20 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/*
 Each secret (jwt, smtp, redis) lives in an existing Secret under existingSecretKey, or in the
-chart's Secret under the file name the pods read (jwt_secret, smtp_password, redis_password).
+chart's Secret under the file name the pods read. Call with
+(dict "root" $ "secret" "redis" "file" "redis_password").
 */}}
-{{- define "email-service.jwtSecretName" -}}
-{{- default (include "email-service.secretName" .) .Values.jwt.existingSecret -}}
+{{- define "email-service.secretRefName" -}}
+{{- (index .root.Values .secret).existingSecret | default (include "email-service.secretName" .root) -}}
 {{- end -}}
 
-{{- define "email-service.jwtSecretKey" -}}
-{{- ternary .Values.jwt.existingSecretKey "jwt_secret" (not (empty .Values.jwt.existingSecret)) -}}
-{{- end -}}
-
-{{- define "email-service.smtpSecretName" -}}
-{{- default (include "email-service.secretName" .) .Values.smtp.existingSecret -}}
-{{- end -}}
-
-{{- define "email-service.smtpSecretKey" -}}
-{{- ternary .Values.smtp.existingSecretKey "smtp_password" (not (empty .Values.smtp.existingSecret)) -}}
+{{- define "email-service.secretRefKey" -}}
+{{- $values := index .root.Values .secret -}}
+{{- ternary $values.existingSecretKey .file (not (empty $values.existingSecret)) -}}
 {{- end -}}
 
 {{- define "email-service.hasSmtpPassword" -}}
 {{- if or .Values.smtp.existingSecret .Values.smtp.password -}}true{{- end -}}
-{{- end -}}
-
-{{- define "email-service.redisSecretName" -}}
-{{- default (include "email-service.secretName" .) .Values.redis.existingSecret -}}
-{{- end -}}
-
-{{- define "email-service.redisSecretKey" -}}
-{{- ternary .Values.redis.existingSecretKey "redis_password" (not (empty .Values.redis.existingSecret)) -}}
 {{- end -}}
 
 {{- define "email-service.hasRedisPassword" -}}
@@ -115,7 +101,9 @@ change on every `helm template` (GitOps tools render without cluster access, so 
 nothing) and roll the pods each time. Give it once as a value or in an existing Secret.
 */}}
 {{- define "email-service.redisPassword" -}}
-{{- required "redis.password or redis.existingSecret is required with the bundled Redis: generate one once (openssl rand -hex 24) and keep it in your values or in a Secret" .Values.redis.password -}}
+{{- $how := "generate one once (openssl rand -hex 24) and keep it in your values or in a Secret" -}}
+{{- $message := printf "redis.password or redis.existingSecret is required with the bundled Redis: %s" $how -}}
+{{- required $message .Values.redis.password -}}
 {{- end -}}
 
 {{- define "email-service.redisHost" -}}
@@ -149,29 +137,26 @@ name> (jwt_secret, smtp_password, redis_password). Call with (dict "root" $ "jwt
     defaultMode: 0440
     sources:
       {{- if $jwt }}
-      {{- $ref := dict "name" (include "email-service.jwtSecretName" $root) "key" (include "email-service.jwtSecretKey" $root) "path" "jwt_secret" }}
-      {{- include "email-service.secretFile" $ref | nindent 6 }}
+      {{- include "email-service.secretFile" (dict "root" $root "secret" "jwt" "file" "jwt_secret") | nindent 6 }}
       {{- end }}
       {{- if $smtp }}
-      {{- $ref := dict "name" (include "email-service.smtpSecretName" $root) "key" (include "email-service.smtpSecretKey" $root) "path" "smtp_password" }}
-      {{- include "email-service.secretFile" $ref | nindent 6 }}
+      {{- include "email-service.secretFile" (dict "root" $root "secret" "smtp" "file" "smtp_password") | nindent 6 }}
       {{- end }}
       {{- if $redis }}
-      {{- $ref := dict "name" (include "email-service.redisSecretName" $root) "key" (include "email-service.redisSecretKey" $root) "path" "redis_password" }}
-      {{- include "email-service.secretFile" $ref | nindent 6 }}
+      {{- include "email-service.secretFile" (dict "root" $root "secret" "redis" "file" "redis_password") | nindent 6 }}
       {{- end }}
 {{- else }}
   emptyDir: {sizeLimit: 1Mi}
 {{- end }}
 {{- end -}}
 
-{{/* One source of the secrets volume: (dict "name" <Secret> "key" <key> "path" <file>). */}}
+{{/* One source of the secrets volume, as /run/secrets/<file>: call like secretRefName. */}}
 {{- define "email-service.secretFile" -}}
 - secret:
-    name: {{ .name }}
+    name: {{ include "email-service.secretRefName" . }}
     items:
-      - key: {{ .key }}
-        path: {{ .path }}
+      - key: {{ include "email-service.secretRefKey" . }}
+        path: {{ .file }}
 {{- end -}}
 
 {{/* Pod annotations that roll the pods when configuration or chart-made secrets change. */}}
