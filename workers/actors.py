@@ -102,13 +102,14 @@ def _send(job: dict[str, Any], retries: int, redis_id: str | None) -> str:
         if retries >= settings.max_retries:
             log.error("dead-lettered after %d attempts: %s", retries + 1, failure, extra=context)
             status.record(message_id, DEAD, f"gave up after {retries + 1} attempts: {failure}",
-                          last_error=failure.text, last_code=failure.code, redis_id=redis_id)
+                          last_error=failure.text, last_code=failure.code, redis_id=redis_id,
+                          outcome=failure.outcome)
             metrics.MESSAGES.labels(template, transport, "dead").inc()
             metrics.DEAD_LETTERS.labels("exhausted").inc()
         else:
             log.warning("attempt %d failed, will retry: %s", retries + 1, failure, extra=context)
             status.record(message_id, RETRYING, str(failure), last_error=failure.text,
-                          last_code=failure.code)
+                          last_code=failure.code, outcome=failure.outcome)
             metrics.MESSAGES.labels(template, transport, "retry").inc()
             metrics.RETRIES.inc()
         trace.get_current_span().set_attribute(
