@@ -18,6 +18,8 @@ from email_validator import EmailNotValidError, validate_email
 
 #: The longest address SMTP carries (RFC 5321 path limit, less the angle brackets).
 MAX_ADDRESS = 254
+#: The longest part before the ``@`` (RFC 5321 4.5.3.1.1); relays refuse longer ones.
+MAX_LOCAL_PART = 64
 
 # ``addr``, ``Name <addr>`` or ``"Name" <addr>``: one mailbox, nothing else (no groups, lists or
 # comments), so a template's sender override means exactly one thing.
@@ -43,6 +45,9 @@ def normalize_address(value: str) -> str:
     assert ascii_email is not None  # allow_smtputf8=False guarantees it
     if len(ascii_email) > MAX_ADDRESS:
         raise ValueError(f"not a valid email address: longer than {MAX_ADDRESS} characters")
+    if len(valid.local_part) > MAX_LOCAL_PART:
+        raise ValueError(f"not a valid email address: the part before the @ is longer than "
+                         f"{MAX_LOCAL_PART} characters")
     return ascii_email
 
 

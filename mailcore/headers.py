@@ -35,7 +35,8 @@ _BLOCKED_X = (
     "x-spam", "x-virus", "x-amavis", "x-ham-",  # filter verdicts
     "x-ms-", "x-microsoft-", "x-forefront-", "x-exchange-",  # Exchange/EOP trust these
     "x-google-", "x-gm-", "x-yahoo-", "x-apple-",  # mailbox providers' internals
-    "x-original", "x-forwarded-", "x-received", "x-envelope-", "x-apparently-to",
+    "x-original", "x-originating-", "x-forwarded-", "x-received", "x-envelope-",
+    "x-apparently-to", "x-confirm-reading-to",
     "x-sender", "x-authenticated-", "x-authentication-", "x-auth-", "x-client-ip",
     "x-smtpapi", "x-ses-", "x-mailgun-", "x-mc-", "x-pm-", "x-mj-", "x-mailjet-",  # relays
 )

@@ -20,6 +20,7 @@ import base64
 import binascii
 import os
 from dataclasses import dataclass
+from email.charset import Charset
 from email.header import Header
 from email.utils import formataddr, formatdate
 
@@ -28,6 +29,7 @@ from .rendering import RenderedEmail
 
 #: Longest header line we emit unfolded (RFC 5322 recommends 78 characters).
 _FOLD_AT = 78
+_UTF8 = Charset("utf-8")
 
 
 @dataclass(frozen=True)
@@ -46,9 +48,9 @@ class Envelope:
 def _mailbox(recipient: Recipient) -> str:
     name = recipient.name
     if name and "=?" in name:
-        # formataddr would pass an ASCII encoded word through for the client to decode.
-        encoded = Header(name, "utf-8").encode(linesep="\r\n")
-        return f"{encoded} <{recipient.email}>"
+        # formataddr would pass an ASCII encoded word through for the client to decode; one
+        # encoded word, as formataddr writes non-ASCII names (parsers space out split ones).
+        return f"{_UTF8.header_encode(name)} <{recipient.email}>"
     return formataddr((name or "", recipient.email), charset="utf-8")
 
 
