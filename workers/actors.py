@@ -25,6 +25,7 @@ from mailcore.telemetry import configure_tracing, extract_context, tracer
 from mailcore.transports import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 
 from . import metrics
+from .delivery import job_template
 from .runtime import build_runtime
 
 log = logging.getLogger("email_service.worker")
@@ -71,7 +72,7 @@ def send_email(job: dict[str, Any]) -> None:
 def _send(job: dict[str, Any], retries: int, redis_id: str | None) -> str:
     """Guarded delivery with status records; returns the outcome (or raises for Dramatiq)."""
     message_id = job["id"]
-    template = job.get("request", {}).get("template", "")
+    template = job_template(job)  # for metrics; the job is validated by deliver()
     transport = runtime.deliverer.transport.name
     status = runtime.status
     # The guard that makes redelivery safe: never send what the relay already accepted.

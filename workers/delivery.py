@@ -130,6 +130,13 @@ def parse_job(job: Any) -> SendRequest:
         raise InvalidJobError(f"invalid job: request {details}") from None
 
 
+def job_template(job: dict[str, Any]) -> str:
+    """The template a job names, or "" (for metric labels, before the job is validated)."""
+    request = job.get("request")
+    template = request.get("template") if isinstance(request, dict) else None
+    return template if isinstance(template, str) else ""
+
+
 def _override(field: str, value: str | None) -> Recipient | None:
     """A template resource's ``from``/``replyTo`` (``"Name <addr>"`` or ``"addr"``)."""
     if not value:
@@ -137,7 +144,8 @@ def _override(field: str, value: str | None) -> Recipient | None:
     try:
         return _recipient(value)
     except ValueError as exc:
-        raise InvalidJobError(f"template {field} {value[:100]!r} is not usable: {exc}") from None
+        raise InvalidJobError(
+            f"the template's {field} {value[:100]!r} is not a usable mailbox: {exc}") from None
 
 
 # Templates carry few distinct overrides; parse each once, not once per message.
