@@ -30,6 +30,9 @@ from .rendering import RenderedEmail
 #: Longest header line we emit unfolded (RFC 5322 recommends 78 characters).
 _FOLD_AT = 78
 _UTF8 = Charset("utf-8")
+#: Longest display name written as one encoded word; longer ones are folded, so that no line
+#: exceeds RFC 5322's 998 characters.
+_LONGEST_WORD = 600
 
 
 @dataclass(frozen=True)
@@ -47,11 +50,14 @@ class Envelope:
 
 def _mailbox(recipient: Recipient) -> str:
     name = recipient.name
-    if name and "=?" in name:
-        # formataddr would pass an ASCII encoded word through for the client to decode; one
-        # encoded word, as formataddr writes non-ASCII names (parsers space out split ones).
-        return f"{_UTF8.header_encode(name)} <{recipient.email}>"
-    return formataddr((name or "", recipient.email), charset="utf-8")
+    if name and ("=?" in name or not name.isascii()):
+        # Always encoded: formataddr would pass an ASCII encoded word through for the client
+        # to decode. One word while it fits a line (some parsers space out split words).
+        encoded = _UTF8.header_encode(name)
+        if len(encoded) > _LONGEST_WORD:
+            encoded = Header(name, "utf-8").encode(linesep="\r\n")
+        return f"{encoded} <{recipient.email}>"
+    return formataddr((name or "", recipient.email))
 
 
 def _header(name: str, value: str) -> str:

@@ -138,19 +138,22 @@ ENCODED_WORDS = [
 ]
 
 
-def _envelope(name: str, **overrides: Any) -> EmailMessage:
+def _raw(name: str) -> bytes:
     request = SendRequest.model_validate({
         "template": "t", "to": {"email": "to@example.com", "name": name},
         "cc": [{"email": "cc@example.com", "name": name}],
         "reply_to": {"email": "reply@example.com", "name": name},
         "from": {"email": "shop@example.com", "name": name},
-        "headers": {"X-Note": name}, **overrides})
+        "headers": {"X-Note": name}})
     assert request.sender is not None
-    envelope = build_envelope(
+    return build_envelope(
         message_id="m-1", rendered=RenderedEmail(subject=name, html="<p>h</p>", text="t"),
         sender=request.sender, to=request.to, cc=request.cc, reply_to=request.reply_to,
-        headers=request.headers)
-    message = message_from_bytes(envelope.as_bytes(), policy=policy.default)
+        headers=request.headers).as_bytes()
+
+
+def _envelope(name: str) -> EmailMessage:
+    message = message_from_bytes(_raw(name), policy=policy.default)
     assert isinstance(message, EmailMessage)
     return message
 
@@ -182,3 +185,15 @@ def test_unencoded_plain_ascii_stays_readable_on_the_wire() -> None:
         sender=request.to[0], to=request.to).as_bytes()
     assert b"From: Ada Lovelace <to@example.com>\r\n" in raw
     assert b"Subject: Your code\r\n" in raw
+
+
+@pytest.mark.parametrize("name", ["\U0001f600" * 200, "=?" + "\u00e9" * 198, "=?" * 100,
+                                  "Zo\u00eb " * 40])
+def test_the_longest_names_stay_within_the_line_limit(name: str) -> None:
+    raw = _raw(name[:200])
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+    message = _envelope(name[:200])
+    for field in ("From", "To", "Cc", "Reply-To"):
+        shown = message[field].addresses[0].display_name
+        # Python's parser spaces out adjacent encoded words (RFC 2047 says to join them).
+        assert shown.replace(" ", "") == name[:200].replace(" ", ""), field
