@@ -27,7 +27,8 @@ MAX_HEADERS = 20
 MAX_VALUE = 998
 
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-_X_NAME = re.compile(r"^X-[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*$", re.IGNORECASE)
+# re.ASCII: without it IGNORECASE lets the Kelvin sign match "k" and the long s match "s".
+_X_NAME = re.compile(r"^X-[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*$", re.IGNORECASE | re.ASCII)
 _MAX_NAME = 76
 #: X- headers that receiving systems, filters or hosted relays act on (lower-case prefixes).
 _BLOCKED_X = (
@@ -45,8 +46,8 @@ _URI_LIST = r"<[!-;=?-~]+>(?:\s*,\s*<[!-;=?-~]+>)*"
 _MSG_IDS = r"<[!-;=?-~]+@[!-;=?-~]+>(?:\s+<[!-;=?-~]+@[!-;=?-~]+>)*"
 #: Named headers and the shape each value must have (RFC 2369, 2919, 8058, 5322, 3834).
 _NAMED: dict[str, tuple[str, re.Pattern[str]]] = {
-    name.lower(): (name, re.compile(f"^(?:{shape})$", re.IGNORECASE if name in {
-        "Auto-Submitted", "Precedence"} else 0))
+    name.lower(): (name, re.compile(f"^(?:{shape})$", re.ASCII | (re.IGNORECASE if name in {
+        "Auto-Submitted", "Precedence"} else 0)))
     for name, shape in {
         "List-Unsubscribe": _URI_LIST,
         "List-Unsubscribe-Post": r"List-Unsubscribe=One-Click",
