@@ -26,7 +26,8 @@ MAX_HEADERS = 20
 #: Longest custom header value (RFC 5322's line limit).
 MAX_VALUE = 998
 
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# Control characters, and lone surrogates (not encodable: the message could not be written).
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\ud800-\udfff]")
 # re.ASCII: without it IGNORECASE lets the Kelvin sign match "k" and the long s match "s".
 _X_NAME = re.compile(r"^X-[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*$", re.IGNORECASE | re.ASCII)
 _MAX_NAME = 76

@@ -42,7 +42,8 @@ _TEMPLATE_NAME = (
     r"^(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?/)?"  # optional namespace/
     r"[a-z0-9](?:[a-z0-9._-]{0,251}[a-z0-9])?$"
 )
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# Control characters, and lone surrogates (not encodable: the message could not be written).
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\ud800-\udfff]")
 
 
 def _no_line_breaks(value: str) -> str:

@@ -111,6 +111,18 @@ def test_invalid_addresses_are_refused(address: str) -> None:
         normalize_address(address)
 
 
+@pytest.mark.parametrize("to", [
+    42, None, True, [["ada@example.com"]], {"email": 42}, {"email": None},
+    {"email": ["ada@example.com"]}, {"email": "ada@example.com", "name": 7},
+    {"email": "ada@example.com", "extra": 1}, "ada@example.com\x00", "ada@example.com\ud800",
+    "a" * 400 + "@example.com", "ada@" + "b" * 300 + ".com", "", "@", "ada@", "@example.com",
+])
+def test_addresses_of_other_types_and_sizes_are_refused(to: Any) -> None:
+    with pytest.raises(ValidationError) as refused:
+        SendRequest.model_validate({"template": "t", "to": to})
+    assert refused.value.errors()[0]["loc"][0] == "to"
+
+
 def test_door_answers_422_naming_the_field(redis_server: RedisServer) -> None:
     settings = Settings.from_env({
         "REDIS_URL": redis_server.url, "JWT_SECRET": TEST_SECRET,

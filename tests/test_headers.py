@@ -100,6 +100,28 @@ def test_header_values_are_bounded_single_lines_in_their_rfc_shape(
         SendRequest.model_validate({"template": "t", "to": "a@example.com", "headers": headers})
 
 
+@pytest.mark.parametrize("headers", [
+    {"X-Trace": 5}, {"X-Trace": None}, {"X-Trace": ["a"]}, {"X-Trace": {"a": "b"}},
+    {"X-Trace": True}, {"X-Trace": b"bytes".decode() + "\ud800"}, [["X-Trace", "a"]], "X-Trace: a",
+])
+def test_header_values_of_other_types_are_refused(headers: Any) -> None:
+    with pytest.raises(ValidationError) as refused:
+        SendRequest.model_validate({"template": "t", "to": "a@example.com", "headers": headers})
+    assert refused.value.errors()[0]["loc"][0] == "headers"
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("subject", "Hi \ud800"), ("subject", "Hi\x00"), ("subject", "Hi\x1b[31m"),
+    ("to", {"email": "a@example.com", "name": "A\udfff"}),
+    ("from", {"email": "a@example.com", "name": "A\x7f"}),
+    ("reply_to", {"email": "a@example.com", "name": "A\x0b"}),
+])
+def test_text_that_cannot_be_a_header_is_refused(field: str, value: Any) -> None:
+    with pytest.raises(ValidationError) as refused:
+        SendRequest.model_validate({"template": "t", "to": "a@example.com", field: value})
+    assert refused.value.errors()[0]["loc"][0] == field
+
+
 @pytest.fixture
 def client(redis_server: RedisServer) -> Iterator[TestClient]:
     settings = Settings.from_env({
