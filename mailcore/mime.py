@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
 from dataclasses import dataclass
 from email.charset import Charset
 from email.header import Header
@@ -30,6 +31,8 @@ from .rendering import RenderedEmail
 #: Longest header line we emit unfolded (RFC 5322 recommends 78 characters).
 _FOLD_AT = 78
 _UTF8 = Charset("utf-8")
+#: Characters no header may carry raw: controls (tab aside) and lone surrogates.
+_UNWRITABLE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\ud800-\udfff]")
 #: Longest display name written as one encoded word; longer ones are folded, so that no line
 #: exceeds RFC 5322's 998 characters.
 _LONGEST_WORD = 600
@@ -63,6 +66,9 @@ def _mailbox(recipient: Recipient) -> str:
 def _header(name: str, value: str) -> str:
     """One header line (folded if long); non-ASCII text and text containing ``=?`` become
     RFC 2047 encoded-words."""
+    if _UNWRITABLE.search(value):
+        # A rendered subject carries what the data carried: no NUL or escape reaches the wire.
+        value = _UNWRITABLE.sub("\ufffd", value)
     literal = "=?" not in value
     if literal and value.isascii() and len(name) + 2 + len(value) <= _FOLD_AT:
         return f"{name}: {value}"

@@ -223,3 +223,19 @@ def test_the_longest_names_stay_within_the_line_limit(name: str) -> None:
         shown = message[field].addresses[0].display_name
         # Python's parser spaces out adjacent encoded words (RFC 2047 says to join them).
         assert shown.replace(" ", "") == name[:200].replace(" ", ""), field
+
+
+@pytest.mark.parametrize("subject", ["Hi\x00there", "Hi\x1b[31mred", "Hi\x7f", "Hi\ud800",
+                                     "=?utf-8?q?x?=\x00", "\x01" * 100])
+def test_a_rendered_subject_never_puts_controls_on_the_wire(subject: str) -> None:
+    """A template's subject renders from data; whatever it holds, the header is clean."""
+    raw = build_envelope(
+        message_id="m-1", rendered=RenderedEmail(subject=subject, html="h", text="t"),
+        sender=SendRequest.model_validate({"template": "t", "to": "a@example.com"}).to[0],
+        to=SendRequest.model_validate({"template": "t", "to": "b@example.com"}).to).as_bytes()
+    headers = raw.partition(b"\r\n\r\n")[0]
+    assert not [byte for byte in headers if (byte < 0x20 and byte not in b"\r\n\t") or byte == 0x7f]
+    message = message_from_bytes(raw, policy=policy.default)
+    assert message["Subject"].replace("\ufffd", "?") == "".join(
+        "?" if ord(char) < 0x20 or ord(char) == 0x7f or 0xD800 <= ord(char) <= 0xDFFF
+        else char for char in subject)
