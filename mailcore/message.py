@@ -24,7 +24,7 @@ from pydantic import (
 )
 
 from .addresses import normalize_address, parse_mailbox
-from .headers import MAX_HEADERS, MAX_VALUE, check_headers
+from .headers import ALLOWED, MAX_HEADERS, MAX_VALUE, check_headers
 
 __all__ = [
     "ACCEPTED", "MAX_BATCH", "MAX_HEADERS", "MAX_RECIPIENTS", "BatchRequest", "EmailAddress",
@@ -117,7 +117,7 @@ class SendRequest(BaseModel):
     cc: RecipientList = Field(default_factory=list)
     bcc: RecipientList = Field(default_factory=list)
     headers: dict[str, Annotated[HeaderText, Field(max_length=MAX_VALUE)]] = Field(
-        default_factory=dict)
+        default_factory=dict, description=f"Custom headers, at most {MAX_HEADERS}: {ALLOWED}")
     locale: Annotated[str, Field(pattern=r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*$")] | None = None
     tags: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]] = Field(
         default_factory=list, max_length=MAX_TAGS
