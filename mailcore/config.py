@@ -366,6 +366,9 @@ class _Env:
         raw = self.text(name, default)
         if "\r" in raw or "\n" in raw:
             raise ConfigError(f"{name}: must not contain line breaks")
+        if any((ord(char) < 0x20 and char != "\t") or ord(char) == 0x7f for char in raw):
+            # Refused here, not when the worker builds its first message.
+            raise ConfigError(f"{name}: must not contain control characters")
         return raw
 
     def secret(self, name: str) -> str | None:

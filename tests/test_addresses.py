@@ -165,7 +165,8 @@ def test_configured_sender_is_normalized_the_same_way() -> None:
     assert settings.allowed_sender_domains == {"xn--strae-oqa.de", "example.org"}
     assert settings.sender_domain_allowed("a@xn--bcher-kva.example")
     assert not settings.sender_domain_allowed("a@strasse.de")
-    for env in ({"SENDER_EMAIL": "zoë@example.com"}, {"ALLOWED_SENDER_DOMAINS": "a..b"}):
+    for env in ({"SENDER_EMAIL": "zoë@example.com"}, {"ALLOWED_SENDER_DOMAINS": "a..b"},
+                {"SENDER_NAME": "Shop\x00"}, {"SENDER_NAME": "Shop\x1b[1m"}):
         with pytest.raises(ConfigError):
             Settings.from_env({**base, **env})
 
