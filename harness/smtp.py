@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
@@ -67,6 +68,35 @@ class RecordingHandler:
     def to(self, address: str) -> list[Received]:
         with self.lock:
             return [m for m in self.received if address in m.rcpt_tos]
+
+
+@dataclass
+class DroppingHandler(RecordingHandler):
+    """The recording relay, able to lose its reply to a message it has received.
+
+    ``drop[address]`` lists what happens to successive messages for ``address``: ``close``
+    (FIN), ``abort`` (RST) or ``silent`` (no reply until the client gives up). Each such message
+    is read to its final ``.`` and kept in ``dropped`` — the relay has it — then not answered.
+    """
+
+    drop: dict[str, list[str]] = field(default_factory=dict)
+    dropped: list[Received] = field(default_factory=list)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        with self.lock:
+            how = next((self.drop[rcpt].pop(0) for rcpt in envelope.rcpt_tos
+                        if self.drop.get(rcpt)), None)
+            if how is not None:
+                self.dropped.append(Received(envelope.mail_from, list(envelope.rcpt_tos),
+                                             bytes(envelope.content)))
+        if how is None:
+            return await super().handle_DATA(server, session, envelope)
+        if how == "abort":
+            server.transport.abort()
+        elif how == "close":
+            server.transport.close()
+        await asyncio.Event().wait()  # until aiosmtpd cancels us: the connection is gone
+        raise AssertionError("unreachable")
 
 
 class SMTPServer:

@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import quote, urlsplit
 
-from email_validator import EmailNotValidError, validate_email
-
+from .addresses import ascii_domain, normalize_address
 from .ratelimit import Rate, parse_rate
 
 SmtpSecurity = Literal["starttls", "ssl", "none"]
@@ -166,10 +165,7 @@ class Settings:
             outbox_dir=Path(env.text("OUTBOX_DIR", "outbox")),
             sender_email=env.email("SENDER_EMAIL", "no-reply@example.com"),
             sender_name=env.header_text("SENDER_NAME", "Example"),
-            allowed_sender_domains=frozenset(
-                d.strip().lower() for d in env.text("ALLOWED_SENDER_DOMAINS", "").split(",")
-                if d.strip()
-            ),
+            allowed_sender_domains=env.domains("ALLOWED_SENDER_DOMAINS"),
             jwt_secret=env.secret("JWT_SECRET"),
             jwt_audience=env.optional("JWT_AUDIENCE"),
             jwt_issuer=env.optional("JWT_ISSUER"),
@@ -354,14 +350,25 @@ class _Env:
     def email(self, name: str, default: str) -> str:
         raw = self.text(name, default)
         try:
-            return validate_email(raw, check_deliverability=False).normalized
-        except EmailNotValidError as exc:
-            raise ConfigError(f"{name}: not a valid email address ({exc})") from None
+            return normalize_address(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+
+    def domains(self, name: str) -> frozenset[str]:
+        """Comma-separated domain names, in the form addresses carry (A-labels)."""
+        try:
+            return frozenset(ascii_domain(d.strip()) for d in self.text(name, "").split(",")
+                             if d.strip())
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc.args[0].replace('address', 'domain')}") from None
 
     def header_text(self, name: str, default: str) -> str:
         raw = self.text(name, default)
         if "\r" in raw or "\n" in raw:
             raise ConfigError(f"{name}: must not contain line breaks")
+        if any((ord(char) < 0x20 and char != "\t") or ord(char) == 0x7f for char in raw):
+            # Refused here, not when the worker builds its first message.
+            raise ConfigError(f"{name}: must not contain control characters")
         return raw
 
     def secret(self, name: str) -> str | None:

@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from opentelemetry import trace
 from pydantic import ValidationError
 
+from mailcore.addresses import mailbox_key
 from mailcore.config import Settings
 from mailcore.message import BatchRequest, SendRequest, error_details
 from mailcore.queue import Acceptor, Charge, Entry, send_job
@@ -152,7 +153,7 @@ class SendService:
         # One token per message per address (an address named twice in a message counts once).
         digests = Counter(
             digest for request in requests if request.template == self.settings.reset_template
-            for digest in {hashlib.sha256(recipient.email.lower().encode()).hexdigest()[:32]
+            for digest in {hashlib.sha256(mailbox_key(recipient.email).encode()).hexdigest()[:32]
                            for recipient in [*request.to, *request.cc, *request.bcc]})
         return tuple(Charge(self.limiter.key(f"reset:{digest}"), rate, tokens)
                      for digest, tokens in digests.items())

@@ -19,11 +19,12 @@ from harness.env import service_env
 from harness.ports import free_port
 from harness.processes import REPO, stop_group
 from harness.redis import RedisServer, dead_letters, queue_idle
-from harness.smtp import Received, RecordingHandler, SMTPServer
+from harness.smtp import DroppingHandler, Received, RecordingHandler, SMTPServer
 from harness.waiting import ProcessExited, wait_for
 
 __all__ = [
-    "EMAIL_SERVICE", "REPO", "TEST_SECRET", "ProcessExited", "Received", "RecordingHandler",
+    "EMAIL_SERVICE", "REPO", "TEST_SECRET", "DroppingHandler", "ProcessExited", "Received",
+    "RecordingHandler",
     "RedisServer", "SMTPServer", "ServiceProcess", "base_env", "dead_letters", "free_port",
     "iter_parts", "queue_idle", "wait_for",
 ]
