@@ -7,7 +7,10 @@ so the queue length tells exactly what was accepted.
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -118,6 +121,71 @@ def test_bad_tokens_are_refused(
     assert reason in response.json()["message"]
     assert response.headers["www-authenticate"].startswith('Bearer realm="email-service"')
     assert queued() == 0
+
+
+#: RFC 6750: auth-param values are quoted strings without quote or backslash inside.
+_CHALLENGE = re.compile(r'Bearer realm="email-service"(, error="invalid_token", '
+                        r'error_description="[\x20\x21\x23-\x5b\x5d-\x7e]*")?')
+
+
+def _hs256(header: str, claims: str) -> str:
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    signing_input = f"{b64(header.encode())}.{b64(claims.encode())}"
+    mac = hmac.new(TEST_SECRET.encode(), signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{b64(mac)}"
+
+
+_HS = '{"alg": "HS256"}'
+_LIVE = '{"exp": ' + str(FUTURE) + ', '
+HOSTILE_AUTHORIZATIONS = {
+    "alg-list": _hs256('{"alg": ["HS256"]}', "{}"),
+    "alg-object": _hs256('{"alg": {"a": 1}}', "{}"),
+    "alg-quote": _hs256(r'{"alg": "HS256\", x=\"y"}', "{}"),
+    "alg-non-latin1": _hs256(r'{"alg": "\u00e9\u8acb"}', "{}"),
+    "alg-lone-surrogate": _hs256(r'{"alg": "\ud800"}', "{}"),
+    "kid-list": _hs256('{"alg": "HS256", "kid": [1]}', "{}"),
+    "exp-huge-int": _hs256('{"alg": "HS256", "typ": {}}', '{"exp": 1' + "0" * 400 + "}"),
+    "exp-infinite": _hs256(_HS, '{"exp": 1e999}'),
+    "exp-nested": _hs256(_HS, '{"exp": ' + "[" * 100 + "]" * 100 + "}"),
+    "sub-list": _hs256(_HS, _LIVE + '"sub": []}'),
+    "sub-huge-int": _hs256(_HS, _LIVE + '"sub": 1' + "0" * 2000 + "}"),
+    "sub-nested": _hs256(_HS, _LIVE + '"sub": ' + '{"a": ' * 50 + "1" + "}" * 50 + "}"),
+    "scope-object": _hs256(_HS, _LIVE + '"scope": {"a": 1}}'),
+    "scp-ints": _hs256(_HS, _LIVE + '"scp": [1, 2]}'),
+    "iss-list": _hs256(_HS, _LIVE + '"iss": ["x"]}'),
+    "nbf-text": _hs256(_HS, _LIVE + '"nbf": "soon"}'),
+    "claims-array": _hs256(_HS, "[]"),
+    "oversize": "a" * 9000,
+    "non-ascii": "x.y.z" + "\u00e9" * 10,
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE_AUTHORIZATIONS))
+def test_hostile_tokens_are_401_with_a_well_formed_challenge(
+    client: TestClient, queued: Any, name: str
+) -> None:
+    authorization = f"Bearer {HOSTILE_AUTHORIZATIONS[name]}".encode("utf-8", "surrogatepass")
+    response = client.post("/v1/messages", json=valid_message(),
+                           headers={"Authorization": authorization})
+    assert response.status_code == 401, response.text
+    assert response.json()["error"] == "unauthorized"
+    assert _CHALLENGE.fullmatch(response.headers["www-authenticate"])
+    assert 'x="y' not in response.headers["www-authenticate"]
+    assert queued() == 0
+
+
+def test_max_token_lifetime_is_enforced_when_configured(redis_server: RedisServer) -> None:
+    settings = Settings.from_env({
+        "REDIS_URL": redis_server.url, "JWT_SECRET": TEST_SECRET, "QUEUE_NAME": QUEUE,
+        "JWT_MAX_LIFETIME": "3600", "EVENTS_ENABLED": "false", "SECRETS_DIR": "/nonexistent",
+    })
+    with TestClient(create_app(settings)) as client:
+        long_lived = mint_token(TEST_SECRET, ttl_seconds=30 * 86400)
+        refused = send(client, valid_message(), bearer(long_lived))
+        assert refused.status_code == 401 and "JWT_MAX_LIFETIME" in refused.json()["message"]
+        assert send(client, valid_message(), bearer(mint_token(TEST_SECRET))).status_code == 202
 
 
 @pytest.mark.parametrize("subject", ["Zoë ✓ 請求", 'quote " and \\ backslash', "x" * 300])
