@@ -29,16 +29,9 @@ from . import legacy
 from .auth import authenticate
 from .body import decode_json_object, read_body, read_json_object
 from .errors import ApiError, JSONResponse, http_error
+from .offload import OFFLOAD_BYTES, off_loop
 from .openapi import PreviewRequest, openapi_document
 from .sending import BatchResponder, SendService
-
-#: Bodies larger than this are decoded and validated in a worker thread, so that one large
-#: request (a 100-message batch takes ~0.1-1 s of CPU) never holds the event loop: the loop
-#: keeps answering other requests and probes between the thread's GIL slices.
-OFFLOAD_BYTES = 16 * 1024
-#: Large bodies validated at once (the others wait for a slot, not for the loop).
-_VALIDATION_LIMITER = anyio.CapacityLimiter(2)
-
 
 _MESSAGE_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -104,8 +97,7 @@ async def _send(request: Request, parse: Parser, *, source: str, respond: BatchR
                     body)
 
             if len(raw) > OFFLOAD_BYTES:
-                messages, idempotency = await anyio.to_thread.run_sync(
-                    parse_all, limiter=_VALIDATION_LIMITER)
+                messages, idempotency = await off_loop(parse_all)
             else:
                 messages, idempotency = parse_all()
         except (ApiError, EmailServiceError):

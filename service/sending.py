@@ -35,6 +35,7 @@ from mailcore.tokens import Caller
 from mailcore.validation import Validator
 
 from .metrics import IngressMetrics
+from .offload import OFFLOAD_MESSAGES, off_loop
 
 log = logging.getLogger("email_service.ingress")
 
@@ -154,18 +155,25 @@ class SendService:
                         else sorted({r.template for r in requests})},
         ):
             carrier = inject_context()  # the worker continues this trace
-            entries = []
-            for message_id, request in zip(ids, requests, strict=True):
-                job = send_job(message_id, request.model_dump(
-                    mode="json", by_alias=True, exclude_defaults=True), source=source)
-                job["trace"] = carrier
-                recipients = [r.email for r in [*request.to, *request.cc, *request.bcc]]
-                fields = initial_fields(message_id=message_id, owner=owner,
-                                        template=request.template, recipients=recipients,
-                                        source=source)
-                entries.append(Entry(job, fields, event(QUEUED, f"accepted via {source}")))
-            replay = await self._accept(entries, requests, owner=owner, idempotency=idempotency,
-                                        status_code=status_code, body=body, caller=caller)
+
+            def build() -> tuple[list[Entry], list[list[Any]]]:
+                entries = []
+                for message_id, request in zip(ids, requests, strict=True):
+                    job = send_job(message_id, request.model_dump(
+                        mode="json", by_alias=True, exclude_defaults=True), source=source)
+                    job["trace"] = carrier
+                    recipients = [r.email for r in [*request.to, *request.cc, *request.bcc]]
+                    fields = initial_fields(message_id=message_id, owner=owner,
+                                            template=request.template, recipients=recipients,
+                                            source=source)
+                    entries.append(Entry(job, fields, event(QUEUED, f"accepted via {source}")))
+                return entries, [self.acceptor.encode(entry) for entry in entries]
+
+            entries, encoded = (await off_loop(build) if len(requests) > OFFLOAD_MESSAGES
+                                else build())
+            replay = await self._accept(entries, encoded, requests, owner=owner,
+                                        idempotency=idempotency, status_code=status_code,
+                                        body=body, caller=caller)
         if replay is not None:
             return (*replay, True)
         if self.metrics is not None:
@@ -176,14 +184,15 @@ class SendService:
         return status_code, body, False
 
     async def _accept(
-        self, entries: list[Entry], requests: list[SendRequest], *, owner: str,
+        self, entries: list[Entry], encoded: list[list[Any]], requests: list[SendRequest], *,
+        owner: str,
         idempotency: Idempotency | None, status_code: int, body: dict[str, Any],
         caller: Caller | None,
     ) -> tuple[int, dict[str, Any]] | None:
         """Queue the entries; returns the stored answer instead when this is a replay."""
         rate = self.settings.rate_for(caller.subject) if caller else None
         result = await self.acceptor.accept(
-            entries,
+            entries, encoded=encoded,
             idempotency_key=self._idem_key(idempotency) if idempotency else None,
             idempotency_record=orjson.dumps({
                 "fingerprint": idempotency.fingerprint if idempotency else "",
