@@ -505,3 +505,10 @@ def test_optional_paths_render_valid_objects(helm_binary: str, settings: list[st
         image = deployments["mail-email-service-ingress"]["spec"]["template"]["spec"][
             "containers"][0]["image"]
         assert image == "ghcr.io/example/email-service@sha256:" + "a" * 64
+
+
+def test_worker_metrics_listen_on_the_pod_ip(default_docs: list[dict[str, Any]]) -> None:
+    # The service binds worker metrics to 127.0.0.1 by default; in a pod Prometheus scrapes the
+    # pod IP, so the chart must say so.
+    config = next(iter(by_kind(default_docs, "ConfigMap").values()))["data"]
+    assert config["WORKER_METRICS_HOST"] == "0.0.0.0"
