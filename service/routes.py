@@ -267,6 +267,8 @@ async def list_dead_letters(request: Request) -> JSONResponse:
 
 async def show_dead_letter(request: Request) -> JSONResponse:
     dead = await _dead_letters(request)
+    if not _MESSAGE_ID.fullmatch(request.path_params["id"]):
+        raise ApiError(404, "not_found", "no such dead letter")
     found = await anyio.to_thread.run_sync(dead.show, request.path_params["id"])
     if found is None:
         raise ApiError(404, "not_found", "no such dead letter")
@@ -276,7 +278,8 @@ async def show_dead_letter(request: Request) -> JSONResponse:
 async def retry_dead_letter(request: Request) -> JSONResponse:
     dead = await _dead_letters(request)
     message_id = request.path_params["id"]
-    if not await anyio.to_thread.run_sync(dead.retry, message_id):
+    if not _MESSAGE_ID.fullmatch(message_id) or not await anyio.to_thread.run_sync(
+            dead.retry, message_id):
         raise ApiError(404, "not_found", "no such dead letter")
     return JSONResponse({"id": message_id, "status": "queued"}, status_code=202)
 

@@ -635,6 +635,10 @@ def test_malformed_message_ids_are_404_without_a_false_alert(
     response = client.get(f"/v1/messages/{real}{suffix}", headers=GOOD)
     assert response.status_code == 404 and response.json()["error"] == "not_found"
     assert client.get(f"/v1/messages/{suffix}", headers=GOOD).status_code == 404
+    admin = bearer(mint_token(TEST_SECRET, subject="ops", scope="email:admin"))
+    assert client.get(f"/v1/dead-letters/{real}{suffix}", headers=admin).status_code == 404
+    assert client.post(f"/v1/dead-letters/{real}{suffix}/retry",
+                       headers=admin).status_code == 404
     assert "email_enqueue_failures_total{" not in client.get("/metrics").text
 
 
