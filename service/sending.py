@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from mailcore.errors import (
 from mailcore.idempotency import Idempotency
 from mailcore.message import SendRequest
 from mailcore.queue import Acceptor, Charge, Entry, send_job
-from mailcore.ratelimit import RateLimiter
+from mailcore.ratelimit import EmptyBuckets, RateLimiter
 from mailcore.status import QUEUED, event, initial_fields
 from mailcore.telemetry import inject_context, tracer
 from mailcore.templates import TemplateRegistry
@@ -43,10 +42,6 @@ log = logging.getLogger("email_service.ingress")
 Responder = Callable[[str], tuple[int, dict[str, Any]]]
 #: The same from the ids of all the messages a request queued.
 BatchResponder = Callable[[list[str]], tuple[int, dict[str, Any]]]
-
-
-#: Throttled callers remembered per process (the oldest are forgotten beyond this).
-THROTTLE_MEMORY = 10_000
 
 
 class SendService:
@@ -72,20 +67,14 @@ class SendService:
             max_queue_depth=settings.max_queue_depth,
         )
         self.limiter = RateLimiter(client, settings.key_prefix)
-        #: owner -> monotonic time its bucket holds a token again. Within that time the bucket
-        #: is certainly empty (other replicas can only take from it), so a throttled caller is
-        #: refused before its body is read, without a Redis round trip.
-        self._throttled: dict[str, float] = {}
+        #: Callers' buckets known to be empty: their requests are refused before any work.
+        self.empty = EmptyBuckets()
 
     def refuse_if_throttled(self, caller: Caller) -> None:
         """Raise :class:`RateLimited` at once when the caller's bucket is known to be empty."""
-        until = self._throttled.get(caller.owner)
-        if until is None:
-            return
-        left = until - time.monotonic()
-        if left > 0:
+        left = self.empty.empty_for(caller.owner)
+        if left:
             raise _caller_limited(caller, left)
-        del self._throttled[caller.owner]
 
     def check_batch_size(self, caller: Caller, count: int) -> None:
         """Refuse a batch larger than the caller's burst: it could never be admitted."""
@@ -102,14 +91,8 @@ class SendService:
             return
         wait = await self.limiter.take(f"caller:{caller.owner}", rate)
         if wait:
-            self._remember_throttle(caller.owner, wait)
+            self.empty.remember(caller.owner, wait)
             raise _caller_limited(caller, wait)
-
-    def _remember_throttle(self, owner: str, wait: float) -> None:
-        self._throttled.pop(owner, None)
-        self._throttled[owner] = time.monotonic() + wait
-        if len(self._throttled) > THROTTLE_MEMORY:
-            del self._throttled[next(iter(self._throttled))]
 
     def _recipient_charges(self, requests: list[SendRequest]) -> tuple[Charge, ...]:
         rate = self.settings.reset_limit_per_recipient
@@ -207,7 +190,7 @@ class SendService:
             # ``wait`` is until the whole batch fits; the bucket is empty until one token is.
             empty_for = result.wait - (len(entries) - 1) / rate.per_second
             if empty_for > 0:
-                self._remember_throttle(caller.owner, empty_for)
+                self.empty.remember(caller.owner, empty_for)
             raise _caller_limited(caller, result.wait)
         if result.outcome == "recipient_limited":
             raise RecipientRateLimited(
