@@ -16,6 +16,8 @@ MAX_DEPTH = 32
 #: Most values (members of objects, items of arrays) in one body or event.
 MAX_NODES = 100_000
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
 
 def check_json(value: Any, *, max_depth: int = MAX_DEPTH, max_nodes: int = MAX_NODES) -> None:
     """Raise :class:`InvalidRequest` when ``value`` nests deeper than ``max_depth`` levels or
@@ -38,7 +40,10 @@ def check_json(value: Any, *, max_depth: int = MAX_DEPTH, max_nodes: int = MAX_N
                 f"body: more than {max_nodes} values",
                 details=[{"field": "body", "message": f"more than {max_nodes} values"}])
         for child in children:
-            if isinstance(child, dict | list):
+            kind = type(child)  # an exact-type test first: JSON is mostly scalars
+            if kind in _SCALARS:
+                continue
+            if kind is dict or kind is list or isinstance(child, dict | list):
                 stack.append((child, depth + 1))
 
 
