@@ -162,10 +162,13 @@ class Acceptor:
     async def accept(
         self, entries: list[Entry], *, idempotency_key: str | None = None,
         idempotency_record: bytes = b"", idempotency_ttl: int = 0, caller: Charge | None = None,
-        recipients: tuple[Charge, ...] = (),
+        recipients: tuple[Charge, ...] = (), encoded: list[list[Any]] | None = None,
     ) -> AcceptResult:
         """Charge ``caller`` (always, even when refused for another reason), then ``recipients``
-        (all or none), and queue every entry (all or none), in one round trip."""
+        (all or none), and queue every entry (all or none), in one round trip.
+
+        ``encoded`` holds :meth:`encode` of each entry when the caller prepared them already
+        (off the event loop, for large batches)."""
         queue = queue_key(self.queue_name)
         charges = (caller, *recipients) if caller else recipients
         keys = [idempotency_key or f"{self.prefix}:idem:-", f"{queue}.msgs", queue]
@@ -177,16 +180,20 @@ class Acceptor:
         ]
         for charge in charges:
             args += [charge.rate.count, charge.rate.per_second, charge.tokens]
-        for entry in entries:
+        for index, entry in enumerate(entries):
             message_id = entry.job["id"]
             keys += [status_key(self.prefix, message_id), timeline_key(self.prefix, message_id)]
-            args += [*encode_message(entry.job, self.queue_name), entry.timeline_event,
-                     orjson.dumps(entry.status_fields)]
+            args += encoded[index] if encoded is not None else self.encode(entry)
         outcome, detail = await self._script(keys=keys, args=args)
         outcome = outcome.decode()
         if outcome.endswith("limited"):
             return AcceptResult(outcome=outcome, wait=max(float(detail), 0.001))
         return AcceptResult(outcome=outcome, stored=detail)
+
+    def encode(self, entry: Entry) -> list[Any]:
+        """The accept script's arguments for one entry (the CPU part of accepting it)."""
+        return [*encode_message(entry.job, self.queue_name), entry.timeline_event,
+                orjson.dumps(entry.status_fields)]
 
     async def queue_depth(self) -> int:
         return int(await self.client.llen(queue_key(self.queue_name)))

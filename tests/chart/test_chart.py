@@ -677,3 +677,10 @@ def test_readme_links_the_alerts_instead_of_copying_them() -> None:
     assert "charts/email-service/templates/prometheusrule.yaml" in alerts
     assert "metrics.prometheusRule.enabled" in alerts
     assert "expr:" not in alerts
+
+
+def test_worker_metrics_listen_on_the_pod_ip(default_docs: list[dict[str, Any]]) -> None:
+    # The service binds worker metrics to 127.0.0.1 by default; in a pod Prometheus scrapes the
+    # pod IP, so the chart must say so.
+    config = next(iter(by_kind(default_docs, "ConfigMap").values()))["data"]
+    assert config["WORKER_METRICS_HOST"] == "0.0.0.0"
