@@ -2,7 +2,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install install-test-tools dev test lint unit
+.PHONY: install install-test-tools dev test lint unit e2e-kind
 
 # What `make dev` needs and nothing more: a virtualenv with the project, and redis-server.
 install: $(VENV)/.installed
@@ -46,3 +46,7 @@ bench: install
 bench-smoke: install
 	$(BIN)/python -m bench --smoke
 
+# A real cluster, for machines with Docker and kind (scripts/e2e-kind.sh; --dry-run prints the
+# steps): install with the dev values, apply an EmailTemplate, send, find the email in Mailpit.
+e2e-kind:
+	scripts/e2e-kind.sh $(E2E_ARGS)

