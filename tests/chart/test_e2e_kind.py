@@ -10,7 +10,10 @@ import os
 import re
 import shlex
 import subprocess
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -261,3 +264,100 @@ def test_make_e2e_kind_runs_the_script(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"+ kind create cluster --name {CLUSTER} " in result.stdout
+
+
+# --- the Mailpit check of the real run, against a server speaking Mailpit's API ----------------
+# Mailpit cannot run here (no package ships it), so a local server answers GET /api/v1/messages
+# as Mailpit documents it (newest first; To is a list of {Name, Address}), and the script's own
+# check function runs against it, sourced from the script.
+
+def mailpit_message(to: str, subject: str) -> dict[str, Any]:
+    return {"ID": f"id-{to}", "MessageID": f"{to}@mailpit", "Read": False,
+            "From": {"Name": "Email service (dev)", "Address": "dev@example.com"},
+            "To": [{"Name": "", "Address": to}], "Cc": [], "Bcc": [], "ReplyTo": [],
+            "Subject": subject, "Created": "2026-01-01T00:00:00.000Z", "Tags": [],
+            "Size": 2048, "Attachments": 0, "Snippet": ""}
+
+
+class MailpitAPI(ThreadingHTTPServer):
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), MailpitHandler)
+        self.messages: list[dict[str, Any]] = []
+        self.paths: list[str] = []
+
+
+class MailpitHandler(BaseHTTPRequestHandler):
+    server: MailpitAPI
+
+    def do_GET(self) -> None:
+        self.server.paths.append(self.path)
+        if self.path.split("?")[0] != "/api/v1/messages":
+            self.send_error(404)
+            return
+        messages = self.server.messages
+        body = json.dumps({"total": len(messages), "unread": len(messages),
+                           "count": len(messages), "messages_count": len(messages),
+                           "start": 0, "tags": [], "messages": messages}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass
+
+
+@pytest.fixture
+def mailpit_api() -> Iterator[MailpitAPI]:
+    server = MailpitAPI()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def email_arrived(port: int, recipient: str, work: Path) -> subprocess.CompletedProcess[str]:
+    """The script's email_arrived, sourced (positional parameters cleared: `source` passes
+    them on), with the port-forward's port and the recipient the real run would have."""
+    check = 'script=$1 port=$2 to=$3; set --; source "$script"; ' \
+            'MAILPIT_PORT=$port RECIPIENT=$to; email_arrived'
+    return subprocess.run(["bash", "-c", check, "check", str(SCRIPT), str(port), recipient],
+                          env={**os.environ, "E2E_WORK_DIR": str(work)}, capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
+def test_the_mailpit_check_finds_the_email_by_recipient(mailpit_api: MailpitAPI,
+                                                        tmp_path: Path) -> None:
+    port = mailpit_api.server_address[1]
+    mailpit_api.messages = [mailpit_message("other@example.com", "Welcome, Kind!"),
+                            mailpit_message("e2e-1@example.com", "Welcome to Dev, Kind!")]
+    found = email_arrived(port, "e2e-1@example.com", tmp_path)
+    assert found.returncode == 0, found.stderr
+    assert "in Mailpit: Welcome to Dev, Kind!" in found.stderr
+    assert mailpit_api.paths == ["/api/v1/messages?limit=100"]
+    # Not there yet: a plain failure, so the caller keeps waiting.
+    missing = email_arrived(port, "e2e-2@example.com", tmp_path)
+    assert missing.returncode == 1
+    assert "lacks" not in missing.stderr
+
+
+def test_the_mailpit_check_stops_at_a_wrongly_rendered_email(mailpit_api: MailpitAPI,
+                                                             tmp_path: Path) -> None:
+    port = mailpit_api.server_address[1]
+    mailpit_api.messages = [mailpit_message("e2e-1@example.com", "Welcome to Dev, !")]
+    wrong = email_arrived(port, "e2e-1@example.com", tmp_path)
+    assert wrong.returncode == 1
+    assert "the email's subject lacks the data sent" in wrong.stderr
+
+
+def test_the_mailpit_check_keeps_waiting_while_mailpit_does_not_answer(tmp_path: Path) -> None:
+    server = MailpitAPI()
+    port = server.server_address[1]
+    server.server_close()  # nothing listens there now
+    result = email_arrived(port, "e2e-1@example.com", tmp_path)
+    assert result.returncode == 1
