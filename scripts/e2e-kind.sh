@@ -127,7 +127,8 @@ port_forward() {
   PIDS+=($!)
   local pid=$! found=""
   forwarding() {
-    kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; return 2; }
+    # kubectl gave up (no such service, no ready pod): no use waiting.
+    kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; echo "e2e-kind: port-forward failed" >&2; exit 1; }
     found=$(sed -n 's/^Forwarding from 127\.0\.0\.1:\([0-9]*\) .*/\1/p' "$log" | head -n 1)
     [ -n "$found" ]
   }

@@ -361,3 +361,50 @@ def test_the_mailpit_check_keeps_waiting_while_mailpit_does_not_answer(tmp_path:
     server.server_close()  # nothing listens there now
     result = email_arrived(port, "e2e-1@example.com", tmp_path)
     assert result.returncode == 1
+
+
+# --- the port-forward of the real run, with a stand-in for kubectl ------------------------------
+# `kubectl port-forward` needs an API server; the stand-in prints what kubectl prints once it
+# listens (on a port it chose for ":PORT") and stays up, or fails as kubectl does.
+CHOSEN_PORT = 43210  # only printed by the stand-in, never bound
+STAND_IN_KUBECTL = """#!/usr/bin/env bash
+echo "$*" >>"$KUBECTL_CALLS"
+case "$*" in
+  *svc/missing*) echo 'Error from server (NotFound): services "missing" not found' >&2; exit 1 ;;
+esac
+echo "Forwarding from 127.0.0.1:$CHOSEN_PORT -> 8000"
+echo "Forwarding from [::1]:$CHOSEN_PORT -> 8000"
+exec sleep 300
+"""
+
+
+def port_forward(service: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    kubectl = bin_dir / "kubectl"
+    kubectl.write_text(STAND_IN_KUBECTL)
+    kubectl.chmod(0o755)
+    check = ('script=$1 service=$2; set --; source "$script"; port_forward "$service" 80 PORT; '
+             'echo "port=$PORT"; kill "${PIDS[@]}"')
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+           "E2E_WORK_DIR": str(tmp_path / "work"), "KUBECTL_CALLS": str(tmp_path / "calls"),
+           "CHOSEN_PORT": str(CHOSEN_PORT)}
+    return subprocess.run(["bash", "-c", check, "check", str(SCRIPT), service], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_the_port_forward_reads_the_port_kubectl_chose(tmp_path: Path) -> None:
+    result = port_forward("email-service", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"port={CHOSEN_PORT}" in result.stdout
+    assert (tmp_path / "calls").read_text().split() == [
+        "--context", "kind-email-service-e2e", "--namespace", "email-service", "port-forward",
+        "svc/email-service", ":80"]
+
+
+def test_a_failed_port_forward_ends_the_run_at_once(tmp_path: Path) -> None:
+    result = port_forward("missing", tmp_path)
+    assert result.returncode == 1
+    assert 'services "missing" not found' in result.stderr
+    assert "e2e-kind: port-forward failed" in result.stderr
+    assert "port=" not in result.stdout
