@@ -43,7 +43,9 @@ bench: install
 	scripts/install-bench-tools.sh
 	$(BIN)/python -m bench
 
+# The benchmark's HTTP client, httpx, is a test extra: `make install` has the runtime only.
 bench-smoke: install
+	$(BIN)/python -c 'import httpx' 2>/dev/null || $(BIN)/python -m pip install -q httpx
 	$(BIN)/python -m bench --smoke
 
 # A real cluster, for machines with Docker and kind (scripts/e2e-kind.sh; --dry-run prints the
