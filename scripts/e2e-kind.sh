@@ -170,7 +170,7 @@ message_sent() {
   esac
 }
 
-# Sourced (the tests check the checks above against a server speaking Mailpit's API): stop here.
+# Sourced (the tests run the functions above on their own): define them, run nothing.
 if [ "${BASH_SOURCE[0]}" != "$0" ]; then return 0; fi
 trap cleanup EXIT
 
