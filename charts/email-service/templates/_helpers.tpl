@@ -106,6 +106,11 @@ nothing) and roll the pods each time. Give it once as a value or in an existing 
 {{- required $message .Values.redis.password -}}
 {{- end -}}
 
+{{/* True when the workers deliver to the bundled Mailpit: enabled, and no relay named. */}}
+{{- define "email-service.smtpCatcher" -}}
+{{- if and .Values.mailpit.enabled (not .Values.smtp.host) -}}true{{- end -}}
+{{- end -}}
+
 {{- define "email-service.redisHost" -}}
 {{- if .Values.redis.bundled -}}
 {{- include "email-service.component" (dict "root" . "component" "redis") -}}
