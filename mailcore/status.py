@@ -165,9 +165,10 @@ class StatusStore:
 
     def record(self, message_id: str, status: str, detail: str = "", **fields: Any) -> None:
         """Set the status (and extra fields) and append a timeline event, in one round trip."""
+        outcome = fields.pop("outcome", None)  # of this attempt: the timeline's, not the hash's
         values = {"status": status, "updated_at": str(time.time()), "lease_until": "0"}
         values.update({key: str(value) for key, value in fields.items() if value is not None})
-        args: list[Any] = [self.retention, event(status, detail, **{
+        args: list[Any] = [self.retention, event(status, detail, outcome=outcome, **{
             k: fields.get(k) for k in ("code", "transport", "attempt")})]
         for field, value in values.items():
             args += [field, value]

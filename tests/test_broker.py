@@ -75,7 +75,7 @@ def test_acks_ride_along_with_the_next_fetch(broker: RecoveringRedisBroker,
 
     def counted(self: AbstractConnection, command: Any, check_health: bool = True) -> None:
         round_trips.append(1)
-        send(self, command, check_health)
+        send(self, command, check_health)  # type: ignore[no-untyped-call]  # redis-py: untyped
 
     monkeypatch.setattr(AbstractConnection, "send_packed_command", counted)
     second = _take(consumer, 6)  # one fetch, carrying the six acks

@@ -244,13 +244,14 @@ def test_no_process_prints_a_code_or_template_data(live: Live) -> None:
 
     # A job the door would never accept (data not an object): the worker's validation error
     # quotes its input, data included, in the exception it logs.
-    broker = RedisBroker(url=live.redis.url)
-    invalid = {"id": str(uuid.uuid4()), "source": "api", "accepted_at": time.time(),
+    broker = RedisBroker(url=live.redis.url)  # type: ignore[no-untyped-call]
+    invalid_id = str(uuid.uuid4())
+    invalid = {"id": invalid_id, "source": "api", "accepted_at": time.time(),
                "request": {"template": "password_reset", "to": [{"email": unique("invalid")}],
                            "data": [{"code": CODE}, DATA_SECRET]}}
     broker.enqueue(Message(queue_name="email", actor_name="send_email", args=(invalid,),
                            kwargs={}, options={}))
-    wait_for(lambda: any(invalid["id"] in raw.decode() for raw in dead_letters(client)),
+    wait_for(lambda: any(invalid_id in raw.decode() for raw in dead_letters(client)),
              timeout=60, message="the invalid job to be given up")
     broker.close()
 

@@ -25,6 +25,7 @@ from mailcore.telemetry import configure_tracing, extract_context, tracer
 from mailcore.transports import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 
 from . import metrics
+from .delivery import job_template
 from .runtime import build_runtime
 
 log = logging.getLogger("email_service.worker")
@@ -71,7 +72,7 @@ def send_email(job: dict[str, Any]) -> None:
 def _send(job: dict[str, Any], retries: int, redis_id: str | None) -> str:
     """Guarded delivery with status records; returns the outcome (or raises for Dramatiq)."""
     message_id = job["id"]
-    template = job.get("request", {}).get("template", "")
+    template = job_template(job)  # for metrics; the job is validated by deliver()
     transport = runtime.deliverer.transport.name
     status = runtime.status
     # The guard that makes redelivery safe: never send what the relay already accepted.
@@ -102,13 +103,14 @@ def _send(job: dict[str, Any], retries: int, redis_id: str | None) -> str:
         if retries >= settings.max_retries:
             log.error("dead-lettered after %d attempts: %s", retries + 1, failure, extra=context)
             status.record(message_id, DEAD, f"gave up after {retries + 1} attempts: {failure}",
-                          last_error=failure.text, last_code=failure.code, redis_id=redis_id)
+                          last_error=failure.text, last_code=failure.code, redis_id=redis_id,
+                          outcome=failure.outcome)
             metrics.MESSAGES.labels(template, transport, "dead").inc()
             metrics.DEAD_LETTERS.labels("exhausted").inc()
         else:
             log.warning("attempt %d failed, will retry: %s", retries + 1, failure, extra=context)
             status.record(message_id, RETRYING, str(failure), last_error=failure.text,
-                          last_code=failure.code)
+                          last_code=failure.code, outcome=failure.outcome)
             metrics.MESSAGES.labels(template, transport, "retry").inc()
             metrics.RETRIES.inc()
         trace.get_current_span().set_attribute(

@@ -8,6 +8,9 @@ gauges read from Redis at scrape time.
 - ``email_messages_total{template,transport,outcome}``: outcome sent | retry | failed | dead |
   duplicate (a redelivered copy of a message already sent, dropped)
 - ``email_render_seconds{template}``, ``email_send_seconds{transport}``: latency histograms
+- ``email_unconfirmed_total{transport}``: attempts whose outcome is unknown (the connection was
+  lost after the whole message went out, before the relay's reply); retried with the same
+  Message-ID
 - ``email_retries_total``, ``email_dead_letters_total{reason}`` (failed | exhausted)
 - ``email_queue_depth``, ``email_queue_delayed``, ``email_queue_in_flight``,
   ``email_queue_oldest_age_seconds``, ``email_dead_letter_queue_size``: queue gauges
@@ -27,4 +30,6 @@ RENDER_SECONDS = Histogram("email_render_seconds", "Template render time per mes
 SEND_SECONDS = Histogram("email_send_seconds", "Transport send time per message", ["transport"],
                          buckets=_LATENCY)
 RETRIES = Counter("email_retries", "Send attempts that failed transiently and will be retried")
+UNCONFIRMED = Counter("email_unconfirmed", "Sends lost after the message went out, before the "
+                      "relay's reply (it may have been accepted)", ["transport"])
 DEAD_LETTERS = Counter("email_dead_letters", "Messages dead-lettered, by reason", ["reason"])
