@@ -165,7 +165,7 @@ class Settings:
     #: Seconds one render may take (worker, preview, test render) before it fails.
     render_time_budget_seconds: float = 2.0
     #: Address space of the child process that compiles and test-renders templates.
-    compile_memory_limit_mb: int = 1024
+    compile_memory_limit_mb: int = 256
     #: Deepest MJML nesting the operator, sync and previews accept (see rendering.py).
     mjml_max_depth: int = 64
 
@@ -260,7 +260,7 @@ class Settings:
             operator_metrics_port=env.integer("OPERATOR_METRICS_PORT", 9192, low=0, high=65535),
             render_max_bytes=env.integer("RENDER_MAX_BYTES", 1024 * 1024, low=1024),
             render_time_budget_seconds=env.number("RENDER_TIME_BUDGET_SECONDS", 2.0, low=0.01),
-            compile_memory_limit_mb=env.integer("COMPILE_MEMORY_LIMIT_MB", 1024, low=64),
+            compile_memory_limit_mb=env.integer("COMPILE_MEMORY_LIMIT_MB", 256, low=64),
             mjml_max_depth=env.integer("MJML_MAX_DEPTH", 64, low=8),
         )
         if settings.retry_min_backoff_ms > settings.retry_max_backoff_ms:

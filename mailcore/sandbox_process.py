@@ -49,13 +49,13 @@ class ProcessLimits:
     """Limits of the child process.
 
     Parameters:
-      memory_mb: its address space (``RLIMIT_AS``), imports included (~150 MiB).
+      memory_mb: its address space (``RLIMIT_AS``); the child itself takes ~50 MiB.
       timeout: wall-clock seconds per request, after which it is killed.
       render: the sandbox's limits for the renders it runs.
       mjml_max_depth: the deepest MJML nesting it compiles.
     """
 
-    memory_mb: int = 1024
+    memory_mb: int = 256
     timeout: float = 10.0
     render: RenderLimits = field(default_factory=RenderLimits)
     mjml_max_depth: int = rendering.MAX_MJML_DEPTH
