@@ -405,6 +405,11 @@ def _charged_iter(iterator: Iterator[Any]) -> Iterator[Any]:
         yield item
 
 
+def _collected(iterable: Any) -> list[Any]:
+    """An iterable's items in a list, each counted and charged as it comes."""
+    return list(_charged_iter(iter(iterable)))
+
+
 def _checked_result(value: Any) -> Any:
     """What a filter or call returned, checked: charged, or its items charged as they come."""
     kind = type(value)
@@ -460,10 +465,16 @@ def _bounded_filter(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
 
         return linear
 
+    skip = 1 if getattr(fn, "jinja_pass_arg", None) is not None else 0
+
     @wraps(fn)
     def bounded(*args: Any, **kwargs: Any) -> Any:
         budget = current()
         value, rest = _value_of(args, fn)
+        if name == "join" and len(args) > skip and type(value) not in _CONTAINERS and not (
+                isinstance(value, str)):
+            value = _collected(value)  # a lazy input is sized before it is joined
+            args = (*args[:skip], value, *args[skip + 1:])
         _pre_filter(name, budget, value, rest, kwargs)
         return _checked_result(fn(*args, **kwargs))
 
@@ -683,6 +694,8 @@ class Sandbox(ImmutableSandboxedEnvironment):
         budget.tick()
         owner = getattr(__obj, "__self__", None)
         if isinstance(owner, str):
+            if __obj.__name__ == "join" and args and type(args[0]) not in _CONTAINERS:
+                args = (_collected(args[0]), *args[1:])  # to size it before joining
             _check_str_method(budget, __obj.__name__, owner, args, kwargs)
         elif isinstance(__obj, LoopContext) and args:  # a recursive loop's next level
             args = (_each_step(args[0], budget), *args[1:])
