@@ -19,7 +19,7 @@ from urllib.parse import quote, urlsplit
 
 from .addresses import ascii_domain, normalize_address
 from .ratelimit import Rate, parse_rate
-from .sandbox import RenderLimits
+from .render_budget import RenderLimits
 
 SmtpSecurity = Literal["starttls", "ssl", "none"]
 TransportName = Literal["smtp", "outbox"]

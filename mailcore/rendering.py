@@ -27,15 +27,12 @@ from markupsafe import escape
 from mjml import mjml2html
 
 from .html_text import html_to_text
+from .render_budget import Budget, LimitExceeded, RenderLimits, activate
 from .sandbox import (
     BIG_PRINT,
     HTML_CHUNK,
     TEXT_CHUNK,
-    Budget,
-    LimitExceeded,
-    RenderLimits,
     Sandbox,
-    activate,
     charge_printed,
     patch_program,
     render_output,

@@ -29,6 +29,7 @@ from typing import Any
 
 from . import rendering
 from .config import Settings
+from .render_budget import RenderLimits
 from .rendering import (
     CompiledTemplate,
     LocaleOverride,
@@ -37,7 +38,6 @@ from .rendering import (
     TemplateSource,
     compile_template,
 )
-from .sandbox import RenderLimits
 
 #: Seconds a child may take to start (imports) before it counts as crashed.
 START_TIMEOUT = 30.0

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from mailcore.render_budget import RenderLimits
 from mailcore.rendering import (
     MAX_MJML_DEPTH,
     CompiledTemplate,
@@ -22,7 +23,6 @@ from mailcore.rendering import (
     TemplateSource,
     check_mjml_shape,
 )
-from mailcore.sandbox import RenderLimits
 from mailcore.sandbox_process import ProcessLimits, TemplateSandbox
 
 #: The child's limits in these tests: small enough that a regression fails fast and safely.
