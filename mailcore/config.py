@@ -21,6 +21,9 @@ from .addresses import ascii_domain, normalize_address
 from .ratelimit import Rate, parse_rate
 from .render_budget import RenderLimits
 
+_CURRENCY = re.compile(r"[A-Za-z]{3}")
+_LOCALE = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8}){0,4}")
+
 SmtpSecurity = Literal["starttls", "ssl", "none"]
 TransportName = Literal["smtp", "outbox"]
 
@@ -46,6 +49,10 @@ class Brand:
     logo_url: str = ""
     color: str = "#2563eb"
     support_email: str = ""
+    #: ISO 4217 code the ``money`` filter uses when the data names no currency.
+    currency: str = "USD"
+    #: Language tag of messages sent without a ``locale`` (the HTML's ``lang``, number formats).
+    locale: str = "en-US"
 
 
 @dataclass(frozen=True)
@@ -246,6 +253,10 @@ class Settings:
                 logo_url=env.text("BRAND_LOGO_URL", ""),
                 color=env.text("BRAND_COLOR", "#2563eb"),
                 support_email=env.text("SUPPORT_EMAIL", ""),
+                currency=env.matching("DEFAULT_CURRENCY", _CURRENCY, "USD",
+                                      "a three-letter ISO 4217 code such as USD").upper(),
+                locale=env.matching("DEFAULT_LOCALE", _LOCALE, "en-US",
+                                    "a language tag such as en-US").replace("_", "-"),
             ),
             log_level=env.choice(
                 "LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"), "INFO", upper=True
@@ -407,6 +418,12 @@ class _Env:
                              if d.strip())
         except ValueError as exc:
             raise ConfigError(f"{name}: {exc.args[0].replace('address', 'domain')}") from None
+
+    def matching(self, name: str, pattern: re.Pattern[str], default: str, what: str) -> str:
+        raw = self.text(name, default)
+        if pattern.fullmatch(raw) is None:
+            raise ConfigError(f"{name}: must be {what}, got {raw!r}")
+        return raw
 
     def header_text(self, name: str, default: str) -> str:
         raw = self.text(name, default)

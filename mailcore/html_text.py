@@ -12,6 +12,9 @@ _BLOCK = frozenset(
         "section", "article", "header", "footer", "blockquote", "hr", "center",
     }
 )
+#: Blocks that start a line but end none: table rows and list items follow one another
+#: without blank lines between them.
+_LINES = frozenset({"tr", "li"})
 _SPACES = re.compile(r"[ \t\r\f\v\u00a0]+")
 
 
@@ -23,6 +26,7 @@ class _TextExtractor(HTMLParser):
         self._div_depth = 0
         self._hidden_at: int | None = None  # div depth where a display:none block began
         self._links: list[tuple[str, int]] = []
+        self._cells: list[int] = []  # per open table, its open cells (td/th)
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag == "div":
@@ -30,6 +34,10 @@ class _TextExtractor(HTMLParser):
             style = (dict(attrs).get("style") or "").replace(" ", "").lower()
             if self._hidden_at is None and "display:none" in style:
                 self._hidden_at = self._div_depth
+        if tag == "table":
+            self._cells.append(0)
+        elif tag in {"td", "th"} and self._cells:
+            self._cells[-1] += 1
         if tag in _SKIP:
             self._skip_depth += 1
         elif tag == "br":
@@ -50,9 +58,13 @@ class _TextExtractor(HTMLParser):
             if self._hidden_at == self._div_depth:
                 self._hidden_at = None
             self._div_depth = max(0, self._div_depth - 1)
+        if tag == "table" and self._cells:
+            self._cells.pop()
+        elif tag in {"td", "th"} and self._cells:
+            self._cells[-1] = max(0, self._cells[-1] - 1)
         if tag in _SKIP:
             self._skip_depth = max(0, self._skip_depth - 1)
-        elif tag in _BLOCK:
+        elif tag in _BLOCK and tag not in _LINES:
             self.parts.append("\n")
         elif tag == "a" and self._links:
             href, start = self._links.pop()
@@ -61,8 +73,13 @@ class _TextExtractor(HTMLParser):
                 self.parts.append(f" ({href})" if label else href)
 
     def handle_data(self, data: str) -> None:
+        if self._cells and not self._cells[-1]:
+            # Between rows and cells whitespace is not content (HTML drops it too); only
+            # template statements stand there, and their indentation must not end lines.
+            data = "".join(data.split())
         if not self._skip_depth and self._hidden_at is None:
-            self.parts.append(data)
+            # Line breaks in the source are spaces in HTML: only elements break lines.
+            self.parts.append(data.replace("\n", " "))
 
 
 def html_to_text(html: str) -> str:

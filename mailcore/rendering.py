@@ -217,7 +217,11 @@ class CompiledTemplate:
         """Render with ``data``; raises ``TemplateError`` (``RenderError``, or
         ``RenderBudgetExceeded`` / ``OutputTooLarge`` past ``limits``)."""
         body = self._select(locale)
-        context = {**_GLOBALS, **data, "brand": dict(brand or {})}
+        brand = dict(brand or {})
+        # ``locale`` is the message's language tag (BCP 47 spelling): the HTML's ``lang`` and
+        # the ``money`` filter's default read it; without one, the brand's (DEFAULT_LOCALE).
+        tag = str(locale or brand.get("locale") or "en").replace("_", "-")
+        context = {**_GLOBALS, **data, "brand": brand, "locale": tag}
         budget = Budget(limits or DEFAULT_LIMITS)
         previous = activate(budget)
         try:
@@ -361,6 +365,7 @@ def _compile_body(subject: str, mjml: str | None, html: str | None, text: str | 
             protected = compile_mjml(protected)
         except TemplateError as exc:
             raise _locate_mjml_error(exc, mjml) from None
+        protected = _with_lang(protected, constructs)
     html_program = _restore(protected, constructs)
     text_program = text if text is not None else _restore(html_to_text(protected), constructs)
     return _Body(
@@ -434,14 +439,39 @@ def _structure_problem(mjml: str) -> tuple[str, int] | None:
 
 
 def _protect(source: str) -> tuple[str, list[str]]:
-    """Replace each Jinja construct with an alphanumeric placeholder the compiler keeps as is."""
+    """Replace each Jinja construct with an alphanumeric placeholder the compiler keeps as is.
+
+    Equal constructs share one placeholder, so the text part can tell that a link's text is
+    its target (``<a href="{{ url }}">{{ url }}</a>``) and print it once."""
     constructs: list[str] = []
+    index: dict[str, int] = {}
 
     def swap(match: re.Match[str]) -> str:
-        constructs.append(match.group(0))
-        return f"JINJAX{len(constructs) - 1:06d}X"
+        construct = match.group(0)
+        number = index.get(construct)
+        if number is None:
+            number = index[construct] = len(constructs)
+            constructs.append(construct)
+        return f"JINJAX{number:06d}X"
 
     return _JINJA.sub(swap, source), constructs
+
+
+#: Where the compiler writes ``lang="und"`` (unless ``<mjml lang>`` names one): the root
+#: element and the body's wrapper.
+_UNDETERMINED_LANG = ('<html lang="und"', 'role="article" lang="und"')
+
+
+def _with_lang(html: str, constructs: list[str]) -> str:
+    """Make an undetermined ``lang`` the message's locale (a construct of its own, restored
+    with the others)."""
+    if _UNDETERMINED_LANG[0] not in html[:200]:
+        return html
+    constructs.append("{{ locale }}")
+    placeholder = f"JINJAX{len(constructs) - 1:06d}X"
+    for attribute in _UNDETERMINED_LANG:
+        html = html.replace(attribute, attribute.replace("und", placeholder), 1)
+    return html
 
 
 def _restore(compiled: str, constructs: list[str]) -> str:

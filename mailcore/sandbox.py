@@ -37,6 +37,7 @@ from jinja2.runtime import LoopContext, markup_join, str_join
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markupsafe import Markup
 
+from .money import money
 from .render_budget import (
     CONTAINERS,
     MAX_INT_BITS,
@@ -202,6 +203,7 @@ class Sandbox(ImmutableSandboxedEnvironment):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
+        self.filters["money"] = money  # prices by CLDR rules; its inputs bounded (mailcore.money)
         self.filters = {name: bounded_filter(name, fn) for name, fn in self.filters.items()}
         self.globals["lipsum"] = lipsum
 

@@ -258,7 +258,7 @@ def checked_result(value: Any) -> Any:
 _LINEAR_FILTERS = frozenset({
     "abs", "attr", "capitalize", "count", "d", "default", "dictsort", "filesizeformat", "first",
     "float", "groupby", "int", "items", "last", "length", "list", "lower", "map", "max", "min",
-    "random", "reject", "rejectattr", "reverse", "round", "safe", "select", "selectattr",
+    "money", "random", "reject", "rejectattr", "reverse", "round", "safe", "select", "selectattr",
     "sort", "title", "trim", "unique", "upper", "striptags", "wordcount"})
 #: Of those, the ones that print a value given to them.
 _PRINTING_LINEAR = frozenset({"capitalize", "lower", "title", "trim", "upper", "striptags",

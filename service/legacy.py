@@ -56,6 +56,8 @@ class OrderConfirmation(BaseModel):
     customer: Customer
     items: Annotated[list[OrderItem], Field(min_length=1, max_length=500)]
     total: Annotated[float, Field(ge=0)]
+    #: ISO 4217; absent: DEFAULT_CURRENCY (the original contract had none).
+    currency: Annotated[str, Field(pattern=r"^[A-Za-z]{3}$")] | None = None
     order_date: Annotated[str, Field(max_length=64)] | None = None
     shipping_method: Annotated[str, Field(max_length=200)] | None = None
     estimated_delivery: Annotated[str, Field(max_length=64)] | None = None
