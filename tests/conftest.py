@@ -19,6 +19,11 @@ from .support import (
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--update-screenshots", action="store_true", default=False,
+                     help="rewrite tests/screenshots/*.png from this run (review them after)")
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Print the fault-injection table when the fault scenarios ran."""
     from .test_faults import FAULT_TABLE

@@ -106,6 +106,7 @@ def test_make_test_installs_the_test_tools_first() -> None:
     runner = next(i for i, line in enumerate(lines) if line.endswith("/pytest"))
     assert installer < runner
     script = (REPO / "scripts" / "install-test-tools.sh").read_text()
-    for step in ('pip install -q -e ".[test]"', "buildah", "debootstrap",
+    for step in ('pip install -q -e ".[test]"', "buildah", "debootstrap", "chromium",
+                 "fonts-dejavu-core",
                  "scripts/install-tools.sh"):
         assert step in script, step
