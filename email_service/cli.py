@@ -219,7 +219,7 @@ def _run_dev(args: argparse.Namespace) -> int:
 
     sync = args.sync if args.sync is not None else [
         path for path in (Path("templates"), Path("examples/emailtemplates")) if path.exists()]
-    return run_dev(port=args.port, outbox=args.outbox, sync=sync)
+    return run_dev(port=args.port, outbox=args.outbox, sync=sync, env_file=args.env_file)
 
 
 def _run_render(args: argparse.Namespace) -> int:
