@@ -25,7 +25,7 @@ from mailcore.templates import builtin_templates_dir, load_builtin_templates
 from mailcore.timestamps import rfc3339, rfc3339_from_iso
 from mailcore.tokens import mint_token
 from service.app import create_app
-from service.openapi import ERROR_CODES
+from service.openapi import ERROR_CODES, openapi_document
 
 from .support import EMAIL_SERVICE, REPO, TEST_SECRET, RedisServer
 
@@ -115,6 +115,14 @@ def test_timestamps_are_rfc3339_in_status_timeline_and_dead_letters(client: Test
     letter = DeadLetter(id="x", redis_id="r", died_at=1_764_000_000.5, template=None,
                         recipients=[], status=None, attempts=1, last_error=None)
     assert letter.as_dict()["died_at"] == "2025-11-24T16:00:00.500Z"
+
+
+def test_the_openapi_document_says_rfc3339() -> None:
+    schemas = openapi_document()["components"]["schemas"]
+    stamps = [schemas["MessageStatus"]["properties"][name] for name in ("created_at", "updated_at")]
+    stamps += [schemas["TimelineEvent"]["properties"]["at"],
+               schemas["DeadLetter"]["properties"]["died_at"]]
+    assert all(s == {**s, "type": "string", "format": "date-time"} for s in stamps), stamps
 
 
 def test_rfc3339_forms_agree() -> None:
