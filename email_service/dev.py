@@ -28,7 +28,7 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
-from mailcore.config import redis_configured
+from mailcore.config import Settings, redis_configured
 from mailcore.tokens import mint_token
 from mailcore.transports.outbox import write_outbox_files
 
@@ -170,9 +170,11 @@ def run_dev(*, port: int, outbox: Path, sync: list[Path] | None = None,
                   file=sys.stderr)
             return 1
         url = f"http://127.0.0.1:{port}"
-        admin_scope = env.get("ADMIN_SCOPE") or "email:admin"
+        # The children read these same settings (a configured Redis may be REDIS_HOST/…).
+        settings = Settings.from_env(env)
+        admin_scope = settings.admin_scope
         values = {
-            "EMAIL_SERVICE_URL": url, "REDIS_URL": env["REDIS_URL"], "JWT_SECRET": secret,
+            "EMAIL_SERVICE_URL": url, "REDIS_URL": settings.redis_url, "JWT_SECRET": secret,
             "TOKEN": mint_token(secret, subject="dev", ttl_seconds=24 * 3600),
             "ADMIN_TOKEN": mint_token(secret, subject="dev-admin", ttl_seconds=24 * 3600,
                                       scope=admin_scope),
@@ -180,7 +182,9 @@ def run_dev(*, port: int, outbox: Path, sync: list[Path] | None = None,
         if env_file is not None:
             _write_env_file(env_file, values)
             wrote_env_file = True
-        print(_banner(values, outbox, redis_note, sync or [], env_file), flush=True)
+        # A configured Redis URL may carry its password: only the private one is printed.
+        shown = values["REDIS_URL"] if redis is not None else "the configured one (see REDIS_URL)"
+        print(_banner(values, outbox, redis_note, shown, sync or [], env_file), flush=True)
         while not stop.is_set() and all(p.poll() is None for p in children):
             stop.wait(0.5)
         if stop.is_set():
@@ -200,8 +204,8 @@ def run_dev(*, port: int, outbox: Path, sync: list[Path] | None = None,
             signal.signal(sig, handler)
 
 
-def _banner(values: dict[str, str], outbox: Path, redis_note: str, sync: list[Path],
-            env_file: Path | None) -> str:
+def _banner(values: dict[str, str], outbox: Path, redis_note: str, redis_shown: str,
+            sync: list[Path], env_file: Path | None) -> str:
     url, token = values["EMAIL_SERVICE_URL"], values["TOKEN"]
     synced = ", ".join(map(str, sync)) or "nothing"
     if env_file is not None:
@@ -219,7 +223,7 @@ In another shell, to use `email-service` and the README's examples against this 
 email-service dev is up: ingress {url}, one worker, {redis_note}.
 Mail is caught locally and written to {outbox}/ (.eml and .html).
 Templates synced into the store (edits are picked up at once): {synced}.
-Redis: {values["REDIS_URL"]}   JWT secret: {values["JWT_SECRET"]}
+Redis: {redis_shown}   JWT secret: {values["JWT_SECRET"]}
 
 Send a password-reset email (token valid 24 h):
 
