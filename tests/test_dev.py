@@ -145,8 +145,14 @@ def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
         yield stack
     finally:
         if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
+            # SIGTERM: dev stops its children (in their own process groups) before exiting;
+            # a SIGKILL would orphan them.
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=30)
 
 
 def test_a_second_shell_gets_tokens_the_secret_and_the_redis(dev_stack: DevStack) -> None:
