@@ -119,11 +119,12 @@ def _activation_hint() -> str:
 def run_dev(*, port: int, outbox: Path, sync: list[Path] | None = None,
             env_file: Path | None = None) -> int:
     outbox = outbox.resolve()
-    # Ctrl-C and SIGTERM both end the loop below; the children get SIGTERM from us, not the
-    # terminal's SIGINT (they run in their own process groups), so the stop is quiet.
+    # Ctrl-C, SIGTERM and a closed terminal (SIGHUP) all end the loop below; the children get
+    # SIGTERM from us, not the terminal's signals (they run in their own process groups), so
+    # the stop is quiet and nothing is left running.
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set())
-                for sig in (signal.SIGINT, signal.SIGTERM)}
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     workdir = Path(tempfile.mkdtemp(prefix="email-service-dev-"))
     children: list[subprocess.Popen[bytes]] = []
     env = dict(os.environ)

@@ -83,6 +83,37 @@ def test_dev_stack_prints_a_curl_that_produces_an_email_file(tmp_path: Path) -> 
         assert dev.wait(timeout=30) == 0
 
 
+def test_a_closed_terminal_stops_the_whole_stack(tmp_path: Path) -> None:
+    """SIGHUP (the terminal went away) reaches only dev's own process group: dev must stop its
+    children itself, or they would run on without it."""
+    log = tmp_path / "dev.log"
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("REDIS_", "SMTP_", "JWT_"))}
+    with log.open("wb") as out:
+        dev = subprocess.Popen(
+            [sys.executable, "-m", "email_service", "dev", "--port", str(free_port())],
+            cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        def values() -> dict[str, str] | None:
+            if dev.poll() is not None:
+                raise ProcessExited(log.read_text())
+            if "Ctrl-C stops everything" not in log.read_text():
+                return None
+            return read_env_file(tmp_path / ".email-service-dev.env")
+
+        found = wait_for(values, timeout=60, message="the dev banner")
+        os.killpg(dev.pid, signal.SIGHUP)
+        assert dev.wait(timeout=60) == 0
+    finally:
+        if dev.poll() is None:
+            os.killpg(dev.pid, signal.SIGKILL)
+            dev.wait(timeout=30)
+    for url in (found["REDIS_URL"], found["EMAIL_SERVICE_URL"]):
+        port = int(url.split("//", 1)[1].split("/")[0].rsplit(":", 1)[1])
+        with socket.socket() as sock:
+            assert sock.connect_ex(("127.0.0.1", port)) != 0, f"{url} still answers"
+
+
 # --- one dev stack for the rest of this module: the second shell, the examples, Ctrl-C ---------
 
 class DevStack:
