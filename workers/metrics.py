@@ -9,6 +9,8 @@ gauges read from Redis at scrape time.
   duplicate (a redelivered copy of a message already sent, dropped)
 - ``email_render_seconds{template}``, ``email_send_seconds{transport}``: latency histograms
 - ``email_retries_total``, ``email_dead_letters_total{reason}`` (failed | exhausted)
+- ``email_recovered_total``: messages the sweeper re-queued (should stay 0: an alarm)
+- ``email_sent_record_seconds``: relay acceptance to ``sent`` recorded, the duplicate window
 - ``email_queue_depth``, ``email_queue_delayed``, ``email_queue_in_flight``,
   ``email_queue_oldest_age_seconds``, ``email_dead_letter_queue_size``: queue gauges
 """
@@ -28,3 +30,9 @@ SEND_SECONDS = Histogram("email_send_seconds", "Transport send time per message"
                          buckets=_LATENCY)
 RETRIES = Counter("email_retries", "Send attempts that failed transiently and will be retried")
 DEAD_LETTERS = Counter("email_dead_letters", "Messages dead-lettered, by reason", ["reason"])
+RECOVERED = Counter("email_recovered",
+                    "Unfinished messages that no queue held, re-queued by the sweeper")
+SENT_RECORD_SECONDS = Histogram(
+    "email_sent_record_seconds",
+    "From the relay's acceptance to the sent record in Redis (the duplicate window)",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1, 5, 30))
