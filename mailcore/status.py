@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -39,10 +40,16 @@ _BEGIN_ATTEMPT = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == 'sent' or status == 'failed' or status == 'dead' then return {status, 0} end
 local lease = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0')
-if status == 'sending' and lease > tonumber(ARGV[1]) then return {'busy', tostring(lease)} end
+if status == 'sending' and lease > tonumber(ARGV[1]) then
+  -- This very attempt, run again (a client retrying after a lost reply), holds it already.
+  if redis.call('HGET', KEYS[1], 'lease_owner') == ARGV[6] then
+    return {'sending', redis.call('HGET', KEYS[1], 'attempts')}
+  end
+  return {'busy', tostring(lease)}
+end
 local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('HSET', KEYS[1], 'status', 'sending', 'updated_at', ARGV[1],
-           'lease_until', tonumber(ARGV[1]) + tonumber(ARGV[2]))
+           'lease_until', tonumber(ARGV[1]) + tonumber(ARGV[2]), 'lease_owner', ARGV[6])
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'redis_id', ARGV[5]) end
 redis.call('RPUSH', KEYS[2], ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
@@ -78,6 +85,12 @@ if held then
   redis.call('HDEL', KEYS[6], rid)
 end
 if kind == 'drop' then return held and 1 or 0 end
+local current = redis.call('HGET', KEYS[1], 'status')
+if kind ~= 'sent' and (current == 'sent' or current == 'failed' or current == 'dead') then
+  -- Finished already (this step run again after a lost reply, or another copy finished it):
+  -- only 'sent' may overwrite a finished status.
+  return held and 1 or 0
+end
 if kind == 'recheck' or kind == 'retry' then
   if held then
     redis.call('HSET', KEYS[8], ARGV[7], ARGV[8])
@@ -255,7 +268,8 @@ class StatusStore:
         keys = [status_key(self.prefix, message_id), timeline_key(self.prefix, message_id)]
         now = time.time()
         previous, detail = self._scripts().begin(
-            keys=keys, args=[now, lease_seconds, event(SENDING), self.retention, redis_id])
+            keys=keys, args=[now, lease_seconds, event(SENDING), self.retention, redis_id,
+                             uuid.uuid4().hex])
         previous = previous.decode() if isinstance(previous, bytes) else str(previous)
         if previous == "busy":
             return Attempt(proceed=False, reason=previous, attempt=0,
