@@ -30,6 +30,7 @@ from aiosmtpd.controller import Controller
 from dramatiq.brokers.redis import _scripts as redis_scripts
 
 from mailcore import status as status_scripts
+from mailcore.deadletters import DeadLetters
 from mailcore.tokens import mint_token
 from workers import broker as broker_module
 
@@ -488,3 +489,74 @@ def test_workers_sigkilled_at_random_moments_while_the_relay_is_slow(rig: Rig,
     # The stated window: a message is sent twice only if its worker dies between the relay's
     # 250 and the sent record, at most one message per worker thread of the killed process.
     assert row["duplicates"] <= len(kills) * THREADS, (seed, row)
+
+
+def test_an_attempt_cut_short_by_the_time_limit_is_recorded(tmp_path: Path) -> None:
+    # Dramatiq's time limit interrupts the worker thread with an exception that is not an
+    # Exception; the attempt must still end as retrying, then dead with the reason, never stay
+    # "sending" while its message sits in the dead letters.
+    rig = Rig(tmp_path, processes=1, worker_env={
+        "SEND_TIME_LIMIT_MS": "1000", "SMTP_TIMEOUT": "10", "SEND_MAX_RETRIES": "1"})
+    with running(rig):
+        rig.smtp.rcpt_delay = 2.5  # the thread is interrupted once the relay answers RCPT
+        token = mint_token(TEST_SECRET, subject="fault-test")
+        url = f"http://127.0.0.1:{rig.api_port}/v1/messages"
+        headers = {"Authorization": f"Bearer {token}"}
+
+        def send(to: str) -> str:
+            answer = httpx.post(url, headers=headers, json={
+                "template": "password_reset", "to": to, "data": {"email": to, "code": "1"}})
+            assert answer.status_code == 202, answer.text
+            return str(answer.json()["id"])
+
+        slow = send("slow@example.org")
+        client = rig.redis.client()
+        key = f"email-service:msg:{slow}"
+        wait_for(lambda: client.hget(key, "status") == b"dead", timeout=30,
+                 message="the interrupted message to be dead-lettered")
+        status = client.hgetall(key)
+        assert status[b"attempts"] == b"2"
+        assert b"SEND_TIME_LIMIT_MS" in status[b"last_error"]
+        timeline = [entry.decode() for entry in client.lrange(f"{key}:timeline", 0, -1)]
+        assert any('"retrying"' in entry and "SEND_TIME_LIMIT_MS" in entry
+                   for entry in timeline), timeline
+        assert slow.encode() in b"".join(dead_letters(client))
+        assert not client.zscore("email-service:open", slow)  # finished: not swept
+        assert rig.smtp.to("slow@example.org") == []
+
+        # The interrupted SMTP sessions were discarded: the same thread delivers the next one,
+        # and the dead letter, retried, is delivered too.
+        rig.smtp.rcpt_delay = 0.0
+        fast = send("fast@example.org")
+        assert DeadLetters(client, "email", "email-service", 3600).retry(slow)
+        for message_id in (fast, slow):
+            wait_for(lambda mid=message_id: client.hget(f"email-service:msg:{mid}", "status")
+                     == b"sent", timeout=20, message=f"{message_id} to be sent")
+        assert len(rig.smtp.to("fast@example.org")) == 1
+        assert len(rig.smtp.to("slow@example.org")) == 1
+
+
+def test_the_sweeper_requeues_a_message_no_queue_holds(tmp_path: Path) -> None:
+    # The safety net, end to end: a message deleted from the queue behind everyone's back (what
+    # acknowledging an unrecorded outcome used to do) is found and delivered.
+    rig = Rig(tmp_path, processes=0, worker_env={
+        "RECOVERY_AGE_SECONDS": "1", "RECOVERY_INTERVAL_SECONDS": "0.3"})
+    with running(rig):
+        token = mint_token(TEST_SECRET, subject="fault-test")
+        answer = httpx.post(f"http://127.0.0.1:{rig.api_port}/v1/messages",
+                            headers={"Authorization": f"Bearer {token}"},
+                            json={"template": "password_reset", "to": "gone@example.org",
+                                  "data": {"email": "gone@example.org", "code": "1"}})
+        assert answer.status_code == 202
+        message_id = answer.json()["id"]
+        client = rig.redis.client()
+        [redis_id] = client.lrange("dramatiq:email", 0, -1)
+        client.lrem("dramatiq:email", 0, redis_id)
+        client.hdel("dramatiq:email.msgs", redis_id)
+        worker = rig.start_worker()
+        key = f"email-service:msg:{message_id}"
+        worker.wait_until(lambda: client.hget(key, "status") == b"sent", timeout=20,
+                          message="the swept message to be sent")
+        assert len(rig.smtp.to("gone@example.org")) == 1
+        assert "no queue held" in worker.output()
+        assert any(b"sweeper" in entry for entry in client.lrange(f"{key}:timeline", 0, -1))
