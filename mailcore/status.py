@@ -5,9 +5,14 @@ timestamped events. The ingress writes the first entry in the same atomic step t
 message; workers move it along: ``queued → sending → sent``, or ``retrying`` after a transient
 failure, ``failed`` after a permanent one, ``dead`` when retries are exhausted.
 
-The status is also the guard that makes delivery effectively-once: a worker records ``sent``
-before Dramatiq acknowledges the message, and checks it before sending, so a redelivered message
-that was already accepted by the relay is not sent again.
+The status is also the guard that makes delivery effectively-once: a worker checks it before
+sending (:meth:`StatusStore.begin_attempt` takes a lease), so a redelivered message that was
+already accepted by the relay is not sent again. And it is how nothing is lost: a worker removes
+the message it worked on only in the step that records what happens next
+(:meth:`StatusStore.settle`: sent; retrying, with the next copy on the delay queue; failed or
+dead, with the message in the dead letters). The status names the message's current copy
+(``redis_id``); while a message is unfinished it is also in the open index with a copy of its
+body, for the workers' sweeper (``workers.sweeper``).
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ worker`` parent serves the merged view on ``WORKER_METRICS_PORT`` (9191), togeth
 gauges read from Redis at scrape time.
 
 - ``email_messages_total{template,transport,outcome}``: outcome sent | retry | failed | dead |
-  duplicate (a redelivered copy of a message already sent, dropped)
+  duplicate (a redelivered copy of a finished message, dropped) | busy (a copy that found
+  another attempt under way, looked at again later)
 - ``email_render_seconds{template}``, ``email_send_seconds{transport}``: latency histograms
 - ``email_retries_total``, ``email_dead_letters_total{reason}`` (failed | exhausted)
 - ``email_recovered_total``: messages the sweeper re-queued (should stay 0: an alarm)
