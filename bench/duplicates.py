@@ -98,10 +98,10 @@ def window(total: int) -> str:
         text = httpx.get(f"http://127.0.0.1:{rig.metrics_ports[0]}/metrics").text
     pattern = r'email_sent_record_seconds_bucket\{le="([^"]+)"\} ([0-9.e+]+)'
     buckets = sorted((float(le), float(value)) for le, value in re.findall(pattern, text))
-    total = re.search(r"email_sent_record_seconds_sum ([0-9.e+]+)", text)
-    if total is None or not buckets:
+    summed = re.search(r"email_sent_record_seconds_sum ([0-9.e+]+)", text)
+    if summed is None or not buckets:
         return "relay 250 -> sent recorded: no email_sent_record_seconds in the workers' metrics"
-    mean = float(total[1]) / buckets[-1][1]
+    mean = float(summed[1]) / buckets[-1][1]
     return (f"relay 250 -> sent recorded ({rate:.0f} emails/s): mean {mean * 1000:.2f} ms, "
             f"p50 {_quantile(buckets, 0.5) * 1000:.2f}, p90 {_quantile(buckets, 0.9) * 1000:.2f}, "
             f"p99 {_quantile(buckets, 0.99) * 1000:.2f} ms")

@@ -6,12 +6,9 @@ ends exactly what it started and nothing else.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import random
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -19,60 +16,18 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import redis
 
-REPO = Path(__file__).resolve().parent.parent
-T = TypeVar("T")
+import harness.env
+import harness.redis
+from harness.ports import free_port
+from harness.processes import REPO, stop_group
+from harness.redis import queue_idle
+from harness.waiting import ProcessExited, WaitTimeout, wait_for
 
-
-_HANDED_OUT: set[int] = set()
-
-
-def free_port() -> int:
-    """A free port below the kernel's ephemeral range: one handed out for binding to port 0 may
-    be reused by an outgoing connection before the server we start binds it."""
-    try:
-        high = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0]) - 1
-    except (OSError, ValueError, IndexError):
-        high = 32767
-    for _ in range(200):
-        port = random.randint(max(1024, high - 12000), high)  # noqa: S311 - not a secret
-        if port in _HANDED_OUT:
-            continue
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            _HANDED_OUT.add(port)
-            return port
-    raise RuntimeError("no free port below the ephemeral range")
-
-
-class ProcessExited(RuntimeError):
-    """A process the run depends on stopped; waiting on it any longer is pointless."""
-
-
-def wait_for(condition: Callable[[], T], *, timeout: float, what: str,
-             interval: float = 0.01) -> T:
-    """Poll until ``condition`` is truthy; raise at the deadline."""
-    deadline = time.monotonic() + timeout
-    last: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = condition()
-        except ProcessExited:
-            raise
-        except Exception as exc:  # not up yet
-            last = exc
-        else:
-            if value:
-                return value
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}"
-                       + (f" (last error: {last!r})" if last else ""))
+__all__ = ["REPO", "ProcessExited", "WaitTimeout", "free_port", "queue_idle", "wait_for"]
 
 
 def peak_rss_mb(pid: int) -> float | None:
@@ -140,18 +95,7 @@ class Proc:
             raise ProcessExited(f"{self.name} exited with {self.process.returncode}\n{tail}")
 
     def stop(self, timeout: float = 15) -> None:
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=5)
-        # Children (e.g. Dramatiq's worker processes) share the group: make sure none linger.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
+        stop_group(self.process, timeout)
         if self.process.stdout is not None:
             self.process.stdout.close()
 
@@ -227,7 +171,7 @@ class PostfixSink(Proc):
         self.changed_at = 0.0
         super().__init__("smtp-sink", args, pipe=True, log=log)
         threading.Thread(target=self._read, name="smtp-sink-reader", daemon=True).start()
-        wait_for(self._connectable, timeout=10, what="smtp-sink")
+        wait_for(self._connectable, timeout=10, message="smtp-sink")
 
     def _connectable(self) -> bool:
         self.check()
@@ -255,54 +199,33 @@ class PostfixSink(Proc):
                     self.changed_at = now
 
 
-class RedisServer(Proc):
-    """A private redis-server; with ``aof_dir``, durable as the chart runs it (an append-only
-    file in that folder, fsynced on every write: ``appendfsync always``)."""
+class RedisServer(harness.redis.RedisServer):
+    """The harness' redis-server, started at once, with one client for the run's many polls;
+    with ``aof_dir``, durable as the chart runs it (``appendfsync always``)."""
 
     def __init__(self, log: Path | None = None, *, aof_dir: Path | None = None) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise FileNotFoundError("redis-server is not installed (make install)")
-        self.port = free_port()
-        persistence = (["--appendonly", "yes", "--appendfsync", "always", "--dir", str(aof_dir)]
-                       if aof_dir is not None else ["--appendonly", "no"])
-        super().__init__("redis", [binary, "--port", str(self.port), "--bind", "127.0.0.1",
-                                   "--save", "", *persistence, "--protected-mode", "no"],
-                         log=log)
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.client = redis.Redis.from_url(self.url, socket_timeout=10)
-        wait_for(self._ping, timeout=10, what="redis-server")
+        workdir = aof_dir or (log.parent if log else REPO)
+        super().__init__(workdir, fsync_always=True, persistent=aof_dir is not None, log=log)
+        self.start()
+        self.conn = redis.Redis.from_url(self.url, socket_timeout=10)
 
-    def _ping(self) -> bool:
-        self.check()
-        return bool(self.client.ping())
+    def stop(self) -> None:
+        self.conn.close()
+        super().stop()
 
 
 def service_env(redis_url: str, smtp_port: int, secret: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("REDIS_", "SMTP_", "JWT_", "SENDER_", "EMAIL_SERVICE_"))}
-    env.update(
-        REDIS_URL=redis_url, SMTP_HOST="127.0.0.1", SMTP_PORT=str(smtp_port),
-        SMTP_SECURITY="none", SENDER_EMAIL="noreply@shop.example.com", SENDER_NAME="Shop",
-        JWT_SECRET=secret, LOG_LEVEL="WARNING", SECRETS_DIR="/nonexistent", SMTP_TIMEOUT="30",
-        PYTHONUNBUFFERED="1",
+    return harness.env.service_env(
+        redis_url, smtp_port, secret, LOG_LEVEL="WARNING", SMTP_TIMEOUT="30",
         # The bench measures capacity, not policy: limits stay in the request path (their Redis
         # round trips are paid as in production) but set far above anything offered here.
         RATE_LIMIT="100000000/second", RESET_LIMIT_PER_RECIPIENT="100000000/second",
-        MAX_QUEUE_DEPTH="10000000",
+        MAX_QUEUE_DEPTH="10000000", **extra,
     )
-    env.update(extra)
-    return env
 
 
 def email_service(*args: str) -> list[str]:
     return [sys.executable, "-m", "email_service", *args]
-
-
-def queue_idle(client: redis.Redis, queue: str = "email") -> bool:
-    if client.llen(f"dramatiq:{queue}") or client.llen(f"dramatiq:{queue}.DQ"):
-        return False
-    return not any(client.scard(key) for key in client.scan_iter("dramatiq:__acks__.*"))
 
 
 def drop_queue(client: redis.Redis, queue: str = "email") -> None:

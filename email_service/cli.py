@@ -116,13 +116,23 @@ def _run_api(args: argparse.Namespace) -> int:
     from mailcore.logs import configure_logging
     from mailcore.telemetry import configure_tracing
     from service.app import create_app
+    from service.server import guarded_protocol
 
     settings = Settings.from_env()
     configure_logging(settings.log_level)
     configure_tracing("api")
     app = create_app(settings)
+    # Slow or greedy clients are bounded here, before the app: the head must arrive within
+    # HTTP_HEADER_TIMEOUT_SECONDS and HTTP_MAX_HEADER_BYTES (the body's own timeout is the
+    # app's), idle keep-alive connections close, and past HTTP_MAX_CONCURRENCY uvicorn
+    # answers 503 instead of queueing without end.
     uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False,
-                timeout_graceful_shutdown=25, server_header=False)
+                timeout_graceful_shutdown=25, server_header=False,
+                http=guarded_protocol(settings.http_header_timeout_seconds,
+                                      settings.http_max_header_bytes),
+                timeout_keep_alive=settings.http_keepalive_seconds,
+                h11_max_incomplete_event_size=settings.http_max_header_bytes,
+                limit_concurrency=settings.http_max_concurrency)
     return 0
 
 
@@ -144,7 +154,7 @@ def _run_worker(args: argparse.Namespace) -> int:
 
         prepare_multiprocess_dir()
         serve_worker_metrics(settings.worker_metrics_port, settings.redis_url,
-                             settings.queue_name)
+                             settings.queue_name, host=settings.worker_metrics_host)
     dramatiq_args = make_argument_parser().parse_args([  # type: ignore[no-untyped-call]
         "workers.actors", "--processes", str(args.processes), "--threads", str(args.threads),
         "--skip-logging", "--worker-shutdown-timeout", str(settings.worker_shutdown_timeout_ms),

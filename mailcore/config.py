@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import quote, urlsplit
 
-from email_validator import EmailNotValidError, validate_email
-
+from .addresses import ascii_domain, normalize_address
 from .ratelimit import Rate, parse_rate
 
 SmtpSecurity = Literal["starttls", "ssl", "none"]
@@ -81,6 +80,9 @@ class Settings:
     jwt_jwks_file: Path | None = None
     #: Seconds of clock skew tolerated on ``exp``/``nbf``/``iat``.
     jwt_leeway_seconds: int = 30
+    #: Longest validity a token may claim, in seconds (``exp - iat``, or ``exp - now`` without
+    #: ``iat``); unbounded when unset.
+    jwt_max_lifetime: int | None = None
     #: Scope a token must carry (``scope``/``scp`` claim) to send; none required when unset.
     jwt_required_scope: str | None = None
     #: Scope for dead-letter administration over the API.
@@ -90,6 +92,15 @@ class Settings:
 
     #: Largest accepted request body, in bytes.
     max_body_bytes: int = 1024 * 1024
+    #: Seconds a client has to send its request line and headers, and then its body.
+    http_header_timeout_seconds: float = 10.0
+    http_body_timeout_seconds: float = 30.0
+    #: Seconds an idle keep-alive connection stays open.
+    http_keepalive_seconds: int = 5
+    #: Largest request head (request line and headers), in bytes: 431 beyond.
+    http_max_header_bytes: int = 16 * 1024
+    #: Connections plus requests in progress beyond which new requests get 503.
+    http_max_concurrency: int = 1000
     events_enabled: bool = True
     events_channel: str = "password_reset_events"
     #: How long an ``Idempotency-Key`` (and a Redis event's fingerprint) is remembered.
@@ -119,7 +130,9 @@ class Settings:
     recovery_interval_seconds: float = 60.0
     #: Messages unchanged for less than this are never re-queued by the sweeper.
     recovery_age_seconds: float = 300.0
-    #: Where ``email-service worker`` serves Prometheus metrics (0: not at all).
+    #: Where ``email-service worker`` serves Prometheus metrics (port 0: not at all). The
+    #: chart sets the host to 0.0.0.0 so Prometheus can scrape the pod IP.
+    worker_metrics_host: str = "127.0.0.1"
     worker_metrics_port: int = 9191
     #: Worker heartbeat files for the liveness/readiness probe (``email-service probe worker``).
     worker_heartbeat_dir: Path = Path("/tmp/email-service-heartbeat")
@@ -170,20 +183,24 @@ class Settings:
             outbox_dir=Path(env.text("OUTBOX_DIR", "outbox")),
             sender_email=env.email("SENDER_EMAIL", "no-reply@example.com"),
             sender_name=env.header_text("SENDER_NAME", "Example"),
-            allowed_sender_domains=frozenset(
-                d.strip().lower() for d in env.text("ALLOWED_SENDER_DOMAINS", "").split(",")
-                if d.strip()
-            ),
+            allowed_sender_domains=env.domains("ALLOWED_SENDER_DOMAINS"),
             jwt_secret=env.secret("JWT_SECRET"),
             jwt_audience=env.optional("JWT_AUDIENCE"),
             jwt_issuer=env.optional("JWT_ISSUER"),
             jwt_jwks_url=env.optional("JWT_JWKS_URL"),
             jwt_jwks_file=env.file("JWT_JWKS_FILE"),
             jwt_leeway_seconds=env.integer("JWT_LEEWAY_SECONDS", 30, low=0, high=300),
+            jwt_max_lifetime=env.optional_integer("JWT_MAX_LIFETIME", low=1),
             jwt_required_scope=env.optional("JWT_REQUIRED_SCOPE"),
             admin_scope=env.text("ADMIN_SCOPE", "email:admin"),
             dev_mode=env.flag("EMAIL_SERVICE_DEV", False),
             max_body_bytes=env.integer("MAX_BODY_BYTES", 1024 * 1024, low=1024),
+            http_header_timeout_seconds=env.number("HTTP_HEADER_TIMEOUT_SECONDS", 10.0, low=0.1),
+            http_body_timeout_seconds=env.number("HTTP_BODY_TIMEOUT_SECONDS", 30.0, low=0.1),
+            http_keepalive_seconds=env.integer("HTTP_KEEPALIVE_SECONDS", 5, low=1),
+            http_max_header_bytes=env.integer("HTTP_MAX_HEADER_BYTES", 16 * 1024, low=1024,
+                                              high=1024 * 1024),
+            http_max_concurrency=env.integer("HTTP_MAX_CONCURRENCY", 1000, low=1),
             events_enabled=env.flag("EVENTS_ENABLED", True),
             events_channel=env.text("EVENTS_CHANNEL", "password_reset_events"),
             idempotency_ttl_seconds=env.integer("IDEMPOTENCY_TTL_SECONDS", 24 * 3600, low=60),
@@ -205,6 +222,7 @@ class Settings:
                                                    low=100),
             recovery_interval_seconds=env.number("RECOVERY_INTERVAL_SECONDS", 60.0, low=0.1),
             recovery_age_seconds=env.number("RECOVERY_AGE_SECONDS", 300.0, low=1.0),
+            worker_metrics_host=env.text("WORKER_METRICS_HOST", "127.0.0.1"),
             worker_metrics_port=env.integer("WORKER_METRICS_PORT", 9191, low=0, high=65535),
             worker_heartbeat_dir=Path(env.text("WORKER_HEARTBEAT_DIR",
                                                "/tmp/email-service-heartbeat")),
@@ -289,6 +307,11 @@ class _Env:
         _check_range(name, value, low, high)
         return value
 
+    def optional_integer(self, name: str, *, low: int | None = None) -> int | None:
+        if self.optional(name) is None:
+            return None
+        return self.integer(name, 0, low=low)
+
     def number(self, name: str, default: float, *, low: float | None = None) -> float:
         raw = self.optional(name)
         if raw is None:
@@ -360,14 +383,25 @@ class _Env:
     def email(self, name: str, default: str) -> str:
         raw = self.text(name, default)
         try:
-            return validate_email(raw, check_deliverability=False).normalized
-        except EmailNotValidError as exc:
-            raise ConfigError(f"{name}: not a valid email address ({exc})") from None
+            return normalize_address(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+
+    def domains(self, name: str) -> frozenset[str]:
+        """Comma-separated domain names, in the form addresses carry (A-labels)."""
+        try:
+            return frozenset(ascii_domain(d.strip()) for d in self.text(name, "").split(",")
+                             if d.strip())
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc.args[0].replace('address', 'domain')}") from None
 
     def header_text(self, name: str, default: str) -> str:
         raw = self.text(name, default)
         if "\r" in raw or "\n" in raw:
             raise ConfigError(f"{name}: must not contain line breaks")
+        if any((ord(char) < 0x20 and char != "\t") or ord(char) == 0x7f for char in raw):
+            # Refused here, not when the worker builds its first message.
+            raise ConfigError(f"{name}: must not contain control characters")
         return raw
 
     def secret(self, name: str) -> str | None:

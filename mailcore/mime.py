@@ -7,6 +7,11 @@ written here is already validated (addresses by email-validator, no CR/LF in any
 so a small writer suffices: RFC 2047 encoded-words for non-ASCII header text (``email.header``),
 ``formataddr`` for mailboxes, a quoted-printable text part and a base64 HTML part (both in C)
 and CRLF line ends.
+
+Addresses are written exactly as validated (ASCII, A-label domains: see ``mailcore.addresses``).
+Text that contains ``=?`` — a display name, the subject, an X- header — is always written as an
+encoded word itself, so a client shows it literally instead of decoding a caller's encoded word
+into, say, a spoofed sender name.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
 from dataclasses import dataclass
+from email.charset import Charset
 from email.header import Header
 from email.utils import formataddr, formatdate
 
@@ -23,6 +30,12 @@ from .rendering import RenderedEmail
 
 #: Longest header line we emit unfolded (RFC 5322 recommends 78 characters).
 _FOLD_AT = 78
+_UTF8 = Charset("utf-8")
+#: Characters no header may carry raw: controls (tab aside) and lone surrogates.
+_UNWRITABLE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\ud800-\udfff]")
+#: Longest display name written as one encoded word; longer ones are folded, so that no line
+#: exceeds RFC 5322's 998 characters.
+_LONGEST_WORD = 600
 
 
 @dataclass(frozen=True)
@@ -38,23 +51,28 @@ class Envelope:
         return self.raw
 
 
-def _ascii_address(address: str) -> str:
-    """The address with an internationalised domain in its ASCII (IDNA) form."""
-    local, _, domain = address.rpartition("@")
-    if domain.isascii():
-        return address
-    return f"{local}@{domain.encode('idna').decode('ascii')}"
-
-
 def _mailbox(recipient: Recipient) -> str:
-    return formataddr((recipient.name or "", _ascii_address(recipient.email)), charset="utf-8")
+    name = recipient.name
+    if name and ("=?" in name or not name.isascii()):
+        # Always encoded: formataddr would pass an ASCII encoded word through for the client
+        # to decode. One word while it fits a line (some parsers space out split words).
+        encoded = _UTF8.header_encode(name)
+        if len(encoded) > _LONGEST_WORD:
+            encoded = Header(name, "utf-8").encode(linesep="\r\n")
+        return f"{encoded} <{recipient.email}>"
+    return formataddr((name or "", recipient.email))
 
 
 def _header(name: str, value: str) -> str:
-    """One header line (folded if long); non-ASCII text becomes RFC 2047 encoded-words."""
-    if value.isascii() and len(name) + 2 + len(value) <= _FOLD_AT:
+    """One header line (folded if long); non-ASCII text and text containing ``=?`` become
+    RFC 2047 encoded-words."""
+    if _UNWRITABLE.search(value):
+        # A rendered subject carries what the data carried: no NUL or escape reaches the wire.
+        value = _UNWRITABLE.sub("\ufffd", value)
+    literal = "=?" not in value
+    if literal and value.isascii() and len(name) + 2 + len(value) <= _FOLD_AT:
         return f"{name}: {value}"
-    charset = "us-ascii" if value.isascii() else "utf-8"
+    charset = "us-ascii" if literal and value.isascii() else "utf-8"
     folded = Header(value, charset, header_name=name).encode(linesep="\r\n")
     return f"{name}: {folded}"
 
@@ -112,7 +130,7 @@ def build_envelope(
     """Assemble headers and both parts; Bcc recipients go to the envelope only."""
     cc = cc or []
     bcc = bcc or []
-    domain = _ascii_address(sender.email).rpartition("@")[2]
+    domain = sender.email.rpartition("@")[2]
     boundary = f"=_{os.urandom(12).hex()}"  # "=_" occurs in neither encoding
     lines = [f"From: {_mailbox(sender)}", _address_header("To", to)]
     if cc:
@@ -135,6 +153,6 @@ def build_envelope(
         _part(boundary, "html", rendered.html),
         f"--{boundary}--\r\n".encode("ascii"),
     ])
-    recipients = tuple(dict.fromkeys(_ascii_address(r.email) for r in [*to, *cc, *bcc]))
-    return Envelope(message_id=message_id, sender=_ascii_address(sender.email),
+    recipients = tuple(dict.fromkeys(r.email for r in [*to, *cc, *bcc]))
+    return Envelope(message_id=message_id, sender=sender.email,
                     recipients=recipients, raw=raw)

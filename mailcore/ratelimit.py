@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -91,6 +92,40 @@ class RateLimiter:
         allowed, wait = await self._take(keys=[self.key(bucket)],
                                          args=[rate.count, rate.per_second])
         return 0.0 if int(allowed) else max(float(wait), 0.001)
+
+
+class EmptyBuckets:
+    """Buckets known to be empty, and until when, remembered in this process.
+
+    Until a bucket's refill time it is certainly empty: other replicas can only take from it.
+    So a request charged to it can be refused at once, before any work and without a Redis
+    round trip; that is what the bucket would answer.
+
+    Parameters:
+      capacity: buckets remembered at most (the oldest are forgotten first).
+    """
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        self.capacity = capacity
+        self._until: dict[str, float] = {}
+
+    def remember(self, bucket: str, seconds: float) -> None:
+        """``bucket`` holds less than one token for ``seconds`` more."""
+        self._until.pop(bucket, None)
+        self._until[bucket] = time.monotonic() + seconds
+        if len(self._until) > self.capacity:
+            del self._until[next(iter(self._until))]
+
+    def empty_for(self, bucket: str) -> float:
+        """Seconds ``bucket`` is still known to be empty (0: not known to be)."""
+        until = self._until.get(bucket)
+        if until is None:
+            return 0.0
+        left = until - time.monotonic()
+        if left <= 0:
+            del self._until[bucket]
+            return 0.0
+        return left
 
 
 def bucket_key(prefix: str, bucket: str) -> str:

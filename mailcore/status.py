@@ -322,9 +322,10 @@ class StatusStore:
     @staticmethod
     def _event_and_fields(status: str, detail: str, fields: dict[str, Any]) -> list[Any]:
         """The timeline event, then ``status`` and the other fields as name/value pairs."""
+        outcome = fields.pop("outcome", None)  # of this attempt: the timeline's, not the hash's
         values = {"status": status, "updated_at": str(time.time()), "lease_until": "0"}
         values.update({key: str(value) for key, value in fields.items() if value is not None})
-        args: list[Any] = [event(status, detail, **{
+        args: list[Any] = [event(status, detail, outcome=outcome, **{
             k: fields.get(k) for k in ("code", "transport", "attempt")})]
         for field, value in values.items():
             args += [field, value]

@@ -81,8 +81,8 @@ def shutdown_tracing() -> None:
 
 @functools.cache
 def tracer() -> trace.Tracer:
-    # Looked up once: get_tracer costs ~20 µs a call. Before configure_tracing it returns a
-    # proxy that follows the provider set later, so caching early is safe.
+    # Looked up once (get_tracer is not cheap). Before configure_tracing it returns a proxy
+    # that follows the provider set later, so caching early is safe.
     return trace.get_tracer(TRACER_NAME)
 
 
@@ -90,8 +90,8 @@ def detail_span(name: str, **kwargs: Any) -> contextlib.AbstractContextManager[t
     """A child span that is only worth its cost when spans are exported.
 
     Without an exporter a span is never recorded and only its ids are of use; a child's ids
-    correlate nothing its parent's do not, yet creating one costs ~25 µs here (ids, sampler,
-    context attach and detach). So children (authenticate, validate, render, transport.send)
+    correlate nothing its parent's do not, yet creating one still costs ids, a sampler call and
+    a context attach and detach. So children (authenticate, validate, render, transport.send)
     are made only when exporting; the spans that carry a trace across processes always are.
     """
     if not _exporting:

@@ -93,19 +93,16 @@ def check_mailboxes(
     spec: Mapping[str, Any], sender_allowed: Callable[[str], bool] | None = None,
 ) -> None:
     """``from``/``replyTo`` must be ``addr`` or ``Name <addr>`` that a message could carry."""
-    from email.utils import parseaddr
-
-    from .message import normalize_address
+    from .message import recipient_from_text
 
     for field in ("from", "replyTo"):
         value = spec.get(field)
         if value is None:
             continue
-        _, address = parseaddr(str(value))
         try:
-            if not address or "\r" in str(value) or "\n" in str(value):
+            if not isinstance(value, str):
                 raise ValueError("expected addr@example.com or Name <addr@example.com>")
-            address = normalize_address(address)
+            address = recipient_from_text(value).email
         except ValueError as exc:
             raise TemplateError("InvalidTemplate", f"spec.{field}: {exc}") from None
         if field == "from" and sender_allowed is not None and not sender_allowed(address):

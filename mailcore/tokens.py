@@ -8,6 +8,7 @@ and RS/HS confusion tokens are refused.
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.request
 from collections import OrderedDict
@@ -20,22 +21,40 @@ import anyio
 import anyio.to_thread
 import jwt
 
+from .errors import Unauthenticated
+from .owners import token_owner
+
 #: Algorithms by key kind; anything else is refused before a key is looked at.
 SECRET_ALGORITHMS = frozenset({"HS256"})
 PUBLIC_KEY_ALGORITHMS = {"RS256": "RSA", "ES256": "EC"}
+#: Longest ``Authorization`` header read at all; longer ones are refused before decoding.
+MAX_AUTHORIZATION_BYTES = 8 * 1024
+_ALGORITHM_NAME = re.compile(r"[A-Za-z0-9]{1,16}")
+#: Longest subject and issuer accepted (they name the caller in Redis keys and logs).
+MAX_NAME_LENGTH = 1024
 
 
-class AuthError(Exception):
-    """The request is not authenticated; the message says why (never echoing the token)."""
+class AuthError(Unauthenticated):
+    """The request is not authenticated; the message says why from a fixed vocabulary, never
+    echoing the token or anything in it."""
 
 
 @dataclass(frozen=True)
 class Caller:
-    """Who is calling: the token's subject, its scopes and all its claims."""
+    """Who is calling: the token's subject, its scopes and all its claims.
+
+    ``owner`` is the name its messages are filed under (:mod:`mailcore.owners`); it defaults to
+    the owner of a token with no issuer.
+    """
 
     subject: str
     claims: dict[str, Any]
     scopes: frozenset[str] = field(default_factory=frozenset)
+    owner: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.owner:
+            object.__setattr__(self, "owner", token_owner(None, self.subject))
 
 
 class JWKSKeys:
@@ -104,11 +123,14 @@ class TokenVerifier:
       jwks: public keys for RS256/ES256 tokens.
       audience, issuer: enforced when set.
       leeway: seconds of clock skew tolerated on ``exp``/``nbf``/``iat``.
+      max_lifetime: refuse tokens valid for longer than this many seconds (``exp - iat``, or
+        ``exp - now`` without ``iat``); no bound when ``None``.
     """
 
     def __init__(
         self, secret: str | None = None, *, jwks: JWKSKeys | None = None,
         audience: str | None = None, issuer: str | None = None, leeway: float = 0,
+        max_lifetime: int | None = None,
     ) -> None:
         if not secret and jwks is None:
             raise ValueError("a JWT secret or a JWKS is required")
@@ -117,6 +139,7 @@ class TokenVerifier:
         self._audience = audience
         self._issuer = issuer
         self._leeway = leeway
+        self._max_lifetime = max_lifetime
         #: token -> (caller, valid until): callers reuse one token for many requests, and a
         #: signature check is ~10% of the ingress's CPU per send.
         self._verified: OrderedDict[str, tuple[Caller, float]] = OrderedDict()
@@ -129,12 +152,18 @@ class TokenVerifier:
                 self._verified.move_to_end(token)
                 return cached[0]
             del self._verified[token]
-        caller = await self._verify(token)
+        try:
+            caller = await self._verify(token)
+        except AuthError:
+            raise
+        except Exception:
+            # Whatever a hostile header or claim set makes the JWT library or the checks below
+            # trip over, the answer is the same: not a valid token.
+            raise AuthError("invalid token") from None
         # Remembered until it expires, and at most VERIFIED_CACHE_SECONDS, so a key removed
-        # from the JWKS stops being honoured soon after.
-        until = min(float(caller.claims["exp"]) + self._leeway,
-                    time.time() + VERIFIED_CACHE_SECONDS)
-        self._verified[token] = (caller, until)
+        # from the JWKS stops being honoured soon after (``exp`` was checked to be a number).
+        until = min(caller.claims["exp"] + self._leeway, time.time() + VERIFIED_CACHE_SECONDS)
+        self._verified[token] = (caller, float(until))
         if len(self._verified) > VERIFIED_CACHE_SIZE:
             self._verified.popitem(last=False)
         return caller
@@ -142,36 +171,47 @@ class TokenVerifier:
     async def _verify(self, token: str) -> Caller:
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.DecodeError:
+        except jwt.InvalidTokenError:
             raise AuthError("malformed token") from None
         algorithm = header.get("alg")
+        if not isinstance(algorithm, str):
+            raise AuthError("token algorithm is not allowed")
+        if not _ALGORITHM_NAME.fullmatch(algorithm):
+            raise AuthError("token algorithm is not allowed")
         key: Any
         if algorithm in SECRET_ALGORITHMS and self._secret:
             key = self._secret
         elif algorithm in PUBLIC_KEY_ALGORITHMS and self._jwks is not None:
             kid = header.get("kid")
-            if not isinstance(kid, str) or not kid:
-                raise AuthError("token has no 'kid' header")
+            if not isinstance(kid, str) or not kid or len(kid) > MAX_NAME_LENGTH:
+                raise AuthError("token has no 'kid' header (or not a usable one)")
             jwk = await self._jwks.get(kid)
             if jwk is None:
                 raise AuthError("token signed with an unknown key")
             if jwk.key_type != PUBLIC_KEY_ALGORITHMS[algorithm]:
-                raise AuthError(f"key {kid!r} cannot verify {algorithm}")
+                raise AuthError(f"the token's key cannot verify {algorithm}")
             key = jwk.key
-        else:
+        else:  # a short alphanumeric name (checked above), safe to name
             raise AuthError(f"token algorithm {algorithm!r} is not allowed")
         claims = self._decode(token, key, algorithm)
-        subject = claims.get("sub")
-        subject = str(subject) if subject is not None else "anonymous"
-        if not subject.isprintable():
-            # The subject names the caller in Redis keys, statuses and logs: a control
-            # character or a lone surrogate (which has no UTF-8 form) has no place there.
-            raise AuthError("token subject must be printable text")
-        return Caller(
-            subject=subject,
-            claims=claims,
-            scopes=_scopes(claims),
-        )
+        self._check_times(claims)
+        subject = _name(claims.get("sub"), "subject") or "anonymous"
+        issuer = _name(claims.get("iss"), "issuer")
+        return Caller(subject=subject, claims=claims, scopes=_scopes(claims),
+                      owner=token_owner(issuer, subject))
+
+    def _check_times(self, claims: Mapping[str, Any]) -> None:
+        """``exp`` (and ``iat``/``nbf`` when present) are finite numbers; the lifetime is
+        bounded when ``max_lifetime`` is set."""
+        for name in ("exp", "iat", "nbf"):
+            value = claims.get(name)
+            if name in claims and not _finite_number(value):
+                raise AuthError(f"token {name!r} claim must be a number")
+        if self._max_lifetime is None:
+            return
+        start = claims["iat"] if "iat" in claims else time.time()
+        if claims["exp"] - start > self._max_lifetime + self._leeway:
+            raise AuthError("token lifetime exceeds JWT_MAX_LIFETIME")
 
     def _decode(self, token: str, key: Any, algorithm: str) -> dict[str, Any]:
         try:
@@ -189,17 +229,48 @@ class TokenVerifier:
         except jwt.InvalidIssuerError:
             raise AuthError("token issuer is not accepted") from None
         except jwt.MissingRequiredClaimError as exc:
-            raise AuthError(f"token lacks the {exc.claim!r} claim") from None
+            claim = exc.claim if exc.claim in {"exp", "iat", "nbf", "aud", "iss", "sub"} else ""
+            raise AuthError(f"token lacks the {claim!r} claim" if claim
+                            else "token lacks a required claim") from None
         except jwt.InvalidSignatureError:
             raise AuthError("token signature is invalid") from None
-        except jwt.InvalidTokenError as exc:
-            raise AuthError(f"invalid token: {exc}") from None
+        except jwt.InvalidTokenError:
+            raise AuthError("invalid token") from None
         return claims
+
+
+def _finite_number(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    # Within ±2**53 seconds: past the year 285 million and still exact as a float.
+    return abs(value) <= 2**53
+
+
+def _name(value: Any, what: str) -> str | None:
+    """A subject or issuer claim as text: a string (or an integer subject, as before) of at
+    most MAX_NAME_LENGTH printable characters."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and what == "subject":
+        if abs(value) >= 10**MAX_NAME_LENGTH:
+            raise AuthError(f"token {what} is too long")
+        value = str(value)
+    if not isinstance(value, str):
+        raise AuthError(f"token {what} must be a string")
+    if len(value) > MAX_NAME_LENGTH:
+        raise AuthError(f"token {what} is too long")
+    if not value.isprintable():
+        # The subject names the caller in Redis keys, statuses and logs: a control
+        # character or a lone surrogate (which has no UTF-8 form) has no place there.
+        raise AuthError(f"token {what} must be printable text")
+    return value
 
 
 def _bearer(authorization: str | None) -> str:
     if not authorization:
         raise AuthError("missing Authorization header")
+    if len(authorization) > MAX_AUTHORIZATION_BYTES:
+        raise AuthError(f"Authorization header longer than {MAX_AUTHORIZATION_BYTES} bytes")
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthError("Authorization must be 'Bearer <token>'")
@@ -207,13 +278,18 @@ def _bearer(authorization: str | None) -> str:
 
 
 def _scopes(claims: Mapping[str, Any]) -> frozenset[str]:
+    """``scope`` (space-separated) and ``scp`` (a list, or a string): strings only."""
     scopes: set[str] = set()
     for name in ("scope", "scp"):
         value = claims.get(name)
+        if value is None:
+            continue
         if isinstance(value, str):
             scopes.update(value.split())
-        elif isinstance(value, list):
-            scopes.update(str(item) for item in value)
+        elif isinstance(value, list) and all(isinstance(item, str) for item in value):
+            scopes.update(value)
+        else:
+            raise AuthError(f"token {name!r} claim must be a string or a list of strings")
     return frozenset(scopes)
 
 

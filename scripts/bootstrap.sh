@@ -1,31 +1,34 @@
 #!/usr/bin/env bash
-# Installs everything the service and its tests need on a fresh machine (idempotent):
-# a virtualenv with the project, redis-server, and the tools the chart and image tests use.
+# What `make dev` needs on a fresh machine, and nothing more (idempotent): a virtualenv with the
+# project and its runtime dependencies, and redis-server (the dev stack starts a private one).
+# The tools only the tests use (buildah, debootstrap, helm, kubectl, ...) are installed by
+# scripts/install-test-tools.sh, which `make test` runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 
-need_apt=()
-command -v redis-server >/dev/null || need_apt+=(redis-server)
-if [ "${WITH_IMAGE_TOOLS:-1}" = 1 ]; then
-  command -v buildah >/dev/null || need_apt+=(buildah)
-  command -v debootstrap >/dev/null || need_apt+=(debootstrap)
-fi
-if [ ${#need_apt[@]} -gt 0 ]; then
-  echo "bootstrap: installing ${need_apt[*]} with apt-get" >&2
+if ! command -v redis-server >/dev/null; then
+  if ! command -v apt-get >/dev/null; then
+    echo "bootstrap: redis-server is needed; install it with your package manager" \
+      "(or set REDIS_URL to a Redis you run)" >&2
+    exit 1
+  fi
+  echo "bootstrap: installing redis-server with apt-get" >&2
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    redis-server >/dev/null
 fi
 
 if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
-"$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q -e ".[test]"
-
-# Kubernetes tooling (helm, kubectl) for the chart tests.
-if [ -x scripts/install-tools.sh ]; then
-  scripts/install-tools.sh
+# pip runs only when pyproject.toml changed since the last successful install: a re-run is quick.
+stamp="$VENV/.bootstrap-runtime"
+wanted=$("$PYTHON" -c 'import hashlib, sys; print(hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest())' pyproject.toml)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q -e .
+  echo "$wanted" >"$stamp"
 fi

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what `make bench` needs beyond `make install` (idempotent, non-interactive):
 #   wrk (HTTP load generator), smtp-sink (from Debian's postfix package; the postfix daemon is
-#   stopped and never left running), py-spy and pyinstrument (profilers) into the virtualenv.
+#   stopped and never left running), py-spy and pyinstrument (profilers) and httpx into the
+#   virtualenv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -27,6 +28,8 @@ fi
 missing_py=()
 [ -x "$VENV/bin/py-spy" ] || missing_py+=(py-spy)
 [ -x "$VENV/bin/pyinstrument" ] || missing_py+=(pyinstrument)
+# The benchmark's HTTP client: a test extra, and `make install` (what `make dev` needs) has none.
+"$VENV/bin/python" -c 'import httpx' 2>/dev/null || missing_py+=(httpx)
 if [ ${#missing_py[@]} -gt 0 ]; then
   "$VENV/bin/python" -m pip install -q "${missing_py[@]}"
 fi

@@ -20,13 +20,14 @@ from starlette.routing import Route
 
 from mailcore.config import Settings
 from mailcore.deadletters import DeadLetters
+from mailcore.errors import EmailServiceError
 from mailcore.store import template_store_from_settings
 from mailcore.telemetry import exporting
 from mailcore.templates import TemplateRegistry, builtin_templates_dir
 from mailcore.tokens import JWKSKeys, TokenVerifier
 
 from .docs import docs_routes
-from .errors import ApiError, error_response, handle_not_found
+from .errors import ApiError, error_response, handle_http_exception, http_error
 from .events import EventListener
 from .metrics import IngressMetrics, MetricsMiddleware, count_rejection, metrics_endpoint
 from .routes import routes
@@ -35,16 +36,24 @@ from .sending import SendService
 log = logging.getLogger("email_service.ingress")
 
 
+#: Routes that enqueue: only their Redis failures are enqueue failures.
+SEND_ROUTES = frozenset({"/v1/messages", "/v1/messages/batch", "/email-service/send-reset-code",
+                         "/api/order-confirmation"})
+
+
 async def handle_redis_error(request: Request, exc: Exception) -> Response:
     """Redis is unreachable: nothing was written; the caller should retry."""
     log.error("redis unavailable: %s", exc)
-    request.app.state.metrics.enqueue_failures.labels("redis").inc()
+    if getattr(request.scope.get("route"), "path", None) in SEND_ROUTES:
+        request.app.state.metrics.enqueue_failures.labels("redis").inc()
     return await handle_error(request, ApiError(503, "unavailable",
                                                 "the queue is unavailable; retry later",
                                                 headers={"Retry-After": "5"}))
 
 
 async def handle_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, EmailServiceError):  # not translated by the route: the default mapping
+        exc = http_error(exc)
     assert isinstance(exc, ApiError)
     count_rejection(request, exc.code)
     return error_response(exc)
@@ -85,10 +94,14 @@ def create_app(settings: Settings, *, dev_secret: str | None = None) -> Starlett
                                              settings.key_prefix,
                                              settings.status_retention_seconds)
         listener_task = None
+        app.state.event_listener = None
         if settings.events_enabled:
             listener = EventListener(settings, service)
             app.state.event_listener = listener
-            listener_task = asyncio.create_task(listener.run(), name="password-reset-events")
+            # run_forever restarts the listener whenever it stops; /ready reports it.
+            listener_task = asyncio.create_task(listener.run_forever(),
+                                                name="password-reset-events")
+        app.state.event_listener_task = listener_task
         try:
             yield
         finally:
@@ -104,12 +117,12 @@ def create_app(settings: Settings, *, dev_secret: str | None = None) -> Starlett
         routes=[*routes, *docs_routes(), Route("/metrics", metrics_endpoint, methods=["GET"])],
         lifespan=lifespan,
         middleware=[*_tracing_middleware(), Middleware(MetricsMiddleware, metrics=metrics)],
-        exception_handlers={ApiError: handle_error, HTTPException: handle_not_found,
-                            RedisError: handle_redis_error},
+        exception_handlers={ApiError: handle_error, EmailServiceError: handle_error,
+                            HTTPException: handle_http_exception, RedisError: handle_redis_error},
     )
     app.state.metrics = metrics
     app.state.verifier = TokenVerifier(
         secret, jwks=jwks, audience=settings.jwt_audience, issuer=settings.jwt_issuer,
-        leeway=settings.jwt_leeway_seconds,
+        leeway=settings.jwt_leeway_seconds, max_lifetime=settings.jwt_max_lifetime,
     )
     return app

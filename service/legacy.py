@@ -6,9 +6,9 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
+from mailcore.errors import InvalidRequest
+from mailcore.jsonlimits import check_json
 from mailcore.message import EmailAddress, HeaderText, Recipient, SendRequest, error_details
-
-from .errors import ApiError
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -63,8 +63,9 @@ class OrderConfirmation(BaseModel):
 
 
 def parse_reset(body: dict[str, Any], template: str) -> SendRequest:
-    """Missing or invalid fields answer 400, as the original service did."""
-    reset = _validate(ResetCodeRequest, body, status=400)
+    """The reset-code contract (the HTTP adapter answers its refusals with 400, as the
+    original service did)."""
+    reset = _validate(ResetCodeRequest, body)
     return SendRequest(
         template=template,
         to=[Recipient(email=reset.email)],
@@ -73,7 +74,7 @@ def parse_reset(body: dict[str, Any], template: str) -> SendRequest:
 
 
 def parse_order(body: dict[str, Any], template: str) -> SendRequest:
-    order = _validate(OrderConfirmation, body, status=422)
+    order = _validate(OrderConfirmation, body)
     customer = order.customer
     return SendRequest(
         template=template,
@@ -82,7 +83,8 @@ def parse_order(body: dict[str, Any], template: str) -> SendRequest:
     )
 
 
-def _validate(model: type[M], body: dict[str, Any], *, status: int) -> M:
+def _validate(model: type[M], body: dict[str, Any]) -> M:
+    check_json(body)
     try:
         return model.model_validate(body)
     except ValidationError as exc:
@@ -90,4 +92,4 @@ def _validate(model: type[M], body: dict[str, Any], *, status: int) -> M:
         missing = [d["field"] for d in details if d["message"] == "Field required"]
         message = (f"missing required field(s): {', '.join(missing)}" if missing
                    else f"{details[0]['field']}: {details[0]['message']}")
-        raise ApiError(status, "invalid_request", message, details=details) from None
+        raise InvalidRequest(message, details=details) from None

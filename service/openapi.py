@@ -168,6 +168,7 @@ def _json(model: type[BaseModel], description: str) -> dict[str, Any]:
 def _errors(*codes: int) -> dict[str, Any]:
     texts = {400: "Malformed request", 401: "Missing or invalid token",
              403: "Token lacks the required scope", 404: "Not found",
+             408: "The body did not arrive in time (HTTP_BODY_TIMEOUT_SECONDS)",
              409: "Idempotency-Key reused with a different body", 413: "Body too large",
              422: "Invalid field (details name it)", 429: "Rate limited (see Retry-After)",
              503: "Redis unavailable or queue full (see Retry-After)"}
@@ -179,7 +180,7 @@ _IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header", "required": False,
                                "and sends nothing; another body answers 409.",
                 "schema": {"type": "string", "minLength": 1, "maxLength": 255,
                            "pattern": "^[!-~]+$"}}
-_SEND_ERRORS = (400, 401, 403, 409, 413, 422, 429, 503)
+_SEND_ERRORS = (400, 401, 403, 408, 409, 413, 422, 429, 503)
 
 
 def _body(model: type[BaseModel]) -> dict[str, Any]:
@@ -234,7 +235,7 @@ def openapi_document() -> dict[str, Any]:
             "operationId": "renderTemplate",
             "parameters": [_path_param("name")], "requestBody": _body(PreviewRequest),
             "responses": {"200": _json(Preview, "Rendered"),
-                          **_errors(400, 401, 404, 413, 422)},
+                          **_errors(400, 401, 404, 408, 413, 422)},
         }},
         "/v1/dead-letters": {
             "get": {"summary": "List dead letters (admin scope)", "operationId": "listDead",

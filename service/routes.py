@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
@@ -15,16 +16,24 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from mailcore.deadletters import DeadLetters
+from mailcore.errors import EmailServiceError, InvalidRequest
+from mailcore.idempotency import Idempotency
+from mailcore.jsonlimits import check_json
 from mailcore.message import SendRequest, error_details
+from mailcore.owners import owns
 from mailcore.rendering import RenderedEmail, TemplateError
 from mailcore.status import decode_status, status_key, timeline_key
+from mailcore.validation import Validator
 
 from . import legacy
 from .auth import authenticate
-from .body import read_json_object
-from .errors import ApiError, JSONResponse
+from .body import decode_json_object, read_body, read_json_object
+from .errors import ApiError, JSONResponse, http_error
+from .offload import OFFLOAD_BYTES, off_loop
 from .openapi import PreviewRequest, openapi_document
-from .sending import BatchResponder, Idempotency, SendService
+from .sending import BatchResponder, SendService
+
+_MESSAGE_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def _service(request: Request) -> SendService:
@@ -40,53 +49,86 @@ async def ready(request: Request) -> JSONResponse:
     try:
         await request.app.state.redis.ping()
     except (RedisError, OSError) as exc:
-        return JSONResponse(
-            {"status": "unavailable", "service": "email-service", "reason": f"redis: {exc}"},
-            status_code=503,
-        )
+        return _unready(f"redis: {exc}")
+    listener = request.app.state.event_listener
+    if listener is not None:
+        task = request.app.state.event_listener_task
+        if task is None or task.done():
+            return _unready("the password-reset event listener has stopped")
+        if not listener.ready:
+            return _unready("the password-reset event listener is not subscribed")
     return JSONResponse({"status": "ready", "service": "email-service"})
 
 
-#: Reads the validated messages of a request body.
-Parser = Callable[[SendService, dict[str, Any]], list[SendRequest]]
+def _unready(reason: str) -> JSONResponse:
+    return JSONResponse({"status": "unavailable", "service": "email-service", "reason": reason},
+                        status_code=503)
 
 
-async def _send(request: Request, parse: Parser, *, source: str,
-                respond: BatchResponder) -> JSONResponse:
-    """Authenticate (with the sending scope), read and validate the body, then queue it.
+#: Reads the checked messages of a decoded request body.
+Parser = Callable[[Validator, dict[str, Any]], list[SendRequest]]
 
-    Every message is charged to the caller's rate limit: a refused request here (one token),
-    an accepted one inside the accept step (one Redis round trip for the whole acceptance)."""
+
+async def _send(request: Request, parse: Parser, *, source: str, respond: BatchResponder,
+                invalid_status: int = 422, batch: bool = False) -> JSONResponse:
+    """Authenticate (with the sending scope), refuse a throttled caller at once, read and
+    validate the body, then queue it.
+
+    Every request is charged to the caller's rate limit: a refused one here (one token), an
+    accepted one inside the accept step (one Redis round trip for the whole acceptance)."""
     service = _service(request)
-    caller = await authenticate(request, scope=service.settings.jwt_required_scope)
+    settings = service.settings
+    caller = await authenticate(request, scope=settings.jwt_required_scope)
     try:
-        body = await read_json_object(request, service.settings.max_body_bytes)
-        messages = parse(service, body)
-        idempotency = Idempotency.from_request(
-            request.headers.get("idempotency-key"), caller.subject, request.url.path, body)
-    except ApiError:
-        await service.limit_caller(caller)  # a flood of bad requests is limited too
-        raise
-    status_code, answer, replay = await service.submit_many(
-        messages, owner=caller.subject, source=source, respond=respond,
-        idempotency=idempotency, limit_owner=True)
+        service.refuse_if_throttled(caller)  # before any work on the body
+        try:
+            raw = await read_body(request, settings.max_body_bytes,
+                                  settings.http_body_timeout_seconds)
+
+            def parse_all() -> tuple[list[SendRequest], Idempotency | None]:
+                body = decode_json_object(raw)
+                if batch:
+                    messages = body.get("messages")
+                    service.check_batch_size(
+                        caller, len(messages) if isinstance(messages, list) else 1)
+                parsed = parse(service.validator, body)
+                return parsed, Idempotency.from_request(
+                    request.headers.get("idempotency-key"), caller.owner, request.url.path,
+                    body)
+
+            if len(raw) > OFFLOAD_BYTES:
+                messages, idempotency = await off_loop(parse_all)
+            else:
+                messages, idempotency = parse_all()
+        except (ApiError, EmailServiceError):
+            await service.limit_caller(caller)  # a flood of bad requests is limited too
+            raise
+        status_code, answer, replay = await service.submit_many(
+            messages, owner=caller.owner, source=source, respond=respond,
+            idempotency=idempotency, caller=caller)
+    except EmailServiceError as exc:
+        raise http_error(exc, invalid_status=invalid_status) from None
     headers = {"Idempotent-Replayed": "true"} if replay else {}
     return JSONResponse(answer, status_code=status_code, headers=headers)
 
 
-def _parse_message(service: SendService, body: dict[str, Any]) -> list[SendRequest]:
-    return [service.parse(body)]
+def _parse_message(validator: Validator, body: dict[str, Any]) -> list[SendRequest]:
+    return [validator.parse(body)]
 
 
-def _parse_reset(service: SendService, body: dict[str, Any]) -> list[SendRequest]:
-    send = legacy.parse_reset(body, service.settings.reset_template)
-    service.check(send, status=400)
+def _parse_batch(validator: Validator, body: dict[str, Any]) -> list[SendRequest]:
+    return validator.parse_batch(body)
+
+
+def _parse_reset(validator: Validator, body: dict[str, Any]) -> list[SendRequest]:
+    send = legacy.parse_reset(body, validator.settings.reset_template)
+    validator.check(send)
     return [send]
 
 
-def _parse_order(service: SendService, body: dict[str, Any]) -> list[SendRequest]:
-    send = legacy.parse_order(body, service.settings.order_template)
-    service.check(send)
+def _parse_order(validator: Validator, body: dict[str, Any]) -> list[SendRequest]:
+    send = legacy.parse_order(body, validator.settings.order_template)
+    validator.check(send)
     return [send]
 
 
@@ -96,12 +138,12 @@ async def send_message(request: Request) -> JSONResponse:
 
 
 async def send_batch(request: Request) -> JSONResponse:
-    return await _send(request, SendService.parse_batch, source="api", respond=lambda ids: (
+    return await _send(request, _parse_batch, source="api", batch=True, respond=lambda ids: (
         202, {"messages": [{"id": mid, "status": "queued"} for mid in ids]}))
 
 
 async def send_reset_code(request: Request) -> JSONResponse:
-    return await _send(request, _parse_reset, source="reset-code",
+    return await _send(request, _parse_reset, source="reset-code", invalid_status=400,
                        respond=lambda _: (200, {"message":
                                                 "Password reset code sent successfully"}))
 
@@ -117,12 +159,15 @@ async def get_message(request: Request) -> JSONResponse:
     caller = await authenticate(request)
     service = _service(request)
     message_id = request.path_params["id"]
+    if not _MESSAGE_ID.fullmatch(message_id):  # ids are UUIDs; anything else names nothing
+        raise ApiError(404, "not_found", "no such message for this caller")
     prefix = service.settings.key_prefix
     async with service.client.pipeline(transaction=False) as pipe:
         pipe.hgetall(status_key(prefix, message_id))
         pipe.lrange(timeline_key(prefix, message_id), 0, -1)
         fields, timeline = await pipe.execute()
-    if not fields or fields.get(b"owner", b"").decode() != caller.subject:
+    stored = fields.get(b"owner", b"").decode("utf-8", "replace") if fields else ""
+    if not fields or not owns(stored, caller.owner, caller.subject):
         raise ApiError(404, "not_found", f"no message {message_id!r} for this caller")
     return JSONResponse(decode_status(fields, timeline))
 
@@ -170,9 +215,13 @@ async def render_template(request: Request) -> JSONResponse:
     template = service.registry.get(name)
     if template is None:
         raise ApiError(404, "unknown_template", f"no template named {name!r}")
-    body = await read_json_object(request, service.settings.max_body_bytes)
+    body = await read_json_object(request, service.settings.max_body_bytes,
+                                  service.settings.http_body_timeout_seconds)
     try:
+        check_json(body)
         preview = PreviewRequest.model_validate(body)
+    except InvalidRequest as exc:
+        raise http_error(exc) from None
     except ValidationError as exc:
         details = error_details(exc)
         raise ApiError(422, "invalid_request", f"{details[0]['field']}: {details[0]['message']}",
@@ -218,6 +267,8 @@ async def list_dead_letters(request: Request) -> JSONResponse:
 
 async def show_dead_letter(request: Request) -> JSONResponse:
     dead = await _dead_letters(request)
+    if not _MESSAGE_ID.fullmatch(request.path_params["id"]):
+        raise ApiError(404, "not_found", "no such dead letter")
     found = await anyio.to_thread.run_sync(dead.show, request.path_params["id"])
     if found is None:
         raise ApiError(404, "not_found", "no such dead letter")
@@ -227,7 +278,8 @@ async def show_dead_letter(request: Request) -> JSONResponse:
 async def retry_dead_letter(request: Request) -> JSONResponse:
     dead = await _dead_letters(request)
     message_id = request.path_params["id"]
-    if not await anyio.to_thread.run_sync(dead.retry, message_id):
+    if not _MESSAGE_ID.fullmatch(message_id) or not await anyio.to_thread.run_sync(
+            dead.retry, message_id):
         raise ApiError(404, "not_found", "no such dead letter")
     return JSONResponse({"id": message_id, "status": "queued"}, status_code=202)
 

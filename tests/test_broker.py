@@ -75,7 +75,7 @@ def test_settled_messages_are_not_acked_again(broker: RecoveringRedisBroker,
     queue = _queue_with(broker, 12)
     acks_key, messages_key = _keys(broker, queue)
     client = broker.client
-    consumer = broker.consume(queue, prefetch=6, timeout=100)
+    consumer: Any = broker.consume(queue, prefetch=6, timeout=100)
     first = _take(consumer, 6)
     for message in first:
         _settle(broker, queue, message)
@@ -87,7 +87,7 @@ def test_settled_messages_are_not_acked_again(broker: RecoveringRedisBroker,
 
     def counted(self: AbstractConnection, command: Any, check_health: bool = True) -> None:
         round_trips.append(1)
-        send(self, command, check_health)
+        send(self, command, check_health)  # type: ignore[no-untyped-call]  # redis-py: untyped
 
     monkeypatch.setattr(AbstractConnection, "send_packed_command", counted)
     second = _take(consumer, 6)  # one fetch, nothing else to send
@@ -108,7 +108,7 @@ def test_unsettled_messages_are_given_back_with_the_next_fetch(
     # delete it: it goes back to the queue and is delivered again.
     queue = _queue_with(broker, 4)
     acks_key, messages_key = _keys(broker, queue)
-    consumer = broker.consume(queue, prefetch=2, timeout=100)
+    consumer: Any = broker.consume(queue, prefetch=2, timeout=100)
     first = _take(consumer, 2)
     for message in first:
         consumer.ack(message)  # not settled
@@ -131,7 +131,7 @@ def test_many_waiting_requeues_are_sent_without_waiting_for_a_fetch(
         broker: RecoveringRedisBroker) -> None:
     queue = _queue_with(broker, MAX_PENDING_REQUEUES + 1)
     acks_key, _ = _keys(broker, queue)
-    consumer = broker.consume(queue, prefetch=MAX_PENDING_REQUEUES + 1, timeout=100)
+    consumer: Any = broker.consume(queue, prefetch=MAX_PENDING_REQUEUES + 1, timeout=100)
     taken = _take(consumer, MAX_PENDING_REQUEUES + 1)
     for message in taken[:MAX_PENDING_REQUEUES]:
         consumer.ack(message)
@@ -145,11 +145,11 @@ def test_many_waiting_requeues_are_sent_without_waiting_for_a_fetch(
 
 def test_messages_of_a_consumer_that_dies_are_given_back(broker: RecoveringRedisBroker) -> None:
     queue = _queue_with(broker, 3)
-    consumer = broker.consume(queue, prefetch=3, timeout=100)
+    consumer: Any = broker.consume(queue, prefetch=3, timeout=100)
     taken = _take(consumer, 3)
     # The connection breaks (as when Redis restarts): the consumer is dropped without closing,
     # and its replacement gives the messages it held back to the queue.
-    replacement = broker.consume(queue, prefetch=3, timeout=100)
+    replacement: Any = broker.consume(queue, prefetch=3, timeout=100)
     again = _take(replacement, 3)
     assert sorted(m.message_id for m in again) == sorted(m.message_id for m in taken)
     for message in again:
@@ -160,7 +160,7 @@ def test_messages_of_a_consumer_that_dies_are_given_back(broker: RecoveringRedis
 
 def test_fetch_survives_redis_forgetting_its_scripts(broker: RecoveringRedisBroker) -> None:
     queue = _queue_with(broker, 2)
-    consumer = broker.consume(queue, prefetch=1, timeout=100)
+    consumer: Any = broker.consume(queue, prefetch=1, timeout=100)
     [first] = _take(consumer, 1)
     _settle(broker, queue, first)
     consumer.ack(first)
@@ -179,7 +179,7 @@ def test_a_due_retry_moves_to_its_queue_in_one_step_keeping_its_id(
     delayed = f"{queue}.DQ"
     broker.enqueue(dramatiq.Message(queue_name=queue, actor_name="noop", args=(7,), kwargs={},
                                     options={}), delay=1)
-    consumer = broker.consume(delayed, prefetch=1, timeout=100)
+    consumer: Any = broker.consume(delayed, prefetch=1, timeout=100)
     [waiting] = _take(consumer, 1)
     redis_id = waiting.options["redis_message_id"]
     due = waiting.copy(queue_name=queue)
@@ -201,7 +201,7 @@ def test_requeue_against_a_lost_redis_is_a_connection_error(
     # Dramatiq's consumer thread only survives broker connection errors: a raw redis error
     # from a requeue while Redis is away killed the thread for good.
     queue = _queue_with(broker, 1)
-    consumer = broker.consume(queue, prefetch=1, timeout=100)
+    consumer: Any = broker.consume(queue, prefetch=1, timeout=100)
     [message] = _take(consumer, 1)
     lost = make_broker(f"redis://127.0.0.1:{free_port()}/0")
     lost.declare_queue(queue)
@@ -221,7 +221,7 @@ def test_an_idle_queue_is_polled_at_least_every_100_ms(broker: RecoveringRedisBr
     waits: list[float] = []
     monkeypatch.setattr("workers.broker.time.sleep", waits.append)
     queue = _queue_with(broker, 0)
-    consumer = broker.consume(queue, prefetch=4, timeout=1000)
+    consumer: Any = broker.consume(queue, prefetch=4, timeout=1000)
     assert [next(consumer) for _ in range(20)] == [None] * 20
     assert waits[0] < 0.011 and waits[1] > waits[0]  # still a backoff: 5-10 ms, then longer
     assert max(waits) <= MAX_IDLE_POLL_MS / 1000
@@ -237,7 +237,7 @@ def test_a_busy_consumer_fetches_once_a_quarter_of_its_prefetch_is_free(
     monkeypatch.setattr("workers.broker.time.sleep", lambda seconds: None)
     queue = _queue_with(broker, 20)
     acks_key, _ = _keys(broker, queue)
-    consumer = broker.consume(queue, prefetch=8, timeout=1000)
+    consumer: Any = broker.consume(queue, prefetch=8, timeout=1000)
     held = _take(consumer, 8)
     consumer.ack(held[0])  # one free: 7 of 8 still outstanding, no fetch yet
     assert next(consumer) is None and broker.client.scard(acks_key) == 8
@@ -254,7 +254,7 @@ def test_a_busy_consumer_waits_briefly_instead_of_backing_off(
     waits: list[float] = []
     monkeypatch.setattr("workers.broker.time.sleep", waits.append)
     queue = _queue_with(broker, 5)
-    consumer = broker.consume(queue, prefetch=2, timeout=1000)
+    consumer: Any = broker.consume(queue, prefetch=2, timeout=1000)
     held = _take(consumer, 2)
     waits.clear()
     assert [next(consumer) for _ in range(10)] == [None] * 10

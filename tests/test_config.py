@@ -10,7 +10,7 @@ import pytest
 
 from mailcore.config import ConfigError, Settings
 
-from .support import REPO
+from .support import REPO, RedisServer, ServiceProcess, SMTPServer, base_env, free_port
 
 BASE = {"SECRETS_DIR": "/nonexistent"}
 
@@ -46,6 +46,13 @@ def test_redis_url_wins_and_smtp_defaults_follow_security() -> None:
         ({"JWT_SECRET_FILE": "/nonexistent/secret"}, "JWT_SECRET_FILE"),
         ({"TEMPLATES_DIR": "/nonexistent"}, "TEMPLATES_DIR"),
         ({"LOG_LEVEL": "chatty"}, "LOG_LEVEL"),
+        ({"JWT_MAX_LIFETIME": "a day"}, "JWT_MAX_LIFETIME"),
+        ({"JWT_MAX_LIFETIME": "0"}, "JWT_MAX_LIFETIME"),
+        ({"HTTP_HEADER_TIMEOUT_SECONDS": "0"}, "HTTP_HEADER_TIMEOUT_SECONDS"),
+        ({"HTTP_BODY_TIMEOUT_SECONDS": "soon"}, "HTTP_BODY_TIMEOUT_SECONDS"),
+        ({"HTTP_KEEPALIVE_SECONDS": "0.5"}, "HTTP_KEEPALIVE_SECONDS"),
+        ({"HTTP_MAX_HEADER_BYTES": "100"}, "HTTP_MAX_HEADER_BYTES"),
+        ({"HTTP_MAX_CONCURRENCY": "0"}, "HTTP_MAX_CONCURRENCY"),
     ],
 )
 def test_invalid_settings_name_the_variable(env: dict[str, str], variable: str) -> None:
@@ -83,3 +90,46 @@ def test_processes_stop_with_one_line_naming_the_variable() -> None:
     assert worker.returncode == 2
     assert len(worker.stderr.strip().splitlines()) == 1
     assert "SMTP_PORT: must be an integer" in worker.stderr
+
+
+def test_door_bounds_default_and_override() -> None:
+    default = Settings.from_env(BASE)
+    assert default.jwt_max_lifetime is None and default.worker_metrics_host == "127.0.0.1"
+    assert (default.http_header_timeout_seconds, default.http_body_timeout_seconds,
+            default.http_keepalive_seconds, default.http_max_header_bytes,
+            default.http_max_concurrency) == (10.0, 30.0, 5, 16384, 1000)
+    tuned = Settings.from_env({**BASE, "JWT_MAX_LIFETIME": "3600", "WORKER_METRICS_HOST": "0.0.0.0",
+                               "HTTP_MAX_CONCURRENCY": "50"})
+    assert (tuned.jwt_max_lifetime, tuned.worker_metrics_host,
+            tuned.http_max_concurrency) == (3600, "0.0.0.0", 50)
+
+
+def _listening(port: int) -> set[str]:
+    """Local addresses listening on ``port`` (from /proc/net/tcp, IPv4)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, _, hex_port = local.partition(":")
+        if state == "0A" and int(hex_port, 16) == port:
+            found.add(".".join(str(int(address[i:i + 2], 16)) for i in (6, 4, 2, 0)))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("host", "expected"), [(None, "127.0.0.1"), ("0.0.0.0", "0.0.0.0")])
+def test_worker_metrics_bind_to_loopback_unless_told(
+    redis_server: RedisServer, smtp_server: SMTPServer, tmp_path: Path, host: str | None,
+    expected: str,
+) -> None:
+    port = free_port()
+    env = base_env(redis_server.url, smtp_server.port, WORKER_METRICS_PORT=str(port),
+                   PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "prom"))
+    if host is not None:
+        env["WORKER_METRICS_HOST"] = host
+    worker = ServiceProcess(["worker", "--processes", "1", "--threads", "1"], env,
+                            tmp_path / "worker.log").start()
+    try:
+        assert worker.wait_until(lambda: _listening(port), message="the metrics port") == {
+            expected}
+    finally:
+        worker.stop()

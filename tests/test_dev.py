@@ -60,8 +60,10 @@ def test_dev_stack_prints_a_curl_that_produces_an_email_file(tmp_path: Path) -> 
 
         # A new EmailTemplate file is synced into the store and can be sent at once.
         (resources / "hello.yaml").write_text(HELLO)
-        url, token = re.search(r"(http://\S+)/email-service/send-reset-code", curl).group(1), \
-            re.search(r"Bearer (\S+)'", curl).group(1)  # type: ignore[union-attr]
+        found_url = re.search(r"(http://\S+)/email-service/send-reset-code", curl)
+        found_token = re.search(r"Bearer (\S+)'", curl)
+        assert found_url and found_token, curl
+        url, token = found_url.group(1), found_token.group(1)
 
         def hello_sent() -> bool:
             answer = httpx.post(f"{url}/v1/messages", headers={"Authorization": f"Bearer {token}"},

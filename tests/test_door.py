@@ -310,3 +310,64 @@ def test_openapi_and_offline_docs(redis_server: RedisServer) -> None:
         assert page.status_code == 200 and "swagger-ui-bundle.js" in page.text
         asset = client.get("/docs/static/swagger-ui-bundle.js")
         assert asset.status_code == 200 and len(asset.content) > 100_000
+
+
+# --- a throttled caller is answered 429 before any work; every refusal is charged -------------
+
+def test_a_throttled_caller_gets_429_before_its_body_is_read(redis_server: RedisServer) -> None:
+    with app_client(redis_server, RATE_LIMIT="3/minute", RESET_LIMIT_PER_RECIPIENT="off") as client:
+        shop = bearer(mint_token(TEST_SECRET, subject="shop"))
+        assert [client.post("/v1/messages", json=reset(), headers=shop).status_code
+                for _ in range(4)] == [202, 202, 202, 429]
+        oversize_batch = {"messages": [reset(f"n{i}@example.org") for i in range(50)]}
+        attempts = [
+            client.post("/v1/messages/batch", json=oversize_batch, headers=shop),
+            client.post("/v1/messages/batch", json={"messages": "nope"}, headers=shop),
+            client.post("/v1/messages", content=b"{not json", headers=shop),
+            client.post("/v1/messages", content=b"x" * (2 * 1024 * 1024), headers=shop),
+            client.post("/email-service/send-reset-code", json={}, headers=shop),
+            client.post("/api/order-confirmation", json={"order_id": []}, headers=shop),
+            client.post("/v1/messages", json=reset(), headers=shop),
+        ]
+        for response in attempts:
+            assert response.status_code == 429, response.text
+            assert response.json()["error"] == "rate_limited"
+            assert int(response.headers["retry-after"]) >= 1
+        # Another caller is not affected.
+        other = bearer(mint_token(TEST_SECRET, subject="billing"))
+        assert client.post("/v1/messages", json=reset(), headers=other).status_code == 202
+
+
+@pytest.mark.parametrize("refusal", ["batch_too_large", "invalid_request", "malformed_json",
+                                     "payload_too_large", "invalid_idempotency_key"])
+def test_every_refusal_is_charged(redis_server: RedisServer, refusal: str) -> None:
+    with app_client(redis_server, RATE_LIMIT="3/minute", RESET_LIMIT_PER_RECIPIENT="off",
+                    MAX_BODY_BYTES="65536") as client:
+        shop = bearer(mint_token(TEST_SECRET, subject=f"shop-{refusal}"))
+        requests = {
+            "batch_too_large": lambda: client.post(
+                "/v1/messages/batch", headers=shop,
+                json={"messages": [reset(f"n{i}@example.org") for i in range(4)]}),
+            "invalid_request": lambda: client.post("/v1/messages", json={"to": []}, headers=shop),
+            "malformed_json": lambda: client.post("/v1/messages", content=b"[", headers=shop),
+            "payload_too_large": lambda: client.post("/v1/messages", content=b"x" * 70_000,
+                                                     headers=shop),
+            "invalid_idempotency_key": lambda: client.post(
+                "/v1/messages", json=reset(), headers={**shop, "Idempotency-Key": "a b"}),
+        }
+        codes = [requests[refusal]().json()["error"] for _ in range(4)]
+        assert codes == [refusal] * 3 + ["rate_limited"]
+        assert client.post("/v1/messages", json=reset(), headers=shop).status_code == 429
+
+
+def test_empty_buckets_are_forgotten_when_they_refill_or_overflow() -> None:
+    from mailcore.ratelimit import EmptyBuckets
+
+    empty = EmptyBuckets(capacity=2)
+    empty.remember("a", 60)
+    assert 59 < empty.empty_for("a") <= 60
+    empty.remember("b", -1)  # already refilled
+    assert empty.empty_for("b") == 0 and empty.empty_for("never") == 0
+    for name in ("c", "d", "e"):
+        empty.remember(name, 60)
+    assert empty.empty_for("a") == 0 and empty.empty_for("e") > 0  # the oldest went first

@@ -24,8 +24,8 @@ def unique(prefix: str) -> str:
 
 
 def headers(secret: str, subject: str = "shop", **extra: str) -> dict[str, str]:
-    token = mint_token(secret, subject=subject, **({"scope": extra.pop("scope")}
-                                                   if "scope" in extra else {}))
+    claims: dict[str, Any] = {"scope": extra.pop("scope")} if "scope" in extra else {}
+    token = mint_token(secret, subject=subject, **claims)
     return {"Authorization": f"Bearer {token}", **extra}
 
 

@@ -7,7 +7,10 @@ so the queue length tells exactly what was accepted.
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,7 +26,7 @@ from mailcore.config import Settings
 from mailcore.tokens import mint_token
 from service.app import create_app
 
-from .support import TEST_SECRET, RedisServer
+from .support import TEST_SECRET, RedisServer, wait_for
 
 QUEUE = "email-ingress-test"
 
@@ -118,6 +121,71 @@ def test_bad_tokens_are_refused(
     assert reason in response.json()["message"]
     assert response.headers["www-authenticate"].startswith('Bearer realm="email-service"')
     assert queued() == 0
+
+
+#: RFC 6750: auth-param values are quoted strings without quote or backslash inside.
+_CHALLENGE = re.compile(r'Bearer realm="email-service"(, error="invalid_token", '
+                        r'error_description="[\x20\x21\x23-\x5b\x5d-\x7e]*")?')
+
+
+def _hs256(header: str, claims: str) -> str:
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    signing_input = f"{b64(header.encode())}.{b64(claims.encode())}"
+    mac = hmac.new(TEST_SECRET.encode(), signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{b64(mac)}"
+
+
+_HS = '{"alg": "HS256"}'
+_LIVE = '{"exp": ' + str(FUTURE) + ', '
+HOSTILE_AUTHORIZATIONS = {
+    "alg-list": _hs256('{"alg": ["HS256"]}', "{}"),
+    "alg-object": _hs256('{"alg": {"a": 1}}', "{}"),
+    "alg-quote": _hs256(r'{"alg": "HS256\", x=\"y"}', "{}"),
+    "alg-non-latin1": _hs256(r'{"alg": "\u00e9\u8acb"}', "{}"),
+    "alg-lone-surrogate": _hs256(r'{"alg": "\ud800"}', "{}"),
+    "kid-list": _hs256('{"alg": "HS256", "kid": [1]}', "{}"),
+    "exp-huge-int": _hs256('{"alg": "HS256", "typ": {}}', '{"exp": 1' + "0" * 400 + "}"),
+    "exp-infinite": _hs256(_HS, '{"exp": 1e999}'),
+    "exp-nested": _hs256(_HS, '{"exp": ' + "[" * 100 + "]" * 100 + "}"),
+    "sub-list": _hs256(_HS, _LIVE + '"sub": []}'),
+    "sub-huge-int": _hs256(_HS, _LIVE + '"sub": 1' + "0" * 2000 + "}"),
+    "sub-nested": _hs256(_HS, _LIVE + '"sub": ' + '{"a": ' * 50 + "1" + "}" * 50 + "}"),
+    "scope-object": _hs256(_HS, _LIVE + '"scope": {"a": 1}}'),
+    "scp-ints": _hs256(_HS, _LIVE + '"scp": [1, 2]}'),
+    "iss-list": _hs256(_HS, _LIVE + '"iss": ["x"]}'),
+    "nbf-text": _hs256(_HS, _LIVE + '"nbf": "soon"}'),
+    "claims-array": _hs256(_HS, "[]"),
+    "oversize": "a" * 9000,
+    "non-ascii": "x.y.z" + "\u00e9" * 10,
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE_AUTHORIZATIONS))
+def test_hostile_tokens_are_401_with_a_well_formed_challenge(
+    client: TestClient, queued: Any, name: str
+) -> None:
+    authorization = f"Bearer {HOSTILE_AUTHORIZATIONS[name]}".encode("utf-8", "surrogatepass")
+    response = client.post("/v1/messages", json=valid_message(),
+                           headers={"Authorization": authorization})
+    assert response.status_code == 401, response.text
+    assert response.json()["error"] == "unauthorized"
+    assert _CHALLENGE.fullmatch(response.headers["www-authenticate"])
+    assert 'x="y' not in response.headers["www-authenticate"]
+    assert queued() == 0
+
+
+def test_max_token_lifetime_is_enforced_when_configured(redis_server: RedisServer) -> None:
+    settings = Settings.from_env({
+        "REDIS_URL": redis_server.url, "JWT_SECRET": TEST_SECRET, "QUEUE_NAME": QUEUE,
+        "JWT_MAX_LIFETIME": "3600", "EVENTS_ENABLED": "false", "SECRETS_DIR": "/nonexistent",
+    })
+    with TestClient(create_app(settings)) as client:
+        long_lived = mint_token(TEST_SECRET, ttl_seconds=30 * 86400)
+        refused = send(client, valid_message(), bearer(long_lived))
+        assert refused.status_code == 401 and "JWT_MAX_LIFETIME" in refused.json()["message"]
+        assert send(client, valid_message(), bearer(mint_token(TEST_SECRET))).status_code == 202
 
 
 @pytest.mark.parametrize("subject", ["Zoë ✓ 請求", 'quote " and \\ backslash', "x" * 300])
@@ -417,3 +485,181 @@ def test_batch_is_idempotent(client: TestClient, queued: Any) -> None:
     assert again.json() == first.json() and again.headers["idempotent-replayed"] == "true"
     assert batch(client, messages[:2], headers).status_code == 409
     assert queued() == 3
+
+
+# --- nesting and size bounds, before any model or serialisation -------------------------------
+
+def _nested_dicts(depth: int) -> Any:
+    value: Any = "leaf"
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+def _nested_lists(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def _nested_mixed(depth: int) -> Any:
+    value: Any = None
+    for level in range(depth):
+        value = {"k": value, "n": 1} if level % 2 else [0, value]
+    return value
+
+
+@pytest.mark.parametrize("depth", [40, 300, 900])
+@pytest.mark.parametrize("shape", ["dicts", "lists", "mixed"])
+@pytest.mark.parametrize("where", ["data", "headers", "tags", "to", "unknown", "batch"])
+def test_deep_nesting_is_422_before_anything_else(
+    client: TestClient, queued: Any, depth: int, shape: str, where: str
+) -> None:
+    nested = {"dicts": _nested_dicts, "lists": _nested_lists, "mixed": _nested_mixed}[shape](depth)
+    body = valid_message()
+    body[where if where != "batch" else "data"] = (
+        {"code": nested} if where == "data" else nested)
+    path = "/v1/messages"
+    if where == "batch":
+        body = {"messages": [valid_message(), body]}
+        path = "/v1/messages/batch"
+    response = client.post(path, content=json.dumps(body), headers=GOOD)
+    assert response.status_code == 422, response.text
+    answer = response.json()
+    assert answer["error"] == "invalid_request"
+    assert "nested deeper than 32 levels" in answer["message"]
+    assert answer["details"][0]["field"].startswith("messages" if where == "batch" else where)
+    assert queued() == 0
+
+
+def test_nesting_within_the_limit_is_accepted(client: TestClient, queued: Any) -> None:
+    body = valid_message(headers={"X-Trace": "1"}, tags=["a"])
+    body["data"]["extra"] = _nested_dicts(29)  # data is level 2, the leaf dict level 31
+    assert send(client, body).status_code == 202
+
+
+def test_too_many_values_are_422(client: TestClient, redis_server: RedisServer) -> None:
+    settings = Settings.from_env({
+        "REDIS_URL": redis_server.url, "JWT_SECRET": TEST_SECRET, "QUEUE_NAME": QUEUE,
+        "EVENTS_ENABLED": "false", "SECRETS_DIR": "/nonexistent",
+        "RESET_LIMIT_PER_RECIPIENT": "off",
+    })
+    with TestClient(create_app(settings)) as big:
+        floods: list[Any] = [[0] * 150_000, [{}] * 110_000, {"a": [0] * 60_000, "b": [[]] * 60_000},
+                             {f"{i:x}": 0 for i in range(101_000)}]
+        for flood in floods:
+            body = valid_message()
+            body["data"]["flood"] = flood
+            response = big.post("/v1/messages", headers=GOOD,
+                                content=json.dumps(body, separators=(",", ":")))
+            assert response.status_code == 422
+            assert "more than 100000 values" in response.json()["message"]
+
+
+@pytest.mark.parametrize("path", ["/email-service/send-reset-code", "/api/order-confirmation",
+                                  "/v1/templates/password_reset/render"])
+def test_deep_nesting_on_the_other_endpoints(client: TestClient, queued: Any, path: str) -> None:
+    body = {"email": "ada@example.com", "code": "1", "order_id": "1", "data": _nested_lists(100),
+            "notes": _nested_dicts(100)}
+    response = client.post(path, content=json.dumps(body), headers=GOOD)
+    assert response.status_code == (400 if "reset-code" in path else 422), response.text
+    assert "nested deeper than 32 levels" in response.json()["message"]
+    assert queued() == 0
+
+
+# --- owners: a subject cannot impersonate an internal owner or another issuer's subject -------
+
+def test_internal_owners_cannot_be_impersonated(redis_server: RedisServer) -> None:
+    import hashlib as _hashlib
+
+    from service.events import _EVENT_NAMESPACE
+
+    channel = f"events-{uuid.uuid4().hex[:8]}"
+    settings = Settings.from_env({
+        "REDIS_URL": redis_server.url, "JWT_SECRET": TEST_SECRET, "QUEUE_NAME": QUEUE,
+        "EVENTS_CHANNEL": channel, "SECRETS_DIR": "/nonexistent",
+        "RESET_LIMIT_PER_RECIPIENT": "off", "KEY_PREFIX": f"owners-{uuid.uuid4().hex[:6]}",
+    })
+    with TestClient(create_app(settings)) as client:
+        wait_for(lambda: client.get("/ready").status_code == 200, message="the subscription")
+        raw = json.dumps({"email": "victim@example.org", "code": "424242"}).encode()
+        message_id = str(uuid.uuid5(_EVENT_NAMESPACE, _hashlib.sha256(raw).hexdigest()))
+        redis_server.client().publish(channel, raw)
+        key = f"{settings.key_prefix}:msg:{message_id}"
+        wait_for(lambda: redis_server.client().hget(key, "owner") == b"internal:events",
+                 message="the event's status")
+        impostors = [mint_token(TEST_SECRET, subject=subject, issuer=issuer)
+                     for subject, issuer in [("events", None), ("internal:events", None),
+                                             ("events", "internal"), ("", None),
+                                             ("internal", "events"), ("anonymous", None)]]
+        for token in impostors:
+            response = client.get(f"/v1/messages/{message_id}", headers=bearer(token))
+            assert response.status_code == 404, token
+            assert "victim" not in response.text
+
+
+def test_subjects_of_different_issuers_do_not_collide(client: TestClient) -> None:
+    mine = bearer(mint_token(TEST_SECRET, subject="b:c", issuer="a"))
+    accepted = send(client, valid_message(), headers=mine)
+    message_id = accepted.json()["id"]
+    assert client.get(f"/v1/messages/{message_id}", headers=mine).status_code == 200
+    for subject, issuer in [("c", "a:b"), ("b:c", None), ("a:b:c", None), ("b:c", "A")]:
+        other = bearer(mint_token(TEST_SECRET, subject=subject, issuer=issuer))
+        assert client.get(f"/v1/messages/{message_id}", headers=other).status_code == 404
+
+
+def test_statuses_stored_before_owners_were_tagged_stay_readable(
+    client: TestClient, redis_server: RedisServer
+) -> None:
+    prefix = client.app.state.send_service.settings.key_prefix  # type: ignore[attr-defined]
+    ids = {owner: str(uuid.uuid4()) for owner in ("billing", "events")}
+    for owner, message_id in ids.items():
+        redis_server.client().hset(f"{prefix}:msg:{message_id}", mapping={
+            "id": message_id, "owner": owner, "status": "sent", "template": "password_reset",
+            "recipients": "[]", "source": "api", "attempts": "1", "created_at": "1",
+            "updated_at": "1"})
+    assert client.get(f"/v1/messages/{ids['billing']}", headers=GOOD).status_code == 200
+    impostor = bearer(mint_token(TEST_SECRET, subject="events"))
+    assert client.get(f"/v1/messages/{ids['events']}", headers=impostor).status_code == 404
+
+
+# --- malformed ids and Starlette's own refusals ------------------------------------------------
+
+@pytest.mark.parametrize("suffix", [":timeline", ":x", "%00", "%C3%A9", "x" * 5000, "%FF",
+                                    "..%2F..%2Fetc", "%0d%0aX: 1"])
+def test_malformed_message_ids_are_404_without_a_false_alert(
+    client: TestClient, suffix: str
+) -> None:
+    real = send(client, valid_message()).json()["id"]
+    response = client.get(f"/v1/messages/{real}{suffix}", headers=GOOD)
+    assert response.status_code == 404 and response.json()["error"] == "not_found"
+    assert client.get(f"/v1/messages/{suffix}", headers=GOOD).status_code == 404
+    admin = bearer(mint_token(TEST_SECRET, subject="ops", scope="email:admin"))
+    assert client.get(f"/v1/dead-letters/{real}{suffix}", headers=admin).status_code == 404
+    assert client.post(f"/v1/dead-letters/{real}{suffix}/retry",
+                       headers=admin).status_code == 404
+    assert "email_enqueue_failures_total{" not in client.get("/metrics").text
+
+
+@pytest.mark.parametrize(("status", "code"), [(400, "invalid_request"), (404, "not_found"),
+                                              (405, "method_not_allowed"),
+                                              (408, "request_timeout"),
+                                              (413, "payload_too_large"),
+                                              (431, "headers_too_large"), (503, "error")])
+def test_http_exceptions_keep_their_status(status: int, code: str) -> None:
+    from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
+    from starlette.requests import Request as StarletteRequest
+    from starlette.routing import Route
+
+    from service.errors import handle_http_exception
+
+    async def refuse(request: StarletteRequest) -> Any:
+        raise HTTPException(status, detail="refused for a reason")
+
+    app = Starlette(routes=[Route("/x", refuse)],
+                    exception_handlers={HTTPException: handle_http_exception})
+    response = TestClient(app).get("/x")
+    assert response.status_code == status
+    assert response.json()["error"] == code

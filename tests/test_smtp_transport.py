@@ -26,11 +26,12 @@ from mailcore.rendering import RenderedEmail
 from mailcore.transports import (
     PermanentDeliveryError,
     TransientDeliveryError,
+    UnconfirmedDeliveryError,
     transport_from_settings,
 )
 from mailcore.transports.smtp import SMTPTransport
 
-from .support import RecordingHandler, SMTPServer, free_port
+from .support import DroppingHandler, RecordingHandler, SMTPServer, free_port
 
 
 @pytest.fixture
@@ -294,6 +295,57 @@ def test_partly_and_wholly_refused_recipients(pipelining: bool) -> None:
         transport.send(envelope("ok@example.com", message_id="r4"))
         assert len(handler.to("ok@example.com")) == 2
         assert len(set(handler.peers)) == 1
+    finally:
+        transport.close()
+        controller.stop()
+
+
+# --- The ambiguous outcome: the whole message went out, the reply never came -------------------
+
+@pytest.mark.parametrize("pipelining", [True, False])
+@pytest.mark.parametrize("how", ["close", "abort", "silent"])
+def test_a_reply_lost_after_the_final_dot_is_unconfirmed(how: str, pipelining: bool) -> None:
+    handler = DroppingHandler(pipelining=pipelining, drop={"a@example.com": [how]})
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    transport = SMTPTransport("127.0.0.1", port, security="none", timeout=1)
+    message = envelope("a@example.com", message_id="u1")
+    try:
+        with pytest.raises(UnconfirmedDeliveryError, match="unconfirmed") as lost:
+            transport.send(message)
+        assert isinstance(lost.value, TransientDeliveryError)  # retried...
+        assert lost.value.outcome == "unconfirmed"  # ...and recorded as such
+        # The relay did have the whole message.
+        [kept] = handler.dropped
+        assert kept.data.rstrip(b"\r\n") == message.raw.rstrip(b"\r\n")
+        # The session was dropped; the next message goes out on a new one.
+        transport.send(envelope("a@example.com", message_id="u2"))
+        assert [m.message["Message-ID"] for m in handler.to("a@example.com")] == [
+            "<u2@shop.example.com>"]
+    finally:
+        transport.close()
+        controller.stop()
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_a_connection_lost_before_the_message_went_out_is_an_ordinary_failure(
+        pipelining: bool) -> None:
+    class DropsAtRcpt(RecordingHandler):
+        async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
+                              rcpt_options: list[str]) -> str:
+            server.transport.close()
+            return "250 OK"
+
+    port = free_port()
+    controller = Controller(DropsAtRcpt(pipelining=pipelining), hostname="127.0.0.1", port=port)
+    controller.start()
+    transport = SMTPTransport("127.0.0.1", port, security="none", timeout=2)
+    try:
+        with pytest.raises(TransientDeliveryError) as failed:
+            transport.send(envelope("a@example.com"))
+        assert not isinstance(failed.value, UnconfirmedDeliveryError)
+        assert failed.value.outcome is None
     finally:
         transport.close()
         controller.stop()

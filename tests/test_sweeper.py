@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
@@ -40,7 +41,7 @@ def _accept(server: RedisServer, queue: str, prefix: str) -> str:
 
 def test_the_sweeper_requeues_only_what_no_queue_holds(redis_server: RedisServer) -> None:
     queue, prefix = f"q{uuid.uuid4().hex[:6]}", f"sw-{uuid.uuid4().hex[:6]}"
-    client = redis_server.client()
+    client: Any = redis_server.client()
     sweeper = Sweeper(client, queue_name=queue, prefix=prefix, min_age_seconds=AGE)
     waiting, lost, leased, done = (_accept(redis_server, queue, prefix) for _ in range(4))
     status = {mid: f"{prefix}:msg:{mid}" for mid in (waiting, lost, leased, done)}

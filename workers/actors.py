@@ -36,7 +36,7 @@ from mailcore.transports import PermanentDeliveryError, TransientDeliveryError
 
 from . import metrics
 from .broker import mark_settled
-from .delivery import Delivered
+from .delivery import Delivered, job_template
 from .runtime import build_runtime
 
 log = logging.getLogger("email_service.worker")
@@ -58,6 +58,13 @@ dramatiq.set_broker(runtime.broker)
 def send_email(job: dict[str, Any]) -> None:
     # The CurrentMessage middleware hands over the proxy the worker acks (typed as a Message).
     message = cast(MessageProxy, CurrentMessage.get_current_message())
+    if not isinstance(job, dict) or not isinstance(job.get("id"), str) or not job["id"]:
+        # No status to record anything in: straight to the dead letters (Dramatiq's nack),
+        # rather than given back to the queue again and again.
+        log.error("invalid job without a message id; dead-lettered",
+                  extra={"redis_id": message.options.get("redis_message_id")})
+        message.fail()
+        return
     # One trace from the ingress request (or the Redis event) through render and SMTP.
     with tracer().start_as_current_span(
         "send_email", context=extract_context(job.get("trace")), kind=trace.SpanKind.CONSUMER,
@@ -138,7 +145,7 @@ def _failed(job: dict[str, Any], message: MessageProxy, attempt: Attempt,
     message_id = job["id"]
     retries = message.options.get("retries", 0)
     context = {"message_id": message_id, "attempt": attempt.attempt,
-               "template": job.get("request", {}).get("template", "")}
+               "template": job_template(job)}
     if isinstance(exc, (PermanentDeliveryError, TemplateError)):
         log.error("dead-lettered: permanent failure: %s", exc, extra=context)
         return _settle(message, job, "dead", "failed", status=FAILED, detail=str(exc),
@@ -160,17 +167,17 @@ def _failed(job: dict[str, Any], message: MessageProxy, attempt: Attempt,
         return _settle(message, job, "dead", "dead", status=DEAD,
                        detail=f"gave up after {retries + 1} attempts: {failure}",
                        last_error=failure.text, last_code=failure.code,
-                       attempt=attempt.attempt)
+                       attempt=attempt.attempt, outcome=failure.outcome)
     _, delay = compute_backoff(retries, factor=settings.retry_min_backoff_ms,
                                max_backoff=settings.retry_max_backoff_ms)
     log.warning("attempt %d failed, will retry in %d ms: %s", retries + 1, delay, failure,
                 extra=context)
     return _settle(message, job, "retry", "retry", status=RETRYING, detail=str(failure),
                    next_copy=_next_copy(message, delay, retries + 1), last_error=failure.text,
-                   last_code=failure.code, attempt=attempt.attempt)
+                   last_code=failure.code, attempt=attempt.attempt, outcome=failure.outcome)
 
 
-def _settle(message: MessageProxy, job: dict[str, Any], kind: str, outcome: str,
+def _settle(message: MessageProxy, job: dict[str, Any], kind: str, label: str,
             **record: Any) -> str:
     """Record ``kind`` and remove the message in one step, then mark it settled; leave it
     unsettled (given back to the queue by the broker) when Redis cannot be reached."""
@@ -179,18 +186,17 @@ def _settle(message: MessageProxy, job: dict[str, Any], kind: str, outcome: str,
                                      runtime.holding, **record)
     except REDIS_DOWN as exc:
         log.warning("could not record the attempt's outcome (%s); the message goes back to "
-                    "the queue: %s", outcome, exc, extra={"message_id": job["id"]})
+                    "the queue: %s", label, exc, extra={"message_id": job["id"]})
         return "unsettled"
     mark_settled(message)
     if kind == "dead" and not held:
-        outcome = "retry"  # given back meanwhile: its redelivered copy decides
-    template = job.get("request", {}).get("template", "")
-    metrics.MESSAGES.labels(template, runtime.deliverer.transport.name, outcome).inc()
-    if outcome == "retry":
+        label = "retry"  # given back meanwhile: its redelivered copy decides
+    metrics.MESSAGES.labels(job_template(job), runtime.deliverer.transport.name, label).inc()
+    if label == "retry":
         metrics.RETRIES.inc()
     elif kind == "dead":
-        metrics.DEAD_LETTERS.labels("failed" if outcome == "failed" else "exhausted").inc()
-    return outcome
+        metrics.DEAD_LETTERS.labels("failed" if label == "failed" else "exhausted").inc()
+    return label
 
 
 def _next_copy(message: MessageProxy, delay_ms: int, retries: int) -> tuple[str, bytes]:

@@ -2,26 +2,37 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import asdict, dataclass
-from email.headerregistry import Address
-from email.utils import parseaddr
 from typing import Any
 
 from opentelemetry import trace
+from pydantic import ValidationError
 
 from mailcore.config import Settings
-from mailcore.message import ACCEPTED, Recipient, SendRequest
+from mailcore.message import ACCEPTED, Recipient, SendRequest, error_details, recipient_from_text
 from mailcore.mime import build_envelope
 from mailcore.rendering import TemplateError
 from mailcore.telemetry import detail_span
 from mailcore.templates import TemplateRegistry
-from mailcore.transports import DeliveryError, DeliveryResult, Transport
+from mailcore.transports import (
+    DeliveryError,
+    DeliveryResult,
+    PermanentDeliveryError,
+    Transport,
+    UnconfirmedDeliveryError,
+)
 
 from . import metrics
 
 log = logging.getLogger("email_service.worker")
+
+
+class InvalidJobError(PermanentDeliveryError):
+    """The job itself is unusable (no id, a request that fails validation, a sender override
+    that does not parse): trying again cannot help, so it fails at once, saying why."""
 
 
 @dataclass(frozen=True)
@@ -52,8 +63,9 @@ class Deliverer:
         self._default_sender = Recipient(email=settings.sender_email, name=settings.sender_name)
 
     def deliver(self, job: dict[str, Any]) -> Delivered:
-        """Raises ``TemplateError`` (permanent) or a ``DeliveryError`` from the transport."""
-        request = SendRequest.model_validate(job["request"], context=ACCEPTED)
+        """Raises ``TemplateError`` or ``InvalidJobError`` (permanent) or a ``DeliveryError``
+        from the transport."""
+        request = parse_job(job)
         span = trace.get_current_span()
         template = self.registry.get(request.template)
         if template is None:
@@ -71,11 +83,12 @@ class Deliverer:
         envelope = build_envelope(
             message_id=job["id"],
             rendered=rendered,
-            sender=request.sender or _parse_mailbox(template.source.sender) or self._default_sender,
+            sender=(request.sender or _override("from", template.source.sender)
+                    or self._default_sender),
             to=request.to,
             cc=request.cc,
             bcc=request.bcc,
-            reply_to=request.reply_to or _parse_mailbox(template.source.reply_to),
+            reply_to=request.reply_to or _override("replyTo", template.source.reply_to),
             headers=request.headers,
             tags=request.tags,
         )
@@ -93,6 +106,8 @@ class Deliverer:
                     time.perf_counter() - started)
                 if exc.code is not None:
                     send_span.set_attribute("smtp.code", exc.code)
+                if isinstance(exc, UnconfirmedDeliveryError):
+                    metrics.UNCONFIRMED.labels(self.transport.name).inc()
                 raise
             # The relay has the message. Until the worker records it as sent, a crash sends it
             # again: nothing here but the span's code; logs and metrics wait for report().
@@ -113,10 +128,34 @@ class Deliverer:
                                                           "refused": len(result.refused)})
 
 
-def _parse_mailbox(value: str | None) -> Recipient | None:
-    """``"Name <addr>"`` or ``"addr"`` from a template override."""
+def parse_job(job: Any) -> SendRequest:
+    """The job's request, or ``InvalidJobError`` naming what is wrong with the job."""
+    if not isinstance(job, dict) or not isinstance(job.get("id"), str) or not job["id"]:
+        raise InvalidJobError("invalid job: no message id")
+    try:
+        return SendRequest.model_validate(job.get("request"), context=ACCEPTED)
+    except ValidationError as exc:
+        details = "; ".join(f"{d['field']}: {d['message']}" for d in error_details(exc)[:5])
+        raise InvalidJobError(f"invalid job: request {details}") from None
+
+
+def job_template(job: dict[str, Any]) -> str:
+    """The template a job names, or "" (for metric labels, before the job is validated)."""
+    request = job.get("request")
+    template = request.get("template") if isinstance(request, dict) else None
+    return template if isinstance(template, str) else ""
+
+
+def _override(field: str, value: str | None) -> Recipient | None:
+    """A template resource's ``from``/``replyTo`` (``"Name <addr>"`` or ``"addr"``)."""
     if not value:
         return None
-    name, addr = parseaddr(value)
-    Address(addr_spec=addr)  # raises on malformed addresses
-    return Recipient(email=addr, name=name or None)
+    try:
+        return _recipient(value)
+    except ValueError as exc:
+        raise InvalidJobError(
+            f"the template's {field} {value[:100]!r} is not a usable mailbox: {exc}") from None
+
+
+# Templates carry few distinct overrides; parse each once, not once per message.
+_recipient = functools.lru_cache(maxsize=256)(recipient_from_text)

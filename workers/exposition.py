@@ -66,9 +66,11 @@ class QueueCollector(Collector):
             yield GaugeMetricFamily(name, text, value=float(value))
 
 
-def serve_worker_metrics(port: int, redis_url: str, queue_name: str) -> None:
-    """Serve the merged multiprocess metrics and the queue gauges (a daemon thread)."""
+def serve_worker_metrics(port: int, redis_url: str, queue_name: str, *,
+                         host: str = "127.0.0.1") -> None:
+    """Serve the merged multiprocess metrics and the queue gauges on ``host:port`` (a daemon
+    thread)."""
     registry = CollectorRegistry()
     MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     registry.register(QueueCollector(redis_url, queue_name))
-    start_http_server(port, registry=registry)
+    start_http_server(port, addr=host, registry=registry)

@@ -32,10 +32,6 @@ from dramatiq.middleware import Middleware
 
 log = logging.getLogger("email_service.worker.heartbeat")
 
-#: Where worker processes write their heartbeat files (a scratch emptyDir in the chart).
-DEFAULT_DIRECTORY = Path("/tmp/email-service-heartbeat")
-
-
 @dataclass(frozen=True)
 class Report:
     pid: int

@@ -9,6 +9,9 @@ gauges read from Redis at scrape time.
   duplicate (a redelivered copy of a finished message, dropped) | busy (a copy that found
   another attempt under way, looked at again later)
 - ``email_render_seconds{template}``, ``email_send_seconds{transport}``: latency histograms
+- ``email_unconfirmed_total{transport}``: attempts whose outcome is unknown (the connection was
+  lost after the whole message went out, before the relay's reply); retried with the same
+  Message-ID
 - ``email_retries_total``, ``email_dead_letters_total{reason}`` (failed | exhausted)
 - ``email_recovered_total``: messages the sweeper re-queued (should stay 0: an alarm)
 - ``email_sent_record_seconds``: relay acceptance to ``sent`` recorded, the duplicate window
@@ -30,6 +33,8 @@ RENDER_SECONDS = Histogram("email_render_seconds", "Template render time per mes
 SEND_SECONDS = Histogram("email_send_seconds", "Transport send time per message", ["transport"],
                          buckets=_LATENCY)
 RETRIES = Counter("email_retries", "Send attempts that failed transiently and will be retried")
+UNCONFIRMED = Counter("email_unconfirmed", "Sends lost after the message went out, before the "
+                      "relay's reply (it may have been accepted)", ["transport"])
 DEAD_LETTERS = Counter("email_dead_letters", "Messages dead-lettered, by reason", ["reason"])
 RECOVERED = Counter("email_recovered",
                     "Unfinished messages that no queue held, re-queued by the sweeper")

@@ -9,6 +9,7 @@ from .base import (
     PermanentDeliveryError,
     TransientDeliveryError,
     Transport,
+    UnconfirmedDeliveryError,
 )
 
 
@@ -38,5 +39,5 @@ def transport_from_settings(settings: Settings) -> Transport:
 
 __all__ = [
     "DeliveryError", "DeliveryResult", "PermanentDeliveryError", "TransientDeliveryError",
-    "Transport", "transport_from_settings",
+    "Transport", "UnconfirmedDeliveryError", "transport_from_settings",
 ]

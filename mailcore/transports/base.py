@@ -18,6 +18,8 @@ class DeliveryError(Exception):
 
     #: Whether trying again later may succeed.
     transient = True
+    #: What became of the attempt, when that is more than "failed" (see subclasses).
+    outcome: str | None = None
 
     def __init__(self, message: str, code: int | None = None) -> None:
         super().__init__(f"{code} {message}" if code else message)
@@ -27,6 +29,16 @@ class DeliveryError(Exception):
 
 class TransientDeliveryError(DeliveryError):
     """Try again later: connection trouble, timeouts, 4xx replies."""
+
+
+class UnconfirmedDeliveryError(TransientDeliveryError):
+    """The whole message went out but the relay's reply never came (the connection broke or
+    timed out after the final ``.``): the relay may have accepted it. Retried like any transient
+    failure — with the same Message-ID, so a copy the relay did accept can be recognised — and
+    recorded as ``unconfirmed``."""
+
+    #: The attempt's outcome, for the status timeline.
+    outcome = "unconfirmed"
 
 
 class PermanentDeliveryError(DeliveryError):

@@ -10,7 +10,13 @@ import threading
 from typing import Literal
 
 from ..mime import Envelope
-from .base import DeliveryResult, PermanentDeliveryError, TransientDeliveryError, Transport
+from .base import (
+    DeliveryResult,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+    Transport,
+    UnconfirmedDeliveryError,
+)
 
 
 class SMTPTransport(Transport):
@@ -79,6 +85,9 @@ class SMTPTransport(Transport):
             if all(400 <= code < 500 for code, _ in exc.recipients.values()):
                 raise TransientDeliveryError(f"all recipients refused: {detail}", first) from exc
             raise PermanentDeliveryError(f"all recipients refused: {detail}", first) from exc
+        except BodyUnconfirmed as exc:
+            self._drop()
+            raise UnconfirmedDeliveryError(str(exc)) from exc
         except smtplib.SMTPResponseException as exc:
             self._reset()
             error_cls = TransientDeliveryError if exc.smtp_code < 500 else PermanentDeliveryError
@@ -239,11 +248,15 @@ class _RecordingSMTP(smtplib.SMTP):
         if stuffed.startswith(b"."):
             stuffed = b"." + stuffed
         ending = b".\r\n" if stuffed.endswith(b"\r\n") else b"\r\n.\r\n"
+        # A failed write means the final "." never left: an ordinary transient failure. Once
+        # it has, a lost reply leaves the outcome unknown.
+        self.send(stuffed + ending)
         try:
-            self.send(stuffed + ending)
             code, reply = self.getreply()
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
-            raise BodyUnconfirmed(f"connection lost after the message was sent: {exc}") from exc
+            raise BodyUnconfirmed(
+                f"unconfirmed: the connection was lost after the whole message was sent, before "
+                f"the relay's reply; it may have been accepted ({exc})") from exc
         self.last_reply = f"{code} {_text(reply)}"
         if code != 250:
             raise smtplib.SMTPDataError(code, reply)

@@ -1,4 +1,4 @@
-"""The benchmark's smoke mode: the real stack delivers every message it accepts."""
+"""The benchmark's smoke mode: the real stack delivers every message it accepts, once."""
 
 from __future__ import annotations
 
@@ -26,3 +26,8 @@ def test_smoke_mode_delivers_every_accepted_message(tmp_path: Path) -> None:
     smoke = figures["smoke"]
     assert smoke["accepted"] == smoke["sent"] == 40
     assert smoke["delivered"] == smoke["accepted"]
+    assert (smoke["lost"], smoke["duplicates"], smoke["unexpected"]) == (0, 0, 0)
+    assert figures["notes"] == []
+    # The verdicts judge the counts (tests/bench/test_targets.py shows they can miss).
+    assert {k: v for k, v in figures["verdicts"].items() if k.startswith("smoke.")} == {
+        "smoke.lost": "met", "smoke.duplicates": "met", "smoke.unexpected": "met"}

@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
@@ -21,8 +22,11 @@ ENVIRONMENTS = ["dev", "staging", "prod"]
 #: The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest schema known.
 KUBERNETES_VERSIONS = ["1.30.0", kubernetes_validate.utils.latest_version()]
 #: Kinds from CRDs (Prometheus Operator, KEDA) that the core API schemas do not know.
-CRD_KINDS = {"ServiceMonitor", "PodMonitor", "ScaledObject", "TriggerAuthentication"}
+CRD_KINDS = {"ServiceMonitor", "PodMonitor", "ScaledObject", "TriggerAuthentication",
+             "PrometheusRule"}
 SECRET = "unit-test-jwt-secret-0123456789abcdef-xyz"
+#: What a default install must be given: a JWT secret and the bundled Redis' password.
+REQUIRED = ("--set", f"jwt.secret={SECRET}", "--set", "redis.password=redis-pw-1")
 
 
 def helm(helm_binary: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -103,7 +107,7 @@ def test_the_crd_is_valid_for_the_kubernetes_api() -> None:
 def test_custom_resources_are_well_formed(helm_binary: str) -> None:
     docs = render(helm_binary, "-f", values_file("prod"))
     kinds = {d["kind"]: d for d in docs if d["kind"] in CRD_KINDS}
-    assert set(kinds) == CRD_KINDS
+    assert set(kinds) == CRD_KINDS - {"PrometheusRule"}  # checked by the alert tests
     scaled = kinds["ScaledObject"]
     assert scaled["apiVersion"] == "keda.sh/v1alpha1"
     worker = by_kind(docs, "Deployment")["mail-email-service-worker"]
@@ -139,8 +143,8 @@ def test_custom_resources_are_well_formed(helm_binary: str) -> None:
 ])
 def test_schema_rejects_wrong_types_and_unknown_keys(helm_binary: str, setting: str,
                                                       complaint: str) -> None:
-    result = helm(helm_binary, "template", "mail", str(CHART), "--set", f"jwt.secret={SECRET}",
-                  "--set", setting, check=False)
+    result = helm(helm_binary, "template", "mail", str(CHART), *REQUIRED, "--set", setting,
+                  check=False)
     assert result.returncode != 0
     assert complaint in result.stderr
 
@@ -152,7 +156,7 @@ def test_refuses_to_render_without_a_jwt_secret(helm_binary: str) -> None:
 
 
 def test_external_redis_needs_a_host(helm_binary: str) -> None:
-    result = helm(helm_binary, "template", "mail", str(CHART), "--set", f"jwt.secret={SECRET}",
+    result = helm(helm_binary, "template", "mail", str(CHART), *REQUIRED,
                   "--set", "redis.bundled=false", check=False)
     assert "redis.host is required when redis.bundled is false" in result.stderr
 
@@ -211,23 +215,56 @@ def test_existing_secrets_are_referenced_and_no_secret_is_created(helm_binary: s
         "redis_password": ("email-service-redis", "password")}
 
 
-def test_bundled_redis_gets_a_generated_password_kept_out_of_the_pod_spec(helm_binary: str
-                                                                          ) -> None:
-    docs = render(helm_binary, "--set", f"jwt.secret={SECRET}")
+def test_bundled_redis_password_is_required_never_generated(helm_binary: str) -> None:
+    result = helm(helm_binary, "template", "mail", str(CHART), "--set", f"jwt.secret={SECRET}",
+                  check=False)
+    assert result.returncode != 0
+    assert "redis.password or redis.existingSecret is required with the bundled Redis" in (
+        result.stderr)
+    # An existing Secret is enough: the chart then makes no Redis password of its own.
+    docs = render(helm_binary, "--set", f"jwt.secret={SECRET}",
+                  "--set", "redis.existingSecret=my-redis")
+    assert "redis_password" not in next(iter(by_kind(docs, "Secret").values()))["data"]
+    volume = by_kind(docs, "StatefulSet")["mail-email-service-redis"]["spec"]["template"][
+        "spec"]["volumes"]
+    assert {"name": "secrets", "secret": {"secretName": "my-redis", "defaultMode": 0o440,
+            "items": [{"key": "redis_password", "path": "redis_password"}]}} in volume
+
+
+def test_bundled_redis_password_is_kept_out_of_the_pod_spec(helm_binary: str) -> None:
+    docs = render(helm_binary, *REQUIRED)
     password = base64.b64decode(next(iter(by_kind(docs, "Secret").values()))
                                 ["data"]["redis_password"]).decode()
-    assert len(password) == 32
+    assert password == "redis-pw-1"
     redis = by_kind(docs, "StatefulSet")["mail-email-service-redis"]
     assert password not in yaml.safe_dump(redis)
     command = " ".join(redis["spec"]["template"]["spec"]["containers"][0]["args"])
     assert "--appendonly yes --appendfsync always" in command
     assert '--requirepass "$(cat /run/secrets/redis_password)"' in command
+    probe = redis["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["exec"]
+    assert probe["command"] == ["sh", "-c", 'REDISCLI_AUTH="$(cat /run/secrets/redis_password)"'
+                                " redis-cli -p 6379 ping | grep -q PONG"]
+
+
+@pytest.mark.parametrize("env", ["default", *ENVIRONMENTS])
+def test_two_renders_are_identical(helm_binary: str, env: str) -> None:
+    """Nothing random at render time: GitOps tools re-render often, and a changed Secret or
+    checksum would roll every pod each time."""
+    args = [*REQUIRED, "--set", "metrics.prometheusRule.enabled=true"] if env == "default" else [
+        "-f", values_file(env)]
+    first, second = (helm(helm_binary, "template", "mail", str(CHART), *args).stdout
+                     for _ in range(2))
+    assert "kind: Deployment" in first
+    assert first == second
 
 
 # --- pods: probes, hardening, rolling ----------------------------------------------------------
 
 def test_every_container_is_probed_hardened_and_sized(env_docs: list[dict[str, Any]]) -> None:
-    for name, spec in pod_specs(env_docs).items():
+    specs = pod_specs(env_docs)
+    assert {"mail-email-service-ingress", "mail-email-service-worker",
+            "mail-email-service-operator", "mail-email-service-test"} <= set(specs)
+    for name, spec in specs.items():
         assert spec["securityContext"]["runAsNonRoot"] is True, name
         assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
         for container in spec["containers"]:
@@ -340,8 +377,7 @@ def test_operator_rbac_is_least_privilege(default_docs: list[dict[str, Any]],
     cluster = next(iter(by_kind(default_docs, "ClusterRole").values()))
     assert {verb for _, _, verb in rules(cluster)} == {"get", "list", "watch"}
     # Watching every namespace moves the template rights into the ClusterRole instead.
-    docs = render(helm_binary, "--set", f"jwt.secret={SECRET}",
-                  "--set", "config.templateNamespaces={*}")
+    docs = render(helm_binary, *REQUIRED, "--set", "config.templateNamespaces={*}")
     assert not by_kind(docs, "Role")
     assert (group, "emailtemplates/status", "patch") in rules(
         next(iter(by_kind(docs, "ClusterRole").values())))
@@ -379,30 +415,17 @@ def test_helm_test_hook_checks_the_ingress(default_docs: list[dict[str, Any]]) -
 
 def test_notes_tell_how_to_call_the_service(helm_binary: str) -> None:
     out = helm(helm_binary, "install", "mail", str(CHART), "--dry-run=client", "--namespace",
-               "email", "--set", f"jwt.secret={SECRET}").stdout
+               "email", *REQUIRED).stdout
     assert "http://mail-email-service.email.svc:80" in out
     assert "Authorization: Bearer $TOKEN" in out
 
 
 def test_dashboard_uses_only_metrics_the_service_exports(helm_binary: str) -> None:
-    from prometheus_client import REGISTRY
-
-    import workers.metrics  # noqa: F401 - registers the worker metrics
-    from service.metrics import IngressMetrics
-
-    exported = {metric.name for metric in IngressMetrics().registry.collect()}
-    exported |= {metric.name for metric in REGISTRY.collect()}
-    exported |= {"email_queue_depth", "email_queue_delayed", "email_queue_in_flight",
-                 "email_queue_oldest_age_seconds", "email_dead_letter_queue_size",
-                 "email_operator_reconciles", "email_operator_templates"}
     dashboard = json.loads((CHART / "dashboards" / "email-service.json").read_text())
     expressions = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
     assert len(expressions) > 15
-    for expr in expressions:
-        for name in re.findall(r"\b(email_[a-z_]+)", expr):
-            base = re.sub(r"_(total|bucket|count|sum|created)$", "", name)
-            assert base in exported or name in exported, f"{name} in {expr!r}"
-    docs = render(helm_binary, "--set", f"jwt.secret={SECRET}", "--set", "dashboard.enabled=true")
+    assert_only_exported_metrics(expressions)
+    docs = render(helm_binary, *REQUIRED, "--set", "dashboard.enabled=true")
     configmap = by_kind(docs, "ConfigMap")["mail-email-service-dashboard"]
     assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(configmap["data"]["email-service.json"]) == dashboard
@@ -415,8 +438,6 @@ SKAFFOLD_SCHEMA = REPO.parent / "shared" / "schemas" / "skaffold-v4beta14.json"
 
 @pytest.mark.skipif(not SKAFFOLD_SCHEMA.exists(), reason="../shared/schemas is not beside the repo")
 def test_skaffold_config_matches_the_published_schema() -> None:
-    import jsonschema
-
     schema = json.loads(SKAFFOLD_SCHEMA.read_text())
     config = yaml.safe_load((REPO / "skaffold.yaml").read_text())
     assert config["apiVersion"] == "skaffold/v4beta14"
@@ -458,7 +479,7 @@ def test_helm_is_the_real_binary(helm_binary: str) -> None:
 @pytest.mark.parametrize("env", ["default", *ENVIRONMENTS])
 def test_worker_smtp_sessions_stay_under_a_default_relay_limit(helm_binary: str, env: str) -> None:
     """Each worker thread holds one SMTP session; Postfix admits 50 per client by default."""
-    args = ["--set", f"jwt.secret={SECRET}"] if env == "default" else ["-f", values_file(env)]
+    args = [*REQUIRED] if env == "default" else ["-f", values_file(env)]
     worker = by_kind(render(helm_binary, *args), "Deployment")["mail-email-service-worker"]
     command = worker["spec"]["template"]["spec"]["containers"][0]["args"]
     processes = int(command[command.index("--processes") + 1])
@@ -479,7 +500,8 @@ def test_worker_smtp_sessions_stay_under_a_default_relay_limit(helm_binary: str,
         "single",
         "cluster-wide-monitored"])
 def test_optional_paths_render_valid_objects(helm_binary: str, settings: list[str]) -> None:
-    args = ["--set", f"jwt.secret={SECRET}"]
+    # External Redis without auth: no password at all.
+    args = [*REQUIRED[:2]] if "redis.bundled=false" in settings else [*REQUIRED]
     for setting in settings:
         args += ["--set", setting]
     docs = render(helm_binary, *args)
@@ -505,3 +527,160 @@ def test_optional_paths_render_valid_objects(helm_binary: str, settings: list[st
         image = deployments["mail-email-service-ingress"]["spec"]["template"]["spec"][
             "containers"][0]["image"]
         assert image == "ghcr.io/example/email-service@sha256:" + "a" * 64
+
+
+# --- conventions: namespace, rollout, probes as values ------------------------------------------
+
+def test_namespace_value_places_every_namespaced_object(helm_binary: str) -> None:
+    docs = render(helm_binary, *REQUIRED, "--set", "namespace=mail-system",
+                  "--set", "metrics.serviceMonitor.enabled=true",
+                  "--set", "metrics.prometheusRule.enabled=true")
+    cluster_scoped = {"ClusterRole", "ClusterRoleBinding"}
+    namespaces = {d["metadata"]["namespace"] for d in docs if d["kind"] not in cluster_scoped
+                  and d["kind"] not in {"Role", "RoleBinding"}}
+    assert namespaces == {"mail-system"}
+    # The operator watches the namespace it is installed in, by default.
+    roles = by_kind(docs, "Role")
+    assert {role["metadata"]["namespace"] for role in roles.values()} == {"mail-system"}
+    config = next(iter(by_kind(docs, "ConfigMap").values()))["data"]
+    assert "mail-system" in json.dumps(config)
+
+
+def test_rollout_and_probe_timings_come_from_values(helm_binary: str) -> None:
+    docs = render(helm_binary, *REQUIRED, "--set", "revisionHistoryLimit=2",
+                  "--set", "ingress.strategy.rollingUpdate.maxSurge=25%",
+                  "--set", "worker.livenessProbe.periodSeconds=45",
+                  "--set", "redis.readinessProbe.failureThreshold=7")
+    deployments = by_kind(docs, "Deployment")
+    redis = by_kind(docs, "StatefulSet")["mail-email-service-redis"]
+    assert {d["spec"]["revisionHistoryLimit"] for d in [*deployments.values(), redis]} == {2}
+    ingress = deployments["mail-email-service-ingress"]
+    assert ingress["spec"]["strategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": "25%"}}
+    worker = pod_specs(docs)["mail-email-service-worker"]["containers"][0]
+    assert worker["livenessProbe"] == {
+        "exec": {"command": ["email-service", "probe", "worker"]},
+        "periodSeconds": 45, "timeoutSeconds": 10, "failureThreshold": 3}
+    assert redis["spec"]["template"]["spec"]["containers"][0]["readinessProbe"][
+        "failureThreshold"] == 7
+    # The operator's strategy is not a value: two operators must never run at once.
+    assert deployments["mail-email-service-operator"]["spec"]["strategy"] == {"type": "Recreate"}
+
+
+@pytest.mark.parametrize(("setting", "complaint"), [
+    ("namespace=Not_A_Namespace", "/namespace"),
+    ("revisionHistoryLimit=-1", "/revisionHistoryLimit"),
+    ("ingress.strategy.type=Blue", "/ingress/strategy/type"),
+    ("worker.livenessProbe.periodSeconds=0", "/worker/livenessProbe/periodSeconds"),
+    ("operator.readinessProbe.httpGet.path=/", "additional properties 'httpGet' not allowed"),
+    ("metrics.prometheusRule.enabled=yes", "/metrics/prometheusRule/enabled"),
+])
+def test_schema_covers_the_convention_values(helm_binary: str, setting: str,
+                                             complaint: str) -> None:
+    result = helm(helm_binary, "template", "mail", str(CHART), *REQUIRED, "--set", setting,
+                  check=False)
+    assert result.returncode != 0
+    assert complaint in result.stderr
+
+
+# --- alerts: an optional PrometheusRule ---------------------------------------------------------
+
+#: A duration as Prometheus and the PrometheusRule CRD accept it (e.g. 90s, 5m, 1h30m).
+DURATION = r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?" \
+           r"(([0-9]+)ms)?)$"
+#: The PrometheusRule spec as monitoring.coreos.com/v1 defines it (the CRD's openAPIV3Schema,
+#: restated for the fields this chart uses; unknown fields are refused, as a strict apply would).
+PROMETHEUS_RULE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "PrometheusRule"},
+        "metadata": {"type": "object", "required": ["name", "namespace"]},
+        "spec": {"type": "object", "additionalProperties": False, "required": ["groups"],
+                 "properties": {"groups": {"type": "array", "minItems": 1, "items": {
+                     "type": "object", "required": ["name", "rules"],
+                     "additionalProperties": False,
+                     "properties": {
+                         "name": {"type": "string", "minLength": 1},
+                         "interval": {"type": "string", "pattern": DURATION},
+                         "rules": {"type": "array", "minItems": 1, "items": {
+                             "type": "object", "required": ["alert", "expr"],
+                             "additionalProperties": False,
+                             "properties": {
+                                 "alert": {"type": "string", "pattern": "^[A-Za-z][A-Za-z0-9]*$"},
+                                 "expr": {"type": "string", "minLength": 1},
+                                 "for": {"type": "string", "pattern": DURATION},
+                                 "labels": {"type": "object",
+                                            "additionalProperties": {"type": "string"}},
+                                 "annotations": {"type": "object",
+                                                 "additionalProperties": {"type": "string"}},
+                             }}},
+                     }}}}},
+    },
+}
+
+
+def exported_metrics() -> set[str]:
+    """Every metric name the service exports (ingress, workers, queue and operator gauges)."""
+    from prometheus_client import REGISTRY
+
+    import workers.metrics  # noqa: F401 - registers the worker metrics
+    from service.metrics import IngressMetrics
+
+    exported = {metric.name for metric in IngressMetrics().registry.collect()}
+    exported |= {metric.name for metric in REGISTRY.collect()}
+    exported |= {"email_queue_depth", "email_queue_delayed", "email_queue_in_flight",
+                 "email_queue_oldest_age_seconds", "email_dead_letter_queue_size",
+                 "email_operator_reconciles", "email_operator_templates"}
+    return exported
+
+
+def assert_only_exported_metrics(expressions: list[str]) -> None:
+    exported = exported_metrics()
+    for expr in expressions:
+        names = re.findall(r"\b(email_[a-z_]+)", expr)
+        assert names, f"no metric of the service in {expr!r}"
+        for name in names:
+            base = re.sub(r"_(total|bucket|count|sum|created)$", "", name)
+            assert base in exported or name in exported, f"{name} in {expr!r}"
+
+
+def test_alerts_render_as_a_valid_prometheus_rule(helm_binary: str) -> None:
+    assert not by_kind(render(helm_binary, *REQUIRED), "PrometheusRule")  # optional
+    docs = render(helm_binary, *REQUIRED, "--set", "metrics.prometheusRule.enabled=true",
+                  "--set", "metrics.prometheusRule.labels.release=prom")
+    rule = by_kind(docs, "PrometheusRule")["mail-email-service"]
+    jsonschema.validate(rule, PROMETHEUS_RULE_SCHEMA)
+    assert rule["metadata"]["labels"]["release"] == "prom"
+    rules = [r for group in rule["spec"]["groups"] for r in group["rules"]]
+    names = [r["alert"] for r in rules]
+    assert len(names) == len(set(names)) >= 7
+    assert {r["labels"]["severity"] for r in rules} <= {"warning", "critical"}
+    assert all(r["annotations"]["summary"] for r in rules)
+    assert_only_exported_metrics([r["expr"] for r in rules])
+
+
+def test_the_prometheus_rule_schema_is_live() -> None:
+    broken = {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
+              "metadata": {"name": "x", "namespace": "y"},
+              "spec": {"groups": [{"name": "g", "rules": [{"alert": "A", "expr": "up",
+                                                          "for": "5 minutes"}]}]}}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, PROMETHEUS_RULE_SCHEMA)
+
+
+def test_readme_links_the_alerts_instead_of_copying_them() -> None:
+    readme = (REPO / "README.md").read_text()
+    alerts = readme[readme.index("### Alerts"):]
+    alerts = alerts[:alerts.index("\n### ", 1)]
+    assert "charts/email-service/templates/prometheusrule.yaml" in alerts
+    assert "metrics.prometheusRule.enabled" in alerts
+    assert "expr:" not in alerts
+
+
+def test_worker_metrics_listen_on_the_pod_ip(default_docs: list[dict[str, Any]]) -> None:
+    # The service binds worker metrics to 127.0.0.1 by default; in a pod Prometheus scrapes the
+    # pod IP, so the chart must say so.
+    config = next(iter(by_kind(default_docs, "ConfigMap").values()))["data"]
+    assert config["WORKER_METRICS_HOST"] == "0.0.0.0"

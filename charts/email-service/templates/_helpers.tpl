@@ -19,7 +19,9 @@
 
 {{/* A component's object name: <fullname>-<component>, within 63 characters. */}}
 {{- define "email-service.component" -}}
-{{- printf "%s-%s" (include "email-service.fullname" .root | trunc (int (sub 62 (len .component))) | trimSuffix "-") .component -}}
+{{- $room := int (sub 62 (len .component)) -}}
+{{- $base := include "email-service.fullname" .root | trunc $room | trimSuffix "-" -}}
+{{- printf "%s-%s" $base .component -}}
 {{- end -}}
 
 {{- define "email-service.chart" -}}
@@ -61,50 +63,52 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
+{{/* Where every namespaced object goes: `namespace`, else the release's (cert-manager's way). */}}
+{{- define "email-service.namespace" -}}
+{{- default .Release.Namespace .Values.namespace -}}
+{{- end -}}
+
 {{/* The Secret the chart creates for secrets given as values. */}}
 {{- define "email-service.secretName" -}}
 {{- include "email-service.fullname" . -}}
 {{- end -}}
 
-{{- define "email-service.jwtSecretName" -}}
-{{- default (include "email-service.secretName" .) .Values.jwt.existingSecret -}}
-{{- end -}}
-{{- define "email-service.jwtSecretKey" -}}
-{{- if .Values.jwt.existingSecret -}}{{ .Values.jwt.existingSecretKey }}{{- else -}}jwt_secret{{- end -}}
+{{/*
+Each secret (jwt, smtp, redis) lives in an existing Secret under existingSecretKey, or in the
+chart's Secret under the file name the pods read. Call with
+(dict "root" $ "secret" "redis" "file" "redis_password").
+*/}}
+{{- define "email-service.secretRefName" -}}
+{{- (index .root.Values .secret).existingSecret | default (include "email-service.secretName" .root) -}}
 {{- end -}}
 
-{{- define "email-service.smtpSecretName" -}}
-{{- default (include "email-service.secretName" .) .Values.smtp.existingSecret -}}
+{{- define "email-service.secretRefKey" -}}
+{{- $values := index .root.Values .secret -}}
+{{- ternary $values.existingSecretKey .file (not (empty $values.existingSecret)) -}}
 {{- end -}}
-{{- define "email-service.smtpSecretKey" -}}
-{{- if .Values.smtp.existingSecret -}}{{ .Values.smtp.existingSecretKey }}{{- else -}}smtp_password{{- end -}}
-{{- end -}}
+
 {{- define "email-service.hasSmtpPassword" -}}
 {{- if or .Values.smtp.existingSecret .Values.smtp.password -}}true{{- end -}}
 {{- end -}}
 
-{{- define "email-service.redisSecretName" -}}
-{{- default (include "email-service.secretName" .) .Values.redis.existingSecret -}}
-{{- end -}}
-{{- define "email-service.redisSecretKey" -}}
-{{- if .Values.redis.existingSecret -}}{{ .Values.redis.existingSecretKey }}{{- else -}}redis_password{{- end -}}
-{{- end -}}
 {{- define "email-service.hasRedisPassword" -}}
 {{- if or .Values.redis.existingSecret .Values.redis.password .Values.redis.bundled -}}true{{- end -}}
 {{- end -}}
 
-{{/* The bundled Redis password: the value, else the one already in the cluster, else new. */}}
+{{/*
+The bundled Redis password, for the chart's Secret. Never generated here: a random value would
+change on every `helm template` (GitOps tools render without cluster access, so `lookup` finds
+nothing) and roll the pods each time. Give it once as a value or in an existing Secret.
+*/}}
 {{- define "email-service.redisPassword" -}}
-{{- if .Values.redis.password -}}
-{{- .Values.redis.password -}}
-{{- else -}}
-{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "email-service.secretName" .) -}}
-{{- if and $existing $existing.data (hasKey $existing.data "redis_password") -}}
-{{- index $existing.data "redis_password" | b64dec -}}
-{{- else -}}
-{{- randAlphaNum 32 -}}
+{{- $how := "generate one once (openssl rand -hex 24) and keep it in your values or in a Secret" -}}
+{{- $message := printf "redis.password or redis.existingSecret is required with the bundled Redis: %s" $how -}}
+{{- required $message .Values.redis.password -}}
 {{- end -}}
-{{- end -}}
+
+{{/* True when the workers deliver to the bundled Mailpit: enabled, and no relay named. */}}
+{{- define "email-service.smtpCatcher" -}}
+{{- if and .Values.mailpit.enabled (not .Values.smtp.host) -}}true{{- end -}}
 {{- end -}}
 
 {{- define "email-service.redisHost" -}}
@@ -119,7 +123,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- if .Values.config.templateNamespaces -}}
 {{- join "," .Values.config.templateNamespaces -}}
 {{- else -}}
-{{- .Release.Namespace -}}
+{{- include "email-service.namespace" . -}}
 {{- end -}}
 {{- end -}}
 
@@ -129,25 +133,35 @@ name> (jwt_secret, smtp_password, redis_password). Call with (dict "root" $ "jwt
 */}}
 {{- define "email-service.secretsVolume" -}}
 {{- $root := .root -}}
-{{- $sources := list -}}
-{{- if .jwt -}}
-{{- $sources = append $sources (dict "secret" (dict "name" (include "email-service.jwtSecretName" $root) "items" (list (dict "key" (include "email-service.jwtSecretKey" $root) "path" "jwt_secret")))) -}}
-{{- end -}}
-{{- if and .smtp (include "email-service.hasSmtpPassword" $root) -}}
-{{- $sources = append $sources (dict "secret" (dict "name" (include "email-service.smtpSecretName" $root) "items" (list (dict "key" (include "email-service.smtpSecretKey" $root) "path" "smtp_password")))) -}}
-{{- end -}}
-{{- if include "email-service.hasRedisPassword" $root -}}
-{{- $sources = append $sources (dict "secret" (dict "name" (include "email-service.redisSecretName" $root) "items" (list (dict "key" (include "email-service.redisSecretKey" $root) "path" "redis_password")))) -}}
-{{- end -}}
+{{- $jwt := .jwt -}}
+{{- $smtp := and .smtp (include "email-service.hasSmtpPassword" $root) -}}
+{{- $redis := include "email-service.hasRedisPassword" $root -}}
 - name: secrets
-{{- if $sources }}
+{{- if or $jwt $smtp $redis }}
   projected:
     defaultMode: 0440
     sources:
-      {{- toYaml $sources | nindent 6 }}
+      {{- if $jwt }}
+      {{- include "email-service.secretFile" (dict "root" $root "secret" "jwt" "file" "jwt_secret") | nindent 6 }}
+      {{- end }}
+      {{- if $smtp }}
+      {{- include "email-service.secretFile" (dict "root" $root "secret" "smtp" "file" "smtp_password") | nindent 6 }}
+      {{- end }}
+      {{- if $redis }}
+      {{- include "email-service.secretFile" (dict "root" $root "secret" "redis" "file" "redis_password") | nindent 6 }}
+      {{- end }}
 {{- else }}
   emptyDir: {sizeLimit: 1Mi}
 {{- end }}
+{{- end -}}
+
+{{/* One source of the secrets volume, as /run/secrets/<file>: call like secretRefName. */}}
+{{- define "email-service.secretFile" -}}
+- secret:
+    name: {{ include "email-service.secretRefName" . }}
+    items:
+      - key: {{ include "email-service.secretRefKey" . }}
+        path: {{ .file }}
 {{- end -}}
 
 {{/* Pod annotations that roll the pods when configuration or chart-made secrets change. */}}

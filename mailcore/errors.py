@@ -1,0 +1,119 @@
+"""The domain's errors: one hierarchy under :class:`EmailServiceError`.
+
+The core raises these and knows nothing of HTTP; each adapter translates them (the ingress to a
+status code and error code in ``service/errors.py``, the event listener to a log line and a
+skip). Each class names its stable machine-readable ``code``, the ``error`` of an API answer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class EmailServiceError(Exception):
+    """Base of every domain error.
+
+    Parameters:
+      message: a human sentence saying what is wrong (never echoing secrets).
+      details: per-field problems, ``[{"field", "message"}]``.
+    """
+
+    #: The stable machine-readable code of this kind of error.
+    code: ClassVar[str] = "error"
+
+    def __init__(self, message: str, *, details: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details: list[dict[str, Any]] = details or []
+
+    def within(self, prefix: str) -> EmailServiceError:
+        """This error re-pointed at the item ``prefix`` (``messages.3``) of a larger request."""
+        self.details = [{**detail, "field": f"{prefix}.{detail['field']}"}
+                        for detail in self.details]
+        self.message = f"{prefix}: {self.message}"
+        return self
+
+
+# --- the request itself is wrong: retrying it unchanged cannot succeed --------------------------
+
+class InvalidRequest(EmailServiceError):
+    """The request does not have the shape of a send (fields, types, sizes, nesting)."""
+
+    code = "invalid_request"
+
+
+class UnknownTemplate(InvalidRequest):
+    """The named template does not exist."""
+
+    code = "unknown_template"
+
+
+class InvalidData(InvalidRequest):
+    """``data`` does not match the variables of its template."""
+
+    code = "invalid_data"
+
+
+class SenderNotAllowed(InvalidRequest):
+    """``from`` uses a domain the service may not send for."""
+
+    code = "sender_not_allowed"
+
+
+class BatchTooLarge(InvalidRequest):
+    """More messages in one request than the caller's rate limit could ever admit."""
+
+    code = "batch_too_large"
+
+
+class InvalidIdempotencyKey(InvalidRequest):
+    """The ``Idempotency-Key`` is not 1-255 printable ASCII characters."""
+
+    code = "invalid_idempotency_key"
+
+
+class IdempotencyConflict(EmailServiceError):
+    """The idempotency key was used before with a different request."""
+
+    code = "idempotency_conflict"
+
+
+# --- who is asking ------------------------------------------------------------------------------
+
+class Unauthenticated(EmailServiceError):
+    """The caller could not be authenticated (missing, malformed or refused token)."""
+
+    code = "unauthorized"
+
+
+# --- not now: the same request may succeed later -----------------------------------------------
+
+class TryLater(EmailServiceError):
+    """Refused for now.
+
+    Parameters:
+      message: as for :class:`EmailServiceError`.
+      retry_after: seconds after which trying again may succeed.
+    """
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RateLimited(TryLater):
+    """The caller's request bucket is empty."""
+
+    code = "rate_limited"
+
+
+class RecipientRateLimited(TryLater):
+    """A recipient has been sent too many password-reset emails lately."""
+
+    code = "recipient_rate_limited"
+
+
+class QueueFull(TryLater):
+    """The send queue is at its ceiling (``MAX_QUEUE_DEPTH``)."""
+
+    code = "queue_full"

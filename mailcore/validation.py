@@ -1,0 +1,88 @@
+"""The domain's rules for a send, checked before anything is queued.
+
+A body is bounded (:mod:`mailcore.jsonlimits`), shaped (:mod:`mailcore.message`), then held
+against the service's state: the template exists, ``data`` matches its variables, ``from`` is an
+allowed sender. Every refusal is a typed :mod:`mailcore.errors` error; adapters translate.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from .config import Settings
+from .errors import InvalidData, InvalidRequest, SenderNotAllowed, UnknownTemplate
+from .jsonlimits import check_json
+from .message import BatchRequest, SendRequest, error_details
+from .rendering import TemplateError
+from .templates import TemplateRegistry
+
+
+class Validator:
+    """Turns decoded request bodies into checked :class:`SendRequest` objects.
+
+    Parameters:
+      settings: the sender allow-list and the service's own sender.
+      registry: templates by name (unknown names are refused).
+    """
+
+    def __init__(self, settings: Settings, registry: TemplateRegistry) -> None:
+        self.settings = settings
+        self.registry = registry
+
+    def parse(self, body: dict[str, Any]) -> SendRequest:
+        """``POST /v1/messages``: one message."""
+        check_json(body)
+        request: SendRequest = _model(SendRequest, body)
+        self.check(request)
+        return request
+
+    def parse_batch(self, body: dict[str, Any]) -> list[SendRequest]:
+        """``{"messages": [...]}``: every message valid, or the error naming
+        ``messages.N.field``."""
+        check_json(body)
+        batch: BatchRequest = _model(BatchRequest, body)
+        for index, request in enumerate(batch.messages):
+            try:
+                self.check(request)
+            except InvalidRequest as exc:
+                raise exc.within(f"messages.{index}") from None
+        messages: list[SendRequest] = batch.messages
+        return messages
+
+    def check(self, request: SendRequest) -> None:
+        """Template exists, data matches its variables, ``from`` is an allowed sender."""
+        template = self.registry.get(request.template)
+        if template is None:
+            raise UnknownTemplate(f"no template named {request.template!r}",
+                                  details=[{"field": "template", "message": "unknown template"}])
+        try:
+            template.validate_data(request.data)
+        except TemplateError as exc:
+            details = [{"field": f"data.{field}" if field else "data", "message": message}
+                       for field, message in exc.violations or [(exc.field or "", exc.message)]]
+            raise InvalidData(f"data does not match template {request.template!r}: "
+                              f"{exc.message}", details=details) from None
+        if request.sender is not None and not self.settings.sender_domain_allowed(
+            request.sender.email
+        ):
+            raise SenderNotAllowed(
+                f"'from' must use the domain of {self.settings.sender_email} "
+                "or one in ALLOWED_SENDER_DOMAINS",
+                details=[{"field": "from.email", "message": "domain not allowed"}])
+
+
+def _model(model: type[SendRequest] | type[BatchRequest], body: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        details = error_details(exc)
+        raise InvalidRequest(summary(details), details=details) from None
+
+
+def summary(details: list[dict[str, Any]]) -> str:
+    """The first problem, and how many more there are."""
+    first = details[0]
+    more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
+    return f"{first['field']}: {first['message']}{more}"

