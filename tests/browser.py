@@ -1,33 +1,37 @@
-"""A real headless Chromium for tests: Debian's ``chromium`` driven by playwright's Python driver.
+"""A real headless Chromium for tests (Debian's ``chromium``), driven by Playwright.
 
-Playwright never downloads a browser here (no ``playwright install``): it launches
-``/usr/bin/chromium`` (or ``$CHROMIUM``) with flags that work in containers and CI, in a fresh
-profile per session. Tests that need it skip only when no Chromium is installed
-(``scripts/install-test-tools.sh`` installs it with apt-get).
+One browser per test session (the ``browser`` fixture in conftest.py); each test opens its own
+context (``new_page``), so cookies and storage never leak between tests. Playwright's own
+browser downloads are never used: we launch the system binary.
 
-Fonts are made deterministic: Chromium gets a private fontconfig that knows only DejaVu
-(``fonts-dejavu-core``), maps every family a template can name (Helvetica, Arial, sans-serif,
-...) to it, and renders glyphs without hinting or subpixel colour, so screenshots depend on
-the layout, not on the fonts of the machine.
+Fonts are deterministic, so screenshots depend on the layout and not on the machine's fonts:
+when DejaVu (``fonts-dejavu-core``) is installed, Chromium gets a private fontconfig that
+knows only DejaVu Sans, gives it for every family a page names (Helvetica, Arial,
+sans-serif, ...), and renders glyphs unhinted in greyscale.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-import pytest
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
 
-#: Flags Chromium needs in a container without a GPU, a display or a network it should use.
-CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+#: Flags that let Chromium run here (as root, no GPU, no network chatter of its own). Playwright
+#: adds --headless and a fresh --user-data-dir (a temporary profile) for every launch.
+CHROMIUM_FLAGS = (
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    # Same pixels on every machine: no LCD text, no font hinting, sRGB.
+    # The same pixels on every machine: greyscale text, no hinting, sRGB.
     "--disable-lcd-text", "--font-render-hinting=none", "--force-color-profile=srgb",
-]
+)
+#: The one font family pages are rendered with (Debian's fonts-dejavu-core).
 DEJAVU = Path("/usr/share/fonts/truetype/dejavu")
 _FONTCONFIG = """<?xml version="1.0"?>
 <!DOCTYPE fontconfig SYSTEM "fonts.dtd">
@@ -47,37 +51,49 @@ _FONTCONFIG = """<?xml version="1.0"?>
 
 
 def chromium_path() -> str | None:
-    """The Chromium to drive: ``$CHROMIUM``, else Debian's ``chromium``."""
-    configured = os.environ.get("CHROMIUM")
-    if configured:
-        return configured
-    return shutil.which("chromium") or shutil.which("chromium-browser")
+    """The system Chromium (``$CHROMIUM`` wins), or ``None`` when none is installed."""
+    for candidate in (os.environ.get("CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
+                      shutil.which("chromium-browser")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
 
 
-def fontconfig_file(folder: Path) -> Path:
-    """A fontconfig that offers DejaVu Sans alone, whatever family a page asks for."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "fonts.conf"
-    path.write_text(_FONTCONFIG.format(fonts=DEJAVU, cache=folder / "cache"), encoding="utf-8")
-    return path
+def why_no_browser() -> str | None:
+    """Why browser tests cannot run here, or ``None`` when they can."""
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (make install-test-tools)"
+    if chromium_path() is None:
+        return "no Chromium installed (make install-test-tools: apt-get install chromium)"
+    return None
 
 
-@pytest.fixture(scope="session")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """A headless Chromium (a playwright ``Browser``) for the whole session."""
-    executable = chromium_path()
-    if executable is None:
-        pytest.skip("no Chromium installed (scripts/install-test-tools.sh installs it)")
-    if not (DEJAVU / "DejaVuSans.ttf").is_file():
-        pytest.skip("fonts-dejavu-core is not installed (scripts/install-test-tools.sh)")
+def fixed_fonts() -> bool:
+    """Whether the browser renders with the fixed font set (DejaVu is installed)."""
+    return (DEJAVU / "DejaVuSans.ttf").is_file()
+
+
+@contextmanager
+def launch_chromium() -> Iterator[Browser]:
+    """A headless Chromium, closed (and its driver stopped) on exit."""
     from playwright.sync_api import sync_playwright
 
-    fonts = fontconfig_file(tmp_path_factory.mktemp("fontconfig"))
-    env: dict[str, str | float | bool] = {**os.environ, "FONTCONFIG_FILE": str(fonts)}
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS,
-                                              env=env)
-        try:
-            yield launched
-        finally:
-            launched.close()
+    executable = chromium_path()
+    assert executable is not None, why_no_browser()
+    with tempfile.TemporaryDirectory(prefix="fontconfig-") as folder:
+        env: dict[str, str | float | bool] = dict(os.environ)
+        if fixed_fonts():
+            config = Path(folder) / "fonts.conf"
+            config.write_text(_FONTCONFIG.format(fonts=DEJAVU, cache=Path(folder) / "cache"),
+                              encoding="utf-8")
+            env["FONTCONFIG_FILE"] = str(config)
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=executable, headless=True,
+                                                 args=list(CHROMIUM_FLAGS), env=env,
+                                                 timeout=30_000)
+            try:
+                yield browser
+            finally:
+                browser.close()

@@ -19,15 +19,18 @@ import copy
 import io
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from mailcore.config import Settings
 from mailcore.templates import TemplateRegistry, builtin_templates_dir
 
-from .browser import browser  # noqa: F401  (the session's Chromium, a fixture)
+from .browser import fixed_fonts
 from .test_builtin_emails import MINIMAL_ORDER
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
 
 REFERENCES = Path(__file__).parent / "screenshots"
 WIDTHS = (375, 800)
@@ -57,7 +60,7 @@ def _cases() -> dict[str, tuple[str, dict[str, Any], str | None]]:
 CASES = _cases()
 
 
-def screenshot(chromium: Any, html: str, width: int) -> bytes:
+def screenshot(chromium: Browser, html: str, width: int) -> bytes:
     """The whole page (its own height: the viewport is shorter) at ``width`` CSS pixels
     (scale 1), with every network request refused:
     an email must not depend on what it would fetch, and the test must not wait for it."""
@@ -105,9 +108,11 @@ def compare(actual_png: bytes, reference: Path, keep: Path) -> str | None:
 
 @pytest.mark.parametrize("width", WIDTHS)
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_builtin_email_looks_as_reviewed(browser: Any, case: str,  # noqa: F811
+def test_builtin_email_looks_as_reviewed(browser: Browser, case: str,
                                          width: int, request: pytest.FixtureRequest,
                                          tmp_path: Path) -> None:
+    if not fixed_fonts():
+        pytest.skip("fonts-dejavu-core is not installed (make install-test-tools)")
     name, data, locale = CASES[case]
     template = REGISTRY.get(name)
     assert template is not None
