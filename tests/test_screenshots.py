@@ -6,11 +6,11 @@ template, regenerate them and look at every one before committing::
 
     .venv/bin/pytest tests/test_screenshots.py --update-screenshots
 
-A comparison tolerates font anti-aliasing noise (a pixel counts as different only past
-:data:`PIXEL_THRESHOLD` on some channel, and up to :data:`MAX_DIFFERENT` of the pixels may
-differ) but not a layout change: a moved block shifts thousands of pixels, and a page whose
-height changed fails outright. A failure leaves the actual screenshot and a diff image in the
-test's temporary folder, named in the message.
+A comparison tolerates font anti-aliasing noise (both images get a 3x3 blur, a pixel then
+counts as different only past :data:`PIXEL_THRESHOLD` on some channel, and up to
+:data:`MAX_DIFFERENT` of the pixels may differ) but not a layout change: a moved block shifts
+thousands of pixels, and a page whose height changed fails outright. A failure leaves the
+actual screenshot and a diff image in the test's temporary folder, named in the message.
 """
 
 from __future__ import annotations
