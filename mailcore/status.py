@@ -47,8 +47,8 @@ return {status or '', attempts}
 """
 
 
-# Set fields, append the timeline event, renew both expiries: one EVALSHA (a MULTI/EXEC
-# pipeline of the same four commands costs the client ~100 µs more on this VM).
+# Set fields, append the timeline event, renew both expiries: one EVALSHA (cheaper for the
+# client than a MULTI/EXEC pipeline of the same four commands).
 _RECORD = """
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('RPUSH', KEYS[2], ARGV[2])
@@ -111,8 +111,8 @@ class StatusStore:
     """Worker-side status updates (synchronous Redis).
 
     Each worker thread gets its own connection (``connect`` is called once per thread): going
-    through a shared pool costs every command a checkout, a return and a fork check, ~50 µs
-    here, and a message takes two commands.
+    through a shared pool costs every command a checkout, a return and a fork check, and a
+    message takes two commands.
 
     Parameters:
       connect: makes a Redis client; called once per thread.

@@ -61,7 +61,7 @@ async def handle_error(request: Request, exc: Exception) -> Response:
 
 def _tracing_middleware() -> list[Middleware]:
     # The request's server span (continuing a caller's traceparent) only when spans are
-    # exported: the ASGI instrumentation costs ~15 % of the door's CPU even unrecorded. Without
+    # exported: the ASGI instrumentation costs the door CPU even unrecorded. Without
     # it the enqueue span starts the trace, whose ids still tie ingress and worker logs together.
     if not exporting():
         return []

@@ -6,6 +6,7 @@ import json
 import threading
 import uuid
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -58,7 +59,7 @@ def test_two_replicas_send_each_event_once(
             event = json.dumps({"email": address, "code": "246810", "timestamp": 1763900000})
             assert client.publish(CHANNEL, event) == 2
         for address in addresses:
-            wait_for(lambda a=address: smtp_server.handler.to(a), message=f"mail to {address}")
+            wait_for(partial(smtp_server.handler.to, address), message=f"mail to {address}")
         # Both replicas have handled every event: one queued it, the other skipped it.
         wait_for(lambda: sum(r.output().count("duplicate event skipped") for r in replicas) == 5,
                  message="the other replica to skip each duplicate")

@@ -168,7 +168,7 @@ def test_hostile_tokens_are_401_with_a_well_formed_challenge(
 ) -> None:
     authorization = f"Bearer {HOSTILE_AUTHORIZATIONS[name]}".encode("utf-8", "surrogatepass")
     response = client.post("/v1/messages", json=valid_message(),
-                           headers={"Authorization": authorization})
+                           headers=[(b"Authorization", authorization)])
     assert response.status_code == 401, response.text
     assert response.json()["error"] == "unauthorized"
     assert _CHALLENGE.fullmatch(response.headers["www-authenticate"])
@@ -338,9 +338,9 @@ def test_reset_code_contract_errors_are_400(client: TestClient, queued: Any) -> 
 
 def test_order_confirmation_validation(client: TestClient, queued: Any) -> None:
     url = "/api/order-confirmation"
-    order = {"order_id": "1", "customer": {"name": "A", "email": "a@example.com"},
-             "items": [{"product_id": "p", "name": "n", "quantity": 1, "price": 1.5}],
-             "total": 1.5}
+    order: dict[str, Any] = {
+        "order_id": "1", "customer": {"name": "A", "email": "a@example.com"},
+        "items": [{"product_id": "p", "name": "n", "quantity": 1, "price": 1.5}], "total": 1.5}
     bad_quantity = {**order, "items": [{**order["items"][0], "quantity": "lots"}]}
     response = client.post(url, json=bad_quantity, headers=GOOD)
     assert response.status_code == 422

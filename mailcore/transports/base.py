@@ -16,8 +16,6 @@ class DeliveryError(Exception):
       code: the server's reply code (SMTP or HTTP) when there was one.
     """
 
-    #: Whether trying again later may succeed.
-    transient = True
     #: What became of the attempt, when that is more than "failed" (see subclasses).
     outcome: str | None = None
 
@@ -43,8 +41,6 @@ class UnconfirmedDeliveryError(TransientDeliveryError):
 
 class PermanentDeliveryError(DeliveryError):
     """Do not try again: the server refused the message for good (5xx replies)."""
-
-    transient = False
 
 
 @dataclass(frozen=True)
