@@ -18,6 +18,7 @@ import redis
 
 from .queue import queue_key
 from .status import QUEUED, decode_status, event, status_key, timeline_key
+from .timestamps import rfc3339
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,8 @@ class DeadLetter:
     last_error: dict[str, Any] | None
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(vars(self))
+        """The API view: ``died_at`` as RFC 3339 text."""
+        return {**vars(self), "died_at": rfc3339(self.died_at)}
 
 
 class DeadLetters:

@@ -22,6 +22,8 @@ import orjson
 import redis
 from redis.commands.core import Script
 
+from .timestamps import rfc3339
+
 QUEUED = "queued"
 SENDING = "sending"
 RETRYING = "retrying"
@@ -195,7 +197,14 @@ def decode_status(fields: dict[bytes, bytes], timeline: list[bytes]) -> dict[str
         "source": raw.get("source"),
         "last_error": last_error,
         "response": raw.get("response") or None,
-        "created_at": float(raw.get("created_at", "0")),
-        "updated_at": float(raw.get("updated_at", "0")),
-        "timeline": [orjson.loads(entry) for entry in timeline],
+        # Stored as epoch seconds; the API speaks RFC 3339 (mailcore/timestamps.py).
+        "created_at": rfc3339(float(raw.get("created_at", "0"))),
+        "updated_at": rfc3339(float(raw.get("updated_at", "0"))),
+        "timeline": [_timeline_view(orjson.loads(entry)) for entry in timeline],
     }
+
+
+def _timeline_view(entry: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(entry.get("at"), int | float):
+        entry["at"] = rfc3339(entry["at"])
+    return entry

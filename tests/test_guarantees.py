@@ -161,4 +161,4 @@ def test_dlq_command_line(
     assert dlq("retry", ids[0]).stdout.strip() == f"requeued {ids[0]}"
     wait_status(stack, secret, ids[0], "sent")
     assert "purged 1 message(s)" in dlq("purge", "--yes").stdout
-    assert dlq("list").stdout == ""
+    assert dlq("list").stdout == "no dead letters\n"
