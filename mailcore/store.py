@@ -1,6 +1,6 @@
 """The shared template store in Redis: written by the operator (and the dev sync), read by all pods.
 
-Layout, under ``settings.key_prefix`` (default ``email-service``)::
+Layout, under ``settings.redis.key_prefix`` (default ``email-service``)::
 
     <prefix>:templates:data       hash  "namespace/name" -> JSON record (source, version, origin)
     <prefix>:templates:versions   hash  "namespace/name" -> content version
@@ -138,9 +138,9 @@ class TemplateStoreWriter:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TemplateStoreWriter:
-        client = redis.Redis.from_url(settings.redis_url, socket_timeout=SOCKET_TIMEOUT,
+        client = redis.Redis.from_url(settings.redis.url, socket_timeout=SOCKET_TIMEOUT,
                                       socket_connect_timeout=SOCKET_TIMEOUT)
-        return cls(client, settings.key_prefix)
+        return cls(client, settings.redis.key_prefix)
 
     def put(self, key: str, source: TemplateSource, origin: Mapping[str, Any], *,
             only_if_absent: bool = False) -> bool:
@@ -206,8 +206,8 @@ class RedisTemplateStore:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisTemplateStore:
-        return cls(settings.redis_url, settings.key_prefix, settings.template_namespaces,
-                   refresh_seconds=settings.template_refresh_seconds)
+        return cls(settings.redis.url, settings.redis.key_prefix, settings.templates.namespaces,
+                   refresh_seconds=settings.templates.refresh_seconds)
 
     # -- the TemplateStore protocol (hot path: memory only) --------------------------------------
 
@@ -393,7 +393,7 @@ def template_store_from_settings(settings: Settings) -> RedisTemplateStore | Non
     It is loaded here, at process start, so the first request never waits on Redis (and the
     event loop never blocks on it); a Redis that is down is retried in the background.
     """
-    if not settings.template_store_enabled:
+    if not settings.templates.store_enabled:
         return None
     store = RedisTemplateStore.from_settings(settings)
     store.start()

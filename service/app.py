@@ -71,31 +71,31 @@ def _tracing_middleware() -> list[Middleware]:
 
 def create_app(settings: Settings, *, dev_secret: str | None = None) -> Starlette:
     """The Starlette app. Refuses to build without token keys outside development mode."""
-    settings.require_jwt_secret()
-    secret = settings.jwt_secret or dev_secret
+    settings.auth.require_keys()
+    secret = settings.auth.secret or dev_secret
     jwks = None
-    if settings.jwt_jwks_url or settings.jwt_jwks_file:
-        jwks = JWKSKeys(url=settings.jwt_jwks_url, path=settings.jwt_jwks_file)
+    if settings.auth.jwks_url or settings.auth.jwks_file:
+        jwks = JWKSKeys(url=settings.auth.jwks_url, path=settings.auth.jwks_file)
     if not secret and jwks is None:
         raise ValueError("JWT_SECRET: development mode needs a minted secret")
-    registry = TemplateRegistry.from_dir(builtin_templates_dir(settings.templates_dir),
+    registry = TemplateRegistry.from_dir(builtin_templates_dir(settings.templates.dir),
                                          store=template_store_from_settings(settings))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5,
+        client = aioredis.Redis.from_url(settings.redis.url, socket_timeout=5,
                                          socket_connect_timeout=2)
-        sync_client = redis.Redis.from_url(settings.redis_url, socket_timeout=10,
+        sync_client = redis.Redis.from_url(settings.redis.url, socket_timeout=10,
                                            socket_connect_timeout=2)
         service = SendService(settings, registry, client, metrics=app.state.metrics)
         app.state.redis = client
         app.state.send_service = service
-        app.state.dead_letters = DeadLetters(sync_client, settings.queue_name,
-                                             settings.key_prefix,
-                                             settings.status_retention_seconds)
+        app.state.dead_letters = DeadLetters(sync_client, settings.worker.queue_name,
+                                             settings.redis.key_prefix,
+                                             settings.limits.status_retention_seconds)
         listener_task = None
         app.state.event_listener = None
-        if settings.events_enabled:
+        if settings.events.enabled:
             listener = EventListener(settings, service)
             app.state.event_listener = listener
             # run_forever restarts the listener whenever it stops; /ready reports it.
@@ -122,7 +122,7 @@ def create_app(settings: Settings, *, dev_secret: str | None = None) -> Starlett
     )
     app.state.metrics = metrics
     app.state.verifier = TokenVerifier(
-        secret, jwks=jwks, audience=settings.jwt_audience, issuer=settings.jwt_issuer,
-        leeway=settings.jwt_leeway_seconds, max_lifetime=settings.jwt_max_lifetime,
+        secret, jwks=jwks, audience=settings.auth.audience, issuer=settings.auth.issuer,
+        leeway=settings.auth.leeway_seconds, max_lifetime=settings.auth.max_lifetime,
     )
     return app

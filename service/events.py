@@ -137,13 +137,13 @@ class EventListener:
         backoff = 0.2
         while True:
             pubsub_client = aioredis.Redis.from_url(
-                self.settings.redis_url, socket_connect_timeout=2, health_check_interval=10
+                self.settings.redis.url, socket_connect_timeout=2, health_check_interval=10
             )
             try:
                 async with pubsub_client.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    await pubsub.subscribe(self.settings.events_channel)
+                    await pubsub.subscribe(self.settings.events.channel)
                     self.subscribed.set()
-                    log.info("subscribed to %s", self.settings.events_channel)
+                    log.info("subscribed to %s", self.settings.events.channel)
                     backoff = 0.2
                     while True:
                         message = await pubsub.get_message(timeout=5.0)
@@ -174,17 +174,17 @@ class EventListener:
             log.warning("malformed event skipped: not text")
             return None
         with tracer().start_as_current_span(
-            f"{self.settings.events_channel} receive", context=Context(),
+            f"{self.settings.events.channel} receive", context=Context(),
             kind=trace.SpanKind.CONSUMER, links=_publisher_links(raw),
             attributes={"messaging.system": "redis", "messaging.destination.name":
-                        self.settings.events_channel},
+                        self.settings.events.channel},
         ):
             return await self._handle(raw)
 
     async def _handle(self, raw: bytes | str) -> str | None:
         try:
             event = parse_event(raw)
-            send = legacy.parse_reset(event, self.settings.reset_template)
+            send = legacy.parse_reset(event, self.settings.templates.reset_template)
             self.service.validator.check(send)
         except MalformedEvent as exc:
             log.warning("malformed event skipped: %s", exc)

@@ -161,10 +161,10 @@ def test_configured_sender_is_normalized_the_same_way() -> None:
     base = {"SECRETS_DIR": "/nonexistent"}
     settings = Settings.from_env({**base, "SENDER_EMAIL": "No-Reply@Bücher.Example",
                                   "ALLOWED_SENDER_DOMAINS": f"Straße.de, {FULLWIDTH}.org"})
-    assert settings.sender_email == "No-Reply@xn--bcher-kva.example"
-    assert settings.allowed_sender_domains == {"xn--strae-oqa.de", "example.org"}
-    assert settings.sender_domain_allowed("a@xn--bcher-kva.example")
-    assert not settings.sender_domain_allowed("a@strasse.de")
+    assert settings.sender.email == "No-Reply@xn--bcher-kva.example"
+    assert settings.sender.allowed_domains == {"xn--strae-oqa.de", "example.org"}
+    assert settings.sender.domain_allowed("a@xn--bcher-kva.example")
+    assert not settings.sender.domain_allowed("a@strasse.de")
     for env in ({"SENDER_EMAIL": "zoë@example.com"}, {"ALLOWED_SENDER_DOMAINS": "a..b"},
                 {"SENDER_NAME": "Shop\x00"}, {"SENDER_NAME": "Shop\x1b[1m"}):
         with pytest.raises(ConfigError):

@@ -85,7 +85,7 @@ def test_queue_ceiling_answers_503_and_writes_nothing(redis_server: RedisServer)
         assert [c.status_code for c in codes] == [202, 202, 202, 503]
         assert codes[-1].json()["error"] == "queue_full" and codes[-1].headers["retry-after"]
         service = client.app.state.send_service  # type: ignore[attr-defined]
-        prefix = service.settings.key_prefix
+        prefix = service.settings.redis.key_prefix
         keys = redis_server.client().keys(f"{prefix}:msg:*:timeline")
         assert len(keys) == 3  # the refused message left no status behind
 

@@ -192,5 +192,5 @@ def test_a_stopped_listener_fails_readiness_and_is_restarted(
         healthy.set()
         wait_for(lambda: client.get("/ready").status_code == 200, timeout=20,
                  message="readiness once the restarted listener subscribed")
-        channel = settings.events_channel
+        channel = settings.events.channel
         assert redis_server.client().pubsub_numsub(channel)[0][1] == 1

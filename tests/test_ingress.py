@@ -586,7 +586,7 @@ def test_internal_owners_cannot_be_impersonated(redis_server: RedisServer) -> No
         raw = json.dumps({"email": "victim@example.org", "code": "424242"}).encode()
         message_id = str(uuid.uuid5(_EVENT_NAMESPACE, _hashlib.sha256(raw).hexdigest()))
         redis_server.client().publish(channel, raw)
-        key = f"{settings.key_prefix}:msg:{message_id}"
+        key = f"{settings.redis.key_prefix}:msg:{message_id}"
         wait_for(lambda: redis_server.client().hget(key, "owner") == b"internal:events",
                  message="the event's status")
         impostors = [mint_token(TEST_SECRET, subject=subject, issuer=issuer)
@@ -612,7 +612,7 @@ def test_subjects_of_different_issuers_do_not_collide(client: TestClient) -> Non
 def test_statuses_stored_before_owners_were_tagged_stay_readable(
     client: TestClient, redis_server: RedisServer
 ) -> None:
-    prefix = client.app.state.send_service.settings.key_prefix  # type: ignore[attr-defined]
+    prefix = client.app.state.send_service.settings.redis.key_prefix  # type: ignore[attr-defined]
     ids = {owner: str(uuid.uuid4()) for owner in ("billing", "events")}
     for owner, message_id in ids.items():
         redis_server.client().hset(f"{prefix}:msg:{message_id}", mapping={

@@ -292,8 +292,9 @@ def _logged(process: ServiceProcess, message_id: str, event: str) -> list[dict[s
 
 _SPAN_PROBE = """
 import json, sys
+from mailcore.config import Settings
 from mailcore.telemetry import configure_tracing, current_ids, detail_span, tracer
-configure_tracing("worker")
+configure_tracing("worker", Settings.from_env().telemetry)
 with tracer().start_as_current_span("probe") as span:
     with detail_span("child") as child:
         inner, child_recorded = current_ids(), child.is_recording()

@@ -34,8 +34,8 @@ log = logging.getLogger("email_service.worker")
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
 
 settings = Settings.from_env()
-configure_logging(settings.log_level)
-configure_tracing("worker")
+configure_logging(settings.telemetry)
+configure_tracing("worker", settings.telemetry)
 runtime = build_runtime(settings)
 dramatiq.set_broker(runtime.broker)
 
@@ -44,16 +44,16 @@ def should_retry(retries: int, exception: BaseException) -> bool:
     """Retry transient failures (relay trouble, 4xx, Redis briefly away) until the retry budget
     is spent."""
     transient = isinstance(exception, (TransientDeliveryError, *REDIS_DOWN))
-    return transient and retries < settings.max_retries
+    return transient and retries < settings.worker.max_retries
 
 
 @dramatiq.actor(
     actor_name=SEND_ACTOR,
-    queue_name=settings.queue_name,
+    queue_name=settings.worker.queue_name,
     retry_when=should_retry,
-    min_backoff=settings.retry_min_backoff_ms,
-    max_backoff=settings.retry_max_backoff_ms,
-    time_limit=settings.send_time_limit_ms,
+    min_backoff=settings.worker.retry_min_backoff_ms,
+    max_backoff=settings.worker.retry_max_backoff_ms,
+    time_limit=settings.worker.send_time_limit_ms,
     throws=(PermanentDeliveryError, TemplateError),
 )
 def send_email(job: dict[str, Any]) -> None:
@@ -76,7 +76,7 @@ def _send(job: dict[str, Any], retries: int, redis_id: str | None) -> str:
     transport = runtime.deliverer.transport.name
     status = runtime.status
     # The guard that makes redelivery safe: never send what the relay already accepted.
-    attempt = status.begin_attempt(message_id, settings.send_time_limit_ms / 1000)
+    attempt = status.begin_attempt(message_id, settings.worker.send_time_limit_ms / 1000)
     if attempt.reason == "sent":
         log.warning("already sent; redelivered copy dropped", extra={"message_id": message_id})
         metrics.MESSAGES.labels(template, transport, "duplicate").inc()
@@ -100,7 +100,7 @@ def _send(job: dict[str, Any], retries: int, redis_id: str | None) -> str:
             # Unexpected (a bug, a broken socket): retrying is safer than dropping the message.
             log.exception("unexpected error while sending", extra=context)
             failure = TransientDeliveryError(f"{type(raised).__name__}: {raised}")
-        if retries >= settings.max_retries:
+        if retries >= settings.worker.max_retries:
             log.error("dead-lettered after %d attempts: %s", retries + 1, failure, extra=context)
             status.record(message_id, DEAD, f"gave up after {retries + 1} attempts: {failure}",
                           last_error=failure.text, last_code=failure.code, redis_id=redis_id,
@@ -114,13 +114,13 @@ def _send(job: dict[str, Any], retries: int, redis_id: str | None) -> str:
             metrics.MESSAGES.labels(template, transport, "retry").inc()
             metrics.RETRIES.inc()
         trace.get_current_span().set_attribute(
-            "email.outcome", "dead" if retries >= settings.max_retries else "retry")
+            "email.outcome", "dead" if retries >= settings.worker.max_retries else "retry")
         if failure is raised:
             raise
         raise failure from raised
     # The relay has the message: this must be recorded before Dramatiq acknowledges, or a
     # redelivery would send it again, so wait out a short Redis outage rather than give up.
-    deadline = time.monotonic() + settings.send_time_limit_ms / 1000
+    deadline = time.monotonic() + settings.worker.send_time_limit_ms / 1000
     while True:
         try:
             status.record(message_id, SENT, delivered.result.response,

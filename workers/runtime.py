@@ -44,18 +44,18 @@ class WorkerRuntime:
 
 def build_runtime(settings: Settings) -> WorkerRuntime:
     install_redacting_encoder()  # jobs hold template data: their repr must not (logs)
-    registry = TemplateRegistry.from_dir(builtin_templates_dir(settings.templates_dir),
+    registry = TemplateRegistry.from_dir(builtin_templates_dir(settings.templates.dir),
                                          store=template_store_from_settings(settings))
     transport = transport_from_settings(settings)
-    status = StatusStore.from_url(settings.redis_url, settings.key_prefix,
-                                  settings.status_retention_seconds)
+    status = StatusStore.from_url(settings.redis.url, settings.redis.key_prefix,
+                                  settings.limits.status_retention_seconds)
     middleware = [m() for m in default_middleware]
     middleware += [CurrentMessage(), CloseConnections(transport, status),
-                   Heartbeat(settings.worker_heartbeat_dir, settings.worker_heartbeat_seconds)]
+                   Heartbeat(settings.worker.heartbeat_dir, settings.worker.heartbeat_seconds)]
     broker = make_broker(
-        settings.redis_url, middleware=middleware,
-        heartbeat_timeout_ms=settings.queue_heartbeat_timeout_ms,
-        maintenance_chance=settings.queue_maintenance_chance,
+        settings.redis.url, middleware=middleware,
+        heartbeat_timeout_ms=settings.worker.queue_heartbeat_timeout_ms,
+        maintenance_chance=settings.worker.queue_maintenance_chance,
     )
     return WorkerRuntime(broker=broker, deliverer=Deliverer(settings, registry, transport),
                          status=status)

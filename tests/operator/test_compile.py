@@ -178,7 +178,7 @@ def test_sender_overrides_must_be_mailboxes(field: str, value: str) -> None:
 def test_sender_domain_must_be_allowed() -> None:
     allowed = Settings.from_env({"SENDER_EMAIL": "no-reply@shop.example.com",
                                  "ALLOWED_SENDER_DOMAINS": "news.example.com",
-                                 "SECRETS_DIR": "/nonexistent"}).sender_domain_allowed
+                                 "SECRETS_DIR": "/nonexistent"}).sender.domain_allowed
     for good in ("Shop <team@shop.example.com>", "x@news.example.com"):
         compile_resource("t", spec(**{"from": good}), sender_allowed=allowed)
     with pytest.raises(TemplateError) as info:

@@ -211,7 +211,7 @@ def test_store_from_settings(store_redis: RedisServer) -> None:
         store.close()
     disabled = Settings.from_env({"TEMPLATE_STORE": "off", "SECRETS_DIR": "/nonexistent"})
     assert template_store_from_settings(disabled) is None
-    assert Settings.from_env({"SECRETS_DIR": "/nonexistent"}).template_namespaces == ("default",)
+    assert Settings.from_env({"SECRETS_DIR": "/nonexistent"}).templates.namespaces == ("default",)
 
 
 def test_a_dropped_store_stops_its_follower_thread(store_redis: RedisServer, prefix: str) -> None:
