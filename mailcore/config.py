@@ -323,6 +323,14 @@ class WorkerSettings:
     shutdown_timeout_ms: int = setting("WORKER_SHUTDOWN_TIMEOUT_MS", "25000", "On SIGTERM, how "
                                        "long a worker may finish the sends in hand, in ms.",
                                        integer(low=100))
+    #: How often (across all workers) the sweeper looks for unfinished messages no queue holds.
+    recovery_interval_seconds: float = setting(
+        "RECOVERY_INTERVAL_SECONDS", "60", "How often (once across all workers) the sweeper "
+        "looks for unfinished messages no queue holds.", number(low=0.1))
+    #: Messages unchanged for less than this are never re-queued by the sweeper.
+    recovery_age_seconds: float = setting(
+        "RECOVERY_AGE_SECONDS", "300", "How long a message must be unchanged before the sweeper "
+        "may re-queue it.", number(low=1.0))
     processes: int = setting("WORKER_PROCESSES", "2", "Worker processes of `email-service "
                              "worker` (`--processes`).", integer(low=1))
     threads: int = setting("WORKER_THREADS", "24", "Threads per worker process; each keeps one "
