@@ -267,12 +267,11 @@ def _run_render(args: argparse.Namespace) -> int:
 
 
 def _run_dlq(args: argparse.Namespace) -> int:
-    import redis
-
     from mailcore.deadletters import DeadLetters
+    from mailcore.redisclient import sync_client
 
     settings = Settings.from_env()
-    dead = DeadLetters(redis.Redis.from_url(settings.redis.url, socket_timeout=10),
+    dead = DeadLetters(sync_client(settings.redis.url, "admin"),
                        settings.worker.queue_name, settings.redis.key_prefix,
                        settings.limits.status_retention_seconds)
     if args.dlq_command == "list":
@@ -337,11 +336,11 @@ def _run_token(args: argparse.Namespace) -> int:
 def _run_publish_reset(args: argparse.Namespace) -> int:
     import time
 
-    import redis
+    from mailcore.redisclient import sync_client
 
     settings = Settings.from_env()
     event = {"email": args.email, "code": args.code, "timestamp": int(time.time())}
-    with redis.Redis.from_url(settings.redis.url, socket_timeout=10) as client:
+    with sync_client(settings.redis.url, "admin") as client:
         listeners = int(client.publish(settings.events.channel, json.dumps(event)))
     # Pub/Sub keeps nothing: with no ingress subscribed the event is gone, so say so.
     print(f"published to {settings.events.channel}: {listeners} listener(s)")

@@ -28,6 +28,7 @@ import orjson
 import redis
 from redis.commands.core import Script
 
+from .redisclient import sync_client
 from .timestamps import rfc3339
 
 QUEUED = "queued"
@@ -246,9 +247,8 @@ class StatusStore:
 
     @classmethod
     def from_url(cls, url: str, prefix: str, retention_seconds: int) -> StatusStore:
-        return cls(lambda: redis.Redis.from_url(url, socket_timeout=10,
-                                                single_connection_client=True),
-                   prefix, retention_seconds)
+        return cls(lambda: sync_client(url, "worker", single_connection=True), prefix,
+                   retention_seconds)
 
     def _scripts(self) -> _Scripts:
         """This thread's scripts, on its own connection (made on first use)."""

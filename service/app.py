@@ -7,8 +7,6 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-import redis
-import redis.asyncio as aioredis
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
@@ -21,6 +19,7 @@ from starlette.routing import Route
 from mailcore.config import Settings
 from mailcore.deadletters import DeadLetters
 from mailcore.errors import EmailServiceError
+from mailcore.redisclient import async_client, sync_client
 from mailcore.store import template_store_from_settings
 from mailcore.telemetry import exporting
 from mailcore.templates import TemplateRegistry, builtin_templates_dir
@@ -83,14 +82,12 @@ def create_app(settings: Settings, *, dev_secret: str | None = None) -> Starlett
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        client = aioredis.Redis.from_url(settings.redis.url, socket_timeout=5,
-                                         socket_connect_timeout=2)
-        sync_client = redis.Redis.from_url(settings.redis.url, socket_timeout=10,
-                                           socket_connect_timeout=2)
+        client = async_client(settings.redis.url, "ingress")
+        admin_client = sync_client(settings.redis.url, "admin")
         service = SendService(settings, registry, client, metrics=app.state.metrics)
         app.state.redis = client
         app.state.send_service = service
-        app.state.dead_letters = DeadLetters(sync_client, settings.worker.queue_name,
+        app.state.dead_letters = DeadLetters(admin_client, settings.worker.queue_name,
                                              settings.redis.key_prefix,
                                              settings.limits.status_retention_seconds)
         listener_task = None
@@ -110,7 +107,7 @@ def create_app(settings: Settings, *, dev_secret: str | None = None) -> Starlett
                 with contextlib.suppress(asyncio.CancelledError):
                     await listener_task
             await client.aclose()
-            sync_client.close()
+            admin_client.close()
 
     metrics = IngressMetrics()
     app = Starlette(

@@ -15,7 +15,6 @@ import uuid
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 from opentelemetry import trace
 from opentelemetry.context import Context
 from redis.exceptions import RedisError
@@ -25,6 +24,7 @@ from mailcore.config import Settings
 from mailcore.errors import EmailServiceError, QueueFull
 from mailcore.idempotency import Idempotency
 from mailcore.jsonlimits import check_json
+from mailcore.redisclient import async_client
 from mailcore.telemetry import extract_context, tracer
 
 from . import legacy
@@ -136,9 +136,7 @@ class EventListener:
     async def run(self) -> None:
         backoff = 0.2
         while True:
-            pubsub_client = aioredis.Redis.from_url(
-                self.settings.redis.url, socket_connect_timeout=2, health_check_interval=10
-            )
+            pubsub_client = async_client(self.settings.redis.url, "pubsub")
             try:
                 async with pubsub_client.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(self.settings.events.channel)
