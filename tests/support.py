@@ -21,12 +21,13 @@ from harness.processes import REPO, stop_group
 from harness.redis import RedisServer, dead_letters, queue_idle
 from harness.smtp import DroppingHandler, Received, RecordingHandler, SMTPServer
 from harness.waiting import ProcessExited, wait_for
+from mailcore.config import Settings
 
 __all__ = [
     "EMAIL_SERVICE", "REPO", "TEST_SECRET", "DroppingHandler", "ProcessExited", "Received",
     "RecordingHandler",
-    "RedisServer", "SMTPServer", "ServiceProcess", "base_env", "dead_letters", "free_port",
-    "iter_parts", "queue_idle", "wait_for",
+    "RedisServer", "SMTPServer", "ServiceProcess", "app_settings", "base_env", "dead_letters",
+    "free_port", "iter_parts", "make_settings", "queue_idle", "wait_for",
 ]
 
 T = TypeVar("T")
@@ -114,3 +115,16 @@ def iter_parts(message: EmailMessage) -> Iterator[EmailMessage]:
     for part in message.walk():
         if isinstance(part, EmailMessage) and not part.is_multipart():
             yield part
+
+
+def make_settings(**env: str) -> Settings:
+    """Settings as a service process would read them from ``env`` alone (no secret files of
+    this machine)."""
+    return Settings.from_env({"SECRETS_DIR": "/nonexistent", **env})
+
+
+def app_settings(redis_url: str, **env: str) -> Settings:
+    """Settings of an ingress run in the test process (Starlette's TestClient) against
+    ``redis_url``: the test secret, and no Redis event listener unless ``env`` asks."""
+    return make_settings(**{"REDIS_URL": redis_url, "JWT_SECRET": TEST_SECRET,
+                            "EVENTS_ENABLED": "false", **env})

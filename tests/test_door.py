@@ -16,20 +16,16 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from redis.asyncio.connection import AbstractConnection
 from starlette.testclient import TestClient
 
-from mailcore.config import Settings
 from mailcore.tokens import mint_token
 from service.app import create_app
 
-from .support import TEST_SECRET, RedisServer
+from .support import TEST_SECRET, RedisServer, app_settings, make_settings
 
 
 def app_client(redis_server: RedisServer, **env: str) -> TestClient:
     queue = f"door-{uuid.uuid4().hex[:8]}"
-    settings = Settings.from_env({
-        "REDIS_URL": redis_server.url, "JWT_SECRET": TEST_SECRET, "QUEUE_NAME": queue,
-        "KEY_PREFIX": f"door-{uuid.uuid4().hex[:8]}", "EVENTS_ENABLED": "false",
-        "SECRETS_DIR": "/nonexistent", **env,
-    })
+    settings = app_settings(redis_server.url, QUEUE_NAME=queue,
+                            KEY_PREFIX=f"door-{uuid.uuid4().hex[:8]}", **env)
     return TestClient(create_app(settings))
 
 
@@ -254,10 +250,8 @@ def test_forged_public_key_tokens_are_refused(
     path.write_text(json.dumps({"keys": [_jwk(keys["rsa-1"], "rsa-1"),
                                          _jwk(keys["ec-1"], "ec-1")]}))
     # No JWT_SECRET here: HS256 has no key at all, so it is refused outright.
-    settings = Settings.from_env({
-        "REDIS_URL": redis_server.url, "JWT_JWKS_FILE": str(path), "EVENTS_ENABLED": "false",
-        "SECRETS_DIR": "/nonexistent", "QUEUE_NAME": "door-forged",
-    })
+    settings = make_settings(REDIS_URL=redis_server.url, JWT_JWKS_FILE=str(path),
+                             EVENTS_ENABLED="false", QUEUE_NAME="door-forged")
     with TestClient(create_app(settings)) as client:
         response = client.post("/v1/messages", json=reset(), headers=bearer(make(keys)))
         assert response.status_code == 401

@@ -19,6 +19,7 @@ from .support import (
     SMTPServer,
     base_env,
     free_port,
+    make_settings,
     queue_idle,
     wait_for,
 )
@@ -167,7 +168,6 @@ def test_a_stopped_listener_fails_readiness_and_is_restarted(
 ) -> None:
     from starlette.testclient import TestClient
 
-    from mailcore.config import Settings
     from service.app import create_app
     from service.events import EventListener
 
@@ -180,10 +180,9 @@ def test_a_stopped_listener_fails_readiness_and_is_restarted(
         await real_run(self)
 
     monkeypatch.setattr(EventListener, "run", dying_run)
-    settings = Settings.from_env({
-        "REDIS_URL": redis_server.url, "JWT_SECRET": TEST_SECRET, "SECRETS_DIR": "/nonexistent",
-        "EVENTS_CHANNEL": f"events-{uuid.uuid4().hex[:8]}", "QUEUE_NAME": "events-supervised",
-    })
+    settings = make_settings(REDIS_URL=redis_server.url, JWT_SECRET=TEST_SECRET,
+                             EVENTS_CHANNEL=f"events-{uuid.uuid4().hex[:8]}",
+                             QUEUE_NAME="events-supervised")
     with TestClient(create_app(settings)) as client:
         listener = client.app.state.event_listener  # type: ignore[attr-defined]
         wait_for(lambda: listener.restarts >= 1, message="the listener to be restarted")

@@ -22,11 +22,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from starlette.testclient import TestClient
 
-from mailcore.config import Settings
 from mailcore.tokens import mint_token
 from service.app import create_app
 
-from .support import TEST_SECRET, RedisServer, wait_for
+from .support import TEST_SECRET, RedisServer, app_settings, make_settings, wait_for
 
 QUEUE = "email-ingress-test"
 
@@ -34,12 +33,9 @@ QUEUE = "email-ingress-test"
 @pytest.fixture
 def client(redis_server: RedisServer) -> Iterator[TestClient]:
     redis_server.client().delete(f"dramatiq:{QUEUE}")
-    settings = Settings.from_env({
-        "REDIS_URL": redis_server.url, "JWT_SECRET": TEST_SECRET, "QUEUE_NAME": QUEUE,
-        "SENDER_EMAIL": "noreply@shop.example.com", "EVENTS_ENABLED": "false",
-        "MAX_BODY_BYTES": "65536", "SECRETS_DIR": "/nonexistent",
-        "RESET_LIMIT_PER_RECIPIENT": "off",
-    })
+    settings = app_settings(redis_server.url, QUEUE_NAME=QUEUE,
+                            SENDER_EMAIL="noreply@shop.example.com", MAX_BODY_BYTES="65536",
+                            RESET_LIMIT_PER_RECIPIENT="off")
     with TestClient(create_app(settings)) as test_client:
         yield test_client
 
@@ -177,10 +173,7 @@ def test_hostile_tokens_are_401_with_a_well_formed_challenge(
 
 
 def test_max_token_lifetime_is_enforced_when_configured(redis_server: RedisServer) -> None:
-    settings = Settings.from_env({
-        "REDIS_URL": redis_server.url, "JWT_SECRET": TEST_SECRET, "QUEUE_NAME": QUEUE,
-        "JWT_MAX_LIFETIME": "3600", "EVENTS_ENABLED": "false", "SECRETS_DIR": "/nonexistent",
-    })
+    settings = app_settings(redis_server.url, QUEUE_NAME=QUEUE, JWT_MAX_LIFETIME="3600")
     with TestClient(create_app(settings)) as client:
         long_lived = mint_token(TEST_SECRET, ttl_seconds=30 * 86400)
         refused = send(client, valid_message(), bearer(long_lived))
@@ -220,11 +213,8 @@ def test_rs_hs_confusion_token_is_refused(client: TestClient, queued: Any) -> No
 
 
 def test_audience_and_issuer_are_enforced_when_configured(redis_server: RedisServer) -> None:
-    settings = Settings.from_env({
-        "REDIS_URL": redis_server.url, "JWT_SECRET": TEST_SECRET, "QUEUE_NAME": QUEUE,
-        "JWT_AUDIENCE": "email-service", "JWT_ISSUER": "https://auth.example.com",
-        "EVENTS_ENABLED": "false", "SECRETS_DIR": "/nonexistent",
-    })
+    settings = app_settings(redis_server.url, QUEUE_NAME=QUEUE, JWT_AUDIENCE="email-service",
+                            JWT_ISSUER="https://auth.example.com")
     with TestClient(create_app(settings)) as client:
         wrong_aud = mint_token(TEST_SECRET, audience="billing", issuer="https://auth.example.com")
         no_aud = mint_token(TEST_SECRET, issuer="https://auth.example.com")
@@ -389,10 +379,7 @@ def test_every_data_violation_is_listed(client: TestClient, queued: Any) -> None
 
 
 def test_enqueue_with_redis_down_is_503(redis_server: RedisServer) -> None:
-    settings = Settings.from_env({
-        "REDIS_URL": "redis://127.0.0.1:1/0", "JWT_SECRET": TEST_SECRET,
-        "EVENTS_ENABLED": "false", "SECRETS_DIR": "/nonexistent",
-    })
+    settings = app_settings("redis://127.0.0.1:1/0")
     with TestClient(create_app(settings)) as client:
         response = send(client, valid_message())
         assert response.status_code == 503
@@ -540,11 +527,7 @@ def test_nesting_within_the_limit_is_accepted(client: TestClient, queued: Any) -
 
 
 def test_too_many_values_are_422(client: TestClient, redis_server: RedisServer) -> None:
-    settings = Settings.from_env({
-        "REDIS_URL": redis_server.url, "JWT_SECRET": TEST_SECRET, "QUEUE_NAME": QUEUE,
-        "EVENTS_ENABLED": "false", "SECRETS_DIR": "/nonexistent",
-        "RESET_LIMIT_PER_RECIPIENT": "off",
-    })
+    settings = app_settings(redis_server.url, QUEUE_NAME=QUEUE, RESET_LIMIT_PER_RECIPIENT="off")
     with TestClient(create_app(settings)) as big:
         floods: list[Any] = [[0] * 150_000, [{}] * 110_000, {"a": [0] * 60_000, "b": [[]] * 60_000},
                              {f"{i:x}": 0 for i in range(101_000)}]
@@ -576,11 +559,9 @@ def test_internal_owners_cannot_be_impersonated(redis_server: RedisServer) -> No
     from service.events import _EVENT_NAMESPACE
 
     channel = f"events-{uuid.uuid4().hex[:8]}"
-    settings = Settings.from_env({
-        "REDIS_URL": redis_server.url, "JWT_SECRET": TEST_SECRET, "QUEUE_NAME": QUEUE,
-        "EVENTS_CHANNEL": channel, "SECRETS_DIR": "/nonexistent",
-        "RESET_LIMIT_PER_RECIPIENT": "off", "KEY_PREFIX": f"owners-{uuid.uuid4().hex[:6]}",
-    })
+    settings = make_settings(REDIS_URL=redis_server.url, JWT_SECRET=TEST_SECRET, QUEUE_NAME=QUEUE,
+                             EVENTS_CHANNEL=channel, RESET_LIMIT_PER_RECIPIENT="off",
+                             KEY_PREFIX=f"owners-{uuid.uuid4().hex[:6]}")
     with TestClient(create_app(settings)) as client:
         wait_for(lambda: client.get("/ready").status_code == 200, message="the subscription")
         raw = json.dumps({"email": "victim@example.org", "code": "424242"}).encode()

@@ -19,7 +19,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from mailcore.config import Settings
 from mailcore.message import Recipient
 from mailcore.mime import Envelope, build_envelope
 from mailcore.rendering import RenderedEmail
@@ -31,7 +30,7 @@ from mailcore.transports import (
 )
 from mailcore.transports.smtp import SMTPTransport
 
-from .support import DroppingHandler, RecordingHandler, SMTPServer, free_port
+from .support import DroppingHandler, RecordingHandler, SMTPServer, free_port, make_settings
 
 
 @pytest.fixture
@@ -155,11 +154,10 @@ def test_tls_with_auth_against_a_private_ca(tmp_path: Path, security: str) -> No
     controller = Controller(handler, hostname="127.0.0.1", port=port, **options)
     controller.start()
     try:
-        settings = Settings.from_env({
-            "SECRETS_DIR": "/nonexistent", "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(port),
-            "SMTP_SECURITY": security, "SMTP_USERNAME": "relay-user",
-            "SMTP_PASSWORD": "relay-pass", "SMTP_CA_FILE": str(cert), "SMTP_TIMEOUT": "5",
-        })
+        settings = make_settings(SMTP_HOST="127.0.0.1", SMTP_PORT=str(port),
+                                 SMTP_SECURITY=security, SMTP_USERNAME="relay-user",
+                                 SMTP_PASSWORD="relay-pass", SMTP_CA_FILE=str(cert),
+                                 SMTP_TIMEOUT="5")
         transport = transport_from_settings(settings)
         transport.send(envelope("tls@example.com"))
         assert len(handler.to("tls@example.com")) == 1
