@@ -15,10 +15,9 @@ import pytest
 from .support import (
     TEST_SECRET,
     RedisServer,
-    ServiceProcess,
+    ServiceStack,
     SMTPServer,
     base_env,
-    free_port,
     make_settings,
     queue_idle,
     wait_for,
@@ -36,23 +35,13 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
-def start_api(env: dict[str, str], log: Path) -> tuple[ServiceProcess, str]:
-    port = free_port()
-    api = ServiceProcess(["api", "--host", "127.0.0.1", "--port", str(port)], env, log).start()
-    url = f"http://127.0.0.1:{port}"
-    api.wait_until(lambda: httpx.get(f"{url}/ready").status_code == 200, message="ingress ready")
-    return api, url
-
-
 def test_two_replicas_send_each_event_once(
     private_redis: RedisServer, smtp_server: SMTPServer, tmp_path: Path
 ) -> None:
     env = base_env(private_redis.url, smtp_server.port)
-    replicas = [start_api(env, tmp_path / f"api{i}.log")[0] for i in range(2)]
-    worker = ServiceProcess(["worker", "--processes", "1", "--threads", "2"], env,
-                            tmp_path / "worker.log").start()
-    client = private_redis.client()
-    try:
+    with ServiceStack(env, tmp_path, apis=2, threads=2) as stack:
+        replicas = stack.apis
+        client = private_redis.client()
         wait_for(lambda: client.pubsub_numsub(CHANNEL)[0][1] == 2,
                  message="both replicas to subscribe")
         addresses = [f"twice-{uuid.uuid4().hex[:6]}-{i}@example.org" for i in range(5)]
@@ -67,19 +56,14 @@ def test_two_replicas_send_each_event_once(
         wait_for(lambda: queue_idle(client), message="the queue to drain")
         for address in addresses:
             assert len(smtp_server.handler.to(address)) == 1
-    finally:
-        for process in [*replicas, worker]:
-            process.stop()
 
 
 def test_listener_survives_a_redis_restart(
     private_redis: RedisServer, smtp_server: SMTPServer, tmp_path: Path
 ) -> None:
     env = base_env(private_redis.url, smtp_server.port)
-    api, url = start_api(env, tmp_path / "api.log")
-    worker = ServiceProcess(["worker", "--processes", "1", "--threads", "2"], env,
-                            tmp_path / "worker.log").start()
-    try:
+    with ServiceStack(env, tmp_path, threads=2) as stack:
+        api, url, worker = stack.api, stack.base_url, stack.worker
         private_redis.stop()
         api.wait_until(lambda: httpx.get(f"{url}/ready").status_code == 503,
                        message="readiness to turn false")
@@ -93,9 +77,6 @@ def test_listener_survives_a_redis_restart(
         worker.wait_until(lambda: smtp_server.handler.to(address), timeout=30,
                           message="the event's mail after the restart")
         assert httpx.get(f"{url}/ready").status_code == 200
-    finally:
-        api.stop()
-        worker.stop()
 
 
 # --- no event, whatever its shape, stops the listener -----------------------------------------
@@ -133,11 +114,9 @@ def test_no_event_can_stop_the_listener(
     private_redis: RedisServer, smtp_server: SMTPServer, tmp_path: Path
 ) -> None:
     env = base_env(private_redis.url, smtp_server.port, RESET_LIMIT_PER_RECIPIENT="off")
-    api, url = start_api(env, tmp_path / "api.log")
-    worker = ServiceProcess(["worker", "--processes", "1", "--threads", "4"], env,
-                            tmp_path / "worker.log").start()
-    client = private_redis.client()
-    try:
+    with ServiceStack(env, tmp_path, threads=4) as stack:
+        api, url, worker = stack.api, stack.base_url, stack.worker
+        client = private_redis.client()
         wait_for(lambda: client.pubsub_numsub(CHANNEL)[0][1] == 1, message="the subscription")
         events = hostile_events()
         for raw in events:
@@ -158,9 +137,6 @@ def test_no_event_can_stop_the_listener(
         assert queued + skipped == len(events) + 1, (queued, skipped)
         assert skipped > 60
         assert SECRET_CODE not in output  # ... without the code they carried
-    finally:
-        api.stop()
-        worker.stop()
 
 
 def test_a_stopped_listener_fails_readiness_and_is_restarted(
