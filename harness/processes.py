@@ -71,16 +71,25 @@ class ServiceProcess:
         log.close()
         return self
 
+    @property
+    def pid(self) -> int:
+        assert self.process is not None, f"{self.args[0]} is not running"
+        return self.process.pid
+
+    def check(self, message: str = "the process") -> None:
+        """Raise :class:`ProcessExited`, with the end of the log, if the process has exited."""
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise ProcessExited(f"{message}: {self.args[0]} exited with "
+                                f"{self.process.returncode}:\n{self.output()[-3000:]}")
+
     def wait_until(self, condition: Callable[[], T], *, timeout: float = 30,
                    message: str = "the process") -> T:
         """Wait for ``condition`` and return its value; fail at once with the log if the
         process exits first."""
 
         def check() -> T:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise ProcessExited(f"{message}: {self.args[0]} exited with "
-                                    f"{self.process.returncode}:\n{self.output()[-3000:]}")
+            self.check(message)
             return condition()
 
         return wait_for(check, timeout=timeout, message=message)
