@@ -352,16 +352,3 @@ def test_every_refusal_is_charged(redis_server: RedisServer, refusal: str) -> No
         codes = [requests[refusal]().json()["error"] for _ in range(4)]
         assert codes == [refusal] * 3 + ["rate_limited"]
         assert client.post("/v1/messages", json=reset(), headers=shop).status_code == 429
-
-
-def test_empty_buckets_are_forgotten_when_they_refill_or_overflow() -> None:
-    from mailcore.ratelimit import EmptyBuckets
-
-    empty = EmptyBuckets(capacity=2)
-    empty.remember("a", 60)
-    assert 59 < empty.empty_for("a") <= 60
-    empty.remember("b", -1)  # already refilled
-    assert empty.empty_for("b") == 0 and empty.empty_for("never") == 0
-    for name in ("c", "d", "e"):
-        empty.remember(name, 60)
-    assert empty.empty_for("a") == 0 and empty.empty_for("e") > 0  # the oldest went first
