@@ -18,7 +18,18 @@ from mailcore.store import (
     template_store_from_settings,
 )
 
-from ..support import RedisServer, make_settings, wait_for
+from .support import RedisServer, make_settings, wait_for
+
+
+@pytest.fixture(scope="module")
+def store_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """This module's own redis-server: a test stops and restarts it."""
+    server = RedisServer(tmp_path_factory.mktemp("store-redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture
