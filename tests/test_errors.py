@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mailcore import errors
-from mailcore.errors import EmailServiceError, InvalidRequest, TryLater
+from mailcore.errors import DeliveryError, EmailServiceError, InvalidRequest, TryLater
 from mailcore.tokens import AuthError
 from service.errors import http_error
 
@@ -23,7 +23,9 @@ def _leaves(kind: type[EmailServiceError]) -> list[type[EmailServiceError]]:
     return found
 
 
-KINDS = [kind for kind in _leaves(EmailServiceError) if kind.code != "error"]
+#: Errors an adapter can answer with; delivery errors happen in a worker, after the answer.
+KINDS = [kind for kind in _leaves(EmailServiceError)
+         if kind.code != "error" and not issubclass(kind, DeliveryError)]
 
 
 def _make(kind: type[EmailServiceError]) -> EmailServiceError:
@@ -64,3 +66,17 @@ def test_within_points_details_at_a_batch_item() -> None:
     error.within("messages.3")
     assert error.message == "messages.3: data does not match"
     assert error.details == [{"field": "messages.3.data.code", "message": "required"}]
+
+
+def test_delivery_errors_are_domain_errors_with_the_reply_code_apart() -> None:
+    from mailcore import transports
+
+    assert transports.DeliveryError is DeliveryError  # one class, wherever it is imported from
+    delivery: list[type[EmailServiceError]] = [DeliveryError, *_leaves(DeliveryError)]
+    assert len({kind.code for kind in delivery}) == len(delivery)  # one code per kind
+    soft = errors.TransientDeliveryError("Mailbox full", 452)
+    assert (soft.code, soft.smtp_code, soft.text, str(soft)) == (
+        "delivery_deferred", 452, "Mailbox full", "452 Mailbox full")
+    assert str(errors.UnconfirmedDeliveryError("no reply")) == "no reply"
+    assert errors.UnconfirmedDeliveryError("x").outcome == "unconfirmed"
+    assert not issubclass(errors.PermanentDeliveryError, errors.TransientDeliveryError)

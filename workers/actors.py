@@ -150,7 +150,7 @@ def _failed(job: dict[str, Any], message: MessageProxy, attempt: Attempt,
         log.error("dead-lettered: permanent failure: %s", exc, extra=context)
         return _settle(message, job, "dead", "failed", status=FAILED, detail=str(exc),
                        last_error=getattr(exc, "text", str(exc)),
-                       last_code=getattr(exc, "code", None), attempt=attempt.attempt)
+                       last_code=getattr(exc, "smtp_code", None), attempt=attempt.attempt)
     if isinstance(exc, TransientDeliveryError):
         failure = exc
     elif isinstance(exc, TimeLimitExceeded):
@@ -166,7 +166,7 @@ def _failed(job: dict[str, Any], message: MessageProxy, attempt: Attempt,
         log.error("dead-lettered after %d attempts: %s", retries + 1, failure, extra=context)
         return _settle(message, job, "dead", "dead", status=DEAD,
                        detail=f"gave up after {retries + 1} attempts: {failure}",
-                       last_error=failure.text, last_code=failure.code,
+                       last_error=failure.text, last_code=failure.smtp_code,
                        attempt=attempt.attempt, outcome=failure.outcome)
     _, delay = compute_backoff(retries, factor=settings.worker.retry_min_backoff_ms,
                                max_backoff=settings.worker.retry_max_backoff_ms)
@@ -174,7 +174,7 @@ def _failed(job: dict[str, Any], message: MessageProxy, attempt: Attempt,
                 extra=context)
     return _settle(message, job, "retry", "retry", status=RETRYING, detail=str(failure),
                    next_copy=_next_copy(message, delay, retries + 1), last_error=failure.text,
-                   last_code=failure.code, attempt=attempt.attempt, outcome=failure.outcome)
+                   last_code=failure.smtp_code, attempt=attempt.attempt, outcome=failure.outcome)
 
 
 def _settle(message: MessageProxy, job: dict[str, Any], kind: str, label: str,

@@ -105,8 +105,8 @@ class Deliverer:
             except DeliveryError as exc:
                 metrics.SEND_SECONDS.labels(self.transport.name).observe(
                     time.perf_counter() - started)
-                if exc.code is not None:
-                    send_span.set_attribute("smtp.code", exc.code)
+                if exc.smtp_code is not None:
+                    send_span.set_attribute("smtp.code", exc.smtp_code)
                 if isinstance(exc, UnconfirmedDeliveryError):
                     metrics.UNCONFIRMED.labels(self.transport.name).inc()
                 raise
