@@ -90,12 +90,6 @@ def _redis_url(raw: str) -> str:
     return raw
 
 
-def _redis_url_from_parts(seen: Mapping[str, Any]) -> str:
-    password = seen["REDIS_PASSWORD"]
-    auth = f":{quote(password, safe='')}@" if password else ""
-    return f"redis://{auth}{seen['REDIS_HOST']}:{seen['REDIS_PORT']}/{seen['REDIS_DB']}"
-
-
 def _namespaces(raw: str) -> tuple[str, ...]:
     found = names(raw)
     for name in found:
@@ -116,20 +110,27 @@ _optional_port = integer(low=0, high=65535)
 class RedisSettings:
     """Where Redis is, and the keys this service owns there."""
 
-    host: str = setting("REDIS_HOST", "127.0.0.1", "Redis host, when no `REDIS_URL` is given.",
-                        text)
-    port: int = setting("REDIS_PORT", "6379", "Redis port, when no `REDIS_URL` is given.", _port)
-    db: int = setting("REDIS_DB", "0", "Redis database, when no `REDIS_URL` is given.",
-                      integer(low=0))
-    password: str | None = setting("REDIS_PASSWORD", None,
-                                   "Redis password, when no `REDIS_URL` is given.", text,
-                                   secret=True)
-    url: str = setting("REDIS_URL", "redis://127.0.0.1:6379/0", "`redis://`, `rediss://` or "
-                       "`unix://` URL; wins over the four above.", _redis_url, secret=True,
-                       shown="from the four above", fallback=_redis_url_from_parts)
+    given_url: str | None = setting(
+        "REDIS_URL", None, "`redis://`, `rediss://` or `unix://` URL; wins over the four below.",
+        _redis_url, secret=True)
+    # Not read at all when REDIS_URL is set: Kubernetes gives pods of a namespace with a Service
+    # named "redis" REDIS_PORT=tcp://<ip>:6379, which is no port number.
+    host: str = setting("REDIS_HOST", "127.0.0.1", "Redis host.", text, unless="REDIS_URL")
+    port: int = setting("REDIS_PORT", "6379", "Redis port.", _port, unless="REDIS_URL")
+    db: int = setting("REDIS_DB", "0", "Redis database.", integer(low=0), unless="REDIS_URL")
+    password: str | None = setting("REDIS_PASSWORD", None, "Redis password.", text, secret=True,
+                                   unless="REDIS_URL")
     #: Prefix of every Redis key this service owns (queues use Dramatiq's own namespace).
     key_prefix: str = setting("KEY_PREFIX", "email-service",
                               "Prefix of every Redis key the service owns.", text)
+
+    @property
+    def url(self) -> str:
+        """``REDIS_URL``, or the URL the four parts make."""
+        if self.given_url is not None:
+            return self.given_url
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}{self.host}:{self.port}/{self.db}"
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ class Var:
       shown: the README's default column when ``default`` alone would mislead.
       fallback: the default computed from variables read before (by name), e.g. ``BRAND_NAME``
         from ``SENDER_NAME``; ``None`` from it means ``default``.
+      unless: a variable read before whose value makes this one unread (its default stands).
     """
 
     name: str
@@ -52,13 +53,15 @@ class Var:
     secret: bool = False
     shown: str | None = None
     fallback: Callable[[Mapping[str, Any]], str | None] | None = None
+    unless: str | None = None
 
 
 def setting(name: str, default: str | None, doc: str, parse: Callable[[str], T], *,
             secret: bool = False, shown: str | None = None,
-            fallback: Callable[[Mapping[str, Any]], str | None] | None = None) -> T:
+            fallback: Callable[[Mapping[str, Any]], str | None] | None = None,
+            unless: str | None = None) -> T:
     """A dataclass field read from the variable ``name`` (see :class:`Var`)."""
-    var = Var(name, default, doc, parse, secret, shown, fallback)
+    var = Var(name, default, doc, parse, secret, shown, fallback, unless)
 
     def default_value() -> Any:
         return None if default is None else parse(default)
@@ -111,7 +114,10 @@ class Environment:
         return None
 
     def value(self, var: Var) -> Any:
-        raw = self.secret(var.name) if var.secret else self.text(var.name)
+        if var.unless is not None and self.seen.get(var.unless) is not None:
+            raw = None
+        else:
+            raw = self.secret(var.name) if var.secret else self.text(var.name)
         if raw is None and var.fallback is not None:
             raw = var.fallback(self.seen)
         if raw is None:

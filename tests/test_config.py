@@ -121,6 +121,16 @@ def test_each_variable_is_declared_once_with_its_default() -> None:
     assert Settings() == Settings.from_env(BASE)
 
 
+def test_redis_parts_are_not_read_when_a_url_is_given(tmp_path: Path) -> None:
+    # Kubernetes gives pods beside a Service named "redis" REDIS_PORT=tcp://10.0.0.5:6379.
+    (tmp_path / "redis_password").write_text("not read")
+    settings = Settings.from_env({"SECRETS_DIR": str(tmp_path), "REDIS_URL": "redis://r:1/0",
+                                  "REDIS_PORT": "tcp://10.0.0.5:6379"})
+    assert settings.redis.url == "redis://r:1/0" and settings.redis.password is None
+    with pytest.raises(ConfigError, match=r"^REDIS_PORT: must be an integer"):
+        Settings.from_env({**BASE, "REDIS_PORT": "tcp://10.0.0.5:6379"})
+
+
 def test_fallbacks_follow_the_variables_they_name() -> None:
     settings = Settings.from_env({**BASE, "SENDER_NAME": "Shop", "SMTP_SECURITY": "ssl"})
     assert (settings.brand.name, settings.smtp.port) == ("Shop", 465)
