@@ -124,14 +124,14 @@ class QueueFull(TryLater):
 # --- delivery: raised by transports in a worker, after the door; never an HTTP answer ---------
 
 class DeliveryError(EmailServiceError):
-    """Delivery failed.
+    """Delivery failed. No API answer carries it (the caller had its answer when the message
+    was queued), so it has no ``code`` of its own; the status records ``smtp_code``.
 
     Parameters:
       message: what happened, for logs and status.
       smtp_code: the server's reply code (SMTP or HTTP) when there was one.
     """
 
-    code = "delivery_failed"
     #: What became of the attempt, when that is more than "failed" (see subclasses).
     outcome: str | None = None
 
@@ -148,8 +148,6 @@ class DeliveryError(EmailServiceError):
 class TransientDeliveryError(DeliveryError):
     """Try again later: connection trouble, timeouts, 4xx replies."""
 
-    code = "delivery_deferred"
-
 
 class UnconfirmedDeliveryError(TransientDeliveryError):
     """The whole message went out but the relay's reply never came (the connection broke or
@@ -157,12 +155,9 @@ class UnconfirmedDeliveryError(TransientDeliveryError):
     failure — with the same Message-ID, so a copy the relay did accept can be recognised — and
     recorded as ``unconfirmed``."""
 
-    code = "delivery_unconfirmed"
     #: The attempt's outcome, for the status timeline.
     outcome = "unconfirmed"
 
 
 class PermanentDeliveryError(DeliveryError):
     """Do not try again: the server refused the message for good (5xx replies)."""
-
-    code = "delivery_refused"

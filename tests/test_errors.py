@@ -23,9 +23,7 @@ def _leaves(kind: type[EmailServiceError]) -> list[type[EmailServiceError]]:
     return found
 
 
-#: Errors an adapter can answer with; delivery errors happen in a worker, after the answer.
-KINDS = [kind for kind in _leaves(EmailServiceError)
-         if kind.code != "error" and not issubclass(kind, DeliveryError)]
+KINDS = [kind for kind in _leaves(EmailServiceError) if kind.code != "error"]
 
 
 def _make(kind: type[EmailServiceError]) -> EmailServiceError:
@@ -72,11 +70,11 @@ def test_delivery_errors_are_domain_errors_with_the_reply_code_apart() -> None:
     from mailcore import transports
 
     assert transports.DeliveryError is DeliveryError  # one class, wherever it is imported from
+    # Never an API answer: no code of its own, so no HTTP status either (KINDS leaves it out).
     delivery: list[type[EmailServiceError]] = [DeliveryError, *_leaves(DeliveryError)]
-    assert len({kind.code for kind in delivery}) == len(delivery)  # one code per kind
+    assert {kind.code for kind in delivery} == {"error"}
     soft = errors.TransientDeliveryError("Mailbox full", 452)
-    assert (soft.code, soft.smtp_code, soft.text, str(soft)) == (
-        "delivery_deferred", 452, "Mailbox full", "452 Mailbox full")
+    assert (soft.smtp_code, soft.text, str(soft)) == (452, "Mailbox full", "452 Mailbox full")
     assert str(errors.UnconfirmedDeliveryError("no reply")) == "no reply"
     assert errors.UnconfirmedDeliveryError("x").outcome == "unconfirmed"
     assert not issubclass(errors.PermanentDeliveryError, errors.TransientDeliveryError)
