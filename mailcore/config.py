@@ -151,6 +151,9 @@ class Settings:
     template_store_enabled: bool = True
     #: How often readers compare the store's epoch when no change broadcast arrives.
     template_refresh_seconds: float = 5.0
+    #: Versions of each template the store keeps in its history (rollback, explicit
+    #: ``template_version``); versions pinned by messages in flight are kept beyond these.
+    template_history_versions: int = 10
     #: Longest wait between the operator's retries while the store is unreachable.
     operator_retry_max_seconds: float = 60.0
     #: How often the operator checks that each Ready template is still in the store (and puts
@@ -253,6 +256,8 @@ class Settings:
             template_namespaces=_namespaces(env.text("TEMPLATE_NAMESPACES", "default")),
             template_store_enabled=env.flag("TEMPLATE_STORE", True),
             template_refresh_seconds=env.number("TEMPLATE_REFRESH_SECONDS", 5.0, low=0.05),
+            template_history_versions=env.integer("TEMPLATE_HISTORY_VERSIONS", 10, low=1,
+                                                  high=1000),
             operator_retry_max_seconds=env.number("OPERATOR_RETRY_MAX_SECONDS", 60.0, low=0.1),
             operator_resync_seconds=env.number("OPERATOR_RESYNC_SECONDS", 60.0, low=0.1),
             operator_render_timeout_seconds=env.number("OPERATOR_RENDER_TIMEOUT_SECONDS", 10.0,

@@ -37,6 +37,12 @@ READY = "Ready"
 COMPILED = "Compiled"
 #: Reason when the store could not be written (retried with backoff).
 STORE_UNAVAILABLE = "StoreUnavailable"
+#: Reason of the Ready condition while ``spec.pinnedVersion`` holds an older version serving.
+PINNED = "Pinned"
+#: Reason when ``spec.pinnedVersion`` names a version the store does not keep.
+UNKNOWN_VERSION = "UnknownVersion"
+#: Annotation ``kubectl`` sets (``--record``, or by hand) to say why a resource changed.
+CHANGE_CAUSE = "kubernetes.io/change-cause"
 #: Longest condition message kept (the API server allows 32768).
 MAX_MESSAGE = 4096
 
@@ -76,6 +82,30 @@ def source_from_spec(key: str, spec: Mapping[str, Any]) -> TemplateSource:
         sample_data=dict(sample) if isinstance(sample, Mapping) else {},
         locales=locales,
     )
+
+
+def pinned_version(spec: Mapping[str, Any]) -> str | None:
+    """``spec.pinnedVersion`` when set: a 16-hex-digit content hash, else TemplateError."""
+    value = spec.get("pinnedVersion")
+    if value is None:
+        return None
+    if (not isinstance(value, str) or len(value) != 16
+            or any(c not in "0123456789abcdef" for c in value)):
+        shown = repr(value)[:40]
+        raise TemplateError("InvalidTemplate",
+                            f"spec.pinnedVersion must be a 16-hex-digit version, got {shown}")
+    return value
+
+
+def resource_origin(namespace: str, name: str, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Who/what stored a version: the resource, its generation and uid, and the
+    ``kubernetes.io/change-cause`` annotation when present (bounded)."""
+    origin: dict[str, Any] = {"kind": KIND, "namespace": namespace, "name": name,
+                              "uid": meta.get("uid"), "generation": meta.get("generation")}
+    cause = (meta.get("annotations") or {}).get(CHANGE_CAUSE)
+    if isinstance(cause, str) and cause:
+        origin["changeCause"] = cause[:1024]
+    return origin
 
 
 def compile_resource(
@@ -168,6 +198,8 @@ def ready_status(
     generation: int | None,
     key: str,
     version: str | None = None,
+    latest: str | None = None,
+    pinned: str | None = None,
 ) -> dict[str, Any]:
     """The whole ``status`` to merge-patch: conditions (replaced whole), generation, version.
 
@@ -185,6 +217,8 @@ def ready_status(
         patch["observedGeneration"] = generation
     if version is not None:
         patch["version"] = version
+        patch["latestVersion"] = latest or version
+        patch["pinnedVersion"] = pinned  # None removes it (merge patch)
     return patch
 
 

@@ -16,11 +16,19 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .rendering import CompiledTemplate, TemplateError, TemplateSource
+
+if TYPE_CHECKING:
+    from .store import StoredTemplate
+
+#: Compiled template versions one process keeps (the serving ones and recently pinned ones).
+MAX_COMPILED = 256
 
 _PACKAGED = Path(__file__).parent / "_builtin_templates"
 _SOURCE_TREE = Path(__file__).resolve().parent.parent / "templates"
@@ -76,10 +84,38 @@ class TemplateStore(Protocol):
 
     def get(self, name: str) -> TemplateSource | None: ...
 
+    def lookup(self, name: str) -> StoredTemplate | None:
+        """The record a caller's name resolves to (its store key and version)."""
+
+    def archived(self, key: str, version: str) -> StoredTemplate | None:
+        """A kept version of the template stored as ``key`` (may read Redis)."""
+
     def names(self) -> list[str]: ...
 
     def origin(self, name: str) -> Mapping[str, Any] | None:
         """Where the stored template a name resolves to came from (resource, sync …)."""
+
+
+@dataclass(frozen=True)
+class Pin:
+    """A message's template version: the store key and the version it was validated against."""
+
+    key: str
+    version: str
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A template a name resolved to, and the pin a message sent with it records (stored
+    templates only; built-ins are whatever the worker ships)."""
+
+    template: CompiledTemplate
+    pin: Pin | None
+
+
+def unknown_version(name: str, version: str) -> TemplateError:
+    return TemplateError("UnknownTemplateVersion",
+                         f"template {name!r} has no kept version {version!r}")
 
 
 class TemplateRegistry:
@@ -95,7 +131,7 @@ class TemplateRegistry:
     ) -> None:
         self._builtins = dict(builtins)
         self._store = store
-        self._compiled: dict[tuple[str, str], CompiledTemplate] = {}
+        self._compiled: OrderedDict[tuple[str, str], CompiledTemplate] = OrderedDict()
         self._lock = threading.Lock()
 
     @classmethod
@@ -109,17 +145,49 @@ class TemplateRegistry:
     def get(self, name: str) -> CompiledTemplate | None:
         """The compiled template, or ``None`` when no template has that name."""
         source = self.source(name)
-        if source is None:
+        return self._compile(source) if source is not None else None
+
+    def resolve(self, name: str, version: str | None = None) -> Resolved | None:
+        """The template ``name`` resolves to (``None`` when none), at ``version`` when given.
+
+        Raises :class:`TemplateError` ``UnknownTemplateVersion`` when that version is not kept,
+        and ``redis.RedisError`` when an older version must be read from an unreachable store.
+        """
+        stored = self._store.lookup(name) if self._store is not None else None
+        if stored is not None:
+            if version is not None and version != stored.version:
+                older = self._store.archived(stored.key, version) if self._store else None
+                if older is None:
+                    raise unknown_version(name, version)
+                stored = older
+            return Resolved(self._compile(stored.source), Pin(stored.key, stored.version))
+        builtin = self._builtins.get(name)
+        if builtin is None:
             return None
-        key = (name, source.version)
-        compiled = self._compiled.get(key)
-        if compiled is None:
-            compiled = CompiledTemplate(source)
-            with self._lock:
-                # Keep only the newest version of each name.
-                for old in [k for k in self._compiled if k[0] == name]:
-                    del self._compiled[old]
-                self._compiled[key] = compiled
+        if version is not None and version != builtin.version:
+            raise unknown_version(name, version)
+        return Resolved(self._compile(builtin), None)
+
+    def pinned(self, pin: Pin) -> CompiledTemplate | None:
+        """The exact version a message was accepted with, even if no longer serving or deleted
+        (``None`` when the store no longer keeps it). May read Redis (worker threads)."""
+        if self._store is None:
+            return None
+        stored = self._store.archived(pin.key, pin.version)
+        return self._compile(stored.source) if stored is not None else None
+
+    def _compile(self, source: TemplateSource) -> CompiledTemplate:
+        key = (source.name, source.version)
+        with self._lock:
+            compiled = self._compiled.get(key)
+            if compiled is not None:
+                self._compiled.move_to_end(key)
+                return compiled
+        compiled = CompiledTemplate(source)
+        with self._lock:
+            self._compiled[key] = compiled
+            while len(self._compiled) > MAX_COMPILED:
+                self._compiled.popitem(last=False)
         return compiled
 
     def names(self) -> list[str]:

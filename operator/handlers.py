@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from typing import Any
 
 import kopf
@@ -27,17 +28,22 @@ from mailcore.logs import configure_logging
 from mailcore.rendering import TemplateError, TemplateSource
 from mailcore.sandbox_process import ProcessLimits, TemplateSandbox
 from mailcore.store import TemplateStoreWriter
+from mailcore.template_history import collect_garbage
 from mailcore.template_resources import (
     COMPILED,
     FINALIZER,
     GROUP,
+    PINNED,
     PLURAL,
     STORE_UNAVAILABLE,
+    UNKNOWN_VERSION,
     VERSION,
     check_mailboxes,
     describe_error,
+    pinned_version,
     qualified_name,
     ready_status,
+    resource_origin,
     source_from_spec,
 )
 
@@ -73,6 +79,7 @@ def _compile(key: str, spec: kopf.Spec, memo: Any) -> TemplateSource:
     """
     config: Settings = memo.config
     check_mailboxes(spec, config.sender_domain_allowed)
+    pinned_version(spec)
     source = source_from_spec(key, spec)
     sandbox: TemplateSandbox = memo.sandbox
     sandbox.compile(source)
@@ -100,12 +107,34 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration")
     settings.posting.reporting_component = "email-service-operator"
+    memo.collector_stop = threading.Event()
+    memo.collector = threading.Thread(
+        target=_collect_versions, args=(memo.store, config, memo.collector_stop),
+        name="version-collector", daemon=True)
+    memo.collector.start()
     # Network hiccups to the API server: reconnect watches promptly.
     settings.watching.reconnect_backoff = 1.0
 
 
+def _collect_versions(store: TemplateStoreWriter, config: Settings,
+                      stop: threading.Event) -> None:
+    """Every ``OPERATOR_RESYNC_SECONDS``: drop archived versions nothing needs (the retention
+    rules are in :mod:`mailcore.template_history`). One operator replica runs it."""
+    while not stop.wait(config.operator_resync_seconds):
+        try:
+            removed = collect_garbage(store.client, config.key_prefix,
+                                      keep=config.template_history_versions)
+        except (redis.RedisError, OSError) as exc:
+            log.warning("version collection skipped, the store is unreachable: %s", exc)
+            continue
+        if removed:
+            log.info("removed %d template versions nothing references: %s", len(removed),
+                     ", ".join(removed[:20]))
+
+
 @kopf.on.cleanup()
 def close(memo: kopf.Memo, **_: Any) -> None:
+    memo.collector_stop.set()
     store: TemplateStoreWriter = memo.store
     store.close()
     sandbox: TemplateSandbox = memo.sandbox
@@ -136,10 +165,14 @@ def reconcile(
 
     version = source.version
     store: TemplateStoreWriter = memo.store
-    origin = {"kind": "EmailTemplate", "namespace": namespace, "name": name,
-              "uid": meta.get("uid"), "generation": generation}
+    origin = resource_origin(namespace, name, meta)
+    pinned = pinned_version(spec)  # checked by _compile already
     try:
-        changed = store.put(key, source, origin)
+        if pinned is None:
+            changed: bool | None = store.put(key, source, origin)
+        else:
+            store.archive(key, source, origin)  # kept in the history, not serving
+            changed = store.serve(key, pinned)
     except (redis.RedisError, OSError) as exc:
         delay = _retry_delay(retry, memo.config)
         message = f"the template store is unreachable ({exc}); retrying in {delay:g}s"
@@ -149,12 +182,27 @@ def reconcile(
         _observe(key, STORE_UNAVAILABLE, ready=False)
         raise kopf.TemporaryError(message, delay=delay) from None
 
-    _observe(key, COMPILED, ready=True)
-    message = f"version {version} compiled and serving as {key}"
-    patch.status.update(ready_status(status, ready=True, reason=COMPILED, message=message,
-                                     generation=generation, key=key, version=version))
+    if pinned is not None and changed is None:
+        message = (f"spec.pinnedVersion {pinned} is not a kept version of {key} (see GET "
+                   f"/v1/templates/{key}/versions); version {status.get('version')} keeps serving")
+        patch.status.update(ready_status(status, ready=False, reason=UNKNOWN_VERSION,
+                                         message=message, generation=generation, key=key))
+        kopf.warn(body, reason=UNKNOWN_VERSION, message=message)
+        _observe(key, UNKNOWN_VERSION, ready=False)
+        raise kopf.PermanentError(f"{UNKNOWN_VERSION}: {message}")
+    if pinned is not None:
+        reason = PINNED
+        message = (f"version {pinned} serving as {key}, pinned by spec.pinnedVersion; the "
+                   f"spec's version {version} compiled and is kept in the history")
+    else:
+        reason = COMPILED
+        message = f"version {version} compiled and serving as {key}"
+    _observe(key, reason, ready=True)
+    patch.status.update(ready_status(status, ready=True, reason=reason, message=message,
+                                     generation=generation, key=key, version=pinned or version,
+                                     latest=version, pinned=pinned))
     if changed:
-        kopf.info(body, reason=COMPILED, message=message)
+        kopf.info(body, reason=reason, message=message)
     log.info("%s: %s (%s)", key, message, "stored" if changed else "already stored")
 
 
@@ -171,9 +219,8 @@ def resync(spec: kopf.Spec, name: str, namespace: str | None, meta: kopf.Meta,
     except (redis.RedisError, OSError, TemplateError):
         return  # the store is down (retried next time) or the spec is refused (reconcile says)
     if source.version != status.get("version"):
-        return  # a newer spec is being handled by reconcile
-    origin = {"kind": "EmailTemplate", "namespace": namespace, "name": name,
-              "uid": meta.get("uid"), "generation": meta.get("generation")}
+        return  # a newer spec is being handled by reconcile (or a pinned version serves)
+    origin = resource_origin(namespace or "default", name, meta)
     with contextlib.suppress(redis.RedisError, OSError):
         if store.put(key, source, origin, only_if_absent=True):
             log.warning("%s: was missing from the store; restored version %s", key,

@@ -26,6 +26,7 @@ from mailcore.owners import owns
 from mailcore.rendering import RenderedEmail, TemplateError
 from mailcore.sandbox_process import ProcessLimits, TemplateSandbox
 from mailcore.status import decode_status, status_key, timeline_key
+from mailcore.template_history import get_version, list_versions
 from mailcore.validation import Validator
 
 from . import legacy
@@ -36,6 +37,7 @@ from .offload import OFFLOAD_BYTES, off_loop
 from .openapi import PreviewRequest, openapi_document
 from .sending import BatchResponder, SendService
 
+_VERSION = re.compile(r"[0-9a-f]{16}")
 _MESSAGE_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -99,7 +101,8 @@ async def _send(request: Request, parse: Parser, *, source: str, respond: BatchR
                     request.headers.get("idempotency-key"), caller.owner, request.url.path,
                     body)
 
-            if len(raw) > OFFLOAD_BYTES:
+            # A named template_version may be read from Redis: never on the event loop.
+            if len(raw) > OFFLOAD_BYTES or b"template_version" in raw:
                 messages, idempotency = await off_loop(parse_all)
             else:
                 messages, idempotency = parse_all()
@@ -202,6 +205,48 @@ async def get_template(request: Request) -> JSONResponse:
     assert template is not None
     return JSONResponse({**described, "subject": template.source.subject,
                          "sample_data": dict(template.source.sample_data)})
+
+
+def _versions_key(service: SendService, name: str) -> tuple[str | None, str]:
+    """The store key ``name`` resolves to (``None`` for a built-in) and its serving version."""
+    resolved = service.registry.resolve(name)
+    if resolved is None:
+        raise ApiError(404, "unknown_template", f"no template named {name!r}")
+    if resolved.pin is None:
+        return None, resolved.template.version
+    return resolved.pin.key, resolved.pin.version
+
+
+async def list_template_versions(request: Request) -> JSONResponse:
+    """The kept versions of a template, newest first, with who/what stored each and when."""
+    await authenticate(request)
+    service = _service(request)
+    name = request.path_params["name"]
+    key, serving = _versions_key(service, name)
+    if key is None:
+        return JSONResponse({"template": name, "serving": serving, "versions": [
+            {"version": serving, "serving": True, "origin": {"kind": "builtin"}}]})
+    versions = await list_versions(service.client, service.settings.key_prefix, key)
+    return JSONResponse({"template": name, "key": key, "serving": serving,
+                         "versions": versions})
+
+
+async def get_template_version(request: Request) -> JSONResponse:
+    """One kept version of a template, with its source."""
+    await authenticate(request)
+    service = _service(request)
+    name = request.path_params["name"]
+    version = request.path_params["version"]
+    if not _VERSION.fullmatch(version):
+        raise ApiError(404, "unknown_template_version",
+                       "a version is 16 hexadecimal digits (see .../versions)")
+    key, _ = _versions_key(service, name)
+    found = (await get_version(service.client, service.settings.key_prefix, key, version)
+             if key is not None else None)
+    if found is None:
+        raise ApiError(404, "unknown_template_version",
+                       f"template {name!r} has no kept version {version!r}")
+    return JSONResponse({"template": name, "key": key, **found})
 
 
 #: Previews render in a child process (a template and the caller's data are untrusted: a
@@ -324,6 +369,9 @@ routes = [
     Route("/v1/messages/{id}", get_message, methods=["GET"]),
     Route("/v1/templates", list_templates, methods=["GET"]),
     Route("/v1/templates/{name:path}/render", render_template, methods=["POST"]),
+    Route("/v1/templates/{name:path}/versions/{version}", get_template_version,
+          methods=["GET"]),
+    Route("/v1/templates/{name:path}/versions", list_template_versions, methods=["GET"]),
     Route("/v1/templates/{name:path}", get_template, methods=["GET"]),
     Route("/v1/dead-letters", list_dead_letters, methods=["GET"]),
     Route("/v1/dead-letters", purge_dead_letters, methods=["DELETE"]),
