@@ -179,6 +179,13 @@ def broken(change: Any) -> dict[str, Any]:
      ("spec.locales.1.locale", "pattern")),
     (lambda s: s["locales"][0].update(body="?"), ("spec.locales.0", "additionalProperties")),
     (lambda s: s["locales"][0].pop("locale"), ("spec.locales.0", "required")),
+    (lambda s: s.update(pinnedVersion=1234567890123456), ("spec.pinnedVersion", "type")),
+    (lambda s: s.update(pinnedVersion=["0123456789abcdef"]), ("spec.pinnedVersion", "type")),
+    (lambda s: s.update(pinnedVersion="0123456789ABCDEF"), ("spec.pinnedVersion", "pattern")),
+    (lambda s: s.update(pinnedVersion="0123"), ("spec.pinnedVersion", "minLength")),
+    (lambda s: s.update(pinnedVersion="0" * 100_000), ("spec.pinnedVersion", "maxLength")),
+    (lambda s: s.update(pinnedVersion="../../etc/passwd"), ("spec.pinnedVersion", "pattern")),
+    (lambda s: s.update(pinnedVersion="0123456789abcde\x00"), ("spec.pinnedVersion", "pattern")),
 ])
 def test_broken_objects_fail_for_the_right_reason(change: Any, expected: tuple[str, str]) -> None:
     assert expected in errors(broken(change))
@@ -204,10 +211,17 @@ def test_cel_rules_refuse_for_the_right_reason(change: Any, message: str) -> Non
     assert cel_failures(obj) == [message]  # needs `common-expression-language` (else skipped)
 
 
+def test_a_pinned_version_is_valid() -> None:
+    obj = broken(lambda s: s.update(pinnedVersion="0123456789abcdef"))
+    assert errors(obj) == []
+    assert cel_failures(obj) == []
+
+
 def test_status_written_by_the_operator_matches_the_schema() -> None:
     obj = copy.deepcopy(examples()[-1])
     obj["status"] = {
         "observedGeneration": 3, "version": "0123456789abcdef", "template": "default/welcome",
+        "latestVersion": "fedcba9876543210", "pinnedVersion": "0123456789abcdef",
         "conditions": [{"type": "Ready", "status": "False", "reason": "InvalidMJML",
                         "message": "MJML does not compile (line 3)", "observedGeneration": 3,
                         "lastTransitionTime": "2026-11-23T02:58:05Z"}],
