@@ -1,4 +1,7 @@
-"""``email-service``: one command, a subcommand per process or tool."""
+"""``email-service``: one command, a subcommand per process or tool.
+
+Help text is plain text (no RST): it is what ``--help`` prints.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from mailcore.config import ConfigError, Settings
 
@@ -23,70 +27,117 @@ def main(argv: Sequence[str] | None = None) -> int:
     return result
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: …)`` after every option that has a real default (not for flags,
+    unset options or defaults the help text already explains)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, [], argparse.SUPPRESS) or "default" in text:
+            return text
+        return super()._get_help_string(action) or text
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("email-service")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="email-service", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="email-service", formatter_class=_HelpFormatter,
+        description="Transactional email: one command, a subcommand per process or tool. "
+                    "Every setting is an environment variable (see the README); options below "
+                    "only choose what to run.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    api = sub.add_parser("api", help="run the HTTP ingress (and the Redis event listener)")
-    api.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"))
-    api.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    def command(name: str, text: str, parent: Any = sub) -> argparse.ArgumentParser:
+        created: argparse.ArgumentParser = parent.add_parser(
+            name, help=text, description=text[0].upper() + text[1:] + ".",
+            formatter_class=_HelpFormatter)
+        return created
+
+    api = command("api", "run the HTTP ingress (and the Redis event listener)")
+    api.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"),
+                     help="address to listen on (environment: HOST)")
+    api.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")),
+                     help="port to listen on (environment: PORT)")
     api.set_defaults(run=_run_api)
 
-    worker = sub.add_parser("worker", help="run Dramatiq worker processes that deliver mail")
+    worker = command("worker", "run Dramatiq worker processes that deliver mail")
     worker.add_argument("--processes", type=int,
-                        default=int(os.environ.get("WORKER_PROCESSES", "2")))
+                        default=int(os.environ.get("WORKER_PROCESSES", "2")),
+                        help="worker processes (environment: WORKER_PROCESSES)")
     worker.add_argument("--threads", type=int, default=int(os.environ.get("WORKER_THREADS", "24")),
                         help="threads per process; each keeps one SMTP session open, so a "
-                             "distant relay needs many (default 24)")
+                             "distant relay needs many (environment: WORKER_THREADS)")
     worker.set_defaults(run=_run_worker)
 
-    dev = sub.add_parser("dev", help="run the whole stack locally, catching mail in a folder")
-    dev.add_argument("--port", type=int, default=8000)
-    dev.add_argument("--outbox", type=Path, default=Path("outbox"))
+    dev = command("dev", "run the whole stack locally, catching mail in a folder")
+    dev.add_argument("--port", type=int, default=8000, help="port of the local ingress")
+    dev.add_argument("--outbox", type=Path, default=Path("outbox"),
+                     help="folder the caught emails are written to (.eml and .html)")
     dev.add_argument("--sync", type=Path, action="append", default=None, metavar="PATH",
                      help="template folders / EmailTemplate YAML to sync into the store and "
                           "watch (default: templates/ and examples/emailtemplates/ if present)")
+    dev.add_argument("--env-file", type=Path, default=Path(".email-service-dev.env"),
+                     help="where to write the dev stack's settings and tokens (REDIS_URL, "
+                          "JWT_SECRET, TOKEN, ADMIN_TOKEN), to source in a shell")
     dev.set_defaults(run=_run_dev)
 
-    render = sub.add_parser("render", help="render a named template or an .mjml/.html file")
+    render = command("render", "render a named template or an .mjml/.html file")
     render.add_argument("template", help="a template name, or a path to an .mjml or .html file")
-    render.add_argument("--data", type=Path, help="JSON file with the template data")
+    render.add_argument("--data", type=Path,
+                        help="JSON file with the template data (default: its sample data)")
     render.add_argument("--out", type=Path, help="write here instead of stdout")
-    render.add_argument("--part", choices=("html", "text", "subject"), default="html")
-    render.add_argument("--locale")
+    render.add_argument("--part", choices=("html", "text", "subject"), default="html",
+                        help="which part of the email to print")
+    render.add_argument("--locale", help="render this locale's variant (default: the template's "
+                                         "default language)")
     render.set_defaults(run=_run_render)
 
-    dlq = sub.add_parser("dlq", help="inspect and act on dead letters")
+    dlq = command("dlq", "inspect and act on dead letters")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
-    dlq_list = dlq_sub.add_parser("list", help="newest dead letters first")
-    dlq_list.add_argument("--limit", type=int, default=100)
-    dlq_show = dlq_sub.add_parser("show", help="one dead letter with its status history")
-    dlq_show.add_argument("id")
-    dlq_retry = dlq_sub.add_parser("retry", help="requeue one (keeping its id) or --all")
+    dlq_list = command("list", "list dead letters, newest first", dlq_sub)
+    dlq_list.add_argument("--limit", type=int, default=100, help="list at most this many")
+    dlq_show = command("show", "show one dead letter with its status history", dlq_sub)
+    dlq_show.add_argument("id", help="the message id (as the send answered it)")
+    dlq_retry = command("retry", "requeue one dead letter (keeping its id) or --all", dlq_sub)
     target = dlq_retry.add_mutually_exclusive_group(required=True)
-    target.add_argument("id", nargs="?")
-    target.add_argument("--all", action="store_true")
-    dlq_purge = dlq_sub.add_parser("purge", help="delete every dead letter")
+    target.add_argument("id", nargs="?", help="the message id to requeue")
+    target.add_argument("--all", action="store_true", help="requeue every dead letter")
+    dlq_purge = command("purge", "delete every dead letter", dlq_sub)
     dlq_purge.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     dlq.set_defaults(run=_run_dlq)
 
-    token = sub.add_parser("token", help="mint a JWT signed with JWT_SECRET (for testing)")
-    token.add_argument("--subject", default="dev")
+    token = command("token", "mint a JWT signed with JWT_SECRET (for testing)")
+    token.add_argument("--subject", default="dev", help="the token's subject: who is calling")
     token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
     token.add_argument("--scope", help="space-separated scopes (e.g. 'email:send email:admin')")
     token.set_defaults(run=_run_token)
 
-    probe = sub.add_parser("probe", help="liveness/readiness check for Kubernetes probes")
-    probe.add_argument("target", choices=("worker",))
+    publish = command("publish-reset", "publish a password-reset event on Redis, as the "
+                      "original services did (EVENTS_CHANNEL on REDIS_URL)")
+    publish.add_argument("email", help="the recipient")
+    publish.add_argument("code", help="the reset code")
+    publish.set_defaults(run=_run_publish_reset)
+
+    probe = command("probe", "liveness/readiness check for Kubernetes probes")
+    probe.add_argument("target", choices=("worker",), help="what to check")
     probe.add_argument("--ready", action="store_true",
                        help="readiness: also require that Redis answers")
     probe.add_argument("--max-age", type=float, default=30.0, metavar="SECONDS",
-                       help="a worker process silent this long is frozen or dead (default 30)")
+                       help="a worker process silent this long is frozen or dead")
     probe.add_argument("--stall", type=float, default=60.0, metavar="SECONDS",
-                       help="with Redis up, a consumer idle this long is wedged (default 60)")
+                       help="with Redis up, a consumer idle this long is wedged")
     probe.set_defaults(run=_run_probe)
 
-    operator = sub.add_parser("operator", help="run the EmailTemplate operator (kopf)")
+    operator = command("operator", "run the EmailTemplate operator (kopf)")
     scope = operator.add_mutually_exclusive_group()
     scope.add_argument("--namespace", "-n", action="append", default=[], metavar="NS",
                        help="watch this namespace (repeatable; default: TEMPLATE_NAMESPACES)")
@@ -99,8 +150,8 @@ def _parser() -> argparse.ArgumentParser:
     operator.add_argument("--verbose", action="store_true", help="kopf's verbose logging")
     operator.set_defaults(run=_run_operator)
 
-    sync = sub.add_parser("sync", help="compile template folders and EmailTemplate YAML files "
-                          "into the template store (dev, no cluster); --watch re-syncs on change")
+    sync = command("sync", "compile template folders and EmailTemplate YAML files into the "
+                   "template store (dev, no cluster); --watch re-syncs on change")
     sync.add_argument("paths", nargs="+", type=Path,
                       help="template folders (like templates/) and EmailTemplate YAML files/dirs")
     sync.add_argument("--namespace", help="namespace of templates that name none "
@@ -168,7 +219,7 @@ def _run_dev(args: argparse.Namespace) -> int:
 
     sync = args.sync if args.sync is not None else [
         path for path in (Path("templates"), Path("examples/emailtemplates")) if path.exists()]
-    return run_dev(port=args.port, outbox=args.outbox, sync=sync)
+    return run_dev(port=args.port, outbox=args.outbox, sync=sync, env_file=args.env_file)
 
 
 def _run_render(args: argparse.Namespace) -> int:
@@ -225,7 +276,10 @@ def _run_dlq(args: argparse.Namespace) -> int:
                        settings.queue_name, settings.key_prefix,
                        settings.status_retention_seconds)
     if args.dlq_command == "list":
-        for letter in dead.list(args.limit):
+        letters = dead.list(args.limit)
+        if not letters:
+            print("no dead letters")
+        for letter in letters:
             last = letter.last_error or {}
             error = " ".join(str(part) for part in (last.get("code"), last.get("message")) if part)
             print(f"{letter.id}  {letter.template}  {','.join(letter.recipients)}  "
@@ -278,6 +332,20 @@ def _run_token(args: argparse.Namespace) -> int:
     print(mint_token(settings.jwt_secret, subject=args.subject, ttl_seconds=args.ttl,
                      audience=settings.jwt_audience, issuer=settings.jwt_issuer, **extra))
     return 0
+
+
+def _run_publish_reset(args: argparse.Namespace) -> int:
+    import time
+
+    import redis
+
+    settings = Settings.from_env()
+    event = {"email": args.email, "code": args.code, "timestamp": int(time.time())}
+    with redis.Redis.from_url(settings.redis_url, socket_timeout=10) as client:
+        listeners = int(client.publish(settings.events_channel, json.dumps(event)))
+    # Pub/Sub keeps nothing: with no ingress subscribed the event is gone, so say so.
+    print(f"published to {settings.events_channel}: {listeners} listener(s)")
+    return 0 if listeners else 1
 
 
 def _operator_handlers(explicit: Path | None) -> Path:

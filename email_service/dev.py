@@ -2,13 +2,17 @@
 
 Starts a private redis-server (unless one is configured), a local SMTP catcher writing each
 message as ``.eml`` + ``.html``, the ingress and a worker, then prints a ready-to-paste curl with
-a freshly minted token.
+a freshly minted token, and writes the stack's settings (Redis URL, JWT secret, a sending and an
+admin token) to an env file, so ``email-service token``, ``dlq`` and ``publish-reset`` work from
+another shell. Ctrl-C (SIGINT) or SIGTERM stops everything and exits 0.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -24,7 +28,7 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
-from mailcore.config import redis_configured
+from mailcore.config import Settings, redis_configured
 from mailcore.tokens import mint_token
 from mailcore.transports.outbox import write_outbox_files
 
@@ -49,9 +53,10 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait_ready(url: str, processes: list[subprocess.Popen[bytes]], timeout: float = 60) -> bool:
+def _wait_ready(url: str, processes: list[subprocess.Popen[bytes]], stop: threading.Event,
+                timeout: float = 60) -> bool:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not stop.is_set():
         if any(p.poll() is not None for p in processes):
             return False
         try:
@@ -60,7 +65,7 @@ def _wait_ready(url: str, processes: list[subprocess.Popen[bytes]], timeout: flo
                     return True
         except OSError:
             pass
-        time.sleep(0.1)
+        stop.wait(0.1)
     return False
 
 
@@ -74,21 +79,62 @@ def _start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
          "--dir", str(workdir)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        process_group=0,  # not stopped by the terminal's Ctrl-C: we stop it, last
     )
     return process, f"redis://127.0.0.1:{port}/0"
 
 
-def run_dev(*, port: int, outbox: Path, sync: list[Path] | None = None) -> int:
+def _stop_all(children: list[subprocess.Popen[bytes]]) -> None:
+    for child in children:
+        if child.poll() is None:
+            child.terminate()
+    for child in children:
+        try:
+            child.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+def _write_env_file(path: Path, values: dict[str, str]) -> None:
+    """Shell ``export`` lines, readable by the owner only (they hold the JWT secret)."""
+    lines = ["# Written by `email-service dev`; valid while it runs. Use: source THIS_FILE"]
+    lines += [f"export {name}={shlex.quote(value)}" for name, value in values.items()]
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write("\n".join(lines) + "\n")
+
+
+def _activation_hint() -> str:
+    """How another shell reaches this ``email-service``: the virtualenv it runs from."""
+    if sys.prefix != sys.base_prefix:
+        activate = Path(sys.prefix) / "bin" / "activate"
+        with contextlib.suppress(ValueError):  # shorter when it is under the cwd
+            activate = activate.relative_to(Path.cwd())
+        return f"source {activate}"
+    return f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:$PATH"
+
+
+def run_dev(*, port: int, outbox: Path, sync: list[Path] | None = None,
+            env_file: Path | None = None) -> int:
     outbox = outbox.resolve()
+    # Ctrl-C, SIGTERM and a closed terminal (SIGHUP) all end the loop below; the children get
+    # SIGTERM from us, not the terminal's signals (they run in their own process groups), so
+    # the stop is quiet and nothing is left running.
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set())
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     workdir = Path(tempfile.mkdtemp(prefix="email-service-dev-"))
     children: list[subprocess.Popen[bytes]] = []
     env = dict(os.environ)
+    redis: subprocess.Popen[bytes] | None = None
     if redis_configured(env):
         redis_note = "the configured Redis"
     else:
         redis, env["REDIS_URL"] = _start_redis(workdir)
         children.append(redis)
-        redis_note = f"a private redis-server ({env['REDIS_URL']})"
+        redis_note = "a private redis-server"
 
     catcher_port = _free_port()
     catcher = Controller(OutboxCatcher(outbox), hostname="127.0.0.1", port=catcher_port)
@@ -101,49 +147,84 @@ def run_dev(*, port: int, outbox: Path, sync: list[Path] | None = None) -> int:
     )
     env.pop("JWT_SECRET_FILE", None)
     env.setdefault("LOG_FORMAT", "text")
+    # Not the fixed metrics port of a deployed worker: a second dev stack (or anything else on
+    # 9191) would stop this one from starting.
+    env.setdefault("WORKER_METRICS_PORT", "0")
     base = [sys.executable, "-m", "email_service"]
-    if sync:
-        # Templates and EmailTemplate YAML go through the operator's compile/validate code into
-        # the store, re-synced on every change; refusals print as the resource status would.
-        children.append(subprocess.Popen([*base, "sync", "--watch", *map(str, sync)], env=env))
-    children.append(subprocess.Popen([*base, "api", "--host", "127.0.0.1", "--port", str(port)],
-                                     env=env))
-    children.append(subprocess.Popen([*base, "worker", "--processes", "1", "--threads", "4"],
-                                     env=env))
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    def start(*args: str) -> None:
+        children.append(subprocess.Popen([*base, *args], env=env, process_group=0))
+
+    wrote_env_file = False
     try:
-        if not _wait_ready(f"http://127.0.0.1:{port}/ready", children):
+        if sync:
+            # Templates and EmailTemplate YAML go through the operator's compile/validate code
+            # into the store, re-synced on every change; refusals print as the resource status
+            # would.
+            start("sync", "--watch", *map(str, sync))
+        start("api", "--host", "127.0.0.1", "--port", str(port))
+        start("worker", "--processes", "1", "--threads", "4")
+        if not _wait_ready(f"http://127.0.0.1:{port}/ready", children, stop):
+            if stop.is_set():
+                return 0
             print("email-service dev: the stack did not come up; see the log above",
                   file=sys.stderr)
             return 1
-        token = mint_token(secret, subject="dev", ttl_seconds=24 * 3600)
-        print(_banner(port, token, outbox, redis_note, sync or []), flush=True)
+        url = f"http://127.0.0.1:{port}"
+        # The children read these same settings (a configured Redis may be REDIS_HOST/…).
+        settings = Settings.from_env(env)
+        admin_scope = settings.admin_scope
+        values = {
+            "EMAIL_SERVICE_URL": url, "REDIS_URL": settings.redis_url, "JWT_SECRET": secret,
+            "TOKEN": mint_token(secret, subject="dev", ttl_seconds=24 * 3600),
+            "ADMIN_TOKEN": mint_token(secret, subject="dev-admin", ttl_seconds=24 * 3600,
+                                      scope=admin_scope),
+        }
+        if env_file is not None:
+            _write_env_file(env_file, values)
+            wrote_env_file = True
+        # A configured Redis URL may carry its password: only the private one is printed.
+        shown = values["REDIS_URL"] if redis is not None else "the configured one (see REDIS_URL)"
+        print(_banner(values, outbox, redis_note, shown, sync or [], env_file), flush=True)
         while not stop.is_set() and all(p.poll() is None for p in children):
             stop.wait(0.5)
-        return 0 if stop.is_set() else 1
-    except KeyboardInterrupt:
-        return 0
+        if stop.is_set():
+            print("email-service dev: stopping", flush=True)
+            return 0
+        return 1
     finally:
-        for child in reversed(children):
-            if child.poll() is None:
-                child.terminate()
-        for child in children:
-            try:
-                child.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        # The service processes first, Redis last: they would log its disappearance loudly.
+        services = [child for child in children if child is not redis]
+        _stop_all(services)
+        _stop_all([redis] if redis is not None else [])
         catcher.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+        if wrote_env_file and env_file is not None:
+            env_file.unlink(missing_ok=True)  # its secret and tokens die with the stack
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
-def _banner(port: int, token: str, outbox: Path, redis_note: str, sync: list[Path]) -> str:
-    url = f"http://127.0.0.1:{port}"
+def _banner(values: dict[str, str], outbox: Path, redis_note: str, redis_shown: str,
+            sync: list[Path], env_file: Path | None) -> str:
+    url, token = values["EMAIL_SERVICE_URL"], values["TOKEN"]
     synced = ", ".join(map(str, sync)) or "nothing"
+    if env_file is not None:
+        settings = f"""Its settings and tokens are in {env_file} (removed when this stops).
+In another shell, to use `email-service` and the README's examples against this stack:
+
+  {_activation_hint()}
+  source {env_file}     # EMAIL_SERVICE_URL, REDIS_URL, JWT_SECRET, TOKEN, ADMIN_TOKEN"""
+    else:
+        settings = f"""In another shell, to use `email-service` against this stack:
+
+  {_activation_hint()}
+""" + "\n".join(f"  export {name}={shlex.quote(value)}" for name, value in values.items())
     return f"""
 email-service dev is up: ingress {url}, one worker, {redis_note}.
 Mail is caught locally and written to {outbox}/ (.eml and .html).
 Templates synced into the store (edits are picked up at once): {synced}.
+Redis: {redis_shown}   JWT secret: {values["JWT_SECRET"]}
 
 Send a password-reset email (token valid 24 h):
 
@@ -160,5 +241,12 @@ Or any template through the native API:
     -d '{{"template": "password_reset", "to": "ada@example.com",
          "data": {{"email": "ada@example.com", "code": "42"}}}}'
 
-Ctrl-C stops everything.
+{settings}
+
+  email-service publish-reset ada@example.com 123456    # a Redis event, as the old services sent
+  email-service dlq list                                # dead letters ($ADMIN_TOKEN for the API:
+  curl -sS {url}/v1/dead-letters -H "Authorization: Bearer $ADMIN_TOKEN")
+  email-service token --subject checkout                # more tokens, signed with JWT_SECRET
+
+API docs: {url}/docs     Ctrl-C stops everything.
 """

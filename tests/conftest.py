@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
+
+from .browser import launch_chromium, why_no_browser
 from .support import (
     TEST_SECRET,
     RedisServer,
@@ -46,6 +51,17 @@ def smtp_server() -> Iterator[SMTPServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    """One headless Chromium for the whole session (tests/browser.py); each test opens its own
+    page with ``browser.new_page()`` and closes it."""
+    reason = why_no_browser()
+    if reason is not None:
+        pytest.skip(reason)
+    with launch_chromium() as chromium:
+        yield chromium
 
 
 @pytest.fixture

@@ -63,7 +63,7 @@ def test_make_dev_runs_only_the_runtime_bootstrap(tmp_path: Path) -> None:
     script = (REPO / "scripts" / "bootstrap.sh").read_text()
     code = "\n".join(line for line in script.splitlines() if not line.lstrip().startswith("#"))
     for tool in ("install-tools", "install-test-tools", ".[test]", "npm", "helm", "kubectl",
-                 "buildah", "debootstrap"):
+                 "buildah", "debootstrap", "chromium", "playwright"):
         assert tool not in code, tool
 
 
@@ -106,6 +106,6 @@ def test_make_test_installs_the_test_tools_first() -> None:
     runner = next(i for i, line in enumerate(lines) if line.endswith("/pytest"))
     assert installer < runner
     script = (REPO / "scripts" / "install-test-tools.sh").read_text()
-    for step in ('pip install -q -e ".[test]"', "buildah", "debootstrap",
+    for step in ('pip install -q -e ".[test]"', "buildah", "debootstrap", "chromium",
                  "scripts/install-tools.sh"):
         assert step in script, step
