@@ -31,6 +31,7 @@ ERROR_CODES = (
     "payload_too_large", "headers_too_large", "invalid_request", "unknown_template",
     "invalid_data", "sender_not_allowed", "batch_too_large", "render_error", "render_timeout",
     "rate_limited", "recipient_rate_limited", "unavailable", "queue_full",
+    "unknown_template_version", "store_unavailable",
 )
 
 
