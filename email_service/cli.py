@@ -383,6 +383,7 @@ def _run_operator(args: argparse.Namespace) -> int:
 def _run_sync(args: argparse.Namespace) -> int:
     from mailcore.sandbox_process import ProcessLimits, TemplateSandbox
     from mailcore.store import TemplateStoreWriter
+    from mailcore.template_history import collect_garbage
     from mailcore.template_resources import collect_templates, describe_error
 
     settings = Settings.from_env()
@@ -415,6 +416,9 @@ def _run_sync(args: argparse.Namespace) -> int:
                     print(f"{key}\tremoved", flush=True)
             written.difference_update(written - kept)
         written.update(valid)
+        # Old versions nothing needs any more (README: Versions, history and rollback).
+        collect_garbage(writer.client, settings.key_prefix,
+                        keep=settings.template_history_versions)
         return 1 if refused else 0
 
     try:
