@@ -26,6 +26,7 @@ from pydantic import (
 
 from .addresses import normalize_address, parse_mailbox
 from .headers import ALLOWED, MAX_HEADERS, MAX_VALUE, check_headers
+from .locales import MAX_TAG, check_locale
 
 __all__ = [
     "ACCEPTED", "MAX_BATCH", "MAX_HEADERS", "MAX_RECIPIENTS", "BatchRequest", "EmailAddress",
@@ -122,7 +123,8 @@ class SendRequest(BaseModel):
     bcc: RecipientList = Field(default_factory=list)
     headers: dict[str, Annotated[HeaderText, Field(max_length=MAX_VALUE)]] = Field(
         default_factory=dict, description=f"Custom headers, at most {MAX_HEADERS}: {ALLOWED}")
-    locale: Annotated[str, Field(pattern=r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*$")] | None = None
+    #: A BCP 47 tag (``de``, ``pt-BR``); the template's lookup is in :mod:`mailcore.locales`.
+    locale: Annotated[str, Field(max_length=MAX_TAG), AfterValidator(check_locale)] | None = None
     tags: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]] = Field(
         default_factory=list, max_length=MAX_TAGS
     )

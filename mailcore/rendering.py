@@ -27,6 +27,7 @@ from markupsafe import escape
 from mjml import mjml2html
 
 from .html_text import html_to_text
+from .locales import check_locale, lookup_chain
 from .render_budget import Budget, LimitExceeded, RenderLimits, activate
 from .sandbox import (
     BIG_PRINT,
@@ -94,19 +95,21 @@ class TemplateSource:
     variables: Mapping[str, Any] | None = None
     sample_data: Mapping[str, Any] = field(default_factory=dict)
     locales: Mapping[str, LocaleOverride] = field(default_factory=dict)
+    #: The locale whose entry serves a request whose own locale has none (before the default).
+    fallback_locale: str | None = None
 
     @cached_property
     def version(self) -> str:
         """A content hash: equal sources have equal versions, any change gives a new one."""
-        canonical = orjson.dumps(
-            {
-                "subject": self.subject, "mjml": self.mjml, "html": self.html, "text": self.text,
-                "sender": self.sender, "reply_to": self.reply_to, "variables": self.variables,
-                "sample_data": self.sample_data,
-                "locales": {key: vars(value) for key, value in sorted(self.locales.items())},
-            },
-            option=orjson.OPT_SORT_KEYS,
-        )
+        content: dict[str, Any] = {
+            "subject": self.subject, "mjml": self.mjml, "html": self.html, "text": self.text,
+            "sender": self.sender, "reply_to": self.reply_to, "variables": self.variables,
+            "sample_data": self.sample_data,
+            "locales": {key: vars(value) for key, value in sorted(self.locales.items())},
+        }
+        if self.fallback_locale is not None:  # absent: versions stay what they were
+            content["fallback_locale"] = self.fallback_locale
+        canonical = orjson.dumps(content, option=orjson.OPT_SORT_KEYS)
         return hashlib.sha256(canonical).hexdigest()[:16]
 
 
@@ -182,7 +185,7 @@ class CompiledTemplate:
         self.validator = _schema_validator(source.variables)
         self._default = _compile_body(source.subject, source.mjml, source.html, source.text)
         self._locales = {
-            locale: _compile_body(
+            _normal(locale): _compile_body(
                 override.subject or source.subject,
                 override.mjml if override.mjml or override.html else source.mjml,
                 override.html if override.mjml or override.html else source.html,
@@ -245,11 +248,28 @@ class CompiledTemplate:
         return RenderedEmail(subject=subject, html=html, text=text)
 
     def _select(self, locale: str | None) -> _Body:
-        if locale:
-            for candidate in (locale, locale.replace("_", "-").split("-")[0]):
-                if candidate in self._locales:
-                    return self._locales[candidate]
+        """RFC 4647 lookup of ``locale``, then of the template's fallback locale, then the
+        default body (see :mod:`mailcore.locales`)."""
+        if self._locales:
+            for tag in (locale, self.source.fallback_locale):
+                if tag:
+                    for candidate in lookup_chain(_normal(tag)):
+                        body = self._locales.get(candidate)
+                        if body is not None:
+                            return body
         return self._default
+
+    def locale_for(self, locale: str | None) -> str | None:
+        """Which of the template's locales ``locale`` is served with (``None``: the default)."""
+        body = self._select(locale)
+        return next((tag for tag, candidate in self._locales.items() if candidate is body), None)
+
+
+def _normal(tag: str) -> str:
+    try:
+        return check_locale(tag)
+    except ValueError:
+        return tag
 
 
 def _without_data(message: str, data: Mapping[str, Any]) -> str:

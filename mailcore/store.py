@@ -138,6 +138,7 @@ def encode_record(key: str, source: TemplateSource, origin: Mapping[str, Any]) -
             "text": source.text, "sender": source.sender, "reply_to": source.reply_to,
             "variables": source.variables, "sample_data": source.sample_data,
             "locales": {locale: vars(override) for locale, override in source.locales.items()},
+            "fallback_locale": source.fallback_locale,
         },
     })
 
@@ -152,6 +153,7 @@ def decode_record(raw: bytes | str) -> StoredTemplate:
         sample_data=body.get("sample_data") or {},
         locales={locale: LocaleOverride(**fields)
                  for locale, fields in (body.get("locales") or {}).items()},
+        fallback_locale=body.get("fallback_locale"),
     )
     return StoredTemplate(key=record["key"], version=record["version"], source=source,
                           origin=record.get("origin") or {},

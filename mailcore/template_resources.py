@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .locales import check_locale
 from .rendering import (
     CompiledTemplate,
     LocaleOverride,
@@ -43,6 +44,8 @@ PINNED = "Pinned"
 UNKNOWN_VERSION = "UnknownVersion"
 #: Annotation ``kubectl`` sets (``--record``, or by hand) to say why a resource changed.
 CHANGE_CAUSE = "kubernetes.io/change-cause"
+#: Locale entries one template may have (the CRD's maxItems).
+MAX_LOCALES = 64
 #: Longest condition message kept (the API server allows 32768).
 MAX_MESSAGE = 4096
 
@@ -55,10 +58,14 @@ def qualified_name(namespace: str, name: str) -> str:
 def source_from_spec(key: str, spec: Mapping[str, Any]) -> TemplateSource:
     """Translate an EmailTemplate spec into a :class:`TemplateSource` (no compiling yet)."""
     locales: dict[str, LocaleOverride] = {}
-    for entry in spec.get("locales") or []:
-        locale = str(entry.get("locale") or "")
-        if not locale:
+    entries = spec.get("locales") or []
+    if not isinstance(entries, list) or len(entries) > MAX_LOCALES:
+        raise TemplateError("InvalidTemplate",
+                            f"spec.locales: a list of at most {MAX_LOCALES} entries")
+    for entry in entries:
+        if not isinstance(entry, Mapping) or not entry.get("locale"):
             raise TemplateError("InvalidTemplate", "spec.locales: every entry needs a locale")
+        locale = _locale(entry.get("locale"), "spec.locales")
         if locale in locales:
             raise TemplateError("InvalidTemplate", f"spec.locales: {locale!r} appears twice")
         locales[locale] = LocaleOverride(
@@ -70,6 +77,12 @@ def source_from_spec(key: str, spec: Mapping[str, Any]) -> TemplateSource:
         raise TemplateError("InvalidTemplate", "spec.subject is required")
     variables = spec.get("variables")
     sample = spec.get("sampleData")
+    fallback = spec.get("fallbackLocale")
+    if fallback is not None:
+        fallback = _locale(fallback, "spec.fallbackLocale")
+        if fallback not in locales:
+            raise TemplateError("InvalidTemplate",
+                                f"spec.fallbackLocale: {fallback!r} is not one of spec.locales")
     return TemplateSource(
         name=key,
         subject=subject.strip(),
@@ -81,7 +94,15 @@ def source_from_spec(key: str, spec: Mapping[str, Any]) -> TemplateSource:
         variables=dict(variables) if isinstance(variables, Mapping) else None,
         sample_data=dict(sample) if isinstance(sample, Mapping) else {},
         locales=locales,
+        fallback_locale=fallback,
     )
+
+
+def _locale(value: Any, field: str) -> str:
+    try:
+        return check_locale(value)
+    except ValueError as exc:
+        raise TemplateError("InvalidTemplate", f"{field}: {exc}") from None
 
 
 def pinned_version(spec: Mapping[str, Any]) -> str | None:

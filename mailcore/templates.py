@@ -8,6 +8,8 @@ A built-in template is a folder in ``templates/``::
         template.txt       (optional)            the text part; derived from the HTML otherwise
         variables.json     (optional)            JSON Schema for the data
         sample.json        (optional)            sample data for previews and test renders
+        locales/de/        (optional, one folder per BCP 47 tag) subject.txt, template.mjml or
+                           template.html, template.txt: each overrides the default's
 
 A template from the store with the same name wins over the built-in one.
 """
@@ -22,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .rendering import CompiledTemplate, TemplateError, TemplateSource
+from .locales import check_locale
+from .rendering import CompiledTemplate, LocaleOverride, TemplateError, TemplateSource
 
 if TYPE_CHECKING:
     from .store import StoredTemplate
@@ -61,6 +64,7 @@ def load_template_dir(folder: Path) -> TemplateSource:
     if subject is None:
         raise TemplateError("InvalidTemplate", f"{folder.name}: subject.txt is missing")
     return TemplateSource(
+        locales=_load_locales(folder),
         name=folder.name,
         subject=subject.strip(),
         mjml=read("template.mjml"),
@@ -69,6 +73,40 @@ def load_template_dir(folder: Path) -> TemplateSource:
         variables=read_json("variables.json"),
         sample_data=read_json("sample.json") or {},
     )
+
+
+def _load_locales(folder: Path) -> dict[str, LocaleOverride]:
+    """``locales/<tag>/`` folders: per-locale subject, body and text (symlinks are not
+    followed out of the template folder)."""
+    root = folder / "locales"
+    if not root.is_dir():
+        return {}
+    locales: dict[str, LocaleOverride] = {}
+    for child in sorted(root.iterdir()):
+        if not child.is_dir():
+            continue
+        try:
+            tag = check_locale(child.name)
+        except ValueError as exc:
+            raise TemplateError("InvalidTemplate", f"{folder.name}/locales: {exc}") from None
+        if tag in locales:
+            raise TemplateError("InvalidTemplate", f"{folder.name}/locales: {tag!r} twice")
+
+        def read(name: str, child: Path = child) -> str | None:
+            path = child / name
+            if path.is_symlink() or not path.is_file():
+                return None
+            return path.read_text(encoding="utf-8")
+
+        subject = read("subject.txt")
+        override = LocaleOverride(subject=subject.strip() if subject else None,
+                                  mjml=read("template.mjml"), html=read("template.html"),
+                                  text=read("template.txt"))
+        if override == LocaleOverride():
+            raise TemplateError("InvalidTemplate",
+                                f"{folder.name}/locales/{child.name}: overrides nothing")
+        locales[tag] = override
+    return locales
 
 
 def load_builtin_templates(folder: Path) -> dict[str, TemplateSource]:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import functools
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
+from mailcore.locales import MAX_TAG, check_locale
 from mailcore.message import BatchRequest, SendRequest
 from mailcore.status import STATUSES
 
@@ -130,7 +131,7 @@ class TemplateList(_Out):
 
 class PreviewRequest(_Out):
     data: dict[str, Any] | None = None
-    locale: str | None = None
+    locale: Annotated[str, Field(max_length=MAX_TAG), AfterValidator(check_locale)] | None = None
 
 
 class Preview(_Out):

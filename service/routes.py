@@ -21,6 +21,7 @@ from mailcore.deadletters import DeadLetters
 from mailcore.errors import EmailServiceError, InvalidData, InvalidRequest
 from mailcore.idempotency import Idempotency
 from mailcore.jsonlimits import check_json
+from mailcore.locales import parse_accept_language
 from mailcore.message import SendRequest, error_details
 from mailcore.owners import owns
 from mailcore.rendering import RenderedEmail, TemplateError
@@ -76,9 +77,11 @@ Parser = Callable[[Validator, dict[str, Any]], list[SendRequest]]
 
 
 async def _send(request: Request, parse: Parser, *, source: str, respond: BatchResponder,
-                invalid_status: int = 422, batch: bool = False) -> JSONResponse:
+                invalid_status: int = 422, batch: bool = False,
+                accept_language: bool = False) -> JSONResponse:
     """Authenticate (with the sending scope), refuse a throttled caller at once, read and
-    validate the body, then queue it.
+    validate the body, then queue it. ``accept_language``: a message without ``locale`` takes
+    the preferred valid tag of the ``Accept-Language`` header (the legacy endpoints).
 
     Every request is charged to the caller's rate limit: a refused one here (one token), an
     accepted one inside the accept step (one Redis round trip for the whole acceptance)."""
@@ -98,6 +101,10 @@ async def _send(request: Request, parse: Parser, *, source: str, respond: BatchR
                     service.check_batch_size(
                         caller, len(messages) if isinstance(messages, list) else 1)
                 parsed = parse(service.validator, body)
+                if accept_language:
+                    preferred = parse_accept_language(request.headers.get("accept-language"))
+                    for message in parsed:
+                        message.locale = message.locale or preferred
                 return parsed, Idempotency.from_request(
                     request.headers.get("idempotency-key"), caller.owner, request.url.path,
                     body)
@@ -151,12 +158,13 @@ async def send_batch(request: Request) -> JSONResponse:
 
 async def send_reset_code(request: Request) -> JSONResponse:
     return await _send(request, _parse_reset, source="reset-code", invalid_status=400,
+                       accept_language=True,
                        respond=lambda _: (200, {"message":
                                                 "Password reset code sent successfully"}))
 
 
 async def order_confirmation(request: Request) -> JSONResponse:
-    return await _send(request, _parse_order, source="order-confirmation",
+    return await _send(request, _parse_order, source="order-confirmation", accept_language=True,
                        respond=lambda _: (200, {"status": "success",
                                                 "message": "Order confirmation email sent"}))
 

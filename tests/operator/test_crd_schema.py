@@ -204,11 +204,29 @@ def test_resource_names_are_dns_subdomains(name: str) -> None:
     (lambda s: s["locales"][0].update(html="<p>x</p>"), "a locale sets mjml or html, not both"),
     (lambda s: s["locales"].append({"locale": "fr"}),
      "a locale overrides at least one of subject, mjml, html, text"),
+    (lambda s: s.update(fallbackLocale="fr"),
+     "spec.fallbackLocale must be the locale of one of spec.locales"),
+    (lambda s: (s.pop("locales"), s.update(fallbackLocale="de")),
+     "spec.fallbackLocale must be the locale of one of spec.locales"),
 ])
 def test_cel_rules_refuse_for_the_right_reason(change: Any, message: str) -> None:
     obj = broken(change)
     assert errors(obj) == []  # structurally fine: only the CEL rule catches it
     assert cel_failures(obj) == [message]  # needs `common-expression-language` (else skipped)
+
+
+def test_a_fallback_locale_among_the_locales_is_valid() -> None:
+    obj = broken(lambda s: s.update(fallbackLocale="de"))
+    assert errors(obj) == []
+    assert cel_failures(obj) == []
+
+
+@pytest.mark.parametrize("value", [
+    "", "d", "de_DE", "../de", "/etc", "de\x00", "d\u00e9", "x" * 36, 42, ["de"],
+])
+def test_fallback_locale_shapes_are_refused(value: object) -> None:
+    obj = broken(lambda s: s.update(fallbackLocale=value))
+    assert {path for path, _ in errors(obj)} == {"spec.fallbackLocale"}
 
 
 def test_a_pinned_version_is_valid() -> None:
