@@ -10,7 +10,7 @@ is normalised (``de-at`` is ``de-AT``, ``zh-hant`` is ``zh-Hant``). A template's
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 #: Longest tag accepted (the CRD's maxLength; real tags are rarely past 15).
 MAX_TAG = 35
@@ -60,11 +60,12 @@ def lookup_chain(tag: str) -> Iterator[str]:
             parts.pop()
 
 
-def parse_accept_language(header: str | None) -> str | None:
-    """The preferred valid tag of an ``Accept-Language`` header (highest ``q``, then order);
-    ``*``, ``q=0`` and tags that do not parse are skipped; ``None`` when nothing is left."""
+def parse_accept_language(header: str | None) -> list[str]:
+    """The valid tags of an ``Accept-Language`` header, preferred first (highest ``q``, then
+    order); ``*``, ``q=0`` and tags that do not parse are skipped. At most 32 items of the
+    first 1,024 characters are read."""
     if not header:
-        return None
+        return []
     candidates: list[tuple[float, int, str]] = []
     for index, item in enumerate(header[:MAX_ACCEPT_LANGUAGE].split(",")[:32]):
         tag, _, params = item.strip().partition(";")
@@ -80,4 +81,10 @@ def parse_accept_language(header: str | None) -> str | None:
             candidates.append((-weight, index, check_locale(tag.strip())))
         except ValueError:
             continue
-    return min(candidates)[2] if candidates else None
+    return [tag for _, _, tag in sorted(candidates)]
+
+
+def negotiate(preferred: list[str], available: Callable[[str], bool]) -> str | None:
+    """The first of ``preferred`` that ``available`` (e.g. a template's locales) can serve,
+    else the first of them; ``None`` when none was given."""
+    return next((tag for tag in preferred if available(tag)), preferred[0] if preferred else None)

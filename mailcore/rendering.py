@@ -259,10 +259,9 @@ class CompiledTemplate:
                             return body
         return self._default
 
-    def locale_for(self, locale: str | None) -> str | None:
-        """Which of the template's locales ``locale`` is served with (``None``: the default)."""
-        body = self._select(locale)
-        return next((tag for tag, candidate in self._locales.items() if candidate is body), None)
+    def has_locale(self, locale: str) -> bool:
+        """Whether ``locale`` (or a shorter form of it) has its own entry."""
+        return any(tag in self._locales for tag in lookup_chain(_normal(locale)))
 
 
 def _normal(tag: str) -> str:

@@ -21,7 +21,7 @@ from mailcore.deadletters import DeadLetters
 from mailcore.errors import EmailServiceError, InvalidData, InvalidRequest
 from mailcore.idempotency import Idempotency
 from mailcore.jsonlimits import check_json
-from mailcore.locales import parse_accept_language
+from mailcore.locales import negotiate, parse_accept_language
 from mailcore.message import SendRequest, error_details
 from mailcore.owners import owns
 from mailcore.rendering import RenderedEmail, TemplateError
@@ -102,9 +102,7 @@ async def _send(request: Request, parse: Parser, *, source: str, respond: BatchR
                         caller, len(messages) if isinstance(messages, list) else 1)
                 parsed = parse(service.validator, body)
                 if accept_language:
-                    preferred = parse_accept_language(request.headers.get("accept-language"))
-                    for message in parsed:
-                        message.locale = message.locale or preferred
+                    _locale_from_header(service, parsed, request.headers.get("accept-language"))
                 return parsed, Idempotency.from_request(
                     request.headers.get("idempotency-key"), caller.owner, request.url.path,
                     body)
@@ -124,6 +122,17 @@ async def _send(request: Request, parse: Parser, *, source: str, respond: BatchR
         raise http_error(exc, invalid_status=invalid_status) from None
     headers = {"Idempotent-Replayed": "true"} if replay else {}
     return JSONResponse(answer, status_code=status_code, headers=headers)
+
+
+def _locale_from_header(service: SendService, messages: list[SendRequest],
+                        header: str | None) -> None:
+    """Messages without a ``locale`` take the header's preferred tag their template has."""
+    preferred = parse_accept_language(header)
+    for message in messages:
+        if message.locale is None and preferred:
+            template = service.registry.get(message.template)
+            message.locale = negotiate(
+                preferred, template.has_locale if template else lambda _: False)
 
 
 def _parse_message(validator: Validator, body: dict[str, Any]) -> list[SendRequest]:
