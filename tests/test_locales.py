@@ -212,3 +212,26 @@ def test_a_hostile_accept_language_is_ignored(client: TestClient) -> None:
                              json={"email": "ada@example.com", "code": "1"},
                              headers={**AUTH, "Accept-Language": header})
         assert answer.status_code == 200, answer.text
+
+
+def test_the_readme_worked_example_serves_as_documented() -> None:
+    import yaml
+
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("### Locales"):readme.index("### Versions, history")]
+    block = section[section.index("```yaml") + 7:]
+    document = yaml.safe_load(block[:block.index("```")])
+    source = source_from_spec("shop/invoice-reminder", document["spec"])
+    compiled = CompiledTemplate(source)
+    data = {"invoice": "R-1"}
+
+    def served(locale: str | None) -> tuple[str, str]:
+        rendered = compiled.render(data, locale=locale)
+        return rendered.subject, rendered.html
+
+    assert served("fr-CH")[0] == "Rappel : facture R-1"
+    assert served("en-GB") == ("Reminder: invoice R-1", served("en")[1])
+    assert "Please settle" in served("en-GB")[1]
+    for other in ("rm", "it", None):
+        assert served(other)[0] == "Erinnerung: Rechnung R-1"
+    assert negotiate(parse_accept_language("it, fr;q=0.8"), compiled.has_locale) == "fr"
