@@ -384,7 +384,7 @@ def _run_sync(args: argparse.Namespace) -> int:
     from mailcore.sandbox_process import ProcessLimits, TemplateSandbox
     from mailcore.store import TemplateStoreWriter
     from mailcore.template_history import collect_garbage
-    from mailcore.template_resources import collect_templates, describe_error
+    from mailcore.template_resources import collect_parts, collect_templates, describe_error
 
     settings = Settings.from_env()
     # Templates are untrusted: compiled and test-rendered in a child that may crash, not here.
@@ -396,9 +396,16 @@ def _run_sync(args: argparse.Namespace) -> int:
     written: set[str] = set()
 
     def sync_once() -> int:
-        valid, refused = collect_templates(args.paths, namespace,
-                                           sender_allowed=settings.sender_domain_allowed,
-                                           compiler=sandbox.compile)
+        parts, part_refusals = collect_parts(args.paths, namespace)
+        for key, (part, origin) in sorted(parts.items()):
+            state = "stored" if writer.put_part(key, part, origin) else "unchanged"
+            print(f"{key}\tReady=True\tCompiled\t{part.kind} version {part.version} ({state})",
+                  flush=True)
+        valid, refused = collect_templates(
+            args.paths, namespace, sender_allowed=settings.sender_domain_allowed,
+            compiler=sandbox.compile,
+            parts=lambda key: parts[key][0] if key in parts else writer.get_part(key))
+        refused = [*part_refusals, *refused]
         for key, (source, origin) in sorted(valid.items()):
             changed = writer.put(key, source, origin)
             state = "stored" if changed else "unchanged"

@@ -158,6 +158,9 @@ class Settings:
     #: Versions of each template the store keeps in its history (rollback, explicit
     #: ``template_version``); versions pinned by messages in flight are kept beyond these.
     template_history_versions: int = 10
+    #: How often the operator checks whether a layout or partial a template uses changed (and
+    #: then re-validates the template before its new version serves).
+    operator_parts_seconds: float = 2.0
     #: Longest wait between the operator's retries while the store is unreachable.
     operator_retry_max_seconds: float = 60.0
     #: How often the operator checks that each Ready template is still in the store (and puts
@@ -264,6 +267,7 @@ class Settings:
             template_refresh_seconds=env.number("TEMPLATE_REFRESH_SECONDS", 5.0, low=0.05),
             template_history_versions=env.integer("TEMPLATE_HISTORY_VERSIONS", 10, low=1,
                                                   high=1000),
+            operator_parts_seconds=env.number("OPERATOR_PARTS_SECONDS", 2.0, low=0.1),
             operator_retry_max_seconds=env.number("OPERATOR_RETRY_MAX_SECONDS", 60.0, low=0.1),
             operator_resync_seconds=env.number("OPERATOR_RESYNC_SECONDS", 60.0, low=0.1),
             operator_render_timeout_seconds=env.number("OPERATOR_RENDER_TIMEOUT_SECONDS", 10.0,

@@ -45,6 +45,7 @@ import redis
 
 from .config import Settings
 from .rendering import LocaleOverride, TemplateSource
+from .template_parts import Part
 
 log = logging.getLogger("email_service.store")
 
@@ -112,6 +113,8 @@ class StoreKeys:
         self.epoch = f"{prefix}:templates:epoch"
         self.channel = f"{prefix}:templates:changes"
         self.archive = f"{prefix}:templates:archive"
+        #: Layouts and partials: "namespace/name" -> JSON {kind, markup, body, version, origin}.
+        self.parts = f"{prefix}:templates:parts"
         self.prefix = prefix
 
     def history(self, key: str) -> str:
@@ -217,6 +220,27 @@ class TemplateStoreWriter:
     def archived(self, key: str, version: str) -> StoredTemplate | None:
         raw = self.client.hget(self.keys.archive, archive_field(key, version))
         return decode_record(raw) if raw is not None else None
+
+    def put_part(self, key: str, part: Part, origin: Mapping[str, Any]) -> bool:
+        """Store a layout or partial; ``False`` when that version was already stored."""
+        stored = self.get_part(key)
+        if stored is not None and stored.version == part.version:
+            return False
+        self.client.hset(self.keys.parts, key, orjson.dumps({
+            "kind": part.kind, "markup": part.markup, "body": part.body,
+            "version": part.version, "origin": dict(origin),
+            "updated_at": datetime.datetime.now(datetime.UTC).isoformat()}))
+        return True
+
+    def get_part(self, key: str) -> Part | None:
+        raw = self.client.hget(self.keys.parts, key)
+        if raw is None:
+            return None
+        record = orjson.loads(raw)
+        return Part(record["kind"], record["body"], record.get("markup", "mjml"))
+
+    def delete_part(self, key: str) -> bool:
+        return bool(self.client.hdel(self.keys.parts, key))
 
     def delete(self, key: str) -> bool:
         """Remove ``key``; ``False`` when it was not stored."""

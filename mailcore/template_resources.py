@@ -25,6 +25,8 @@ from .rendering import (
     TemplateSource,
     compile_template,
 )
+from .template_parts import TEMPLATE as TEMPLATE_KIND
+from .template_parts import Composer, Part, PartLookup, compose, part_from_spec, spec_kind
 
 GROUP = "email.platform.example.com"
 VERSION = "v1"
@@ -221,6 +223,7 @@ def ready_status(
     version: str | None = None,
     latest: str | None = None,
     pinned: str | None = None,
+    parts: Mapping[str, str | None] | None = None,
 ) -> dict[str, Any]:
     """The whole ``status`` to merge-patch: conditions (replaced whole), generation, version.
 
@@ -236,6 +239,12 @@ def ready_status(
     }
     if generation is not None:
         patch["observedGeneration"] = generation
+    if parts is not None:
+        # The layouts and partials last composed in (None: missing); a merge patch replaces
+        # the map's keys, so keys no longer used are set to null (removed).
+        previous = current.get("parts") or {}
+        patch["parts"] = {**{key: None for key in previous if key not in parts},
+                          **{key: value or "" for key, value in parts.items()}}
     if version is not None:
         patch["version"] = version
         patch["latestVersion"] = latest or version
@@ -275,10 +284,54 @@ class Refusal:
     error: TemplateError
 
 
+def _yaml_files(paths: Sequence[Path]) -> Iterator[Path]:
+    for path in paths:
+        if path.is_file() and path.suffix in {".yaml", ".yml"}:
+            yield path
+        elif path.is_dir() and not (path / "subject.txt").is_file():
+            yield from (child for child in sorted(path.iterdir())
+                        if child.is_file() and child.suffix in {".yaml", ".yml"})
+
+
+def collect_parts(
+    paths: Sequence[Path], default_namespace: str,
+) -> tuple[dict[str, tuple[Part, dict[str, Any]]], list[Refusal]]:
+    """The layouts and partials (``spec.kind``) among EmailTemplate YAML files, each checked
+    (slot, references among themselves, cycles)."""
+    found: dict[str, tuple[Part, dict[str, Any]]] = {}
+    refused: list[Refusal] = []
+    for path in _yaml_files(paths):
+        try:
+            documents = list(iter_resource_documents(path))
+        except TemplateError:
+            continue  # collect_templates reports it
+        for document in documents:
+            spec = document.get("spec") or {}
+            key = None
+            try:
+                if spec_kind(spec) == TEMPLATE_KIND:
+                    continue
+                key = resource_key(document, default_namespace)
+                found[key] = (part_from_spec(spec), {"kind": KIND, "path": str(path)})
+            except TemplateError as exc:
+                where = f"{path}: {(document.get('metadata') or {}).get('name')}"
+                refused.append(Refusal(where, key, exc))
+    for key, (part, _) in list(found.items()):
+        namespace = key.partition("/")[0]
+        try:
+            Composer(namespace, lambda k: found[k][0] if k in found else None, own=key
+                     ).expand(part.body, f"spec.{part.markup}")
+        except TemplateError as exc:
+            refused.append(Refusal(f"{found[key][1]['path']}: {key}", key, exc))
+            del found[key]
+    return found, refused
+
+
 def collect_templates(
     paths: Sequence[Path], default_namespace: str, *,
     sender_allowed: Callable[[str], bool] | None = None,
     compiler: Callable[[TemplateSource], object] = compile_template,
+    parts: PartLookup | None = None,
 ) -> tuple[dict[str, tuple[TemplateSource, dict[str, Any]]], list[Refusal]]:
     """Read template folders (as in ``templates/``) and EmailTemplate YAML files, and compile them.
 
@@ -286,6 +339,8 @@ def collect_templates(
     may be a folder of template folders, a folder of YAML files, one template folder, or one YAML
     file. ``compiler`` compiles and test-renders one source, raising :class:`TemplateError` (e.g.
     :meth:`mailcore.sandbox_process.TemplateSandbox.compile`, which risks a child process only).
+    Layouts and partials (see :func:`collect_parts`) are skipped; ``parts`` looks them up for
+    the templates that use them.
     """
     from .templates import load_template_dir
 
@@ -312,10 +367,13 @@ def collect_templates(
         for document in documents:
             key = None
             try:
-                key = resource_key(document, default_namespace)
                 spec = document.get("spec") or {}
+                if spec_kind(spec) != TEMPLATE_KIND:
+                    continue
+                key = resource_key(document, default_namespace)
                 check_mailboxes(spec, sender_allowed)
-                source = source_from_spec(key, spec)
+                composer = Composer(key.partition("/")[0], parts or (lambda _: None), own=key)
+                source = compose(source_from_spec(key, spec), spec, composer)
                 compiler(source)
             except TemplateError as exc:
                 where = f"{path}: {(document.get('metadata') or {}).get('name')}"

@@ -169,7 +169,12 @@ def broken(change: Any) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(("change", "expected"), [
-    (lambda s: s.pop("subject"), ("spec", "required")),
+    (lambda s: s.update(kind="snippet"), ("spec.kind", "enum")),
+    (lambda s: s.update(layout="../base"), ("spec.layout", "pattern")),
+    (lambda s: s.update(layout="/etc/passwd"), ("spec.layout", "pattern")),
+    (lambda s: s.update(layout="base\x00"), ("spec.layout", "pattern")),
+    (lambda s: s.update(layout="x" * 300), ("spec.layout", "maxLength")),
+    (lambda s: s.update(layout=["base"]), ("spec.layout", "type")),
     (lambda s: s.update(subject=""), ("spec.subject", "minLength")),
     (lambda s: s.update(subjet="typo"), ("spec", "additionalProperties")),
     (lambda s: s.update(mjml=42), ("spec.mjml", "type")),
@@ -206,6 +211,13 @@ def test_resource_names_are_dns_subdomains(name: str) -> None:
      "a locale overrides at least one of subject, mjml, html, text"),
     (lambda s: s.update(fallbackLocale="fr"),
      "spec.fallbackLocale must be the locale of one of spec.locales"),
+    (lambda s: s.pop("subject"), "a template needs spec.subject"),
+    (lambda s: (s.pop("subject"), s.update(kind="template")),
+     "a template needs spec.subject"),
+    (lambda s: s.update(kind="partial", layout="base"),
+     "only a template (spec.kind template) may name a layout"),
+    (lambda s: (s.pop("locales"), s.update(kind="layout")),
+     "a layout needs a {{ content }} slot"),
     (lambda s: (s.pop("locales"), s.update(fallbackLocale="de")),
      "spec.fallbackLocale must be the locale of one of spec.locales"),
 ])
@@ -213,6 +225,25 @@ def test_cel_rules_refuse_for_the_right_reason(change: Any, message: str) -> Non
     obj = broken(change)
     assert errors(obj) == []  # structurally fine: only the CEL rule catches it
     assert cel_failures(obj) == [message]  # needs `common-expression-language` (else skipped)
+
+
+@pytest.mark.parametrize("slot", ["{{ content }}", "{{content}}", "{{- content -}}"])
+def test_a_layout_with_a_slot_and_no_subject_is_valid(slot: str) -> None:
+    def change(s: dict[str, Any]) -> None:
+        s.clear()
+        s.update(kind="layout", mjml=f"<mjml><mj-body>{slot}</mj-body></mjml>")
+
+    obj = broken(change)
+    assert errors(obj) == []
+    assert cel_failures(obj) == []
+
+
+def test_a_partial_and_a_template_with_a_layout_are_valid() -> None:
+    partial = broken(lambda s: (s.clear(), s.update(kind="partial", mjml="<mj-text>x</mj-text>")))
+    with_layout = broken(lambda s: s.update(layout="base"))
+    for obj in (partial, with_layout):
+        assert errors(obj) == []
+        assert cel_failures(obj) == []
 
 
 def test_a_fallback_locale_among_the_locales_is_valid() -> None:
