@@ -27,7 +27,8 @@ LAYOUT = """<mjml>
     {% include "footer" %}
   </mj-body>
 </mjml>"""
-FOOTER = '<mj-section><mj-column><mj-text>Footer {% include "legal" %}</mj-text></mj-column></mj-section>'
+FOOTER = ('<mj-section><mj-column><mj-text>Footer {% include "legal" %}</mj-text></mj-column>'
+          "</mj-section>")
 
 
 def store(**parts: Part) -> dict[str, Part]:
