@@ -79,6 +79,16 @@ class LocaleOverride:
     mjml: str | None = None
     html: str | None = None
     text: str | None = None
+    #: Sample data for this locale's test render (e.g. a German address); else the default's.
+    sample_data: Mapping[str, Any] | None = None
+
+    def content(self) -> dict[str, Any]:
+        """The fields that make the version (``sample_data`` only when set, so versions of
+        templates without it stay what they were)."""
+        fields = vars(self).copy()
+        if fields.get("sample_data") is None:
+            fields.pop("sample_data", None)
+        return fields
 
 
 @dataclass(frozen=True)
@@ -105,7 +115,7 @@ class TemplateSource:
             "subject": self.subject, "mjml": self.mjml, "html": self.html, "text": self.text,
             "sender": self.sender, "reply_to": self.reply_to, "variables": self.variables,
             "sample_data": self.sample_data,
-            "locales": {key: vars(value) for key, value in sorted(self.locales.items())},
+            "locales": {key: value.content() for key, value in sorted(self.locales.items())},
         }
         if self.fallback_locale is not None:  # absent: versions stay what they were
             content["fallback_locale"] = self.fallback_locale
@@ -298,8 +308,16 @@ def compile_template(source: TemplateSource, limits: RenderLimits | None = None
     compiled = CompiledTemplate(source)
     if source.sample_data or source.variables:
         compiled.validate_data(source.sample_data)
-    for locale in [None, *compiled.locales]:
-        compiled.render(source.sample_data, locale=locale, limits=limits)
+    compiled.render(source.sample_data, limits=limits)
+    for tag, override in source.locales.items():
+        sample = source.sample_data if override.sample_data is None else override.sample_data
+        if override.sample_data is not None:
+            try:
+                compiled.validate_data(sample)
+            except TemplateError as exc:
+                raise TemplateError(exc.reason, f"sampleData of locale {tag}: {exc.message}",
+                                    field=exc.field, violations=exc.violations) from None
+        compiled.render(sample, locale=tag, limits=limits)
     return compiled
 
 

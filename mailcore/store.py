@@ -140,7 +140,7 @@ def encode_record(key: str, source: TemplateSource, origin: Mapping[str, Any]) -
             "subject": source.subject, "mjml": source.mjml, "html": source.html,
             "text": source.text, "sender": source.sender, "reply_to": source.reply_to,
             "variables": source.variables, "sample_data": source.sample_data,
-            "locales": {locale: vars(override) for locale, override in source.locales.items()},
+            "locales": {locale: override.content() for locale, override in source.locales.items()},
             "fallback_locale": source.fallback_locale,
         },
     })

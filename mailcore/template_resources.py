@@ -70,9 +70,13 @@ def source_from_spec(key: str, spec: Mapping[str, Any]) -> TemplateSource:
         locale = _locale(entry.get("locale"), "spec.locales")
         if locale in locales:
             raise TemplateError("InvalidTemplate", f"spec.locales: {locale!r} appears twice")
+        sample = entry.get("sampleData")
+        if sample is not None and not isinstance(sample, Mapping):
+            raise TemplateError("InvalidTemplate",
+                                f"spec.locales[{locale}].sampleData must be an object")
         locales[locale] = LocaleOverride(
             subject=entry.get("subject"), mjml=entry.get("mjml"), html=entry.get("html"),
-            text=entry.get("text"),
+            text=entry.get("text"), sample_data=dict(sample) if sample is not None else None,
         )
     subject = spec.get("subject")
     if not isinstance(subject, str) or not subject.strip():
@@ -239,7 +243,7 @@ def ready_status(
     }
     if generation is not None:
         patch["observedGeneration"] = generation
-    if parts is not None:
+    if parts is not None and (parts or current.get("parts")):
         # The layouts and partials last composed in (None: missing); a merge patch replaces
         # the map's keys, so keys no longer used are set to null (removed).
         previous = current.get("parts") or {}
