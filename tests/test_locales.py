@@ -235,3 +235,34 @@ def test_the_readme_worked_example_serves_as_documented() -> None:
     for other in ("rm", "it", None):
         assert served(other)[0] == "Erinnerung: Rechnung R-1"
     assert negotiate(parse_accept_language("it, fr;q=0.8"), compiled.has_locale) == "fr"
+
+
+def test_sample_data_per_locale_is_validated_and_test_rendered() -> None:
+    from mailcore.rendering import compile_template
+
+    base: dict[str, Any] = {"subject": "Hi {{ name }}", "html": "<p>{{ name }}</p>",
+            "variables": {"type": "object", "required": ["name"],
+                          "properties": {"name": {"type": "string"}}},
+            "sampleData": {"name": "Ada"}}
+    good = source_from_spec("d/t", {**base, "locales": [
+        {"locale": "de", "subject": "Hallo {{ name }}", "sampleData": {"name": "Jürgen"}}]})
+    compile_template(good)
+    bad = source_from_spec("d/t", {**base, "locales": [
+        {"locale": "de", "subject": "Hallo {{ name }}", "sampleData": {"name": 7}}]})
+    with pytest.raises(TemplateError) as refused:
+        compile_template(bad)
+    assert refused.value.reason == "InvalidData"
+    assert refused.value.message.startswith("sampleData of locale de: name")
+    # A German body that needs German data: rendered with the default's, it would fail.
+    needs = source_from_spec("d/t", {**base, "locales": [
+        {"locale": "de", "subject": "{{ 10 // plz }}", "sampleData": {"name": "J", "plz": 2}}]})
+    compile_template(needs)
+    with pytest.raises(TemplateError):
+        source_from_spec("d/t", {**base, "locales": [
+            {"locale": "de", "subject": "x", "sampleData": ["not", "an", "object"]}]})
+    # Without per-locale sample data the version is what it was.
+    plain = source_from_spec("d/t", {**base, "locales": [{"locale": "de", "subject": "x"}]})
+    assert plain.version == TemplateSource(
+        name="d/t", subject="Hi {{ name }}", html="<p>{{ name }}</p>",
+        variables=base["variables"], sample_data={"name": "Ada"},
+        locales={"de": LocaleOverride(subject="x")}).version

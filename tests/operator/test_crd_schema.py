@@ -15,7 +15,15 @@ import jsonschema
 import pytest
 import yaml
 
-from mailcore.template_resources import FINALIZER, GROUP, KIND, PLURAL, compile_resource
+from mailcore.rendering import compile_template
+from mailcore.template_parts import Composer, compose, part_from_spec
+from mailcore.template_resources import (
+    FINALIZER,
+    GROUP,
+    KIND,
+    PLURAL,
+    source_from_spec,
+)
 
 from .conftest import CRD_PATH, EXAMPLES, load_crd
 
@@ -120,7 +128,7 @@ def test_schema_is_strict_and_documented() -> None:
 
     assert [p for p in walk(SCHEMA, "") if p.startswith((".spec", ".status"))] == []
     preserved = [p for p in walk_preserved(SCHEMA, "")]
-    assert preserved == [".spec.variables", ".spec.sampleData"]
+    assert preserved == [".spec.variables", ".spec.sampleData", ".spec.locales[].sampleData"]
 
 
 def walk_preserved(node: dict[str, Any], path: str) -> Iterator[str]:
@@ -152,8 +160,16 @@ def test_cel_rules_exist() -> None:
 @pytest.mark.parametrize("example", examples(), ids=lambda d: d["metadata"]["name"])
 def test_examples_are_valid(example: dict[str, Any]) -> None:
     assert errors(example) == []
-    compile_resource(f"{example['metadata']['namespace']}/{example['metadata']['name']}",
-                     example["spec"])
+    key = f"{example['metadata']['namespace']}/{example['metadata']['name']}"
+    if example["spec"].get("kind", "template") != "template":
+        part_from_spec(example["spec"])
+        return
+    parts = {f"{doc['metadata']['namespace']}/{doc['metadata']['name']}":
+             part_from_spec(doc["spec"]) for doc in examples()
+             if doc["spec"].get("kind", "template") != "template"}
+    source = compose(source_from_spec(key, example["spec"]), example["spec"],
+                     Composer(example["metadata"]["namespace"], parts.get, own=key))
+    compile_template(source)
 
 
 @pytest.mark.parametrize("example", examples(), ids=lambda d: d["metadata"]["name"])
