@@ -327,7 +327,13 @@ def test_worker_sigkilled_while_sending(rig: Rig) -> None:
 
     load = push(rig, "worker-sigkill", fault)
     rig.smtp.rcpt_delay = 0.0
-    assert_exactly_once(settle_and_count(rig, "worker-sigkill", load))
+    row = settle_and_count(rig, "worker-sigkill", load)
+    assert row["lost"] == 0, row
+    assert row["failed_with_reason"] == 0, row
+    assert row["accepted"] == MESSAGES, row
+    # Not exactly once: a thread killed between the relay's 250 and the sent record leaves a
+    # message that is sent again (the stated window), at most one per thread of the process.
+    assert row["duplicates"] <= THREADS, row
 
 
 def test_ingress_sigterm_under_load(rig: Rig) -> None:
