@@ -14,9 +14,10 @@ Retention (:func:`collect_garbage`, run by the operator every ``OPERATOR_RESYNC_
   exists; a deleted template keeps no history beyond its pinned versions);
 - a message pinned to it still may be rendered: its status record exists and is not final
   (``queued``, ``sending``, ``retrying``, and ``dead`` too, since a dead letter can be
-  retried). A reference whose status is ``sent``/``failed`` or gone (expired after
-  ``STATUS_RETENTION_SECONDS``) is dropped; one younger than ``PIN_GRACE_SECONDS`` is kept
-  whatever its status says (the ingress writes the reference just before the status).
+  retried). A reference whose status is ``sent``/``failed`` is dropped, and so is one whose
+  status is gone (expired after ``STATUS_RETENTION_SECONDS``, or never written because the
+  accept step failed) once it is older than ``PIN_GRACE_SECONDS`` (the ingress writes the
+  reference just before the status).
 
 Nothing needs to be released by a worker, so a worker that crashes mid-send leaks nothing: the
 collector reads the truth (the status record) each time.
@@ -37,7 +38,7 @@ from .store import StoreKeys, archive_field, decode_record
 from .templates import Pin
 from .timestamps import rfc3339, rfc3339_from_iso
 
-#: A reference younger than this is kept whatever its message's status (written just before it).
+#: A reference without a status record is kept this long (the status is written just after it).
 PIN_GRACE_SECONDS = 300.0
 #: Statuses after which a message is never rendered again.
 FINAL = frozenset({SENT.encode(), FAILED.encode()})
@@ -114,7 +115,8 @@ def _live_references(client: redis.Redis, prefix: str, refs_key: str, now: float
         message_id = member.decode() if isinstance(member, bytes) else str(member)
         statuses.hget(status_key(prefix, message_id), "status")
     gone = [member for (member, added_ms), status in zip(members, statuses.execute(), strict=True)
-            if now - added_ms / 1000 > PIN_GRACE_SECONDS and (status is None or status in FINAL)]
+            if status in FINAL
+            or (status is None and now - added_ms / 1000 > PIN_GRACE_SECONDS)]
     if gone:
         client.zrem(refs_key, *gone)
     return len(members) - len(gone)

@@ -154,7 +154,7 @@ def test_the_collector_keeps_the_newest_versions_and_referenced_ones_only(
     assert history(client, prefix) == [v[5], v[4]]
 
 
-def test_a_fresh_reference_is_kept_whatever_its_status_says(
+def test_a_reference_without_status_is_kept_for_a_grace_period(
     writer: TemplateStoreWriter, client: redis.Redis, prefix: str,
 ) -> None:
     v1, v2 = source("one"), source("two")
@@ -164,6 +164,16 @@ def test_a_fresh_reference_is_kept_whatever_its_status_says(
     assert collect_garbage(client, prefix, keep=1) == []
     later = time.time() + PIN_GRACE_SECONDS + 1
     assert collect_garbage(client, prefix, keep=1, now=later) == [f"{KEY}@{v1.version}"]
+
+
+def test_a_finished_message_releases_its_version_at_once(
+    writer: TemplateStoreWriter, client: redis.Redis, prefix: str,
+) -> None:
+    v1, v2 = source("one"), source("two")
+    writer.put(KEY, v1, {})
+    writer.put(KEY, v2, {})
+    pin_message(client, prefix, v1.version, "failed")
+    assert collect_garbage(client, prefix, keep=1) == [f"{KEY}@{v1.version}"]
 
 
 def test_a_deleted_template_keeps_only_its_referenced_versions(
