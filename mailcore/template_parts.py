@@ -95,6 +95,8 @@ def part_from_spec(spec: Mapping[str, Any]) -> Part:
                                 f"a layout needs exactly one {{{{ content }}}} slot, found {slots}")
     if spec.get("layout") is not None:
         raise TemplateError("InvalidTemplate", f"a {kind} cannot have a layout")
+    if spec.get("pinnedVersion") is not None:
+        raise TemplateError("InvalidTemplate", f"a {kind} cannot be pinned")
     return Part(kind, body, markup)
 
 

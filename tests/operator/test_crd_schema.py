@@ -234,6 +234,8 @@ def test_resource_names_are_dns_subdomains(name: str) -> None:
      "only a template (spec.kind template) may name a layout"),
     (lambda s: (s.pop("locales"), s.update(kind="layout")),
      "a layout needs a {{ content }} slot"),
+    (lambda s: s.update(kind="partial", pinnedVersion="0123456789abcdef"),
+     "only a template (spec.kind template) can be pinned"),
     (lambda s: (s.pop("locales"), s.update(fallbackLocale="de")),
      "spec.fallbackLocale must be the locale of one of spec.locales"),
 ])

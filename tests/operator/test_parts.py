@@ -175,6 +175,7 @@ def test_a_layout_needs_exactly_one_slot(layout: str, slots: int) -> None:
     ({"kind": "fragment"}, "spec.kind must be one of template, layout, partial"),
     ({"kind": "partial", "layout": "base"}, "a partial cannot have a layout"),
     ({"kind": "partial", "mjml": None}, "a partial needs spec.mjml or spec.html"),
+    ({"pinnedVersion": "0123456789abcdef"}, "a partial cannot be pinned"),
 ])
 def test_part_specs_are_checked(change: dict[str, Any], message: str) -> None:
     part_spec = {"kind": "partial", "mjml": "<mj-text>x</mj-text>", **change}
