@@ -78,8 +78,8 @@ def _observe(key: str, outcome: str, ready: bool | None) -> None:
     TEMPLATES.labels("true").set(ready_count)
     TEMPLATES.labels("false").set(len(_readiness) - ready_count)
 #: Read once at import: kopf's decorators need the intervals now.
-RESYNC_SECONDS = Settings.from_env().operator_resync_seconds
-PARTS_SECONDS = Settings.from_env().operator_parts_seconds
+RESYNC_SECONDS = Settings.from_env().operator.resync_seconds
+PARTS_SECONDS = Settings.from_env().operator.parts_seconds
 
 
 def _compile(key: str, namespace: str, spec: kopf.Spec, memo: Any,
@@ -103,7 +103,7 @@ def _compile(key: str, namespace: str, spec: kopf.Spec, memo: Any,
             sandbox.compile(layout_test_source(
                 key, part, composer, sample if isinstance(sample, dict) else None))
         return part
-    check_mailboxes(spec, config.sender_domain_allowed)
+    check_mailboxes(spec, config.sender.domain_allowed)
     pinned_version(spec)
     source = compose(source_from_spec(key, spec), spec, composer)
     sandbox.compile(source)
@@ -112,19 +112,19 @@ def _compile(key: str, namespace: str, spec: kopf.Spec, memo: Any,
 
 def _retry_delay(retry: int, settings: Settings) -> float:
     """Exponential backoff for store outages: 1, 2, 4 … seconds, capped by configuration."""
-    return float(min(settings.operator_retry_max_seconds, 2 ** min(retry, 10)))
+    return float(min(settings.operator.retry_max_seconds, 2 ** min(retry, 10)))
 
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     config = Settings.from_env()
-    configure_logging(config.log_level)  # the same JSON lines as the ingress and workers
-    if config.operator_metrics_port:
-        start_http_server(config.operator_metrics_port)
+    configure_logging(config.telemetry)  # the same JSON lines as the ingress and workers
+    if config.operator.metrics_port:
+        start_http_server(config.operator.metrics_port)
     memo.config = config
     memo.store = TemplateStoreWriter.from_settings(config)
     memo.sandbox = TemplateSandbox(ProcessLimits.from_settings(
-        config, config.operator_render_timeout_seconds))
+        config, config.operator.render_timeout_seconds))
     settings.persistence.finalizer = FINALIZER
     # Keep kopf's bookkeeping in our own annotations; status holds only what users read.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
@@ -144,10 +144,10 @@ def _collect_versions(store: TemplateStoreWriter, config: Settings,
                       stop: threading.Event) -> None:
     """Every ``OPERATOR_RESYNC_SECONDS``: drop archived versions nothing needs (the retention
     rules are in :mod:`mailcore.template_history`). One operator replica runs it."""
-    while not stop.wait(config.operator_resync_seconds):
+    while not stop.wait(config.operator.resync_seconds):
         try:
-            removed = collect_garbage(store.client, config.key_prefix,
-                                      keep=config.template_history_versions)
+            removed = collect_garbage(store.client, config.redis.key_prefix,
+                                      keep=config.templates.history_versions)
         except (redis.RedisError, OSError) as exc:
             log.warning("version collection skipped, the store is unreachable: %s", exc)
             continue
