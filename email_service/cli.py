@@ -96,6 +96,9 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--name", help="which EmailTemplate of a YAML file holding several")
     render.add_argument("--png", type=Path,
                         help="also write a screenshot of the HTML (needs a headless Chromium)")
+    render.add_argument("--chromium", type=Path,
+                        help="the Chromium for --png (default: chromium, chromium-browser or "
+                             "google-chrome on the PATH)")
     render.add_argument("--data", type=Path,
                         help="JSON file with the template data (default: its sample data)")
     render.add_argument("--out", type=Path, help="write here instead of stdout")
@@ -297,7 +300,7 @@ def _run_render(args: argparse.Namespace) -> int:
         if args.png:
             from .preview import screenshot
 
-            screenshot(rendered.html, args.png)
+            screenshot(rendered.html, args.png, browser_path=args.chromium)
     except RuntimeError as exc:
         return _one_line_error("Screenshot", str(exc), None, code=1)
     except OSError as exc:

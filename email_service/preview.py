@@ -3,7 +3,6 @@ compose and compile it, and an optional PNG screenshot through a headless Chromi
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import tempfile
@@ -52,12 +51,11 @@ def load_resource(path: Path, name: str | None = None) -> TemplateSource:
     return source
 
 
-def chromium() -> str | None:
-    """A headless-capable Chromium: ``$CHROMIUM``, or ``chromium``/``chromium-browser``/
-    ``google-chrome`` on the PATH."""
-    configured = os.environ.get("CHROMIUM")
-    if configured and Path(configured).is_file():
-        return configured
+def chromium(configured: Path | None = None) -> str | None:
+    """A headless-capable Chromium: ``configured`` (``--chromium``), or ``chromium``/
+    ``chromium-browser``/``google-chrome`` on the PATH."""
+    if configured is not None:
+        return str(configured) if configured.is_file() else None
     for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
         found = shutil.which(name)
         if found:
@@ -65,13 +63,14 @@ def chromium() -> str | None:
     return None
 
 
-def screenshot(html: str, png: Path, *, width: int = 700, height: int = 1400) -> None:
+def screenshot(html: str, png: Path, *, browser_path: Path | None = None, width: int = 700,
+               height: int = 1400) -> None:
     """Write a PNG of ``html`` as a mail client about ``width`` pixels wide shows it; raises
     ``RuntimeError`` (one line) when no Chromium is found or it fails."""
-    browser = chromium()
+    browser = chromium(browser_path)
     if browser is None:
         raise RuntimeError("--png needs a Chromium (chromium, chromium-browser or "
-                           "google-chrome on the PATH, or $CHROMIUM)")
+                           "google-chrome on the PATH, or --chromium PATH)")
     with tempfile.TemporaryDirectory(prefix="email-service-preview-") as workdir:
         page = Path(workdir) / "preview.html"
         page.write_text(html, encoding="utf-8")

@@ -111,4 +111,4 @@ def test_png_without_chromium_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         "email-service: Screenshot: --png needs a Chromium (chromium, chromium-browser or "
-        "google-chrome on the PATH, or $CHROMIUM)"]
+        "google-chrome on the PATH, or --chromium PATH)"]
