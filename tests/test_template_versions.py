@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 from starlette.testclient import TestClient
 
+from harness.ports import free_port
 from mailcore.config import Settings
-from mailcore.rendering import TemplateSource
-from mailcore.store import StoreKeys, TemplateStoreWriter
-from mailcore.templates import load_template_dir
+from mailcore.rendering import TemplateError, TemplateSource
+from mailcore.store import RedisTemplateStore, StoreKeys, TemplateStoreWriter
+from mailcore.templates import TemplateRegistry, load_template_dir
 from mailcore.tokens import mint_token
+from mailcore.transports import TransientDeliveryError
+from mailcore.transports.outbox import OutboxTransport
 from service.app import create_app
+from workers.delivery import Deliverer
 
 from .support import REPO, TEST_SECRET, RedisServer, wait_for
 
@@ -158,3 +163,46 @@ def test_the_versions_api(setup: Setup) -> None:
     assert setup.client.get("/v1/templates/news/versions").status_code == 401
     builtin = setup.client.get("/v1/templates/password_reset/versions", headers=AUTH).json()
     assert builtin["versions"][0]["origin"] == {"kind": "builtin"}
+
+
+# --- the worker side ---------------------------------------------------------------------------
+
+def _deliverer(redis_url: str, prefix: str, outbox: Path) -> tuple[Deliverer, RedisTemplateStore]:
+    settings = Settings.from_env({"REDIS_URL": redis_url, "SECRETS_DIR": "/nonexistent",
+                                  "SENDER_EMAIL": "noreply@shop.example.com",
+                                  "KEY_PREFIX": prefix})
+    store = RedisTemplateStore(redis_url, prefix, ["default"], refresh_seconds=60)
+    return Deliverer(settings, TemplateRegistry({}, store), OutboxTransport(outbox)), store
+
+
+def _job(version: str) -> dict[str, Any]:
+    return {"id": str(uuid.uuid4()), "template_key": "default/news", "request": {
+        "template": "news", "to": ["ada@example.com"], "data": {"name": "Ada"},
+        "template_version": version}}
+
+
+def test_a_worker_renders_the_pinned_version_or_fails_saying_it_is_gone(
+    setup: Setup, redis_server: RedisServer, tmp_path: Path,
+) -> None:
+    v1 = setup.put("One")
+    setup.put("Two")
+    deliverer, store = _deliverer(redis_server.url, setup.prefix, tmp_path)
+    try:
+        delivered = deliverer.deliver(_job(v1))
+        assert delivered.version == v1
+        written = [f.read_text(errors="replace") for f in tmp_path.rglob("*") if f.is_file()]
+        assert any("Subject: One Ada" in text for text in written), written
+        with pytest.raises(TemplateError) as gone:
+            deliverer.deliver(_job("0123456789abcdef"))
+        assert gone.value.reason == "UnknownTemplateVersion"
+    finally:
+        store.close()
+
+
+def test_a_worker_retries_when_the_store_cannot_be_read(tmp_path: Path) -> None:
+    deliverer, store = _deliverer(f"redis://127.0.0.1:{free_port()}/0", "nowhere", tmp_path)
+    try:
+        with pytest.raises(TransientDeliveryError):
+            deliverer.deliver(_job("0123456789abcdef"))
+    finally:
+        store.close()
