@@ -45,13 +45,16 @@ BRAND = asdict(Settings.from_env({"SECRETS_DIR": "/nonexistent"}).brand)
 
 
 def _cases() -> dict[str, tuple[str, dict[str, Any], str | None]]:
-    """Case name -> (template, data, locale): every built-in template with its sample data,
-    and the order with none of its optional fields, in German and euros."""
+    """Case name -> (template, data, locale): every built-in template with its sample data, in
+    its default and each of its locales, and the order with none of its optional fields, in
+    German and euros."""
     cases: dict[str, tuple[str, dict[str, Any], str | None]] = {}
     for name in REGISTRY.names():
         template = REGISTRY.get(name)
         assert template is not None
         cases[name] = (name, dict(template.source.sample_data), None)
+        for locale in template.locales:
+            cases[f"{name}-{locale}"] = (name, dict(template.source.sample_data), locale)
     cases["order_confirmation-minimal-de"] = (
         "order_confirmation", {**copy.deepcopy(MINIMAL_ORDER), "currency": "EUR"}, "de-DE")
     return cases
