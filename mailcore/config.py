@@ -22,12 +22,18 @@ from .ratelimit import Rate, parse_rate
 from .render_budget import RenderLimits
 
 SmtpSecurity = Literal["starttls", "ssl", "none"]
-TransportName = Literal["smtp", "outbox"]
+TransportName = Literal["smtp", "outbox", "mailtrap"]
+TRANSPORT_NAMES: tuple[TransportName, ...] = ("smtp", "outbox", "mailtrap")
 
 #: Variables that hold secrets; each may also be read from a file.
 SECRET_NAMES = frozenset(
-    {"JWT_SECRET", "SMTP_PASSWORD", "SMTP_USERNAME", "REDIS_PASSWORD", "REDIS_URL"}
+    {"JWT_SECRET", "SMTP_PASSWORD", "SMTP_USERNAME", "REDIS_PASSWORD", "REDIS_URL",
+     "MAILTRAP_API_TOKEN"}
 )
+
+#: Names of the order-confirmation service this one replaces (seed 2) -> our native names.
+#: Either may be set; both with different values is a start-up error.
+ALIASES = {"EMAIL_SENDER": "SENDER_EMAIL", "COMPANY_NAME": "BRAND_NAME"}
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -58,6 +64,19 @@ class Settings:
     queue_name: str = "email"
 
     transport: TransportName = "smtp"
+    #: Transports in failover order (``TRANSPORTS=smtp,mailtrap``); the first is ``transport``.
+    transports: tuple[TransportName, ...] = ("smtp",)
+    #: Seconds a failed primary stays out of the rotation before one probe send tries it.
+    failover_cooldown_seconds: float = 30.0
+    #: Consecutive failures that open a transport's circuit.
+    failover_threshold: int = 1
+    mailtrap_api_token: str | None = None
+    #: Scheme and host of Mailtrap's API (a proxy or stand-in); set from the mode by default.
+    mailtrap_base_url: str = "https://send.api.mailtrap.io"
+    #: A sandbox inbox: messages go to ``/api/send/<id>`` on the sandbox host.
+    mailtrap_sandbox_inbox_id: str | None = None
+    #: Seconds for connecting to Mailtrap, writing the request and waiting for the answer.
+    mailtrap_timeout: float = 30.0
     smtp_host: str = "localhost"
     smtp_port: int = 587
     smtp_security: SmtpSecurity = "starttls"
@@ -177,13 +196,23 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = _Env(os.environ if environ is None else environ)
+        env.check_aliases()
         security = env.choice("SMTP_SECURITY", ("starttls", "ssl", "none"), "starttls")
         default_port = {"starttls": 587, "ssl": 465, "none": 25}[security]
+        mailtrap_token = env.secret("MAILTRAP_API_TOKEN")
+        transports = _transports(env, mailtrap_token)
         settings = cls(
             redis_url=_redis_url(env),
             key_prefix=env.text("KEY_PREFIX", "email-service"),
             queue_name=env.text("QUEUE_NAME", "email"),
-            transport=env.choice("TRANSPORT", ("smtp", "outbox"), "smtp"),  # type: ignore[arg-type]
+            transport=transports[0],
+            transports=transports,
+            failover_cooldown_seconds=env.number("FAILOVER_COOLDOWN_SECONDS", 30.0, low=0.1),
+            failover_threshold=env.integer("FAILOVER_THRESHOLD", 1, low=1),
+            mailtrap_api_token=mailtrap_token,
+            mailtrap_base_url=_mailtrap_url(env),
+            mailtrap_sandbox_inbox_id=env.optional("MAILTRAP_SANDBOX_INBOX_ID"),
+            mailtrap_timeout=env.number("MAILTRAP_TIMEOUT", 30.0, low=0.1),
             smtp_host=env.text("SMTP_HOST", "localhost"),
             smtp_port=env.integer("SMTP_PORT", default_port, low=1, high=65535),
             smtp_security=security,  # type: ignore[arg-type]
@@ -193,7 +222,8 @@ class Settings:
             smtp_ca_file=env.file("SMTP_CA_FILE"),
             outbox_dir=Path(env.text("OUTBOX_DIR", "outbox")),
             sender_email=env.email("SENDER_EMAIL", "no-reply@example.com"),
-            sender_name=env.header_text("SENDER_NAME", "Example"),
+            # The replaced order service signed its mail with COMPANY_NAME.
+            sender_name=env.header_text("SENDER_NAME", env.original("COMPANY_NAME", "Example")),
             allowed_sender_domains=env.domains("ALLOWED_SENDER_DOMAINS"),
             jwt_secret=env.secret("JWT_SECRET"),
             jwt_audience=env.optional("JWT_AUDIENCE"),
@@ -245,7 +275,8 @@ class Settings:
                 url=env.text("BRAND_URL", "https://example.com"),
                 logo_url=env.text("BRAND_LOGO_URL", ""),
                 color=env.text("BRAND_COLOR", "#2563eb"),
-                support_email=env.text("SUPPORT_EMAIL", ""),
+                support_email=env.email("SUPPORT_EMAIL", "") if env.optional("SUPPORT_EMAIL")
+                else "",
             ),
             log_level=env.choice(
                 "LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"), "INFO", upper=True
@@ -292,11 +323,27 @@ class Settings:
 
 
 class _Env:
-    """Typed reads of environment variables with errors that name the variable."""
+    """Typed reads of environment variables with errors that name the variable; an alias
+    (:data:`ALIASES`) reads as its native name."""
 
     def __init__(self, environ: Mapping[str, str]) -> None:
-        self._environ = environ
+        aliased = {native: environ[alias] for alias, native in ALIASES.items()
+                   if environ.get(alias, "").strip() and not environ.get(native, "").strip()}
+        self._environ: Mapping[str, str] = {**environ, **aliased} if aliased else environ
+        self._original = environ
         self._secrets_dir = Path(environ.get("SECRETS_DIR", "/run/secrets"))
+
+    def original(self, name: str, default: str) -> str:
+        """A variable as set, without alias resolution."""
+        return self._original.get(name, "").strip() or default
+
+    def check_aliases(self) -> None:
+        """An alias and its native name set to different values: which one is meant?"""
+        for alias, native in ALIASES.items():
+            old, new = (self._original.get(n, "").strip() for n in (alias, native))
+            if old and new and old != new:
+                raise ConfigError(f"{alias}: conflicts with {native} ({old!r} vs {new!r}); "
+                                  f"{alias} is the older name of {native}: set only one")
 
     def optional(self, name: str) -> str | None:
         value = self._environ.get(name)
@@ -461,6 +508,51 @@ def _redis_url(env: _Env) -> str:
     password = env.secret("REDIS_PASSWORD")
     auth = f":{quote(password, safe='')}@" if password else ""
     return f"redis://{auth}{host}:{port}/{db}"
+
+
+def _transports(env: _Env, mailtrap_token: str | None) -> tuple[TransportName, ...]:
+    """``TRANSPORTS`` (failover order) or ``TRANSPORT``; with neither, mailtrap when only a
+    Mailtrap token is configured (the replaced order service's environment), else smtp."""
+    many, one = env.optional("TRANSPORTS"), env.optional("TRANSPORT")
+    if many and one:
+        raise ConfigError("TRANSPORTS: set either TRANSPORT or TRANSPORTS, not both")
+    if many:
+        names = tuple(dict.fromkeys(part.strip().lower() for part in many.split(",")
+                                    if part.strip()))
+        for name in names:
+            if name not in TRANSPORT_NAMES:
+                raise ConfigError(f"TRANSPORTS: {name!r} is not one of "
+                                  f"{', '.join(TRANSPORT_NAMES)}")
+        if not names:
+            raise ConfigError("TRANSPORTS: name at least one transport")
+        chosen: tuple[TransportName, ...] = names  # type: ignore[assignment]
+    elif one:
+        chosen = (env.choice("TRANSPORT", TRANSPORT_NAMES, "smtp"),)  # type: ignore[assignment]
+    elif mailtrap_token and not env.optional("SMTP_HOST"):
+        chosen = ("mailtrap",)
+    else:
+        chosen = ("smtp",)
+    if "mailtrap" in chosen and not mailtrap_token:
+        variable = "TRANSPORTS" if many else "TRANSPORT"
+        raise ConfigError(f"MAILTRAP_API_TOKEN: required when {variable} names mailtrap (or "
+                          "MAILTRAP_API_TOKEN_FILE, or /run/secrets/mailtrap_api_token)")
+    return chosen
+
+
+def _mailtrap_url(env: _Env) -> str:
+    """``MAILTRAP_BASE_URL``, else the sandbox host with an inbox id, the bulk host with
+    ``MAILTRAP_BULK``, or the transactional host."""
+    explicit = env.optional("MAILTRAP_BASE_URL")
+    if explicit:
+        parts = urlsplit(explicit)
+        if parts.scheme not in {"http", "https"} or not parts.netloc:
+            raise ConfigError(f"MAILTRAP_BASE_URL: must be an http(s) URL, got {explicit!r}")
+        return explicit.rstrip("/")
+    if env.optional("MAILTRAP_SANDBOX_INBOX_ID"):
+        return "https://sandbox.api.mailtrap.io"
+    if env.flag("MAILTRAP_BULK", False):
+        return "https://bulk.api.mailtrap.io"
+    return "https://send.api.mailtrap.io"
 
 
 def _namespaces(raw: str) -> tuple[str, ...]:

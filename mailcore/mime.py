@@ -20,7 +20,8 @@ import base64
 import binascii
 import os
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from email.charset import Charset
 from email.header import Header
 from email.utils import formataddr, formatdate
@@ -39,13 +40,59 @@ _LONGEST_WORD = 600
 
 
 @dataclass(frozen=True)
+class Attachment:
+    """A file carried with the message (validated at the door: name, type, size).
+
+    Parameters:
+      filename: the sanitised file name.
+      content: the file's bytes.
+      content_type: its MIME type.
+      disposition: ``attachment``, or ``inline`` for an image the HTML shows by ``cid:``.
+      content_id: the ``cid:`` an inline image is referenced by.
+    """
+
+    filename: str
+    content: bytes
+    content_type: str
+    disposition: str = "attachment"
+    content_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Content:
+    """The message as parts, for transports that take fields rather than MIME (HTTP APIs).
+
+    Parameters:
+      sender, to, cc, bcc, reply_to: mailboxes as validated (ASCII, A-label domains).
+      subject, html, text: the rendered message.
+      headers: the caller's custom headers (allow-listed).
+      tags: the caller's tags; metadata: the caller's flat string map.
+    """
+
+    sender: Recipient
+    to: tuple[Recipient, ...]
+    cc: tuple[Recipient, ...]
+    bcc: tuple[Recipient, ...]
+    reply_to: Recipient | None
+    subject: str
+    html: str
+    text: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    tags: tuple[str, ...] = ()
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    attachments: tuple[Attachment, ...] = ()
+
+
+@dataclass(frozen=True)
 class Envelope:
-    """What a transport delivers: SMTP envelope addresses and the message itself."""
+    """What a transport delivers: SMTP envelope addresses and the message itself (as MIME
+    bytes, and as parts for HTTP transports)."""
 
     message_id: str
     sender: str
     recipients: tuple[str, ...]
     raw: bytes
+    content: Content | None = None
 
     def as_bytes(self) -> bytes:
         return self.raw
@@ -154,5 +201,8 @@ def build_envelope(
         f"--{boundary}--\r\n".encode("ascii"),
     ])
     recipients = tuple(dict.fromkeys(r.email for r in [*to, *cc, *bcc]))
+    content = Content(sender=sender, to=tuple(to), cc=tuple(cc), bcc=tuple(bcc),
+                      reply_to=reply_to, subject=rendered.subject, html=rendered.html,
+                      text=rendered.text, headers=headers or {}, tags=tuple(tags or ()))
     return Envelope(message_id=message_id, sender=sender.email,
-                    recipients=recipients, raw=raw)
+                    recipients=recipients, raw=raw, content=content)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, NoReturn
 
 import dramatiq
 from dramatiq.middleware import CurrentMessage
@@ -22,7 +23,13 @@ from mailcore.queue import SEND_ACTOR
 from mailcore.rendering import TemplateError
 from mailcore.status import DEAD, FAILED, RETRYING, SENT
 from mailcore.telemetry import configure_tracing, extract_context, tracer
-from mailcore.transports import DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from mailcore.transports import (
+    ConfigurationDeliveryError,
+    DeliveryError,
+    DeliveryResult,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+)
 
 from . import metrics
 from .delivery import job_template
@@ -38,6 +45,18 @@ configure_logging(settings.log_level)
 configure_tracing("worker")
 runtime = build_runtime(settings)
 dramatiq.set_broker(runtime.broker)
+
+
+class RetryLater(TransientDeliveryError, dramatiq.Retry):
+    """A transient failure whose server said when to come back (``Retry-After``): Dramatiq's
+    retry middleware uses ``delay`` instead of its exponential backoff."""
+
+    def __init__(self, failure: TransientDeliveryError, delay_ms: int) -> None:
+        TransientDeliveryError.__init__(self, failure.text, failure.code,
+                                        before_accept=failure.before_accept,
+                                        retry_after=failure.retry_after)
+        self.delay = delay_ms
+        self.outcome = failure.outcome
 
 
 def should_retry(retries: int, exception: BaseException) -> bool:
@@ -86,44 +105,21 @@ def _send(job: dict[str, Any], retries: int, redis_id: str | None) -> str:
     context = {"message_id": message_id, "attempt": attempt.attempt, "template": template}
     try:
         delivered = runtime.deliverer.deliver(job)
-    except (PermanentDeliveryError, TemplateError) as exc:
-        log.error("dead-lettered: permanent failure: %s", exc, extra=context)
-        status.record(message_id, FAILED, str(exc), last_error=_text(exc),
-                      last_code=getattr(exc, "code", None), redis_id=redis_id)
-        metrics.MESSAGES.labels(template, transport, "failed").inc()
-        metrics.DEAD_LETTERS.labels("failed").inc()
-        trace.get_current_span().set_attribute("email.outcome", "failed")
-        raise
-    except Exception as raised:
-        failure = raised if isinstance(raised, TransientDeliveryError) else None
-        if failure is None:
-            # Unexpected (a bug, a broken socket): retrying is safer than dropping the message.
-            log.exception("unexpected error while sending", extra=context)
-            failure = TransientDeliveryError(f"{type(raised).__name__}: {raised}")
-        if retries >= settings.max_retries:
-            log.error("dead-lettered after %d attempts: %s", retries + 1, failure, extra=context)
-            status.record(message_id, DEAD, f"gave up after {retries + 1} attempts: {failure}",
-                          last_error=failure.text, last_code=failure.code, redis_id=redis_id,
-                          outcome=failure.outcome)
-            metrics.MESSAGES.labels(template, transport, "dead").inc()
-            metrics.DEAD_LETTERS.labels("exhausted").inc()
-        else:
-            log.warning("attempt %d failed, will retry: %s", retries + 1, failure, extra=context)
-            status.record(message_id, RETRYING, str(failure), last_error=failure.text,
-                          last_code=failure.code, outcome=failure.outcome)
-            metrics.MESSAGES.labels(template, transport, "retry").inc()
-            metrics.RETRIES.inc()
-        trace.get_current_span().set_attribute(
-            "email.outcome", "dead" if retries >= settings.max_retries else "retry")
-        if failure is raised:
-            raise
-        raise failure from raised
+    except DeliveryError as exc:
+        # A chain's error lists each transport's failure; a single transport's is itself.
+        _report_misconfigured(exc.failures or [(transport, exc)], context)
+        _failed(job, exc, retries, redis_id, template, transport, context)
+    except TemplateError as exc:
+        _failed(job, exc, retries, redis_id, template, transport, context)
+    except Exception as exc:
+        _failed(job, exc, retries, redis_id, template, transport, context)
+    _report_misconfigured(delivered.result.failures, context)
     # The relay has the message: this must be recorded before Dramatiq acknowledges, or a
     # redelivery would send it again, so wait out a short Redis outage rather than give up.
     deadline = time.monotonic() + settings.send_time_limit_ms / 1000
     while True:
         try:
-            status.record(message_id, SENT, delivered.result.response,
+            status.record(message_id, SENT, _sent_detail(delivered.result),
                           transport=delivered.result.transport, version=delivered.version,
                           response=delivered.result.response,
                           code=delivered.result.response[:3] or None)
@@ -134,7 +130,69 @@ def _send(job: dict[str, Any], retries: int, redis_id: str | None) -> str:
                 raise
             time.sleep(0.2)
     metrics.MESSAGES.labels(delivered.template, delivered.result.transport, "sent").inc()
+    for failed, _ in delivered.result.failures:
+        metrics.FAILOVERS.labels(failed, delivered.result.transport).inc()
     return "sent"
+
+
+def _failed(job: dict[str, Any], raised: Exception, retries: int, redis_id: str | None,
+            template: str, transport: str, context: dict[str, Any]) -> NoReturn:
+    """Record a failed attempt and raise for Dramatiq (retry, or dead-letter); called while
+    ``raised`` is being handled."""
+    message_id = job["id"]
+    status = runtime.status
+    if isinstance(raised, PermanentDeliveryError | TemplateError):
+        log.error("dead-lettered: permanent failure: %s", raised, extra=context)
+        status.record(message_id, FAILED, str(raised), last_error=_text(raised),
+                      last_code=getattr(raised, "code", None), redis_id=redis_id)
+        metrics.MESSAGES.labels(template, transport, "failed").inc()
+        metrics.DEAD_LETTERS.labels("failed").inc()
+        trace.get_current_span().set_attribute("email.outcome", "failed")
+        raise raised
+    failure = raised if isinstance(raised, TransientDeliveryError) else None
+    if failure is None:
+        # Unexpected (a bug, a broken socket): retrying is safer than dropping the message.
+        log.exception("unexpected error while sending", extra=context)
+        failure = TransientDeliveryError(f"{type(raised).__name__}: {raised}")
+    if retries >= settings.max_retries:
+        log.error("dead-lettered after %d attempts: %s", retries + 1, failure, extra=context)
+        status.record(message_id, DEAD, f"gave up after {retries + 1} attempts: {failure}",
+                      last_error=failure.text, last_code=failure.code, redis_id=redis_id,
+                      outcome=failure.outcome)
+        metrics.MESSAGES.labels(template, transport, "dead").inc()
+        metrics.DEAD_LETTERS.labels("exhausted").inc()
+    else:
+        log.warning("attempt %d failed, will retry: %s", retries + 1, failure, extra=context)
+        status.record(message_id, RETRYING, str(failure), last_error=failure.text,
+                      last_code=failure.code, outcome=failure.outcome)
+        metrics.MESSAGES.labels(template, transport, "retry").inc()
+        metrics.RETRIES.inc()
+    trace.get_current_span().set_attribute(
+        "email.outcome", "dead" if retries >= settings.max_retries else "retry")
+    if retries < settings.max_retries and failure.retry_after is not None:
+        # The server said when to come back (429/503 Retry-After): wait that long.
+        delay = min(int(failure.retry_after * 1000), settings.retry_max_backoff_ms)
+        raise RetryLater(failure, max(delay, 1)) from raised
+    if failure is raised:
+        raise raised
+    raise failure from raised
+
+
+def _report_misconfigured(failures: Iterable[tuple[str, DeliveryError]],
+                          context: dict[str, Any]) -> None:
+    """A refused token or password fails every message: say so loudly, once per attempt."""
+    for name, exc in failures:
+        if isinstance(exc, ConfigurationDeliveryError):
+            log.error("transport %s is misconfigured: %s", name, exc,
+                      extra={**context, "transport": name})
+            metrics.MISCONFIGURED.labels(name).inc()
+
+
+def _sent_detail(result: DeliveryResult) -> str:
+    if not result.failures:
+        return result.response
+    skipped = "; ".join(f"{name} failed before accepting: {exc}" for name, exc in result.failures)
+    return f"{result.response} (via {result.transport}; {skipped})"
 
 
 def _text(exc: Exception) -> str:

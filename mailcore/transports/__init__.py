@@ -1,9 +1,11 @@
-"""Delivery transports: ``smtp`` for relays, ``outbox`` for a local folder."""
+"""Delivery transports: ``smtp`` for relays, ``mailtrap`` for Mailtrap's sending API,
+``outbox`` for a local folder; ``failover`` chains several (``TRANSPORTS=smtp,mailtrap``)."""
 
 from __future__ import annotations
 
-from ..config import Settings
+from ..config import Settings, TransportName
 from .base import (
+    ConfigurationDeliveryError,
     DeliveryError,
     DeliveryResult,
     PermanentDeliveryError,
@@ -14,11 +16,28 @@ from .base import (
 
 
 def transport_from_settings(settings: Settings) -> Transport:
-    """The transport the configuration names."""
-    if settings.transport == "outbox":
+    """The transport the configuration names (a failover chain when it names several)."""
+    if len(settings.transports) > 1:
+        from .failover import FailoverTransport
+
+        return FailoverTransport([_one(name, settings) for name in settings.transports],
+                                 threshold=settings.failover_threshold,
+                                 cooldown=settings.failover_cooldown_seconds)
+    return _one(settings.transports[0], settings)
+
+
+def _one(name: TransportName, settings: Settings) -> Transport:
+    if name == "outbox":
         from .outbox import OutboxTransport
 
         return OutboxTransport(settings.outbox_dir)
+    if name == "mailtrap":
+        from .mailtrap import MailtrapTransport
+
+        assert settings.mailtrap_api_token, "Settings.from_env requires the token"
+        return MailtrapTransport(settings.mailtrap_api_token, base_url=settings.mailtrap_base_url,
+                                 inbox_id=settings.mailtrap_sandbox_inbox_id,
+                                 timeout=settings.mailtrap_timeout)
     import ssl
 
     from .smtp import SMTPTransport
@@ -38,6 +57,6 @@ def transport_from_settings(settings: Settings) -> Transport:
 
 
 __all__ = [
-    "DeliveryError", "DeliveryResult", "PermanentDeliveryError", "TransientDeliveryError",
-    "Transport", "UnconfirmedDeliveryError", "transport_from_settings",
+    "ConfigurationDeliveryError", "DeliveryError", "DeliveryResult", "PermanentDeliveryError",
+    "TransientDeliveryError", "Transport", "UnconfirmedDeliveryError", "transport_from_settings",
 ]

@@ -21,10 +21,18 @@ class DeliveryError(Exception):
     #: What became of the attempt, when that is more than "failed" (see subclasses).
     outcome: str | None = None
 
-    def __init__(self, message: str, code: int | None = None) -> None:
+    def __init__(self, message: str, code: int | None = None, *,
+                 before_accept: bool = False, retry_after: float | None = None) -> None:
         super().__init__(f"{code} {message}" if code else message)
         self.code = code
         self.text = message
+        #: The server cannot have accepted the message (it was refused before the body went
+        #: out, or never reached it): another transport may take it in the same attempt.
+        self.before_accept = before_accept
+        #: Seconds the server asked us to wait (HTTP ``Retry-After``), when it said.
+        self.retry_after = retry_after
+        #: Transports that failed before this error, in a failover chain.
+        self.failures: tuple[tuple[str, DeliveryError], ...] = ()
 
 
 class TransientDeliveryError(DeliveryError):
@@ -40,11 +48,22 @@ class UnconfirmedDeliveryError(TransientDeliveryError):
     #: The attempt's outcome, for the status timeline.
     outcome = "unconfirmed"
 
+    def __init__(self, message: str, code: int | None = None) -> None:
+        # Never "before accept": failing over now could deliver the message twice.
+        super().__init__(message, code)
+
 
 class PermanentDeliveryError(DeliveryError):
     """Do not try again: the server refused the message for good (5xx replies)."""
 
     transient = False
+
+
+class ConfigurationDeliveryError(PermanentDeliveryError):
+    """The transport's own configuration is wrong (a refused API token): every message will
+    fail the same way until an operator fixes it, so it is logged and counted loudly."""
+
+    outcome = "misconfigured"
 
 
 @dataclass(frozen=True)
@@ -55,11 +74,14 @@ class DeliveryResult:
       transport: the transport's name.
       response: the server's final reply (e.g. ``250 2.0.0 Ok: queued as ...``).
       refused: recipients the server refused while accepting the others.
+      failures: earlier transports that failed before accepting (failover).
     """
 
     transport: str
     response: str = ""
     refused: dict[str, str] = field(default_factory=dict)
+    #: Transports that failed before this one delivered (failover), with their errors.
+    failures: tuple[tuple[str, DeliveryError], ...] = ()
 
 
 class Transport(ABC):
