@@ -330,6 +330,8 @@ class _Env:
         aliased = {native: environ[alias] for alias, native in ALIASES.items()
                    if environ.get(alias, "").strip() and not environ.get(native, "").strip()}
         self._environ: Mapping[str, str] = {**environ, **aliased} if aliased else environ
+        #: Native name -> the alias it was read from, for error messages.
+        self._via = {native: alias for alias, native in ALIASES.items() if native in aliased}
         self._original = environ
         self._secrets_dir = Path(environ.get("SECRETS_DIR", "/run/secrets"))
 
@@ -445,7 +447,8 @@ class _Env:
         try:
             return normalize_address(raw)
         except ValueError as exc:
-            raise ConfigError(f"{name}: {exc}") from None
+            label = f"{self._via[name]} (as {name})" if name in self._via else name
+            raise ConfigError(f"{label}: {exc}") from None
 
     def domains(self, name: str) -> frozenset[str]:
         """Comma-separated domain names, in the form addresses carry (A-labels)."""

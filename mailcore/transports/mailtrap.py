@@ -130,8 +130,11 @@ def _result(response: httpx.Response) -> DeliveryResult:
                               response=f"{status} message_ids={','.join(map(str, ids))}")
     message = provider_message(response)
     if status in (401, 403):
+        # Our account, not the message: every send fails alike until someone fixes it.
+        what = "the API token" if status == 401 else "this account's request"
         raise ConfigurationDeliveryError(
-            f"Mailtrap refused the API token (check MAILTRAP_API_TOKEN): {message}", status)
+            f"Mailtrap refused {what} (check MAILTRAP_API_TOKEN and the sending domain): "
+            f"{message}", status, before_accept=True)
     if status == 429 or status == 408 or status >= 500:
         raise TransientDeliveryError(f"Mailtrap answered {status}: {message}", status,
                                      before_accept=True,
