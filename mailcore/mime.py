@@ -93,6 +93,9 @@ class Envelope:
     recipients: tuple[str, ...]
     raw: bytes
     content: Content | None = None
+    #: Deliver through this transport only (an earlier attempt's outcome there is unknown: a
+    #: copy through another would be a duplicate Message-ID dedup cannot catch).
+    only_via: str | None = None
 
     def as_bytes(self) -> bytes:
         return self.raw
@@ -173,6 +176,7 @@ def build_envelope(
     reply_to: Recipient | None = None,
     headers: dict[str, str] | None = None,
     tags: list[str] | None = None,
+    only_via: str | None = None,
 ) -> Envelope:
     """Assemble headers and both parts; Bcc recipients go to the envelope only."""
     cc = cc or []
@@ -205,4 +209,4 @@ def build_envelope(
                       reply_to=reply_to, subject=rendered.subject, html=rendered.html,
                       text=rendered.text, headers=headers or {}, tags=tuple(tags or ()))
     return Envelope(message_id=message_id, sender=sender.email,
-                    recipients=recipients, raw=raw, content=content)
+                    recipients=recipients, raw=raw, content=content, only_via=only_via)

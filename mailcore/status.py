@@ -45,7 +45,7 @@ redis.call('HSET', KEYS[1], 'status', 'sending', 'updated_at', ARGV[1],
 redis.call('RPUSH', KEYS[2], ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
-return {status or '', attempts}
+return {status or '', attempts, redis.call('HGET', KEYS[1], 'pinned_transport') or ''}
 """
 
 
@@ -97,11 +97,14 @@ class Attempt:
       reason: ``sent`` (already delivered: skip), ``busy`` (another attempt holds the lease),
         or the previous status when proceeding.
       attempt: the attempt number counted for this try.
+      pinned: the transport an earlier attempt left unconfirmed (it may have the message):
+        retries go there only, never to another transport.
     """
 
     proceed: bool
     reason: str
     attempt: int
+    pinned: str | None = None
 
 
 class _Scripts(NamedTuple):
@@ -158,12 +161,14 @@ class StatusStore:
     def begin_attempt(self, message_id: str, lease_seconds: float) -> Attempt:
         keys = [status_key(self.prefix, message_id), timeline_key(self.prefix, message_id)]
         now = time.time()
-        previous, attempts = self._scripts().begin(
+        previous, attempts, *rest = self._scripts().begin(
             keys=keys, args=[now, lease_seconds, event(SENDING), self.retention])
         previous = previous.decode() if isinstance(previous, bytes) else str(previous)
         if previous in {"sent", "busy"}:
             return Attempt(proceed=False, reason=previous, attempt=0)
-        return Attempt(proceed=True, reason=previous, attempt=int(attempts))
+        pinned = rest[0].decode() if rest and isinstance(rest[0], bytes) else None
+        return Attempt(proceed=True, reason=previous, attempt=int(attempts),
+                       pinned=pinned or None)
 
     def record(self, message_id: str, status: str, detail: str = "", **fields: Any) -> None:
         """Set the status (and extra fields) and append a timeline event, in one round trip."""

@@ -57,6 +57,7 @@ class RetryLater(TransientDeliveryError, dramatiq.Retry):
                                         retry_after=failure.retry_after)
         self.delay = delay_ms
         self.outcome = failure.outcome
+        self.failures, self.via = failure.failures, failure.via
 
 
 def should_retry(retries: int, exception: BaseException) -> bool:
@@ -104,7 +105,7 @@ def _send(job: dict[str, Any], retries: int, redis_id: str | None) -> str:
         raise TransientDeliveryError("another attempt of this message is in progress")
     context = {"message_id": message_id, "attempt": attempt.attempt, "template": template}
     try:
-        delivered = runtime.deliverer.deliver(job)
+        delivered = runtime.deliverer.deliver(job, only_via=attempt.pinned)
     except DeliveryError as exc:
         # A chain's error lists each transport's failure; a single transport's is itself.
         _report_misconfigured(exc.failures or [(transport, exc)], context)
@@ -163,8 +164,11 @@ def _failed(job: dict[str, Any], raised: Exception, retries: int, redis_id: str 
         metrics.DEAD_LETTERS.labels("exhausted").inc()
     else:
         log.warning("attempt %d failed, will retry: %s", retries + 1, failure, extra=context)
+        # A transport that may have the message is where every retry must go.
+        pinned = (failure.via or transport) if failure.outcome == "unconfirmed" else None
         status.record(message_id, RETRYING, str(failure), last_error=failure.text,
-                      last_code=failure.code, outcome=failure.outcome)
+                      last_code=failure.code, outcome=failure.outcome,
+                      pinned_transport=pinned)
         metrics.MESSAGES.labels(template, transport, "retry").inc()
         metrics.RETRIES.inc()
     trace.get_current_span().set_attribute(

@@ -60,9 +60,9 @@ class Deliverer:
         self._brand = asdict(settings.brand)
         self._default_sender = Recipient(email=settings.sender_email, name=settings.sender_name)
 
-    def deliver(self, job: dict[str, Any]) -> Delivered:
+    def deliver(self, job: dict[str, Any], only_via: str | None = None) -> Delivered:
         """Raises ``TemplateError`` or ``InvalidJobError`` (permanent) or a ``DeliveryError``
-        from the transport."""
+        from the transport; ``only_via`` pins a failover chain to one transport."""
         request = parse_job(job)
         span = trace.get_current_span()
         template = self.registry.get(request.template)
@@ -90,6 +90,7 @@ class Deliverer:
             reply_to=request.reply_to or _override("replyTo", template.source.reply_to),
             headers=request.headers,
             tags=request.tags,
+            only_via=only_via,
         )
         if self.settings.trace_recipients:
             span.set_attribute("email.recipients", list(envelope.recipients))

@@ -33,6 +33,8 @@ class DeliveryError(Exception):
         self.retry_after = retry_after
         #: Transports that failed before this error, in a failover chain.
         self.failures: tuple[tuple[str, DeliveryError], ...] = ()
+        #: The transport that raised it, when a chain knows (see ``Envelope.only_via``).
+        self.via: str | None = None
 
 
 class TransientDeliveryError(DeliveryError):

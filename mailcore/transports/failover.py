@@ -86,22 +86,29 @@ class FailoverTransport(Transport):
         self.circuits = {t.name: Circuit(threshold, cooldown, clock) for t in self.transports}
 
     def send(self, envelope: Envelope) -> DeliveryResult:
-        usable = [t for t in self.transports if self.circuits[t.name].allow()]
-        # Every circuit open: trying is better than failing without a try.
-        candidates = usable or list(self.transports)
+        pinned = [t for t in self.transports if t.name == envelope.only_via]
+        if pinned:
+            # An earlier attempt there may have delivered: only there may it be retried.
+            candidates = pinned
+        else:
+            usable = [t for t in self.transports if self.circuits[t.name].allow()]
+            # Every circuit open: trying is better than failing without a try.
+            candidates = usable or list(self.transports)
         failures: list[tuple[str, DeliveryError]] = []
         for transport in candidates:
             circuit = self.circuits[transport.name]
             try:
                 result = transport.send(envelope)
             except DeliveryError as exc:
+                exc.via = transport.name
                 if exc.before_accept:
                     circuit.failed()
                     failures.append((transport.name, exc))
                     continue
                 # The message's own fault, or an unknown outcome: the transport itself may be
-                # fine (permanent), or may have the message (unconfirmed): stop here.
-                if isinstance(exc, TransientDeliveryError):
+                # fine (permanent), or may have the message (unconfirmed): stop here. An
+                # unconfirmed send reached the server: no reason to open its circuit.
+                if type(exc) is TransientDeliveryError:
                     circuit.failed()
                 exc.failures = tuple(failures)
                 raise
