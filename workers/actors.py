@@ -174,9 +174,9 @@ def _failed(job: dict[str, Any], raised: Exception, retries: int, redis_id: str 
     trace.get_current_span().set_attribute(
         "email.outcome", "dead" if retries >= settings.max_retries else "retry")
     if retries < settings.max_retries and failure.retry_after is not None:
-        # The server said when to come back (429/503 Retry-After): wait that long.
-        delay = min(int(failure.retry_after * 1000), settings.retry_max_backoff_ms)
-        raise RetryLater(failure, max(delay, 1)) from raised
+        # The server said when to come back (429/503 Retry-After, at most an hour: see
+        # transports/mailtrap.py): wait that long, even beyond our own backoff cap.
+        raise RetryLater(failure, max(int(failure.retry_after * 1000), 1)) from raised
     if failure is raised:
         raise raised
     raise failure from raised
