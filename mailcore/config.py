@@ -147,6 +147,10 @@ class Settings:
     queue_maintenance_chance: int = 1000
     #: On SIGTERM, how long a worker may finish the sends in hand.
     worker_shutdown_timeout_ms: int = 25_000
+    #: How often (across all workers) the sweeper looks for unfinished messages no queue holds.
+    recovery_interval_seconds: float = 60.0
+    #: Messages unchanged for less than this are never re-queued by the sweeper.
+    recovery_age_seconds: float = 300.0
     #: Where ``email-service worker`` serves Prometheus metrics (port 0: not at all). The
     #: chart sets the host to 0.0.0.0 so Prometheus can scrape the pod IP.
     worker_metrics_host: str = "127.0.0.1"
@@ -261,6 +265,8 @@ class Settings:
                                                  high=1_000_000),
             worker_shutdown_timeout_ms=env.integer("WORKER_SHUTDOWN_TIMEOUT_MS", 25_000,
                                                    low=100),
+            recovery_interval_seconds=env.number("RECOVERY_INTERVAL_SECONDS", 60.0, low=0.1),
+            recovery_age_seconds=env.number("RECOVERY_AGE_SECONDS", 300.0, low=1.0),
             worker_metrics_host=env.text("WORKER_METRICS_HOST", "127.0.0.1"),
             worker_metrics_port=env.integer("WORKER_METRICS_PORT", 9191, low=0, high=65535),
             worker_heartbeat_dir=Path(env.text("WORKER_HEARTBEAT_DIR",

@@ -9,15 +9,22 @@ succeed, and marks the status ``queued`` again with a timeline entry.
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import redis
 
-from .queue import queue_key
-from .status import QUEUED, decode_status, event, status_key, timeline_key
+from .queue import fresh_copy, queue_key
+from .status import (
+    QUEUED,
+    decode_status,
+    event,
+    job_key,
+    open_key,
+    status_key,
+    timeline_key,
+)
 from .timestamps import rfc3339
 
 
@@ -99,7 +106,7 @@ class DeadLetters:
                     pipe.watch(self.xq_msgs)
                     if pipe.hget(self.xq_msgs, rid) is None:
                         return False
-                    new_rid, data = _fresh_copy(body)
+                    new_rid, data = fresh_copy(body)
                     pipe.multi()
                     pipe.zrem(self.xq, rid)
                     pipe.hdel(self.xq_msgs, rid)
@@ -107,11 +114,15 @@ class DeadLetters:
                     pipe.rpush(self.queue, new_rid)
                     keys = (status_key(self.prefix, message_id),
                             timeline_key(self.prefix, message_id))
+                    now = time.time()
                     pipe.hset(keys[0], mapping={"status": QUEUED, "lease_until": "0",
-                                                "updated_at": str(time.time())})
+                                                "updated_at": str(now), "redis_id": new_rid})
                     pipe.rpush(keys[1], event(QUEUED, "retried from the dead-letter queue"))
                     for key in keys:
                         pipe.expire(key, self.retention)
+                    # Unfinished again: the sweeper's copy and index (mailcore.status).
+                    pipe.set(job_key(self.prefix, message_id), data, ex=self.retention)
+                    pipe.zadd(open_key(self.prefix), {message_id: now})
                     pipe.execute()
                     return True
                 except redis.WatchError:
@@ -166,15 +177,3 @@ def _as_list(value: Any) -> list[Any]:
         return []
     return value if isinstance(value, list) else [value]
 
-
-def _fresh_copy(body: bytes) -> tuple[str, bytes]:
-    """The message with a new Redis id and its retry count reset, on its original queue."""
-    message = orjson.loads(body)
-    options = {key: value for key, value in message.get("options", {}).items()
-               if key not in {"retries", "traceback", "requeue_timestamp", "eta"}}
-    new_rid = str(uuid.uuid4())
-    options["redis_message_id"] = new_rid
-    message["options"] = options
-    if message["queue_name"].endswith(".DQ"):
-        message["queue_name"] = message["queue_name"][:-3]
-    return new_rid, orjson.dumps(message)

@@ -20,7 +20,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from .ratelimit import BUCKET_LUA, Rate
-from .status import status_key, timeline_key
+from .status import Holding, job_key, open_key, status_key, timeline_key
 
 #: The Dramatiq actor that renders and delivers one message.
 SEND_ACTOR = "send_email"
@@ -28,12 +28,13 @@ SEND_ACTOR = "send_email"
 NAMESPACE = "dramatiq"
 
 # KEYS: 1 idempotency record, 2 <queue>.msgs, 3 <queue>, then the B token buckets, then the
-#   status and timeline keys of each of the M messages.
+#   status, timeline and job-copy keys of each of the M messages, then the open index.
 # ARGV: 1 idempotent ('1'/'0'), 2 idempotency record, 3 its ttl, 4 max queue depth,
 #   5 status retention, 6 whether the first bucket is the caller's ('1'/'0'), 7 B, 8 M,
 #   then capacity, refill per second and tokens needed of each bucket, then for each message:
-#   redis message id, message body, timeline event and the status hash's fields as one JSON
-#   object (one argument instead of ~18: redis-py packs each argument in Python).
+#   redis message id, message body, timeline event, the status hash's fields as one JSON
+#   object (one argument instead of ~18: redis-py packs each argument in Python) and the
+#   message id.
 _ACCEPT = BUCKET_LUA + """
 local callers, buckets, count = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local now = 0
@@ -70,19 +71,24 @@ end
 if ARGV[1] == '1' then redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3]) end
 local at = 9 + 3 * buckets
 for i = 1, count do
-  local status, timeline = KEYS[2 + buckets + 2 * i], KEYS[3 + buckets + 2 * i]
-  local hash_args = {}
+  local status, timeline = KEYS[1 + buckets + 3 * i], KEYS[2 + buckets + 3 * i]
+  local hash_args = {'redis_id', ARGV[at]}
+  local created = 0
   for field, value in pairs(cjson.decode(ARGV[at + 3])) do
     hash_args[#hash_args + 1] = field
     hash_args[#hash_args + 1] = value
+    if field == 'created_at' then created = value end
   end
   redis.call('HSET', status, unpack(hash_args))
   redis.call('EXPIRE', status, ARGV[5])
   redis.call('RPUSH', timeline, ARGV[at + 2])
   redis.call('EXPIRE', timeline, ARGV[5])
+  -- The sweeper's safety net: a copy of the body while the message is unfinished.
+  redis.call('SET', KEYS[3 + buckets + 3 * i], ARGV[at + 1], 'EX', ARGV[5])
+  redis.call('ZADD', KEYS[#KEYS], created, ARGV[at + 4])
   redis.call('HSET', KEYS[2], ARGV[at], ARGV[at + 1])
   redis.call('RPUSH', KEYS[3], ARGV[at])
-  at = at + 4
+  at = at + 5
 end
 return {'queued', ''}
 """
@@ -115,6 +121,16 @@ def queue_key(queue_name: str) -> str:
     return f"{NAMESPACE}:{queue_name}"
 
 
+def holding(queue_name: str, broker_id: str) -> Holding:
+    """Where the worker whose Dramatiq broker id is ``broker_id`` holds ``queue_name``'s
+    messages (the keys of Dramatiq's Redis broker)."""
+    queue = queue_key(queue_name)
+    return Holding(acks=f"{NAMESPACE}:__acks__.{broker_id}.{queue_name}",
+                   messages=f"{queue}.msgs", delayed=f"{queue}.DQ",
+                   delayed_messages=f"{queue}.DQ.msgs", dead=f"{queue}.XQ",
+                   dead_messages=f"{queue}.XQ.msgs")
+
+
 def encode_message(job: dict[str, Any], queue_name: str) -> tuple[str, bytes]:
     """A Dramatiq message for ``job`` as the Redis broker stores it: (redis id, body)."""
     redis_message_id = str(uuid.uuid4())
@@ -124,6 +140,22 @@ def encode_message(job: dict[str, Any], queue_name: str) -> tuple[str, bytes]:
     )
     # The same JSON as Dramatiq's own encoder (json.dumps), written by the faster orjson.
     return redis_message_id, orjson.dumps(message._asdict())
+
+
+def fresh_copy(body: bytes, *, retries: int = 0) -> tuple[str, bytes]:
+    """The message ``body`` under a new Redis id, on its original queue, with no retry history
+    (``retries`` retries counted): (redis id, body)."""
+    message = orjson.loads(body)
+    options = {key: value for key, value in message.get("options", {}).items()
+               if key not in {"retries", "traceback", "requeue_timestamp", "eta"}}
+    new_rid = str(uuid.uuid4())
+    options["redis_message_id"] = new_rid
+    if retries:
+        options["retries"] = retries
+    message["options"] = options
+    if message["queue_name"].endswith(".DQ"):
+        message["queue_name"] = message["queue_name"][:-3]
+    return new_rid, orjson.dumps(message)
 
 
 @dataclass(frozen=True)
@@ -182,8 +214,10 @@ class Acceptor:
             args += [charge.rate.count, charge.rate.per_second, charge.tokens]
         for index, entry in enumerate(entries):
             message_id = entry.job["id"]
-            keys += [status_key(self.prefix, message_id), timeline_key(self.prefix, message_id)]
+            keys += [status_key(self.prefix, message_id), timeline_key(self.prefix, message_id),
+                     job_key(self.prefix, message_id)]
             args += encoded[index] if encoded is not None else self.encode(entry)
+        keys.append(open_key(self.prefix))
         outcome, detail = await self._script(keys=keys, args=args)
         outcome = outcome.decode()
         if outcome.endswith("limited"):
@@ -193,7 +227,7 @@ class Acceptor:
     def encode(self, entry: Entry) -> list[Any]:
         """The accept script's arguments for one entry (the CPU part of accepting it)."""
         return [*encode_message(entry.job, self.queue_name), entry.timeline_event,
-                orjson.dumps(entry.status_fields)]
+                orjson.dumps(entry.status_fields), entry.job["id"]]
 
     async def queue_depth(self) -> int:
         return int(await self.client.llen(queue_key(self.queue_name)))

@@ -5,15 +5,21 @@ timestamped events. The ingress writes the first entry in the same atomic step t
 message; workers move it along: ``queued → sending → sent``, or ``retrying`` after a transient
 failure, ``failed`` after a permanent one, ``dead`` when retries are exhausted.
 
-The status is also the guard that makes delivery effectively-once: a worker records ``sent``
-before Dramatiq acknowledges the message, and checks it before sending, so a redelivered message
-that was already accepted by the relay is not sent again.
+The status is also the guard that makes delivery effectively-once: a worker checks it before
+sending (:meth:`StatusStore.begin_attempt` takes a lease), so a redelivered message that was
+already accepted by the relay is not sent again. And it is how nothing is lost: a worker removes
+the message it worked on only in the step that records what happens next
+(:meth:`StatusStore.settle`: sent; retrying, with the next copy on the delay queue; failed or
+dead, with the message in the dead letters). The status names the message's current copy
+(``redis_id``); while a message is unfinished it is also in the open index with a copy of its
+body, for the workers' sweeper (``workers.sweeper``).
 """
 
 from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -31,17 +37,28 @@ SENT = "sent"
 FAILED = "failed"
 DEAD = "dead"
 STATUSES = (QUEUED, SENDING, RETRYING, SENT, FAILED, DEAD)
+#: States after which nothing more happens to a message (a copy that turns up is dropped).
+FINISHED = frozenset({SENT, FAILED, DEAD})
 
-# Atomically: skip when already sent, refuse while another attempt holds a live lease,
-# otherwise take the lease and count the attempt.
+# Atomically: skip when already finished (a redelivered copy), refuse while another attempt holds
+# a live lease (answering when it ends), otherwise take the lease, count the attempt and name this
+# copy (its Redis message id) as the one carrying the message forward.
 _BEGIN_ATTEMPT = """
 local status = redis.call('HGET', KEYS[1], 'status')
-if status == 'sent' then return {'sent', 0} end
+if status == 'sent' or status == 'failed' or status == 'dead' then return {status, 0} end
 local lease = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0')
-if status == 'sending' and lease > tonumber(ARGV[1]) then return {'busy', 0} end
+if status == 'sending' and lease > tonumber(ARGV[1]) then
+  -- This very attempt, run again (a client retrying after a lost reply), holds it already.
+  if redis.call('HGET', KEYS[1], 'lease_owner') == ARGV[6] then
+    return {'sending', redis.call('HGET', KEYS[1], 'attempts'),
+            redis.call('HGET', KEYS[1], 'pinned_transport') or ''}
+  end
+  return {'busy', tostring(lease)}
+end
 local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('HSET', KEYS[1], 'status', 'sending', 'updated_at', ARGV[1],
-           'lease_until', tonumber(ARGV[1]) + tonumber(ARGV[2]))
+           'lease_until', tonumber(ARGV[1]) + tonumber(ARGV[2]), 'lease_owner', ARGV[6])
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'redis_id', ARGV[5]) end
 redis.call('RPUSH', KEYS[2], ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
@@ -58,6 +75,69 @@ redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[1])
 """
 
+# An attempt's outcome and the acknowledgement of the message that carried it, in one step, so
+# a message is never removed from Redis before what happens to it next is recorded (and a
+# recorded outcome never waits on a separate ack). KEYS: 1 status, 2 timeline, 3 job copy,
+# 4 open index, 5 this worker's acks set, 6 queue bodies, 7 delay queue, 8 its bodies,
+# 9 dead-letter set, 10 its bodies. ARGV: 1 kind, 2 the copy's Redis id, 3 retention,
+# 4 timeline event ('' for none), 5 now (ms), 6 message id, 7 id and 8 body of the next copy
+# (retry, recheck), 9 the event when a dead letter is not ours to write, 10.. status fields.
+# Only the worker still holding the copy (it is in its acks set) removes its body: a copy given
+# back meanwhile (consumer restart, heartbeat timeout) is redelivered and decides for itself.
+_SETTLE = """
+local kind, rid = ARGV[1], ARGV[2]
+local held = redis.call('SREM', KEYS[5], rid) == 1
+local body = false
+if held then
+  if kind == 'dead' then body = redis.call('HGET', KEYS[6], rid) end
+  redis.call('HDEL', KEYS[6], rid)
+end
+if kind == 'drop' then return held and 1 or 0 end
+local current = redis.call('HGET', KEYS[1], 'status')
+if kind ~= 'sent' and (current == 'sent' or current == 'failed' or current == 'dead') then
+  -- Finished already (this step run again after a lost reply, or another copy finished it):
+  -- only 'sent' may overwrite a finished status.
+  return held and 1 or 0
+end
+if kind == 'recheck' or kind == 'retry' then
+  if held then
+    redis.call('HSET', KEYS[8], ARGV[7], ARGV[8])
+    redis.call('RPUSH', KEYS[7], ARGV[7])
+    if kind == 'recheck' and redis.call('HGET', KEYS[1], 'redis_id') == rid then
+      redis.call('HSET', KEYS[1], 'redis_id', ARGV[7])
+    end
+  end
+  if kind == 'recheck' then return held and 1 or 0 end
+end
+local fields = {}
+for i = 10, #ARGV do fields[#fields + 1] = ARGV[i] end
+local event = ARGV[4]
+if kind == 'retry' and held then
+  fields[#fields + 1] = 'redis_id'
+  fields[#fields + 1] = ARGV[7]
+elseif kind == 'dead' then
+  if body then
+    redis.call('ZADD', KEYS[9], ARGV[5], rid)
+    redis.call('HSET', KEYS[10], rid, body)
+    fields[#fields + 1] = 'redis_id'
+    fields[#fields + 1] = rid
+  else
+    fields[2] = 'retrying'
+    event = ARGV[9]
+  end
+end
+if kind == 'sent' or body then
+  redis.call('ZREM', KEYS[4], ARGV[6])
+  redis.call('DEL', KEYS[3])
+end
+redis.call('HSET', KEYS[1], unpack(fields))
+if event ~= '' then redis.call('RPUSH', KEYS[2], event) end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return held and 1 or 0
+"""
+
+
 
 def status_key(prefix: str, message_id: str) -> str:
     return f"{prefix}:msg:{message_id}"
@@ -65,6 +145,16 @@ def status_key(prefix: str, message_id: str) -> str:
 
 def timeline_key(prefix: str, message_id: str) -> str:
     return f"{prefix}:msg:{message_id}:timeline"
+
+
+def job_key(prefix: str, message_id: str) -> str:
+    """A copy of an unfinished message's body, kept so the sweeper can re-queue a lost one."""
+    return f"{prefix}:msg:{message_id}:job"
+
+
+def open_key(prefix: str) -> str:
+    """Unfinished messages (sorted set: id -> when last looked at), which the sweeper checks."""
+    return f"{prefix}:open"
 
 
 def event(status: str, detail: str = "", **extra: Any) -> bytes:
@@ -94,9 +184,10 @@ class Attempt:
 
     Parameters:
       proceed: whether this worker should send now.
-      reason: ``sent`` (already delivered: skip), ``busy`` (another attempt holds the lease),
-        or the previous status when proceeding.
+      reason: ``sent``, ``failed`` or ``dead`` (already finished: drop this copy), ``busy``
+        (another attempt holds the lease), or the previous status when proceeding.
       attempt: the attempt number counted for this try.
+      lease_until: when ``busy``, when the other attempt's lease ends (epoch seconds).
       pinned: the transport an earlier attempt left unconfirmed (it may have the message):
         retries go there only, never to another transport.
     """
@@ -104,12 +195,35 @@ class Attempt:
     proceed: bool
     reason: str
     attempt: int
+    lease_until: float = 0.0
     pinned: str | None = None
+
+
+@dataclass(frozen=True)
+class Holding:
+    """Where one worker holds the message copy it works on, in Dramatiq's Redis layout.
+
+    Parameters:
+      acks: the worker's set of fetched, unacknowledged Redis message ids.
+      messages: the queue's bodies (``<queue>.msgs``).
+      delayed: the delay queue (``<queue>.DQ``), where retries wait.
+      delayed_messages: its bodies.
+      dead: the dead-letter set (``<queue>.XQ``).
+      dead_messages: its bodies.
+    """
+
+    acks: str
+    messages: str
+    delayed: str
+    delayed_messages: str
+    dead: str
+    dead_messages: str
 
 
 class _Scripts(NamedTuple):
     begin: Script
     record: Script
+    settle: Script
 
 
 class StatusStore:
@@ -148,7 +262,8 @@ class StatusStore:
             with self._clients_lock:
                 self._clients.append(client)
             scripts = _Scripts(begin=client.register_script(_BEGIN_ATTEMPT),
-                               record=client.register_script(_RECORD))
+                               record=client.register_script(_RECORD),
+                               settle=client.register_script(_SETTLE))
             self._local.scripts = scripts
         return scripts
 
@@ -158,29 +273,71 @@ class StatusStore:
         for client in clients:
             client.close()
 
-    def begin_attempt(self, message_id: str, lease_seconds: float) -> Attempt:
+    def begin_attempt(self, message_id: str, lease_seconds: float,
+                      redis_id: str = "") -> Attempt:
+        """Take the send lease for the copy ``redis_id`` (which then carries the message)."""
         keys = [status_key(self.prefix, message_id), timeline_key(self.prefix, message_id)]
         now = time.time()
-        previous, attempts, *rest = self._scripts().begin(
-            keys=keys, args=[now, lease_seconds, event(SENDING), self.retention])
+        previous, detail, *rest = self._scripts().begin(
+            keys=keys, args=[now, lease_seconds, event(SENDING), self.retention, redis_id,
+                             uuid.uuid4().hex])
         previous = previous.decode() if isinstance(previous, bytes) else str(previous)
-        if previous in {"sent", "busy"}:
+        if previous == "busy":
+            return Attempt(proceed=False, reason=previous, attempt=0,
+                           lease_until=float(detail))
+        if previous in FINISHED:
             return Attempt(proceed=False, reason=previous, attempt=0)
         pinned = rest[0].decode() if rest and isinstance(rest[0], bytes) else None
-        return Attempt(proceed=True, reason=previous, attempt=int(attempts),
+        return Attempt(proceed=True, reason=previous, attempt=int(detail),
                        pinned=pinned or None)
 
     def record(self, message_id: str, status: str, detail: str = "", **fields: Any) -> None:
         """Set the status (and extra fields) and append a timeline event, in one round trip."""
+        self._scripts().record(keys=[status_key(self.prefix, message_id),
+                                     timeline_key(self.prefix, message_id)],
+                               args=[self.retention, *self._event_and_fields(
+                                   status, detail, fields)])
+
+    def settle(self, message_id: str, kind: str, redis_id: str, holding: Holding, *,
+               status: str = "", detail: str = "", next_copy: tuple[str, bytes] = ("", b""),
+               **fields: Any) -> bool:
+        """Record how an attempt ended and acknowledge the copy ``redis_id``, atomically.
+
+        ``kind`` is ``sent``; ``retry`` (``next_copy`` goes to the delay queue); ``dead`` (the
+        copy moves to the dead-letter set, for ``failed`` and ``dead``); ``recheck`` (another
+        attempt holds the lease: look again later via ``next_copy``, status untouched); or
+        ``drop`` (a copy of a finished message). Returns whether this worker still held the
+        copy; when it did not (it was given back meanwhile), no next copy is made and a dead
+        letter is recorded as ``retrying``: the redelivered copy decides.
+        """
+        new_id, new_body = next_copy
+        args: list[Any] = [kind, redis_id, self.retention, b"", int(time.time() * 1000),
+                           message_id, new_id, new_body, b""]
+        if status:
+            timeline, *pairs = self._event_and_fields(status, detail, fields)
+            args[3] = timeline
+            if kind == "dead":
+                args[8] = event(RETRYING, f"{detail} (the message was given back meanwhile: "
+                                          "its redelivered copy decides)")
+            args += pairs
+        held = self._scripts().settle(keys=[
+            status_key(self.prefix, message_id), timeline_key(self.prefix, message_id),
+            job_key(self.prefix, message_id), open_key(self.prefix), holding.acks,
+            holding.messages, holding.delayed, holding.delayed_messages, holding.dead,
+            holding.dead_messages], args=args)
+        return bool(held)
+
+    @staticmethod
+    def _event_and_fields(status: str, detail: str, fields: dict[str, Any]) -> list[Any]:
+        """The timeline event, then ``status`` and the other fields as name/value pairs."""
         outcome = fields.pop("outcome", None)  # of this attempt: the timeline's, not the hash's
         values = {"status": status, "updated_at": str(time.time()), "lease_until": "0"}
         values.update({key: str(value) for key, value in fields.items() if value is not None})
-        args: list[Any] = [self.retention, event(status, detail, outcome=outcome, **{
+        args: list[Any] = [event(status, detail, outcome=outcome, **{
             k: fields.get(k) for k in ("code", "transport", "attempt")})]
         for field, value in values.items():
             args += [field, value]
-        self._scripts().record(keys=[status_key(self.prefix, message_id),
-                                     timeline_key(self.prefix, message_id)], args=args)
+        return args
 
 
 def decode_status(fields: dict[bytes, bytes], timeline: list[bytes]) -> dict[str, Any]:

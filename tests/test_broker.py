@@ -1,4 +1,5 @@
-"""The workers' broker against a real Redis: batched acks, and what a consumer leaves behind."""
+"""The workers' broker against a real Redis: nothing deleted unsettled, requeues batched, what a
+consumer leaves behind, and due retries moved in one step."""
 
 from __future__ import annotations
 
@@ -9,17 +10,19 @@ from typing import Any
 import dramatiq
 import pytest
 from dramatiq.broker import MessageProxy
+from dramatiq.errors import ConnectionClosed
 from redis.connection import AbstractConnection
 
 from workers.broker import (
     BUSY_POLL_MS,
     MAX_IDLE_POLL_MS,
-    MAX_PENDING_ACKS,
+    MAX_PENDING_REQUEUES,
     RecoveringRedisBroker,
     make_broker,
+    mark_settled,
 )
 
-from .support import RedisServer, wait_for
+from .support import RedisServer, free_port, wait_for
 
 
 @pytest.fixture
@@ -58,17 +61,26 @@ def _take(consumer: Any, count: int) -> list[MessageProxy]:
     return wait_for(enough, timeout=10, interval=0, message=f"{count} messages")
 
 
-def test_acks_ride_along_with_the_next_fetch(broker: RecoveringRedisBroker,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def _settle(broker: RecoveringRedisBroker, queue: str, message: MessageProxy) -> None:
+    """What the worker's settle script does for a sent message: remove it, mark it settled."""
+    acks_key, messages_key = _keys(broker, queue)
+    redis_id = message.options["redis_message_id"]
+    assert broker.client.srem(acks_key, redis_id) == 1
+    broker.client.hdel(messages_key, redis_id)
+    mark_settled(message)
+
+
+def test_settled_messages_are_not_acked_again(broker: RecoveringRedisBroker,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
     queue = _queue_with(broker, 12)
     acks_key, messages_key = _keys(broker, queue)
     client = broker.client
-    consumer = broker.consume(queue, prefetch=6, timeout=100)
+    consumer: Any = broker.consume(queue, prefetch=6, timeout=100)
     first = _take(consumer, 6)
     for message in first:
+        _settle(broker, queue, message)
         consumer.ack(message)
-    # Acked, but not yet sent: still in the acks set and the messages hash.
-    assert client.scard(acks_key) == 6 and client.hlen(messages_key) == 12
+    assert consumer.pending_requeues == []
 
     round_trips: list[int] = []
     send = AbstractConnection.send_packed_command
@@ -78,60 +90,128 @@ def test_acks_ride_along_with_the_next_fetch(broker: RecoveringRedisBroker,
         send(self, command, check_health)  # type: ignore[no-untyped-call]  # redis-py: untyped
 
     monkeypatch.setattr(AbstractConnection, "send_packed_command", counted)
-    second = _take(consumer, 6)  # one fetch, carrying the six acks
+    second = _take(consumer, 6)  # one fetch, nothing else to send
     monkeypatch.undo()
     assert len(round_trips) == 1
-    assert client.hlen(messages_key) == 6  # the first six are gone for good
-    assert client.scard(acks_key) == 6  # the second six are in flight
+    assert client.hlen(messages_key) == 6 and client.scard(acks_key) == 6
     assert sorted(m.args[0] for m in first + second) == list(range(12))
     for message in second:
+        _settle(broker, queue, message)
         consumer.ack(message)
-    consumer.close()  # sends what is still waiting
+    consumer.close()
     assert client.scard(acks_key) == 0 and client.hlen(messages_key) == 0
 
 
-def test_many_waiting_acks_are_sent_without_waiting_for_a_fetch(
+def test_unsettled_messages_are_given_back_with_the_next_fetch(
         broker: RecoveringRedisBroker) -> None:
-    queue = _queue_with(broker, MAX_PENDING_ACKS + 1)
-    acks_key, _ = _keys(broker, queue)
-    consumer = broker.consume(queue, prefetch=MAX_PENDING_ACKS + 1, timeout=100)
-    taken = _take(consumer, MAX_PENDING_ACKS + 1)
-    for message in taken[:MAX_PENDING_ACKS]:
+    # An ack of a message whose outcome the worker could not record (Redis away) must not
+    # delete it: it goes back to the queue and is delivered again.
+    queue = _queue_with(broker, 4)
+    acks_key, messages_key = _keys(broker, queue)
+    consumer: Any = broker.consume(queue, prefetch=2, timeout=100)
+    first = _take(consumer, 2)
+    for message in first:
+        consumer.ack(message)  # not settled
+    assert broker.client.scard(acks_key) == 2  # still held until the requeue is sent
+    following = _take(consumer, 2)  # the requeue rides this fetch: they go to the back
+    assert [m.args[0] for m in following] == [2, 3]
+    assert broker.client.hlen(messages_key) == 4
+    for message in following:
+        _settle(broker, queue, message)
         consumer.ack(message)
-    assert next(consumer) is None  # nothing left to fetch, but the acks went out
-    assert broker.client.smembers(acks_key) == {
-        taken[-1].options["redis_message_id"].encode()}
+    again = _take(consumer, 2)
+    assert [m.args[0] for m in again] == [m.args[0] for m in first]
+    for message in again:
+        _settle(broker, queue, message)
+        consumer.ack(message)
     consumer.close()
 
 
-def test_acks_lost_with_a_consumer_are_redelivered(broker: RecoveringRedisBroker) -> None:
-    queue = _queue_with(broker, 3)
-    consumer = broker.consume(queue, prefetch=3, timeout=100)
-    taken = _take(consumer, 3)
-    for message in taken:
+def test_many_waiting_requeues_are_sent_without_waiting_for_a_fetch(
+        broker: RecoveringRedisBroker) -> None:
+    queue = _queue_with(broker, MAX_PENDING_REQUEUES + 1)
+    acks_key, _ = _keys(broker, queue)
+    consumer: Any = broker.consume(queue, prefetch=MAX_PENDING_REQUEUES + 1, timeout=100)
+    taken = _take(consumer, MAX_PENDING_REQUEUES + 1)
+    for message in taken[:MAX_PENDING_REQUEUES]:
         consumer.ack(message)
-    # The connection breaks before the acks are sent (as when Redis restarts): the consumer is
-    # dropped without closing, and its replacement gives the messages back to the queue. The
-    # worker's send guard then drops each as already sent.
-    replacement = broker.consume(queue, prefetch=3, timeout=100)
+    consumer.prefetch = 0  # so that the next poll only sends what waits
+    assert next(consumer) is None
+    assert broker.client.smembers(acks_key) == {
+        taken[-1].options["redis_message_id"].encode()}
+    assert broker.client.llen(f"{broker.namespace}:{queue}") == MAX_PENDING_REQUEUES
+    consumer.close()
+
+
+def test_messages_of_a_consumer_that_dies_are_given_back(broker: RecoveringRedisBroker) -> None:
+    queue = _queue_with(broker, 3)
+    consumer: Any = broker.consume(queue, prefetch=3, timeout=100)
+    taken = _take(consumer, 3)
+    # The connection breaks (as when Redis restarts): the consumer is dropped without closing,
+    # and its replacement gives the messages it held back to the queue.
+    replacement: Any = broker.consume(queue, prefetch=3, timeout=100)
     again = _take(replacement, 3)
     assert sorted(m.message_id for m in again) == sorted(m.message_id for m in taken)
     for message in again:
+        _settle(broker, queue, message)
         replacement.ack(message)
     replacement.close()
 
 
 def test_fetch_survives_redis_forgetting_its_scripts(broker: RecoveringRedisBroker) -> None:
     queue = _queue_with(broker, 2)
-    consumer = broker.consume(queue, prefetch=1, timeout=100)
+    consumer: Any = broker.consume(queue, prefetch=1, timeout=100)
     [first] = _take(consumer, 1)
+    _settle(broker, queue, first)
     consumer.ack(first)
     broker.client.script_flush()  # as after a Redis restart without persistence of scripts
     [second] = _take(consumer, 1)
     assert {first.args[0], second.args[0]} == {0, 1}
+    _settle(broker, queue, second)
     consumer.ack(second)
     consumer.close()
     assert broker.client.hlen(_keys(broker, queue)[1]) == 0
+
+
+def test_a_due_retry_moves_to_its_queue_in_one_step_keeping_its_id(
+        broker: RecoveringRedisBroker) -> None:
+    queue = _queue_with(broker, 0)
+    delayed = f"{queue}.DQ"
+    broker.enqueue(dramatiq.Message(queue_name=queue, actor_name="noop", args=(7,), kwargs={},
+                                    options={}), delay=1)
+    consumer: Any = broker.consume(delayed, prefetch=1, timeout=100)
+    [waiting] = _take(consumer, 1)
+    redis_id = waiting.options["redis_message_id"]
+    due = waiting.copy(queue_name=queue)
+    del due.options["eta"]
+    broker.enqueue(due)  # what Dramatiq's consumer thread does once the eta has passed
+    broker.enqueue(due)  # a second promotion of the same copy does nothing
+    consumer.ack(waiting)  # and its ack on the delay queue sends nothing
+    client = broker.client
+    assert client.lrange(f"{broker.namespace}:{queue}", 0, -1) == [redis_id.encode()]
+    assert client.hkeys(f"{broker.namespace}:{queue}.msgs") == [redis_id.encode()]
+    assert client.hlen(f"{broker.namespace}:{delayed}.msgs") == 0
+    assert client.scard(_keys(broker, delayed)[0]) == 0
+    assert consumer.pending_requeues == []
+    consumer.close()
+
+
+def test_requeue_against_a_lost_redis_is_a_connection_error(
+        broker: RecoveringRedisBroker) -> None:
+    # Dramatiq's consumer thread only survives broker connection errors: a raw redis error
+    # from a requeue while Redis is away killed the thread for good.
+    queue = _queue_with(broker, 1)
+    consumer: Any = broker.consume(queue, prefetch=1, timeout=100)
+    [message] = _take(consumer, 1)
+    lost = make_broker(f"redis://127.0.0.1:{free_port()}/0")
+    lost.declare_queue(queue)
+    consumer.broker = lost
+    with pytest.raises(ConnectionClosed):
+        consumer.requeue([message])
+    with pytest.raises(ConnectionClosed):
+        lost.enqueue(message.copy(queue_name=queue))  # a promotion while Redis is away
+    consumer.broker = broker
+    consumer.close()
 
 
 def test_an_idle_queue_is_polled_at_least_every_100_ms(broker: RecoveringRedisBroker,
@@ -141,7 +221,7 @@ def test_an_idle_queue_is_polled_at_least_every_100_ms(broker: RecoveringRedisBr
     waits: list[float] = []
     monkeypatch.setattr("workers.broker.time.sleep", waits.append)
     queue = _queue_with(broker, 0)
-    consumer = broker.consume(queue, prefetch=4, timeout=1000)
+    consumer: Any = broker.consume(queue, prefetch=4, timeout=1000)
     assert [next(consumer) for _ in range(20)] == [None] * 20
     assert waits[0] < 0.011 and waits[1] > waits[0]  # still a backoff: 5-10 ms, then longer
     assert max(waits) <= MAX_IDLE_POLL_MS / 1000
@@ -157,7 +237,7 @@ def test_a_busy_consumer_fetches_once_a_quarter_of_its_prefetch_is_free(
     monkeypatch.setattr("workers.broker.time.sleep", lambda seconds: None)
     queue = _queue_with(broker, 20)
     acks_key, _ = _keys(broker, queue)
-    consumer = broker.consume(queue, prefetch=8, timeout=1000)
+    consumer: Any = broker.consume(queue, prefetch=8, timeout=1000)
     held = _take(consumer, 8)
     consumer.ack(held[0])  # one free: 7 of 8 still outstanding, no fetch yet
     assert next(consumer) is None and broker.client.scard(acks_key) == 8
@@ -174,7 +254,7 @@ def test_a_busy_consumer_waits_briefly_instead_of_backing_off(
     waits: list[float] = []
     monkeypatch.setattr("workers.broker.time.sleep", waits.append)
     queue = _queue_with(broker, 5)
-    consumer = broker.consume(queue, prefetch=2, timeout=1000)
+    consumer: Any = broker.consume(queue, prefetch=2, timeout=1000)
     held = _take(consumer, 2)
     waits.clear()
     assert [next(consumer) for _ in range(10)] == [None] * 10

@@ -57,7 +57,7 @@ def test_dev_stack_prints_a_curl_that_produces_an_email_file(tmp_path: Path) -> 
         curl = match.group(1).replace("\\\n", " ")
         result = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=30)
         assert '"Password reset code sent successfully"' in result.stdout, result
-        html = wait_for(lambda: list(outbox.glob("*.html")), message="the caught email")
+        html = wait_for(lambda: list(outbox.glob("*.html")), timeout=60, message="the caught email")
         assert "123456" in html[0].read_text()
         eml = list(outbox.glob("*.eml"))
         assert len(eml) == 1 and b"Subject:" in eml[0].read_bytes()

@@ -162,3 +162,22 @@ def test_dlq_command_line(
     wait_status(stack, secret, ids[0], "sent")
     assert "purged 1 message(s)" in dlq("purge", "--yes").stdout
     assert dlq("list").stdout == "no dead letters\n"
+
+
+def test_a_job_without_a_message_id_is_dead_lettered_not_redelivered_forever(
+        stack: Stack, redis_server: RedisServer) -> None:
+    # Nothing to record an outcome in: the worker gives such a message to the dead letters
+    # (Dramatiq's nack) instead of handing it back to the queue again and again.
+    client = redis_server.client()
+    redis_id = str(uuid.uuid4())
+    body = json.dumps({"queue_name": "email", "actor_name": "send_email",
+                       "args": [{"request": {"template": "password_reset"}}], "kwargs": {},
+                       "options": {"redis_message_id": redis_id},
+                       "message_id": str(uuid.uuid4()), "message_timestamp": 0})
+    client.hset("dramatiq:email.msgs", redis_id, body)
+    client.rpush("dramatiq:email", redis_id)
+    wait_for(lambda: client.hexists("dramatiq:email.XQ.msgs", redis_id),
+             message="the invalid job in the dead letters")
+    assert not client.hexists("dramatiq:email.msgs", redis_id)
+    assert redis_id.encode() not in client.lrange("dramatiq:email", 0, -1)
+    assert "invalid job without a message id" in stack.worker.output()

@@ -3,8 +3,15 @@ any of them fails here, loudly, instead of quietly changing delivery or renderin
 
 What relies on them:
 - workers/broker.py subclasses Dramatiq's private ``_RedisConsumer``, copies its ``__next__``
-  (adding batched acks and shorter waits), wraps ``RedisBroker._dispatch`` and sends the
-  ``dispatch.lua`` script's "ack" and "fetch" commands itself, with ``_dispatch``'s arguments.
+  (adding batched requeues and shorter waits), wraps ``RedisBroker._dispatch`` and sends the
+  ``dispatch.lua`` script's "requeue" and "fetch" commands itself, with ``_dispatch``'s
+  arguments. Its ``enqueue`` recognises the consumer thread promoting a due delayed message
+  (``handle_delayed_messages``: an ``enqueue`` of the message with its Redis id and no delay,
+  then an ack on the delay queue) and does both in one step; its consumer treats an ack of a
+  message the worker did not settle as a requeue (``post_process_message`` acks or nacks, never
+  leaves a message alone).
+- workers/runtime.py removes a thread's deadline from the TimeLimit middleware's timeout manager
+  once the relay has accepted a message (``_CtypesTimeoutManager.remove_timeout``).
 - mailcore/rendering.py builds Jinja's ``Context`` directly (as ``new_context(shared=True)``
   would) and swaps the ``escape`` a compiled template looks up in its module namespace for one
   that calls markupsafe's C escaper.
@@ -23,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import dramatiq.brokers.redis as dramatiq_redis
+import dramatiq.middleware.time_limit as dramatiq_time_limit
+import dramatiq.worker as dramatiq_worker
 import jinja2
 import jinja2.environment
 import jinja2.runtime
@@ -60,7 +69,16 @@ def test_installed_versions_are_the_checked_ones(package: str) -> None:
      lambda: source_of(dramatiq_redis._RedisConsumer.__init__), "c626986d71660eb6"),
     ("dramatiq RedisBroker._dispatch (wrapped; its arguments rebuilt)",
      lambda: source_of(dramatiq_redis.RedisBroker._dispatch), "ee77793d07f17bbe"),
-    ("dramatiq dispatch.lua (its ack and fetch commands sent directly)",
+    ("dramatiq ConsumerThread.handle_delayed_messages (enqueue, then ack: done in one step)",
+     lambda: source_of(dramatiq_worker._ConsumerThread.handle_delayed_messages),
+     "357b6b23675bc029"),
+    ("dramatiq ConsumerThread.post_process_message (ack or nack: unsettled acks requeue)",
+     lambda: source_of(dramatiq_worker._ConsumerThread.post_process_message),
+     "34d4806bcc9eca81"),
+    ("dramatiq _CtypesTimeoutManager.remove_timeout (the time limit disarmed after a send)",
+     lambda: source_of(dramatiq_time_limit._CtypesTimeoutManager.remove_timeout),
+     "120c9bc029897ede"),
+    ("dramatiq dispatch.lua (its requeue and fetch commands sent directly)",
      lambda: (Path(dramatiq_redis.__file__).parent / "redis" / "dispatch.lua").read_bytes(),
      "ba4d872e4fb204eb"),
     ("jinja2 runtime.new_context (built directly in mailcore/rendering.py)",
@@ -69,8 +87,9 @@ def test_installed_versions_are_the_checked_ones(package: str) -> None:
      lambda: source_of(jinja2.runtime.Context.__init__), "58d8435955e09020"),
     ("jinja2 Template._from_namespace (root_render_func, blocks, globals)",
      lambda: source_of(jinja2.environment.Template._from_namespace), "fdce36aa99d87a24"),
-], ids=["consumer-next", "consumer-init", "broker-dispatch", "dispatch-lua", "new-context",
-        "context-init", "template-namespace"])
+], ids=["consumer-next", "consumer-init", "broker-dispatch", "delayed-promotion",
+        "post-process", "time-limit-disarm", "dispatch-lua", "new-context", "context-init",
+        "template-namespace"])
 def test_the_code_we_copy_or_patch_is_unchanged(what: str, source: Callable[[], str | bytes],
                                                 expected: str) -> None:
     assert fingerprint(source()) == expected, f"{what} changed upstream: read the docstring"
@@ -80,7 +99,7 @@ def test_consumer_and_broker_have_what_the_subclasses_use() -> None:
     consumer_init = inspect.signature(dramatiq_redis._RedisConsumer.__init__)
     assert list(consumer_init.parameters) == ["self", "broker", "queue_name", "prefetch",
                                               "timeout"]
-    for name in ("ack", "close", "outstanding_message_count"):
+    for name in ("ack", "close", "requeue", "outstanding_message_count"):
         assert hasattr(dramatiq_redis._RedisConsumer, name), name
     for name in ("_dispatch", "_should_do_maintenance", "_max_unpack_size", "consume"):
         assert callable(getattr(dramatiq_redis.RedisBroker, name)), name

@@ -9,12 +9,21 @@ consumer (re)starts. A message still being processed when that happens is redeli
 send guard (message status: already ``sent`` or another attempt holding the lease) keeps it from
 being sent twice.
 
-Acknowledgements are batched: Dramatiq sends one Redis command per processed message, and a
-loopback round trip costs this VM more CPU than the Python around it. Here a worker thread's
-ack only notes the message id; the consumer thread sends the waiting acks in the same pipeline
-as its next fetch (or on its own once ``MAX_PENDING_ACKS`` wait, and when it closes). An ack
-that never reaches Redis (the process dies first) leaves the message in the acks set; it is
-redelivered and the send guard drops it as already sent.
+A message is acknowledged only together with its next state. The worker records how an attempt
+ended (sent, a retry waiting on the delay queue, a dead letter) and removes the message that
+carried it in one Redis step (``mailcore.status``'s settle script) and marks the message
+settled; Dramatiq's own ack is then a no-op here. A message that reaches the ack unsettled (its
+outcome could not be written: Redis was unreachable, or the attempt ended in an unexpected way)
+is given back to the queue instead of being deleted, so it is redelivered; until that requeue
+reaches Redis it stays in this worker's acks set, which the next consumer (re)start or the
+heartbeat-timeout maintenance gives back. Nothing here ever deletes a message whose outcome is
+not recorded: that is what Dramatiq's Retries middleware did when its re-enqueue failed, so the
+workers run without it (the actor schedules its own retries).
+
+Requeues ride the consumer's next fetch (one pipeline), as acks used to, because a loopback
+round trip costs this VM more CPU than the Python around it. A delayed message whose time has
+come moves from the delay queue to the queue in one step (``enqueue`` below), keeping its Redis
+id, which the message's status names.
 """
 
 from __future__ import annotations
@@ -27,12 +36,34 @@ from typing import Any
 import redis
 from dramatiq.broker import Consumer, MessageProxy
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
-from dramatiq.common import compute_backoff, current_millis
+from dramatiq.common import compute_backoff, current_millis, dq_name
 from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message
 
-#: Acks waiting for the consumer's next fetch are sent at once beyond this many.
-MAX_PENDING_ACKS = 64
+_SETTLED = "_email_service_settled"
+
+# A delayed message whose eta has passed, onto its queue: only by the worker still holding it.
+# KEYS: 1 the delay queue's acks set of this worker, 2 delay-queue bodies, 3 queue bodies,
+# 4 queue. ARGV: 1 Redis message id, 2 the body without its eta.
+_PROMOTE = """
+if redis.call('SREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+redis.call('RPUSH', KEYS[4], ARGV[1])
+return 1
+"""
+
+
+def mark_settled(message: MessageProxy) -> None:
+    """The worker recorded this message's outcome and removed it: nothing left to ack."""
+    setattr(message, _SETTLED, True)
+
+
+def is_settled(message: MessageProxy) -> bool:
+    return bool(getattr(message, _SETTLED, False))
+
+#: Requeues waiting for the consumer's next fetch are sent at once beyond this many.
+MAX_PENDING_REQUEUES = 64
 #: Longest pause between polls of an empty queue. Dramatiq backs off up to its worker timeout
 #: (1 s), so a lone password reset on a quiet system waited up to a second before any worker
 #: looked; polling at most this far apart costs an idle worker process ~10 fetches a second.
@@ -50,6 +81,10 @@ class RecoveringRedisBroker(RedisBroker):
     """
 
     last_dispatch: float = 0.0
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)  # type: ignore[no-untyped-call]
+        self._promote = self.client.register_script(_PROMOTE)
 
     def _dispatch(self, command: str) -> Callable[..., Any]:
         dispatch: Callable[..., Any] = super()._dispatch(command)  # type: ignore[no-untyped-call]
@@ -74,24 +109,42 @@ class RecoveringRedisBroker(RedisBroker):
             raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]
         return _BatchingConsumer(self, queue_name, prefetch, timeout)
 
-    def fetch_acking(self, queue_name: str, prefetch: int, acks: list[str]) -> list[bytes]:
-        """Acknowledge ``acks`` and fetch up to ``prefetch`` messages in one round trip."""
+    def enqueue(self, message: Message[Any], *, delay: int | None = None) -> Message[Any]:
+        redis_id = message.options.get("redis_message_id")
+        if delay is not None or redis_id is None or \
+                dq_name(message.queue_name) not in self.delay_queues:
+            return super().enqueue(message, delay=delay)
+        # Dramatiq's consumer thread promoting a delayed message (it acks the delayed copy
+        # next): one step instead of an enqueue then an ack, and the same Redis id.
+        delayed = dq_name(message.queue_name)
+        keys = [f"{self.namespace}:__acks__.{self.broker_id}.{delayed}",
+                f"{self.namespace}:{delayed}.msgs", f"{self.namespace}:{message.queue_name}.msgs",
+                f"{self.namespace}:{message.queue_name}"]
         try:
-            replies = self._dispatch_many(queue_name, prefetch, acks)
+            self._promote(keys=keys, args=[redis_id, message.encode()])
+        except redis.RedisError as exc:
+            raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]
+        return message
+
+    def fetch_requeueing(self, queue_name: str, prefetch: int, requeue: list[str]) -> list[bytes]:
+        """Give ``requeue`` back to the queue and fetch up to ``prefetch`` messages, in one
+        round trip."""
+        try:
+            replies = self._dispatch_many(queue_name, prefetch, requeue)
         except redis.exceptions.NoScriptError:  # Redis restarted and forgot the script
             self.client.script_load(self.scripts["dispatch"].script)
-            replies = self._dispatch_many(queue_name, prefetch, acks)
+            replies = self._dispatch_many(queue_name, prefetch, requeue)
         self.last_dispatch = time.time()
         return list(replies[-1] or []) if prefetch else []
 
-    def _dispatch_many(self, queue_name: str, prefetch: int, acks: list[str]) -> list[Any]:
+    def _dispatch_many(self, queue_name: str, prefetch: int, requeue: list[str]) -> list[Any]:
         # EVALSHA directly: a pipeline of Script objects would first ask SCRIPT EXISTS, which
         # is another round trip on every call.
         pipe = self.client.pipeline(transaction=False)
         sha = self.scripts["dispatch"].sha
-        for redis_message_id in acks:
-            pipe.evalsha(sha, 1, self.namespace, *self._dispatch_args("ack", queue_name,
-                                                                      redis_message_id))
+        if requeue:
+            pipe.evalsha(sha, 1, self.namespace, *self._dispatch_args("requeue", queue_name,
+                                                                      *requeue))
         if prefetch:
             pipe.evalsha(sha, 1, self.namespace, *self._dispatch_args("fetch", queue_name,
                                                                       prefetch))
@@ -106,40 +159,53 @@ class RecoveringRedisBroker(RedisBroker):
 
 
 class _BatchingConsumer(_RedisConsumer):
-    """Dramatiq's Redis consumer with acks sent in batches (see the module's docstring)."""
+    """Dramatiq's Redis consumer that deletes nothing itself: settled messages were removed by
+    the worker with their outcome, unsettled ones are given back (see the module's docstring)."""
 
     def __init__(self, broker: RecoveringRedisBroker, queue_name: str, prefetch: int,
                  timeout: int) -> None:
         super().__init__(broker, queue_name, prefetch, timeout)  # type: ignore[no-untyped-call]
-        self.pending_acks: list[str] = []
-        self._acks_lock = threading.Lock()
+        self.pending_requeues: list[str] = []
+        self._requeues_lock = threading.Lock()
         self._low_water = max(1, prefetch // 4)
+        self._delayed = queue_name.endswith(".DQ")
 
     def ack(self, message: MessageProxy) -> None:
-        # Called by worker threads: note it; the consumer thread sends it.
-        with self._acks_lock:
-            self.pending_acks.append(message.options["redis_message_id"])
+        # Called by worker threads (and, on a delay queue, by the consumer thread right after
+        # the broker promoted the message in one step: nothing left to do either).
+        if not (self._delayed or is_settled(message)):
+            with self._requeues_lock:
+                self.pending_requeues.append(message.options["redis_message_id"])
         self.queued_message_ids.discard(message.message_id)
 
-    def _take_acks(self) -> list[str]:
-        with self._acks_lock:
-            acks, self.pending_acks = self.pending_acks, []
-        return acks
+    def requeue(self, messages: Any) -> None:
+        try:
+            super().requeue(messages)  # type: ignore[no-untyped-call]
+        except redis.RedisError as exc:
+            # Dramatiq lets this escape its consumer thread's error handler, which kills the
+            # thread; as a connection error the consumer restarts and requeues its acks set.
+            raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]
+
+    def _take_requeues(self) -> list[str]:
+        with self._requeues_lock:
+            requeue, self.pending_requeues = self.pending_requeues, []
+        return requeue
 
     def _fetch(self, prefetch: int) -> list[bytes]:
-        acks = self._take_acks()
+        requeue = self._take_requeues()
         try:
-            return self.broker.fetch_acking(self.queue_name, prefetch, acks)  # type: ignore[no-any-return]
+            return self.broker.fetch_requeueing(  # type: ignore[no-any-return]
+                self.queue_name, prefetch, requeue)
         except redis.RedisError as exc:
-            # Unsent acks leave their messages in the acks set: redelivered after the consumer
-            # restarts, and dropped by the send guard as already sent.
+            # Requeues not sent leave their messages in the acks set, which the restarted
+            # consumer gives back.
             raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]
 
     def __next__(self) -> MessageProxy | None:
         # Dramatiq's own loop (dramatiq 2.x _RedisConsumer.__next__), with the fetch also
-        # carrying the waiting acks, and shorter waits (MAX_IDLE_POLL_MS, BUSY_POLL_MS).
+        # carrying the waiting requeues, and shorter waits (MAX_IDLE_POLL_MS, BUSY_POLL_MS).
         while True:
-            if len(self.pending_acks) >= MAX_PENDING_ACKS:
+            if len(self.pending_requeues) >= MAX_PENDING_REQUEUES:
                 self._fetch(0)
             if self.message_cache:
                 data = self.message_cache.pop(0)
@@ -153,7 +219,7 @@ class _BatchingConsumer(_RedisConsumer):
             if room < self._low_water:
                 # Three quarters of the prefetch (Dramatiq's is twice the thread count) are
                 # still waiting or being worked on: no thread is short of work. Fetching once a
-                # quarter is free makes each fetch bring (and ack) several messages. Dramatiq
+                # quarter is free makes each fetch bring several messages. Dramatiq
                 # backed off here as if the queue were empty, so a saturated worker slept ever
                 # longer between fetches.
                 time.sleep(BUSY_POLL_MS / 1000)
@@ -167,13 +233,14 @@ class _BatchingConsumer(_RedisConsumer):
             return None
 
     def close(self) -> None:
-        waiting = len(self.pending_acks)
+        waiting = len(self.pending_requeues)
         try:
             if waiting:
                 self._fetch(0)
         except ConnectionClosed:
-            self.logger.warning("Could not send %d ack(s) on close; those messages will be "
-                                "redelivered and dropped as already sent.", waiting)
+            self.logger.warning("Could not give back %d message(s) on close; they stay in this "
+                                "worker's acks set until its consumer restarts or its "
+                                "heartbeat times out.", waiting)
         super().close()
 
 
@@ -187,7 +254,7 @@ def make_broker(
       heartbeat_timeout_ms: a worker silent this long is dead and its messages are requeued.
       maintenance_chance: per million broker commands, how often that sweep runs.
     """
-    return RecoveringRedisBroker(  # type: ignore[no-untyped-call]
+    return RecoveringRedisBroker(
         url=redis_url, middleware=middleware, heartbeat_timeout=heartbeat_timeout_ms,
         maintenance_chance=maintenance_chance,
     )

@@ -40,6 +40,8 @@ class Delivered:
     result: DeliveryResult
     template: str
     version: str
+    #: How long the transport took (observed by :meth:`Deliverer.report`).
+    send_seconds: float = 0.0
 
 
 class Deliverer:
@@ -102,23 +104,30 @@ class Deliverer:
             try:
                 result = self.transport.send(envelope)
             except DeliveryError as exc:
+                metrics.SEND_SECONDS.labels(self.transport.name).observe(
+                    time.perf_counter() - started)
                 if exc.code is not None:
                     send_span.set_attribute("smtp.code", exc.code)
                 if isinstance(exc, UnconfirmedDeliveryError):
                     metrics.UNCONFIRMED.labels(self.transport.name).inc()
                 raise
-            finally:
-                metrics.SEND_SECONDS.labels(self.transport.name).observe(
-                    time.perf_counter() - started)
+            # The relay has the message. Until the worker records it as sent, a crash sends it
+            # again: nothing here but the span's code; logs and metrics wait for report().
             if result.response[:3].isdigit():
                 send_span.set_attribute("smtp.code", int(result.response[:3]))
-        log.info("delivered", extra={"message_id": job["id"], "template": template.name,
-                                     "version": template.version, "transport": result.transport,
+        return Delivered(result=result, template=template.name, version=template.version,
+                         send_seconds=time.perf_counter() - started)
+
+    def report(self, message_id: str, delivered: Delivered) -> None:
+        """Log and measure a delivery, once it is recorded as sent."""
+        result = delivered.result
+        metrics.SEND_SECONDS.labels(self.transport.name).observe(delivered.send_seconds)
+        log.info("delivered", extra={"message_id": message_id, "template": delivered.template,
+                                     "version": delivered.version, "transport": result.transport,
                                      "response": result.response})
         if result.refused:
-            log.warning("some recipients refused", extra={"message_id": job["id"],
+            log.warning("some recipients refused", extra={"message_id": message_id,
                                                           "refused": len(result.refused)})
-        return Delivered(result=result, template=template.name, version=template.version)
 
 
 def parse_job(job: Any) -> SendRequest:

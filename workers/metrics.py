@@ -6,7 +6,8 @@ worker`` parent serves the merged view on ``WORKER_METRICS_PORT`` (9191), togeth
 gauges read from Redis at scrape time.
 
 - ``email_messages_total{template,transport,outcome}``: outcome sent | retry | failed | dead |
-  duplicate (a redelivered copy of a message already sent, dropped)
+  duplicate (a redelivered copy of a finished message, dropped) | busy (a copy that found
+  another attempt under way, looked at again later)
 - ``email_render_seconds{template}``, ``email_send_seconds{transport}``: latency histograms
 - ``email_unconfirmed_total{transport}``: attempts whose outcome is unknown (the connection was
   lost after the whole message went out, before the relay's reply); retried with the same
@@ -14,6 +15,8 @@ gauges read from Redis at scrape time.
 - ``email_retries_total``, ``email_dead_letters_total{reason}`` (failed | exhausted)
 - ``email_failovers_total{failed,delivered}``: messages delivered by a later transport of a
   ``TRANSPORTS`` chain; ``email_transport_misconfigured_total{transport}``: refused credentials
+- ``email_recovered_total``: messages the sweeper re-queued (should stay 0: an alarm)
+- ``email_sent_record_seconds``: relay acceptance to ``sent`` recorded, the duplicate window
 - ``email_queue_depth``, ``email_queue_delayed``, ``email_queue_in_flight``,
   ``email_queue_oldest_age_seconds``, ``email_dead_letter_queue_size``: queue gauges
 """
@@ -39,3 +42,9 @@ FAILOVERS = Counter("email_failovers", "Messages another transport delivered aft
                     "failed before accepting them", ["failed", "delivered"])
 MISCONFIGURED = Counter("email_transport_misconfigured", "Sends refused for the transport's own "
                         "configuration (API token, relay credentials, TLS)", ["transport"])
+RECOVERED = Counter("email_recovered",
+                    "Unfinished messages that no queue held, re-queued by the sweeper")
+SENT_RECORD_SECONDS = Histogram(
+    "email_sent_record_seconds",
+    "From the relay's acceptance to the sent record in Redis (the duplicate window)",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1, 5, 30))

@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 from dramatiq import Broker
-from dramatiq.brokers.redis import RedisBroker
-from dramatiq.middleware import CurrentMessage, Middleware, default_middleware
+from dramatiq.middleware import CurrentMessage, Middleware, Retries, TimeLimit, default_middleware
 
 from mailcore.config import Settings
+from mailcore.queue import holding
 from mailcore.redaction import install as install_redacting_encoder
-from mailcore.status import StatusStore
+from mailcore.status import Holding, StatusStore
 from mailcore.store import template_store_from_settings
 from mailcore.telemetry import shutdown_tracing
 from mailcore.templates import TemplateRegistry, builtin_templates_dir
 from mailcore.transports import Transport, transport_from_settings
 
-from .broker import make_broker
+from .broker import RecoveringRedisBroker, make_broker
 from .delivery import Deliverer
 from .heartbeat import Heartbeat
+from .sweeper import Sweeper, SweeperThread
 
 
 class CloseConnections(Middleware):
@@ -37,9 +39,18 @@ class CloseConnections(Middleware):
 
 @dataclass
 class WorkerRuntime:
-    broker: RedisBroker
+    broker: RecoveringRedisBroker
     deliverer: Deliverer
     status: StatusStore
+    #: Where this process holds the messages it works on (its acks set and the queue's keys).
+    holding: Holding
+    time_limit: TimeLimit
+
+    def disarm_time_limit(self) -> None:
+        """The relay accepted the message: recording that must not be interrupted by
+        Dramatiq's time limit (an interrupted record would have the message sent again)."""
+        self.time_limit.manager.remove_timeout(  # type: ignore[no-untyped-call]
+            threading.get_ident())
 
 
 def build_runtime(settings: Settings) -> WorkerRuntime:
@@ -49,13 +60,23 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
     transport = transport_from_settings(settings)
     status = StatusStore.from_url(settings.redis_url, settings.key_prefix,
                                   settings.status_retention_seconds)
-    middleware = [m() for m in default_middleware]
+    # No Retries middleware: the actor records each attempt's outcome (retry included) and
+    # removes its message in one step; Retries would re-enqueue, and Dramatiq then ack, a
+    # message whether or not its re-enqueue reached Redis.
+    middleware = [m() for m in default_middleware if m is not Retries]
+    time_limit = next(m for m in middleware if isinstance(m, TimeLimit))
+    sweeper = Sweeper.from_url(settings.redis_url, queue_name=settings.queue_name,
+                               prefix=settings.key_prefix,
+                               min_age_seconds=settings.recovery_age_seconds,
+                               retention_seconds=settings.status_retention_seconds)
     middleware += [CurrentMessage(), CloseConnections(transport, status),
-                   Heartbeat(settings.worker_heartbeat_dir, settings.worker_heartbeat_seconds)]
+                   Heartbeat(settings.worker_heartbeat_dir, settings.worker_heartbeat_seconds),
+                   SweeperThread(sweeper, settings.recovery_interval_seconds)]
     broker = make_broker(
         settings.redis_url, middleware=middleware,
         heartbeat_timeout_ms=settings.queue_heartbeat_timeout_ms,
         maintenance_chance=settings.queue_maintenance_chance,
     )
     return WorkerRuntime(broker=broker, deliverer=Deliverer(settings, registry, transport),
-                         status=status)
+                         status=status, holding=holding(settings.queue_name, broker.broker_id),
+                         time_limit=time_limit)

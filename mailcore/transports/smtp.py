@@ -112,6 +112,11 @@ class SMTPTransport(Transport):
             self._drop()
             raise TransientDeliveryError(f"{type(exc).__name__}: {exc}",
                                          before_accept=before) from exc
+        except BaseException:
+            # Interrupted mid-conversation (Dramatiq's time limit): the session's state is
+            # unknown, so it is closed without a QUIT, never reused.
+            self._drop(polite=False)
+            raise
         return DeliveryResult(
             transport=self.name,
             response=conn.last_reply,
@@ -175,13 +180,16 @@ class SMTPTransport(Transport):
         except (smtplib.SMTPException, OSError):
             self._drop()
 
-    def _drop(self) -> None:
+    def _drop(self, *, polite: bool = True) -> None:
         conn = getattr(self._local, "conn", None)
         self._local.conn = None
         if conn is not None:
             with self._all_lock:
                 self._all.discard(conn)
-            _quit(conn)
+            if polite:
+                _quit(conn)
+            else:
+                conn.close()
 
 
 _BARE_EOL = re.compile(rb"\r\n|\r|\n")
