@@ -113,6 +113,11 @@ class Settings:
 
     #: Largest accepted request body, in bytes.
     max_body_bytes: int = 1024 * 1024
+    #: Files one message may carry; largest file and all files together, decoded bytes (the
+    #: base64 in the body is 4/3 of it: the total must fit MAX_BODY_BYTES).
+    attachments_max_count: int = 10
+    attachment_max_bytes: int = 512 * 1024
+    attachments_max_total_bytes: int = 736 * 1024
     #: Seconds a client has to send its request line and headers, and then its body.
     http_header_timeout_seconds: float = 10.0
     http_body_timeout_seconds: float = 30.0
@@ -205,6 +210,8 @@ class Settings:
         default_port = {"starttls": 587, "ssl": 465, "none": 25}[security]
         mailtrap_token = env.secret("MAILTRAP_API_TOKEN")
         transports = _transports(env, mailtrap_token)
+        max_body = env.integer("MAX_BODY_BYTES", 1024 * 1024, low=1024)
+        total = _attachments_total(env, max_body)
         settings = cls(
             redis_url=_redis_url(env),
             key_prefix=env.text("KEY_PREFIX", "email-service"),
@@ -239,7 +246,11 @@ class Settings:
             jwt_required_scope=env.optional("JWT_REQUIRED_SCOPE"),
             admin_scope=env.text("ADMIN_SCOPE", "email:admin"),
             dev_mode=env.flag("EMAIL_SERVICE_DEV", False),
-            max_body_bytes=env.integer("MAX_BODY_BYTES", 1024 * 1024, low=1024),
+            max_body_bytes=max_body,
+            attachments_max_count=env.integer("ATTACHMENTS_MAX_COUNT", 10, low=0, high=20),
+            attachment_max_bytes=env.integer("ATTACHMENT_MAX_BYTES", min(512 * 1024, total),
+                                             low=0),
+            attachments_max_total_bytes=total,
             http_header_timeout_seconds=env.number("HTTP_HEADER_TIMEOUT_SECONDS", 10.0, low=0.1),
             http_body_timeout_seconds=env.number("HTTP_BODY_TIMEOUT_SECONDS", 30.0, low=0.1),
             http_keepalive_seconds=env.integer("HTTP_KEEPALIVE_SECONDS", 5, low=1),
@@ -546,6 +557,23 @@ def _transports(env: _Env, mailtrap_token: str | None) -> tuple[TransportName, .
         raise ConfigError(f"MAILTRAP_API_TOKEN: required when {variable} names mailtrap (or "
                           "MAILTRAP_API_TOKEN_FILE, or /run/secrets/mailtrap_api_token)")
     return chosen
+
+
+#: Room in a body for everything but the attachments' base64.
+_BODY_ROOM = 32 * 1024
+
+
+def _attachments_total(env: _Env, max_body: int) -> int:
+    """``ATTACHMENTS_MAX_TOTAL_BYTES``: by default what fits ``MAX_BODY_BYTES`` once in base64
+    (4/3) with room for the rest; an explicit value that cannot fit stops the process."""
+    fits = max((max_body - _BODY_ROOM) * 3 // 4, 0)
+    total = env.integer("ATTACHMENTS_MAX_TOTAL_BYTES", fits, low=0)
+    if total > fits:
+        raise ConfigError(
+            f"ATTACHMENTS_MAX_TOTAL_BYTES: {total} bytes of files are {total * 4 // 3} in base64, "
+            f"more than MAX_BODY_BYTES ({max_body}) leaves room for (at most {fits}); "
+            "raise MAX_BODY_BYTES too")
+    return total
 
 
 def _mailtrap_url(env: _Env) -> str:

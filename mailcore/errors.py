@@ -60,6 +60,12 @@ class SenderNotAllowed(InvalidRequest):
     code = "sender_not_allowed"
 
 
+class AttachmentTooLarge(InvalidRequest):
+    """An attached file, or all of them together, is larger than the service accepts."""
+
+    code = "attachment_too_large"
+
+
 class BatchTooLarge(InvalidRequest):
     """More messages in one request than the caller's rate limit could ever admit."""
 

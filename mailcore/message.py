@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from .addresses import normalize_address, parse_mailbox
+from .attachments import MAX_ATTACHMENTS, AttachmentIn
 from .headers import ALLOWED, MAX_HEADERS, MAX_VALUE, check_headers
 
 __all__ = [
@@ -122,6 +123,9 @@ class SendRequest(BaseModel):
     tags: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]] = Field(
         default_factory=list, max_length=MAX_TAGS
     )
+    attachments: list[AttachmentIn] = Field(
+        default_factory=list, max_length=MAX_ATTACHMENTS,
+        description="Files and inline images (README: Attachments)")
 
     @field_validator("headers")
     @classmethod
@@ -133,6 +137,14 @@ class SendRequest(BaseModel):
         if len(self.to) + len(self.cc) + len(self.bcc) > MAX_RECIPIENTS:
             raise ValueError(f"at most {MAX_RECIPIENTS} recipients (to + cc + bcc)")
         return self
+
+    @field_validator("attachments")
+    @classmethod
+    def _unique_content_ids(cls, attachments: list[AttachmentIn]) -> list[AttachmentIn]:
+        ids = [a.content_id for a in attachments if a.content_id]
+        if len(ids) != len(set(ids)):
+            raise ValueError("each content_id may be used once")
+        return attachments
 
 
 class BatchRequest(BaseModel):

@@ -12,7 +12,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from .config import Settings
-from .errors import InvalidData, InvalidRequest, SenderNotAllowed, UnknownTemplate
+from .errors import (
+    AttachmentTooLarge,
+    InvalidData,
+    InvalidRequest,
+    SenderNotAllowed,
+    UnknownTemplate,
+)
 from .jsonlimits import check_json
 from .message import BatchRequest, SendRequest, error_details
 from .rendering import TemplateError
@@ -52,7 +58,9 @@ class Validator:
         return messages
 
     def check(self, request: SendRequest) -> None:
-        """Template exists, data matches its variables, ``from`` is an allowed sender."""
+        """Template exists, data matches its variables, ``from`` is an allowed sender,
+        attachments within the limits."""
+        self.check_attachments(request)
         template = self.registry.get(request.template)
         if template is None:
             raise UnknownTemplate(f"no template named {request.template!r}",
@@ -71,6 +79,29 @@ class Validator:
                 f"'from' must use the domain of {self.settings.sender_email} "
                 "or one in ALLOWED_SENDER_DOMAINS",
                 details=[{"field": "from.email", "message": "domain not allowed"}])
+
+
+    def check_attachments(self, request: SendRequest) -> None:
+        """Count (422), each file's and all files' decoded size (413) against the settings."""
+        settings, files = self.settings, request.attachments
+        if len(files) > settings.attachments_max_count:
+            raise InvalidRequest(
+                f"attachments: at most {settings.attachments_max_count} files",
+                details=[{"field": "attachments",
+                          "message": f"at most {settings.attachments_max_count} files"}])
+        for index, item in enumerate(files):
+            if item.size > settings.attachment_max_bytes:
+                message = (f"{item.size} bytes; at most {settings.attachment_max_bytes} "
+                           "(ATTACHMENT_MAX_BYTES)")
+                raise AttachmentTooLarge(
+                    f"attachments.{index}.content: {message}",
+                    details=[{"field": f"attachments.{index}.content", "message": message}])
+        total = sum(item.size for item in files)
+        if total > settings.attachments_max_total_bytes:
+            message = (f"{total} bytes together; at most {settings.attachments_max_total_bytes} "
+                       "(ATTACHMENTS_MAX_TOTAL_BYTES)")
+            raise AttachmentTooLarge(f"attachments: {message}",
+                                     details=[{"field": "attachments", "message": message}])
 
 
 def _model(model: type[SendRequest] | type[BatchRequest], body: dict[str, Any]) -> Any:

@@ -28,7 +28,8 @@ class ErrorDetail(_Out):
 ERROR_CODES = (
     "malformed_json", "invalid_idempotency_key", "unauthorized", "insufficient_scope",
     "not_found", "method_not_allowed", "request_timeout", "idempotency_conflict",
-    "payload_too_large", "headers_too_large", "invalid_request", "unknown_template",
+    "payload_too_large", "attachment_too_large", "headers_too_large", "invalid_request",
+    "unknown_template",
     "invalid_data", "sender_not_allowed", "batch_too_large", "render_error", "render_timeout",
     "rate_limited", "recipient_rate_limited", "unavailable", "queue_full",
 )

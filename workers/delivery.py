@@ -11,9 +11,10 @@ from typing import Any
 from opentelemetry import trace
 from pydantic import ValidationError
 
+from mailcore.attachments import decode
 from mailcore.config import Settings
 from mailcore.message import ACCEPTED, Recipient, SendRequest, error_details, recipient_from_text
-from mailcore.mime import build_envelope
+from mailcore.mime import Attachment, build_envelope
 from mailcore.rendering import TemplateError
 from mailcore.telemetry import detail_span
 from mailcore.templates import TemplateRegistry
@@ -93,6 +94,10 @@ class Deliverer:
             headers=request.headers,
             tags=request.tags,
             only_via=only_via,
+            attachments=tuple(
+                Attachment(filename=a.filename, content=decode(a.content),
+                           content_type=a.content_type, disposition=a.disposition,
+                           content_id=a.content_id) for a in request.attachments),
         )
         if self.settings.trace_recipients:
             span.set_attribute("email.recipients", list(envelope.recipients))
