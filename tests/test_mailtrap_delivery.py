@@ -8,7 +8,10 @@ and the replaced order-confirmation service's environment alone delivering an or
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
+import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -315,3 +318,54 @@ def test_seed_two_variables_alone_deliver_an_order_confirmation(
     assert body["from"] == {"email": "orders@shop.example.com", "name": "Tea & Co"}
     assert "A-1" in body["subject"] + body["html"]
     assert "Tea &amp; Co" in body["html"] and "help@shop.example.com" in body["html"]
+
+
+# --- Attachments arrive intact through both transports -----------------------------------------
+
+def files() -> tuple[list[dict[str, str]], dict[str, str]]:
+    """A PDF-looking 200 KB file, a non-ASCII name and an inline image; their sha256 by name."""
+    document = b"%PDF-1.7\n" + os.urandom(200_000)
+    image = b"\x89PNG\r\n\x1a\n" + os.urandom(2_000)
+    entries = [
+        {"filename": "Größe & Maß.pdf", "content_type": "application/pdf",
+         "content": base64.b64encode(document).decode()},
+        {"filename": "logo.png", "content_type": "image/png", "disposition": "inline",
+         "content_id": "logo@shop", "content": base64.b64encode(image).decode()},
+    ]
+    sums = {"Größe & Maß.pdf": hashlib.sha256(document).hexdigest(),
+            "logo.png": hashlib.sha256(image).hexdigest()}
+    return entries, sums
+
+
+def test_attachments_arrive_intact_in_mailtraps_json(rig: Rig) -> None:
+    entries, sums = files()
+    to = address("files")
+    settled(rig, send(rig, to, attachments=entries), "sent")
+    [request] = rig.stand_in.delivered(to)
+    got = {a["filename"]: a for a in request.body["attachments"]}
+    assert {name: hashlib.sha256(base64.b64decode(a["content"])).hexdigest()
+            for name, a in got.items()} == sums
+    assert got["logo.png"]["disposition"] == "inline"
+    assert got["logo.png"]["content_id"] == "logo@shop"
+    assert got["Größe & Maß.pdf"]["type"] == "application/pdf"
+
+
+def test_attachments_arrive_intact_at_the_relay(failover: FailoverRig) -> None:
+    failover.relay_up()
+    rig = failover.rig
+    wait_for(lambda: settled(rig, send(rig, address("warm")), "sent")["transport"] == "smtp",
+             timeout=20, interval=0.3, message="the relay in use")
+    entries, sums = files()
+    to = address("files-smtp")
+    assert settled(rig, send(rig, to, attachments=entries), "sent")["transport"] == "smtp"
+    [mail] = failover.relay.to(to)
+    message = mail.message
+    assert message.get_content_type() == "multipart/mixed"
+    got = {part.get_filename(): part for part in message.walk()
+           if part.get_filename()}
+    assert {name: hashlib.sha256(part.get_content()).hexdigest()
+            for name, part in got.items()} == sums
+    assert got["logo.png"]["Content-ID"] == "<logo@shop>"
+    assert got["logo.png"].get_content_disposition() == "inline"
+    related = next(p for p in message.walk() if p.get_content_type() == "multipart/related")
+    assert any(p.get_content_type() == "text/html" for p in related.walk())
