@@ -28,10 +28,17 @@ from .attachments import MAX_ATTACHMENTS, AttachmentIn
 from .headers import ALLOWED, MAX_HEADERS, MAX_VALUE, check_headers
 
 __all__ = [
-    "ACCEPTED", "MAX_BATCH", "MAX_HEADERS", "MAX_RECIPIENTS", "BatchRequest", "EmailAddress",
+    "ACCEPTED", "CONTENT_LABEL", "MAX_BATCH", "MAX_HEADERS", "MAX_RECIPIENTS", "BatchRequest",
+    "EmailAddress",
     "HeaderText", "Recipient", "SendRequest", "error_details", "normalize_address",
     "recipient_from_text",
 ]
+
+#: The status and metrics label of a message sent with its own content (no stored template);
+#: not a valid template name, so it names no template.
+CONTENT_LABEL = "(content)"
+#: Longest caller-given html/text/mjml, in characters (the body limit usually binds first).
+MAX_CONTENT = 1024 * 1024
 
 #: Recipients (to + cc + bcc) one message may name.
 MAX_RECIPIENTS = 50
@@ -105,11 +112,16 @@ RecipientList = Annotated[list[Recipient], BeforeValidator(_as_list)]
 
 
 class SendRequest(BaseModel):
-    """``POST /v1/messages``: send one template to one or more recipients."""
+    """``POST /v1/messages``: send one template, or the caller's own content (``subject`` with
+    ``html`` and/or ``text``, or ``mjml``: never evaluated as a template), to one or more
+    recipients."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    template: Annotated[str, Field(pattern=_TEMPLATE_NAME, max_length=317)]
+    template: Annotated[str, Field(pattern=_TEMPLATE_NAME, max_length=317)] | None = None
+    html: Annotated[str, Field(min_length=1, max_length=MAX_CONTENT)] | None = None
+    text: Annotated[str, Field(min_length=1, max_length=MAX_CONTENT)] | None = None
+    mjml: Annotated[str, Field(min_length=1, max_length=MAX_CONTENT)] | None = None
     to: Annotated[RecipientList, Field(min_length=1)]
     data: dict[str, Any] = Field(default_factory=dict)
     subject: Annotated[HeaderText, Field(min_length=1, max_length=998)] | None = None
@@ -138,6 +150,32 @@ class SendRequest(BaseModel):
             raise ValueError(f"at most {MAX_RECIPIENTS} recipients (to + cc + bcc)")
         return self
 
+    @model_validator(mode="after")
+    def _template_or_content(self) -> SendRequest:
+        given = [name for name in ("html", "text", "mjml") if getattr(self, name) is not None]
+        if self.template is not None:
+            if given:
+                raise ValueError(f"{given[0]}: not allowed with a template (send either a "
+                                 "template, or subject with html/text/mjml)")
+            return self
+        if not given:
+            raise ValueError("template: required, unless the message brings its own content "
+                             "(subject with html and/or text, or mjml)")
+        if self.subject is None:
+            raise ValueError("subject: required for a message without a template")
+        if self.mjml is not None and self.html is not None:
+            raise ValueError("mjml: give either mjml or html, not both")
+        if self.data:
+            raise ValueError("data: only for templates (content is sent as given)")
+        if self.locale is not None:
+            raise ValueError("locale: only for templates")
+        return self
+
+    @property
+    def label(self) -> str:
+        """The template's name, or :data:`CONTENT_LABEL` (statuses, logs, metrics)."""
+        return self.template or CONTENT_LABEL
+
     @field_validator("attachments")
     @classmethod
     def _unique_content_ids(cls, attachments: list[AttachmentIn]) -> list[AttachmentIn]:
@@ -155,11 +193,18 @@ class BatchRequest(BaseModel):
     messages: Annotated[list[SendRequest], Field(min_length=1, max_length=MAX_BATCH)]
 
 
+_NAMED = re.compile(r"^([a-z_]+): (.+)$", re.S)
+
+
 def error_details(exc: ValidationError) -> list[dict[str, str]]:
     """Pydantic errors as ``[{"field", "message"}]`` with dotted field paths (``to.0.email``)."""
     details = []
     for error in exc.errors(include_url=False):
-        field = ".".join(str(part) for part in error["loc"]) or "body"
+        field = ".".join(str(part) for part in error["loc"])
         message = error["msg"].removeprefix("Value error, ")
+        named = _NAMED.match(message) if not field else None
+        if named:  # a rule across fields names the one it is about: "subject: required …"
+            field, message = named.group(1), named.group(2)
+        field = field or "body"
         details.append({"field": field, "message": message})
     return details

@@ -200,7 +200,8 @@ def build_envelope(
     lines += [_header(name, value) for name, value in (headers or {}).items()]
     alternative = b"".join([
         _part(boundary, "plain", rendered.text),
-        _part(boundary, "html", rendered.html),
+        # A message of text alone (own content without HTML) has no HTML part.
+        _part(boundary, "html", rendered.html) if rendered.html else b"",
         f"--{boundary}--\r\n".encode("ascii"),
     ])
     content_type = f'multipart/alternative; boundary="{boundary}"'

@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from .config import Settings
+from .content import check_mjml_content
 from .errors import (
     AttachmentTooLarge,
     InvalidData,
@@ -61,6 +62,10 @@ class Validator:
         """Template exists, data matches its variables, ``from`` is an allowed sender,
         attachments within the limits."""
         self.check_attachments(request)
+        if request.template is None:
+            self.check_content(request)
+            self.check_sender(request)
+            return
         template = self.registry.get(request.template)
         if template is None:
             raise UnknownTemplate(f"no template named {request.template!r}",
@@ -72,6 +77,10 @@ class Validator:
                        for field, message in exc.violations or [(exc.field or "", exc.message)]]
             raise InvalidData(f"data does not match template {request.template!r}: "
                               f"{exc.message}", details=details) from None
+        self.check_sender(request)
+
+    def check_sender(self, request: SendRequest) -> None:
+        """``from`` uses the sender's domain or an allowed one."""
         if request.sender is not None and not self.settings.sender_domain_allowed(
             request.sender.email
         ):
@@ -80,6 +89,23 @@ class Validator:
                 "or one in ALLOWED_SENDER_DOMAINS",
                 details=[{"field": "from.email", "message": "domain not allowed"}])
 
+
+    def check_content(self, request: SendRequest) -> None:
+        """The caller's own content: each part within RENDER_MAX_BYTES; MJML with an <mjml>
+        root, not larger or deeper than the compiler is safe with (it compiles in the worker)."""
+        limit = self.settings.render_max_bytes
+        for name in ("html", "text", "mjml"):
+            value = getattr(request, name)
+            if value is not None and len(value) > limit:
+                raise InvalidRequest(f"{name}: longer than {limit} characters (RENDER_MAX_BYTES)",
+                                     details=[{"field": name, "message": f"at most {limit} "
+                                               "characters"}])
+        if request.mjml is not None:
+            try:
+                check_mjml_content(request.mjml)
+            except TemplateError as exc:
+                raise InvalidRequest(f"mjml: {exc.message}", details=[
+                    {"field": "mjml", "message": exc.message}]) from None
 
     def check_attachments(self, request: SendRequest) -> None:
         """Count (422), each file's and all files' decoded size (413) against the settings."""

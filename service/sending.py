@@ -135,8 +135,8 @@ class SendService:
         with tracer().start_as_current_span(
             "enqueue", kind=trace.SpanKind.PRODUCER,
             attributes={"email.message_id": ids[0] if len(ids) == 1 else ids,
-                        "email.template": requests[0].template if len(requests) == 1
-                        else sorted({r.template for r in requests})},
+                        "email.template": requests[0].label if len(requests) == 1
+                        else sorted({r.label for r in requests})},
         ):
             carrier = inject_context()  # the worker continues this trace
 
@@ -148,7 +148,7 @@ class SendService:
                     job["trace"] = carrier
                     recipients = [r.email for r in [*request.to, *request.cc, *request.bcc]]
                     fields = initial_fields(message_id=message_id, owner=owner,
-                                            template=request.template, recipients=recipients,
+                                            template=request.label, recipients=recipients,
                                             source=source)
                     entries.append(Entry(job, fields, event(QUEUED, f"accepted via {source}")))
                 return entries, [self.acceptor.encode(entry) for entry in entries]
@@ -164,7 +164,7 @@ class SendService:
             self.metrics.accepted.labels(source).inc(len(entries))
         for entry, request in zip(entries, requests, strict=True):
             log.info("queued", extra={"message_id": entry.job["id"],
-                                      "template": request.template, "source": source})
+                                      "template": request.label, "source": source})
         return status_code, body, False
 
     async def _accept(

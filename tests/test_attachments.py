@@ -151,3 +151,40 @@ def test_the_limits_must_fit_the_body_limit() -> None:
         Settings.from_env({**base, "ATTACHMENTS_MAX_TOTAL_BYTES": "1000000"})
     with pytest.raises(ConfigError, match="ATTACHMENTS_MAX_COUNT"):
         Settings.from_env({**base, "ATTACHMENTS_MAX_COUNT": "21"})
+
+
+# --- Messages with their own content (no stored template) --------------------------------------
+
+def content(**fields: Any) -> dict[str, Any]:
+    return {"to": "ada@example.com", **fields}
+
+
+@pytest.mark.parametrize(("body", "field", "words"), [
+    (content(), "template", "required, unless"),
+    (content(html="<p>x</p>"), "subject", "required for a message without a template"),
+    (content(subject="s", html="<p>x</p>", mjml="<mjml></mjml>"), "mjml", "not both"),
+    (content(template="password_reset", subject="s", html="<p>x</p>"), "html", "not allowed"),
+    (content(subject="s", text="x", data={"a": 1}), "data", "only for templates"),
+    (content(subject="s", text="x", locale="de"), "locale", "only for templates"),
+    (content(subject="s", html=""), "html", "at least 1 character"),
+    (content(subject="s", mjml="<p>not mjml</p>"), "mjml", "<mjml> root"),
+    (content(subject="s", mjml="<mjml><mj-body>" + "<mj-wrapper>" * 70 + "</mj-body></mjml>"),
+     "mjml", "nest more than"),
+    (content(subject="s", html=7), "html", "string"),
+    (content(subject="a\r\nBcc: x@example.com", text="x"), "subject", "CR or LF"),
+])
+def test_content_without_a_template_is_checked_at_the_door(
+        client: TestClient, body: dict[str, Any], field: str, words: str) -> None:
+    answer = refused(client, body)
+    assert answer["details"][0]["field"] == field, answer
+    assert words in answer["details"][0]["message"], answer
+
+
+def test_content_longer_than_a_rendered_part_may_be_is_refused(redis_server: RedisServer) -> None:
+    settings = Settings.from_env({
+        "REDIS_URL": redis_server.url, "JWT_SECRET": TEST_SECRET, "EVENTS_ENABLED": "false",
+        "KEY_PREFIX": f"files-{uuid.uuid4().hex[:8]}", "SECRETS_DIR": "/nonexistent",
+        "RENDER_MAX_BYTES": "2048"})
+    with TestClient(create_app(settings)) as small:
+        answer = refused(small, content(subject="s", text="x" * 2049))
+    assert answer["details"] == [{"field": "text", "message": "at most 2048 characters"}]

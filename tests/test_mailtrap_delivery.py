@@ -369,3 +369,51 @@ def test_attachments_arrive_intact_at_the_relay(failover: FailoverRig) -> None:
     assert got["logo.png"].get_content_disposition() == "inline"
     related = next(p for p in message.walk() if p.get_content_type() == "multipart/related")
     assert any(p.get_content_type() == "text/html" for p in related.walk())
+
+
+# --- Messages with their own content: never a template ------------------------------------------
+
+def own(rig: Rig, to: str, **fields: Any) -> str:
+    response = httpx.post(f"{rig.base_url}/v1/messages", headers=AUTH,
+                          json={"to": to, "subject": "Hello {{ name }}", **fields})
+    assert response.status_code == 202, response.text
+    return str(response.json()["id"])
+
+
+def test_own_html_is_sent_as_written_with_text_derived(rig: Rig) -> None:
+    to = address("own-html")
+    html = "<p>Total {{ 6 * 7 }} {% for x in y %}loop{% endfor %} &amp; <b>more</b></p>"
+    final = settled(rig, own(rig, to, html=html), "sent")
+    assert final["template"] == "(content)"
+    [request] = rig.stand_in.delivered(to)
+    assert request.body["subject"] == "Hello {{ name }}"
+    assert request.body["html"] == html
+    assert "Total {{ 6 * 7 }} {% for x in y %}loop{% endfor %} & more" in request.body["text"]
+    assert "42" not in request.body["text"]
+
+
+def test_own_mjml_is_compiled_and_text_alone_has_no_html(rig: Rig) -> None:
+    to = address("own-mjml")
+    mjml = ("<mjml><mj-body><mj-section><mj-column><mj-text>Hi {{ x }}</mj-text>"
+            "</mj-column></mj-section></mj-body></mjml>")
+    settled(rig, own(rig, to, mjml=mjml), "sent")
+    [request] = rig.stand_in.delivered(to)
+    assert "<mj-" not in request.body["html"] and "<table" in request.body["html"]
+    assert "Hi {{ x }}" in request.body["html"] and "Hi {{ x }}" in request.body["text"]
+    plain = address("own-text")
+    settled(rig, own(rig, plain, text="Just {{ text }}"), "sent")
+    [request] = rig.stand_in.delivered(plain)
+    assert request.body["text"] == "Just {{ text }}" and "html" not in request.body
+
+
+def test_own_content_over_smtp(failover: FailoverRig) -> None:
+    failover.relay_up()
+    rig = failover.rig
+    wait_for(lambda: settled(rig, send(rig, address("warm")), "sent")["transport"] == "smtp",
+             timeout=20, interval=0.3, message="the relay in use")
+    to = address("own-smtp")
+    assert settled(rig, own(rig, to, text="Only text"), "sent")["transport"] == "smtp"
+    message = failover.relay.to(to)[0].message
+    assert [p.get_content_type() for p in message.walk()] == ["multipart/alternative",
+                                                              "text/plain"]
+    assert message["Subject"] == "Hello {{ name }}"

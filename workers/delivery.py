@@ -13,9 +13,17 @@ from pydantic import ValidationError
 
 from mailcore.attachments import decode
 from mailcore.config import Settings
-from mailcore.message import ACCEPTED, Recipient, SendRequest, error_details, recipient_from_text
+from mailcore.content import render_content
+from mailcore.message import (
+    ACCEPTED,
+    CONTENT_LABEL,
+    Recipient,
+    SendRequest,
+    error_details,
+    recipient_from_text,
+)
 from mailcore.mime import Attachment, build_envelope
-from mailcore.rendering import TemplateError
+from mailcore.rendering import RenderedEmail, TemplateError
 from mailcore.telemetry import detail_span
 from mailcore.templates import TemplateRegistry
 from mailcore.transports import (
@@ -68,29 +76,16 @@ class Deliverer:
         from the transport; ``only_via`` pins a failover chain to one transport."""
         request = parse_job(job)
         span = trace.get_current_span()
-        template = self.registry.get(request.template)
-        if template is None:
-            raise TemplateError("UnknownTemplate", f"no template named {request.template!r}")
-        span.set_attribute("email.template", template.name)
-        span.set_attribute("email.template_version", template.version)
-        started = time.perf_counter()
-        with detail_span("render", attributes={
-                "email.template": template.name, "email.template_version": template.version}):
-            rendered = template.render(request.data, brand=self._brand, locale=request.locale,
-                                       limits=self.settings.render_limits)
-        metrics.RENDER_SECONDS.labels(template.name).observe(time.perf_counter() - started)
-        if request.subject:
-            rendered = type(rendered)(subject=request.subject, html=rendered.html,
-                                      text=rendered.text)
+        rendered, name, version, template_from, template_reply_to = self._render(request)
         envelope = build_envelope(
             message_id=job["id"],
             rendered=rendered,
-            sender=(request.sender or _override("from", template.source.sender)
+            sender=(request.sender or _override("from", template_from)
                     or self._default_sender),
             to=request.to,
             cc=request.cc,
             bcc=request.bcc,
-            reply_to=request.reply_to or _override("replyTo", template.source.reply_to),
+            reply_to=request.reply_to or _override("replyTo", template_reply_to),
             headers=request.headers,
             tags=request.tags,
             only_via=only_via,
@@ -120,8 +115,37 @@ class Deliverer:
             # again: nothing here but the span's code; logs and metrics wait for report().
             if result.response[:3].isdigit():
                 send_span.set_attribute("smtp.code", int(result.response[:3]))
-        return Delivered(result=result, template=template.name, version=template.version,
+        return Delivered(result=result, template=name, version=version,
                          send_seconds=time.perf_counter() - started)
+
+    def _render(self, request: SendRequest
+                ) -> tuple[RenderedEmail, str, str, str | None, str | None]:
+        """The rendered message, its template's name and version, and the template's
+        ``from``/``replyTo`` overrides; a message with its own content is not a template
+        (never evaluated, only its MJML compiled)."""
+        span = trace.get_current_span()
+        started = time.perf_counter()
+        if request.template is None:
+            with detail_span("render", attributes={"email.template": CONTENT_LABEL}):
+                rendered = render_content(request.subject or "", html=request.html,
+                                          text=request.text, mjml=request.mjml)
+            metrics.RENDER_SECONDS.labels(CONTENT_LABEL).observe(time.perf_counter() - started)
+            return rendered, CONTENT_LABEL, "", None, None
+        template = self.registry.get(request.template)
+        if template is None:
+            raise TemplateError("UnknownTemplate", f"no template named {request.template!r}")
+        span.set_attribute("email.template", template.name)
+        span.set_attribute("email.template_version", template.version)
+        with detail_span("render", attributes={
+                "email.template": template.name, "email.template_version": template.version}):
+            rendered = template.render(request.data, brand=self._brand, locale=request.locale,
+                                       limits=self.settings.render_limits)
+        metrics.RENDER_SECONDS.labels(template.name).observe(time.perf_counter() - started)
+        if request.subject:
+            rendered = type(rendered)(subject=request.subject, html=rendered.html,
+                                      text=rendered.text)
+        return (rendered, template.name, template.version, template.source.sender,
+                template.source.reply_to)
 
     def report(self, message_id: str, delivered: Delivered) -> None:
         """Log and measure a delivery, once it is recorded as sent."""

@@ -94,11 +94,12 @@ def request_body(message_id: str, content: Content) -> dict[str, Any]:
         "to": [_address(r) for r in content.to],
         "subject": content.subject,
         "text": content.text,
-        "html": content.html,
         # Our id travels as a header, as in SMTP mail, so a copy can be traced back.
         "headers": {**content.headers, "X-Email-Service-Id": message_id},
         "custom_variables": {**content.metadata, "email_service_id": message_id},
     }
+    if content.html:
+        body["html"] = content.html
     if content.cc:
         body["cc"] = [_address(r) for r in content.cc]
     if content.bcc:
