@@ -45,6 +45,11 @@ MAX_RECIPIENTS = 50
 #: Messages one batch request may carry (Postmark allows 500, Resend 100).
 MAX_BATCH = 100
 MAX_TAGS = 10
+#: ``metadata``: keys, key length and value length.
+MAX_METADATA_KEYS = 20
+MAX_METADATA_VALUE = 500
+#: Keys the service sets itself in a provider's variables.
+_RESERVED_METADATA = frozenset({"email_service_id"})
 
 _TEMPLATE_NAME = (
     r"^(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?/)?"  # optional namespace/
@@ -135,6 +140,11 @@ class SendRequest(BaseModel):
     tags: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]] = Field(
         default_factory=list, max_length=MAX_TAGS
     )
+    metadata: dict[
+        Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,40}$")],
+        Annotated[HeaderText, Field(max_length=MAX_METADATA_VALUE)],
+    ] = Field(default_factory=dict, description=(
+        f"A flat map of strings kept with the message (at most {MAX_METADATA_KEYS} keys)"))
     attachments: list[AttachmentIn] = Field(
         default_factory=list, max_length=MAX_ATTACHMENTS,
         description="Files and inline images (README: Attachments)")
@@ -149,6 +159,17 @@ class SendRequest(BaseModel):
         if len(self.to) + len(self.cc) + len(self.bcc) > MAX_RECIPIENTS:
             raise ValueError(f"at most {MAX_RECIPIENTS} recipients (to + cc + bcc)")
         return self
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _check_metadata(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            if len(value) > MAX_METADATA_KEYS:
+                raise ValueError(f"at most {MAX_METADATA_KEYS} keys")
+            reserved = _RESERVED_METADATA.intersection(value)
+            if reserved:
+                raise ValueError(f"{min(reserved)!r} is set by the service")
+        return value
 
     @model_validator(mode="after")
     def _template_or_content(self) -> SendRequest:

@@ -178,6 +178,7 @@ def build_envelope(
     tags: list[str] | None = None,
     only_via: str | None = None,
     attachments: tuple[Attachment, ...] = (),
+    metadata: Mapping[str, str] | None = None,
 ) -> Envelope:
     """Assemble headers and both parts; Bcc recipients go to the envelope only."""
     cc = cc or []
@@ -213,7 +214,7 @@ def build_envelope(
     content = Content(sender=sender, to=tuple(to), cc=tuple(cc), bcc=tuple(bcc),
                       reply_to=reply_to, subject=rendered.subject, html=rendered.html,
                       text=rendered.text, headers=headers or {}, tags=tuple(tags or ()),
-                      attachments=attachments)
+                      attachments=attachments, metadata=metadata or {})
     return Envelope(message_id=message_id, sender=sender.email,
                     recipients=recipients, raw=raw, content=content, only_via=only_via)
 

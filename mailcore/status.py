@@ -167,15 +167,19 @@ def event(status: str, detail: str = "", **extra: Any) -> bytes:
 
 
 def initial_fields(
-    *, message_id: str, owner: str, template: str, recipients: list[str], source: str
+    *, message_id: str, owner: str, template: str, recipients: list[str], source: str,
+    metadata: dict[str, str] | None = None,
 ) -> dict[str, str]:
-    """The status hash of a message just accepted."""
+    """The status hash of a message just accepted (with the caller's ``metadata``, if any)."""
     now = str(time.time())
-    return {
+    fields = {
         "id": message_id, "owner": owner, "status": QUEUED, "template": template,
         "recipients": orjson.dumps(recipients).decode(), "source": source, "attempts": "0",
         "created_at": now, "updated_at": now,
     }
+    if metadata:
+        fields["metadata"] = orjson.dumps(metadata).decode()
+    return fields
 
 
 @dataclass(frozen=True)
@@ -356,6 +360,7 @@ def decode_status(fields: dict[bytes, bytes], timeline: list[bytes]) -> dict[str
         "transport": raw.get("transport") or None,
         "attempts": int(raw.get("attempts", "0")),
         "recipients": orjson.loads(raw.get("recipients", "[]")),
+        "metadata": orjson.loads(raw.get("metadata", "{}")),
         "source": raw.get("source"),
         "last_error": last_error,
         "response": raw.get("response") or None,

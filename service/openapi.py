@@ -99,6 +99,7 @@ class MessageStatus(_Out):
     transport: str | None
     attempts: int
     recipients: list[str]
+    metadata: dict[str, str] = Field(description="The caller's metadata, as sent")
     source: str | None
     last_error: LastError | None
     response: str | None

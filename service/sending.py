@@ -149,7 +149,7 @@ class SendService:
                     recipients = [r.email for r in [*request.to, *request.cc, *request.bcc]]
                     fields = initial_fields(message_id=message_id, owner=owner,
                                             template=request.label, recipients=recipients,
-                                            source=source)
+                                            source=source, metadata=request.metadata)
                     entries.append(Entry(job, fields, event(QUEUED, f"accepted via {source}")))
                 return entries, [self.acceptor.encode(entry) for entry in entries]
 

@@ -188,3 +188,35 @@ def test_content_longer_than_a_rendered_part_may_be_is_refused(redis_server: Red
     with TestClient(create_app(settings)) as small:
         answer = refused(small, content(subject="s", text="x" * 2049))
     assert answer["details"] == [{"field": "text", "message": "at most 2048 characters"}]
+
+
+# --- metadata ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("metadata", "field"), [
+    ({"order": {"id": 1}}, "metadata.order"),  # nested
+    ({"order": 7}, "metadata.order"),  # not a string
+    ({"order": ["a"]}, "metadata.order"),
+    ({"order": None}, "metadata.order"),
+    ({f"k{i}": "v" for i in range(21)}, "metadata"),  # too many
+    ({"k" * 41: "v"}, "metadata.kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk.[key]"),
+    ({"bad key": "v"}, "metadata.bad key.[key]"),
+    ({"order": "x" * 501}, "metadata.order"),  # too long
+    ({"order": "a\r\nb"}, "metadata.order"),
+    ({"email_service_id": "forged"}, "metadata"),  # ours
+    ("order=1", "metadata"),
+])
+def test_bad_metadata_is_refused_naming_the_field(
+        client: TestClient, metadata: Any, field: str) -> None:
+    answer = refused(client, {**message(), "metadata": metadata})
+    assert answer["details"][0]["field"] == field, answer
+
+
+def test_metadata_is_kept_with_the_message_and_shown_in_its_status(client: TestClient) -> None:
+    metadata = {"order_id": "A-1", "customer.tier": "gold", "note": "ünïcode ok"}
+    response = client.post("/v1/messages", json={**message(), "metadata": metadata},
+                           headers=AUTH)
+    assert response.status_code == 202, response.text
+    status = client.get(f"/v1/messages/{response.json()['id']}", headers=AUTH).json()
+    assert status["metadata"] == metadata
+    plain = client.post("/v1/messages", json=message(), headers=AUTH).json()["id"]
+    assert client.get(f"/v1/messages/{plain}", headers=AUTH).json()["metadata"] == {}

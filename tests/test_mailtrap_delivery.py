@@ -144,15 +144,18 @@ def steps(final: dict[str, Any]) -> list[tuple[str, str | None]]:
 
 def test_a_message_is_delivered_with_its_id_tags_and_token(rig: Rig) -> None:
     to = address("ok")
-    message_id = send(rig, to, tags=["orders"], cc="copy@example.com")
+    message_id = send(rig, to, tags=["orders"], cc="copy@example.com",
+                      metadata={"order_id": "A-1", "tier": "gold"})
     final = settled(rig, message_id, "sent")
+    assert final["metadata"] == {"order_id": "A-1", "tier": "gold"}
     assert final["transport"] == "mailtrap" and final["response"].startswith("200 message_ids=")
     [request] = rig.stand_in.delivered(to)
     assert request.headers["authorization"] == f"Bearer {rig.stand_in.token}"
     assert request.body["from"] == {"email": "noreply@shop.example.com", "name": "Shop"}
     assert request.body["cc"] == [{"email": "copy@example.com"}]
     assert request.body["category"] == "orders"
-    assert request.body["custom_variables"]["email_service_id"] == message_id
+    assert request.body["custom_variables"] == {"order_id": "A-1", "tier": "gold",
+                                                "email_service_id": message_id}
     assert request.body["headers"]["X-Email-Service-Id"] == message_id
     assert "424242" in request.body["html"] and "424242" in request.body["text"]
 

@@ -89,6 +89,7 @@ class Deliverer:
             headers=request.headers,
             tags=request.tags,
             only_via=only_via,
+            metadata=request.metadata,
             attachments=tuple(
                 Attachment(filename=a.filename, content=decode(a.content),
                            content_type=a.content_type, disposition=a.disposition,
