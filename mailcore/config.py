@@ -111,6 +111,11 @@ class Settings:
     #: Development mode: allows starting without a JWT secret (``email-service dev`` mints one).
     dev_mode: bool = False
 
+    #: Test mode and staging safeguards (mailcore.safeguards).
+    sandbox_subjects: frozenset[str] = frozenset()
+    sandbox_claim: str = "email_sandbox"
+    recipient_allowlist: frozenset[str] = frozenset()
+    redirect_all_to: str | None = None
     #: Largest accepted request body, in bytes.
     max_body_bytes: int = 1024 * 1024
     #: Files one message may carry; largest file and all files together, decoded bytes (the
@@ -246,6 +251,12 @@ class Settings:
             jwt_required_scope=env.optional("JWT_REQUIRED_SCOPE"),
             admin_scope=env.text("ADMIN_SCOPE", "email:admin"),
             dev_mode=env.flag("EMAIL_SERVICE_DEV", False),
+            sandbox_subjects=frozenset(part.strip() for part in env.text(
+                "SANDBOX_SUBJECTS", "").split(",") if part.strip()),
+            sandbox_claim=env.text("SANDBOX_CLAIM", "email_sandbox"),
+            recipient_allowlist=env.recipients("RECIPIENT_ALLOWLIST"),
+            redirect_all_to=env.email("REDIRECT_ALL_TO", "") if env.optional("REDIRECT_ALL_TO")
+            else None,
             max_body_bytes=max_body,
             attachments_max_count=env.integer("ATTACHMENTS_MAX_COUNT", 10, low=0, high=20),
             attachment_max_bytes=env.integer("ATTACHMENT_MAX_BYTES", min(512 * 1024, total),
@@ -466,6 +477,19 @@ class _Env:
         except ValueError as exc:
             label = f"{self._via[name]} (as {name})" if name in self._via else name
             raise ConfigError(f"{label}: {exc}") from None
+
+    def recipients(self, name: str) -> frozenset[str]:
+        """Comma-separated addresses and domains, lower-case, as addresses carry them."""
+        items = set()
+        for part in (p.strip() for p in self.text(name, "").split(",")):
+            if not part:
+                continue
+            try:
+                items.add(normalize_address(part).lower() if "@" in part
+                          else ascii_domain(part))
+            except ValueError as exc:
+                raise ConfigError(f"{name}: {part!r}: {exc}") from None
+        return frozenset(items)
 
     def domains(self, name: str) -> frozenset[str]:
         """Comma-separated domain names, in the form addresses carry (A-labels)."""

@@ -140,6 +140,7 @@ class SendRequest(BaseModel):
     tags: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]] = Field(
         default_factory=list, max_length=MAX_TAGS
     )
+    sandbox: bool = Field(default=False, description="Render and record, never deliver")
     metadata: dict[
         Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,40}$")],
         Annotated[HeaderText, Field(max_length=MAX_METADATA_VALUE)],

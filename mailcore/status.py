@@ -36,16 +36,20 @@ RETRYING = "retrying"
 SENT = "sent"
 FAILED = "failed"
 DEAD = "dead"
-STATUSES = (QUEUED, SENDING, RETRYING, SENT, FAILED, DEAD)
+#: Rendered and recorded, never delivered (sandbox mode): ``GET /v1/messages/{id}/content``.
+SANDBOXED = "sandboxed"
+STATUSES = (QUEUED, SENDING, RETRYING, SENT, FAILED, DEAD, SANDBOXED)
 #: States after which nothing more happens to a message (a copy that turns up is dropped).
-FINISHED = frozenset({SENT, FAILED, DEAD})
+FINISHED = frozenset({SENT, FAILED, DEAD, SANDBOXED})
 
 # Atomically: skip when already finished (a redelivered copy), refuse while another attempt holds
 # a live lease (answering when it ends), otherwise take the lease, count the attempt and name this
 # copy (its Redis message id) as the one carrying the message forward.
 _BEGIN_ATTEMPT = """
 local status = redis.call('HGET', KEYS[1], 'status')
-if status == 'sent' or status == 'failed' or status == 'dead' then return {status, 0} end
+if status == 'sent' or status == 'failed' or status == 'dead' or status == 'sandboxed' then
+  return {status, 0}
+end
 local lease = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0')
 if status == 'sending' and lease > tonumber(ARGV[1]) then
   -- This very attempt, run again (a client retrying after a lost reply), holds it already.
@@ -94,7 +98,8 @@ if held then
 end
 if kind == 'drop' then return held and 1 or 0 end
 local current = redis.call('HGET', KEYS[1], 'status')
-if kind ~= 'sent' and (current == 'sent' or current == 'failed' or current == 'dead') then
+if kind ~= 'sent' and (current == 'sent' or current == 'failed' or current == 'dead'
+                       or current == 'sandboxed') then
   -- Finished already (this step run again after a lost reply, or another copy finished it):
   -- only 'sent' may overwrite a finished status.
   return held and 1 or 0
@@ -152,6 +157,11 @@ def job_key(prefix: str, message_id: str) -> str:
     return f"{prefix}:msg:{message_id}:job"
 
 
+def content_key(prefix: str, message_id: str) -> str:
+    """The rendered subject, html and text of a sandboxed message (kept as long as its status)."""
+    return f"{prefix}:msg:{message_id}:content"
+
+
 def open_key(prefix: str) -> str:
     """Unfinished messages (sorted set: id -> when last looked at), which the sweeper checks."""
     return f"{prefix}:open"
@@ -168,7 +178,7 @@ def event(status: str, detail: str = "", **extra: Any) -> bytes:
 
 def initial_fields(
     *, message_id: str, owner: str, template: str, recipients: list[str], source: str,
-    metadata: dict[str, str] | None = None,
+    metadata: dict[str, str] | None = None, extra: dict[str, str] | None = None,
 ) -> dict[str, str]:
     """The status hash of a message just accepted (with the caller's ``metadata``, if any)."""
     now = str(time.time())
@@ -179,6 +189,7 @@ def initial_fields(
     }
     if metadata:
         fields["metadata"] = orjson.dumps(metadata).decode()
+    fields.update(extra or {})
     return fields
 
 
@@ -302,6 +313,15 @@ class StatusStore:
                                args=[self.retention, *self._event_and_fields(
                                    status, detail, fields)])
 
+    def keep_content(self, message_id: str, subject: str, html: str, text: str) -> None:
+        """Keep a sandboxed message's rendered parts as long as its status."""
+        client = self._scripts().begin.registered_client  # this thread's connection
+        key = content_key(self.prefix, message_id)
+        with client.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping={"subject": subject, "html": html, "text": text})
+            pipe.expire(key, self.retention)
+            pipe.execute()
+
     def settle(self, message_id: str, kind: str, redis_id: str, holding: Holding, *,
                status: str = "", detail: str = "", next_copy: tuple[str, bytes] = ("", b""),
                **fields: Any) -> bool:
@@ -361,6 +381,9 @@ def decode_status(fields: dict[bytes, bytes], timeline: list[bytes]) -> dict[str
         "attempts": int(raw.get("attempts", "0")),
         "recipients": orjson.loads(raw.get("recipients", "[]")),
         "metadata": orjson.loads(raw.get("metadata", "{}")),
+        "sandbox": raw.get("sandbox") == "true",
+        "withheld_recipients": orjson.loads(raw.get("withheld_recipients", "[]")),
+        "redirected_from": orjson.loads(raw.get("redirected_from", "[]")),
         "source": raw.get("source"),
         "last_error": last_error,
         "response": raw.get("response") or None,

@@ -30,7 +30,8 @@ ERROR_CODES = (
     "not_found", "method_not_allowed", "request_timeout", "idempotency_conflict",
     "payload_too_large", "attachment_too_large", "headers_too_large", "invalid_request",
     "unknown_template",
-    "invalid_data", "sender_not_allowed", "batch_too_large", "render_error", "render_timeout",
+    "invalid_data", "sender_not_allowed", "recipient_not_allowed", "batch_too_large",
+    "render_error", "render_timeout",
     "rate_limited", "recipient_rate_limited", "unavailable", "queue_full",
 )
 
@@ -86,6 +87,12 @@ class TimelineEvent(BaseModel):
     attempt: str | None = None
 
 
+class MessageContent(_Out):
+    subject: str
+    html: str
+    text: str
+
+
 class LastError(_Out):
     code: int | None
     message: str
@@ -100,6 +107,10 @@ class MessageStatus(_Out):
     attempts: int
     recipients: list[str]
     metadata: dict[str, str] = Field(description="The caller's metadata, as sent")
+    sandbox: bool = Field(description="Rendered and recorded, never delivered")
+    withheld_recipients: list[str] = Field(
+        description="Not on RECIPIENT_ALLOWLIST: not sent to")
+    redirected_from: list[str] = Field(description="The recipients REDIRECT_ALL_TO replaced")
     source: str | None
     last_error: LastError | None
     response: str | None
@@ -174,7 +185,8 @@ class Purged(_Out):
 _MODELS: list[type[BaseModel]] = [
     SendRequest, BatchRequest, ResetCodeRequest, OrderConfirmation, Error, Queued, BatchQueued,
     ResetCodeSent,
-    OrderConfirmationSent, Health, Ready, MessageStatus, TemplateList, TemplateDetail,
+    OrderConfirmationSent, Health, Ready, MessageStatus, MessageContent, TemplateList,
+    TemplateDetail,
     PreviewRequest, Preview,
     DeadLetterList, DeadLetterDetail, RetryAll, Purged,
 ]
@@ -243,6 +255,12 @@ def openapi_document() -> dict[str, Any]:
             "summary": "Status and timeline of a message sent under the caller's subject",
             "operationId": "getMessage", "parameters": [_path_param("id")],
             "responses": {"200": _json(MessageStatus, "The status"), **_errors(401, 404)},
+        }},
+        "/v1/messages/{id}/content": {"get": {
+            "summary": "What a sandboxed message would have been (sandboxed messages only)",
+            "operationId": "getMessageContent", "parameters": [_path_param("id")],
+            "responses": {"200": _json(MessageContent, "Subject, html and text"),
+                          **_errors(401, 404)},
         }},
         "/v1/templates": {"get": {
             "summary": "Templates and their versions", "operationId": "listTemplates",

@@ -28,6 +28,7 @@ from mailcore.idempotency import Idempotency
 from mailcore.message import SendRequest
 from mailcore.queue import Acceptor, Charge, Entry, send_job
 from mailcore.ratelimit import EmptyBuckets, RateLimiter
+from mailcore.safeguards import Safeguards
 from mailcore.status import QUEUED, event, initial_fields
 from mailcore.telemetry import inject_context, tracer
 from mailcore.templates import TemplateRegistry
@@ -61,6 +62,9 @@ class SendService:
         self.metrics = metrics
         self.registry = registry
         self.validator = Validator(settings, registry)
+        self.safeguards = Safeguards(
+            sandbox_subjects=settings.sandbox_subjects, sandbox_claim=settings.sandbox_claim,
+            allowlist=settings.recipient_allowlist, redirect_to=settings.redirect_all_to)
         self.client = client
         self.acceptor = Acceptor(
             client, queue_name=settings.queue_name, prefix=settings.key_prefix,
@@ -142,14 +146,17 @@ class SendService:
 
             def build() -> tuple[list[Entry], list[list[Any]]]:
                 entries = []
-                for message_id, request in zip(ids, requests, strict=True):
+                for message_id, asked in zip(ids, requests, strict=True):
+                    # Sandbox, redirect and allow-list: the job carries what will be sent.
+                    request, extra = self.safeguards.apply(asked, caller)
                     job = send_job(message_id, request.model_dump(
                         mode="json", by_alias=True, exclude_defaults=True), source=source)
                     job["trace"] = carrier
                     recipients = [r.email for r in [*request.to, *request.cc, *request.bcc]]
                     fields = initial_fields(message_id=message_id, owner=owner,
                                             template=request.label, recipients=recipients,
-                                            source=source, metadata=request.metadata)
+                                            source=source, metadata=request.metadata,
+                                            extra=extra)
                     entries.append(Entry(job, fields, event(QUEUED, f"accepted via {source}")))
                 return entries, [self.acceptor.encode(entry) for entry in entries]
 

@@ -95,7 +95,9 @@ def mailtrap_env(redis_server: RedisServer, stand_in: MailtrapStandIn,
 @pytest.fixture(scope="module")
 def rig(redis_server: RedisServer, stand_in: MailtrapStandIn,
         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
-    env = mailtrap_env(redis_server, stand_in, TRANSPORT="mailtrap")
+    env = mailtrap_env(redis_server, stand_in, TRANSPORT="mailtrap",
+                       RECIPIENT_ALLOWLIST="example.com,vip@elsewhere.example.org",
+                       SANDBOX_SUBJECTS="sandboxed-caller")
     with running(redis_server, stand_in, tmp_path_factory.mktemp("mailtrap"), env) as started:
         yield started
 
@@ -116,9 +118,10 @@ def settled(rig: Rig, message_id: str, expected: str) -> dict[str, Any]:
     return final
 
 
-def send(rig: Rig, to: str, **extra: Any) -> str:
+def send(rig: Rig, to: str | list[str], **extra: Any) -> str:
     body = {"template": "password_reset", "to": to,
-            "data": {"email": to, "code": "424242"}, **extra}
+            "data": {"email": to if isinstance(to, str) else to[0], "code": "424242"},
+            **extra}
     response = httpx.post(f"{rig.base_url}/v1/messages", json=body, headers=AUTH)
     assert response.status_code == 202, response.text
     return str(response.json()["id"])
@@ -420,3 +423,64 @@ def test_own_content_over_smtp(failover: FailoverRig) -> None:
     assert [p.get_content_type() for p in message.walk()] == ["multipart/alternative",
                                                               "text/plain"]
     assert message["Subject"] == "Hello {{ name }}"
+
+
+# --- Sandbox and the staging allow-list ----------------------------------------------------------
+
+def content_of(rig: Rig, message_id: str, auth: dict[str, str] = AUTH) -> httpx.Response:
+    return httpx.get(f"{rig.base_url}/v1/messages/{message_id}/content", headers=auth)
+
+
+@pytest.mark.parametrize("how", ["request", "subject", "claim"])
+def test_a_sandboxed_message_is_rendered_and_recorded_never_delivered(
+        rig: Rig, how: str) -> None:
+    to = address(f"sandbox-{how}")
+    token = {"request": mint_token(TEST_SECRET, subject="mailtrap"),
+             "subject": mint_token(TEST_SECRET, subject="sandboxed-caller"),
+             "claim": mint_token(TEST_SECRET, subject="tester",
+                                 email_sandbox=True)}[how]
+    auth = {"Authorization": f"Bearer {token}"}
+    body = {"template": "password_reset", "to": to, "data": {"email": to, "code": "777111"},
+            **({"sandbox": True} if how == "request" else {})}
+    response = httpx.post(f"{rig.base_url}/v1/messages", json=body, headers=auth)
+    assert response.status_code == 202, response.text
+    message_id = response.json()["id"]
+
+    def finished() -> dict[str, Any] | None:
+        current = status(rig, message_id)
+        return current if current["status"] == "sandboxed" else None
+
+    final = wait_for(finished, timeout=30, message="the message to be sandboxed")
+    assert final["sandbox"] is True and final["transport"] == "sandbox"
+    shown = content_of(rig, message_id, auth)
+    assert shown.status_code == 200, shown.text
+    assert "777111" in shown.json()["html"] and "777111" in shown.json()["text"]
+    assert shown.json()["subject"]
+    assert not rig.stand_in.seen(to)
+    # Only its caller sees it.
+    assert content_of(rig, message_id, {"Authorization": "Bearer " + mint_token(
+        TEST_SECRET, subject="someone-else")}).status_code == 404
+
+
+def test_content_is_shown_for_sandboxed_messages_only(rig: Rig) -> None:
+    to = address("not-sandboxed")
+    message_id = send(rig, to)
+    settled(rig, message_id, "sent")
+    answer = content_of(rig, message_id)
+    assert answer.status_code == 404 and "sandboxed messages only" in answer.json()["message"]
+
+
+def test_recipients_off_the_allow_list_are_withheld_and_shown(rig: Rig) -> None:
+    to = address("allowed")
+    message_id = send(rig, [to, "stranger@blocked.example.net"], cc="vip@elsewhere.example.org",
+                      bcc="other@elsewhere.example.org")
+    final = settled(rig, message_id, "sent")
+    assert final["withheld_recipients"] == ["stranger@blocked.example.net",
+                                            "other@elsewhere.example.org"]
+    assert final["recipients"] == [to, "vip@elsewhere.example.org"]
+    [request] = rig.stand_in.delivered(to)
+    assert request.recipients() == [to, "vip@elsewhere.example.org"]
+    refused = httpx.post(f"{rig.base_url}/v1/messages", headers=AUTH, json={
+        "template": "password_reset", "to": "stranger@blocked.example.net",
+        "data": {"email": "x@example.com", "code": "1"}})
+    assert refused.status_code == 422 and refused.json()["error"] == "recipient_not_allowed"

@@ -31,7 +31,7 @@ from mailcore.config import Settings
 from mailcore.logs import configure_logging
 from mailcore.queue import SEND_ACTOR
 from mailcore.rendering import TemplateError
-from mailcore.status import DEAD, FAILED, FINISHED, RETRYING, SENT, Attempt
+from mailcore.status import DEAD, FAILED, FINISHED, RETRYING, SANDBOXED, SENT, Attempt
 from mailcore.telemetry import configure_tracing, extract_context, tracer
 from mailcore.transports import (
     ConfigurationDeliveryError,
@@ -122,11 +122,15 @@ def _record_sent(job: dict[str, Any], message: MessageProxy, delivered: Delivere
     send the message anyway)."""
     relay_accepted = time.perf_counter()
     result = delivered.result
+    outcome = SANDBOXED if delivered.sandboxed is not None else SENT
     while True:
         try:
+            if delivered.sandboxed is not None:
+                runtime.status.keep_content(job["id"], delivered.sandboxed.subject,
+                                            delivered.sandboxed.html, delivered.sandboxed.text)
             runtime.status.settle(
                 job["id"], "sent", message.options["redis_message_id"], runtime.holding,
-                status=SENT, detail=_sent_detail(result), transport=result.transport,
+                status=outcome, detail=_sent_detail(result), transport=result.transport,
                 version=delivered.version, response=result.response,
                 code=result.response[:3] or None)
             break
@@ -142,11 +146,11 @@ def _record_sent(job: dict[str, Any], message: MessageProxy, delivered: Delivere
     mark_settled(message)
     metrics.SENT_RECORD_SECONDS.observe(time.perf_counter() - relay_accepted)
     runtime.deliverer.report(job["id"], delivered)
-    metrics.MESSAGES.labels(delivered.template, result.transport, "sent").inc()
+    metrics.MESSAGES.labels(delivered.template, result.transport, outcome).inc()
     for failed, _ in result.failures:
         metrics.FAILOVERS.labels(failed, result.transport).inc()
     _report_misconfigured(result.failures, {"message_id": job["id"]})
-    return "sent"
+    return outcome
 
 
 def _failed(job: dict[str, Any], message: MessageProxy, attempt: Attempt,

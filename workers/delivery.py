@@ -51,6 +51,8 @@ class Delivered:
     version: str
     #: How long the transport took (observed by :meth:`Deliverer.report`).
     send_seconds: float = 0.0
+    #: A sandboxed message: what would have been sent (nothing was).
+    sandboxed: RenderedEmail | None = None
 
 
 class Deliverer:
@@ -77,6 +79,11 @@ class Deliverer:
         request = parse_job(job)
         span = trace.get_current_span()
         rendered, name, version, template_from, template_reply_to = self._render(request)
+        if request.sandbox:
+            # Rendered like any message, handed to no transport.
+            return Delivered(result=DeliveryResult(transport="sandbox",
+                                                   response="sandboxed: rendered, not delivered"),
+                             template=name, version=version, sandboxed=rendered)
         envelope = build_envelope(
             message_id=job["id"],
             rendered=rendered,
