@@ -220,3 +220,30 @@ def test_metadata_is_kept_with_the_message_and_shown_in_its_status(client: TestC
     assert status["metadata"] == metadata
     plain = client.post("/v1/messages", json=message(), headers=AUTH).json()["id"]
     assert client.get(f"/v1/messages/{plain}", headers=AUTH).json()["metadata"] == {}
+
+
+# --- Staging: redirect-all (the allow-list and sandbox run end to end in test_mailtrap_delivery) --
+
+def test_redirect_all_sends_to_one_address_and_the_status_says_whom_it_replaced(
+        redis_server: RedisServer) -> None:
+    settings = Settings.from_env({
+        "REDIS_URL": redis_server.url, "JWT_SECRET": TEST_SECRET, "EVENTS_ENABLED": "false",
+        "KEY_PREFIX": f"files-{uuid.uuid4().hex[:8]}", "SECRETS_DIR": "/nonexistent",
+        "QUEUE_NAME": f"files-{uuid.uuid4().hex[:8]}", "REDIRECT_ALL_TO": "QA@Staging.Example.com",
+        "RESET_LIMIT_PER_RECIPIENT": "off"})
+    with TestClient(create_app(settings)) as staging:
+        body = {**message(), "cc": "b@example.com", "bcc": "c@example.com"}
+        accepted = staging.post("/v1/messages", json=body, headers=AUTH)
+        assert accepted.status_code == 202, accepted.text
+        status = staging.get(f"/v1/messages/{accepted.json()['id']}", headers=AUTH).json()
+    assert status["recipients"] == ["QA@staging.example.com"]
+    assert status["redirected_from"] == ["ada@example.com", "b@example.com", "c@example.com"]
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"RECIPIENT_ALLOWLIST": "not an address@"}, "RECIPIENT_ALLOWLIST"),
+    ({"REDIRECT_ALL_TO": "nobody"}, "REDIRECT_ALL_TO"),
+])
+def test_bad_safeguard_settings_stop_at_start(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env({"SECRETS_DIR": "/nonexistent", **env})

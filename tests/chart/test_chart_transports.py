@@ -71,3 +71,19 @@ def test_bad_transport_values_are_refused(helm_binary: str, args: tuple[str, ...
                                           complaint: str) -> None:
     result = helm(helm_binary, "template", "mail", str(CHART), *REQUIRED, *args, check=False)
     assert result.returncode != 0 and complaint in result.stderr, result.stderr
+
+
+def test_staging_uses_the_safeguards_and_they_read_back(helm_binary: str) -> None:
+    from .test_chart import values_file
+
+    data = configmap(render(helm_binary, "-f", values_file("staging")))
+    assert data["RECIPIENT_ALLOWLIST"] == "example.com,staging.example.com"
+    assert data["SANDBOX_SUBJECTS"] == "load-test"
+    settings = Settings.from_env({**data, "SECRETS_DIR": "/nonexistent"})
+    assert settings.recipient_allowlist == frozenset({"example.com", "staging.example.com"})
+    assert settings.sandbox_subjects == frozenset({"load-test"})
+    prod = configmap(render(helm_binary, "-f", values_file("prod")))
+    assert "RECIPIENT_ALLOWLIST" not in prod and "REDIRECT_ALL_TO" not in prod
+    redirected = configmap(render(helm_binary, *REQUIRED,
+                                  "--set", "config.redirectAllTo=qa@example.com"))
+    assert redirected["REDIRECT_ALL_TO"] == "qa@example.com"
