@@ -156,3 +156,34 @@ def test_refused_credentials_everywhere_are_permanent() -> None:
     http.errors = [ConfigurationDeliveryError("401", 401, before_accept=True)]
     with pytest.raises(ConfigurationDeliveryError):
         failover.send(mail())
+
+
+def test_a_probe_is_taken_only_by_the_send_that_makes_it() -> None:
+    failover, smtp, http, clock = chain(cooldown=10)
+    http.errors = [TransientDeliveryError("down", before_accept=True)]
+    smtp.errors = [TransientDeliveryError("down", before_accept=True)]
+    with pytest.raises(TransientDeliveryError):
+        failover.send(mail("1"))  # both open now
+    clock.now += 11
+    # smtp's probe succeeds; mailtrap's circuit is never asked, so its probe is still due.
+    assert failover.send(mail("2")).transport == "smtp"
+    assert failover.circuits["mailtrap"].state == "open"
+    assert failover.circuits["mailtrap"].allow()
+
+
+@pytest.mark.parametrize(("error", "state"), [
+    (PermanentDeliveryError("550 no such user", 550), "closed"),  # the relay works
+    (UnconfirmedDeliveryError("unconfirmed"), "open"),  # proves nothing: probe again later
+])
+def test_a_probe_that_ends_without_a_verdict_does_not_wedge_the_circuit(
+        error: DeliveryError, state: str) -> None:
+    failover, smtp, _, clock = chain(cooldown=10)
+    smtp.errors = [TransientDeliveryError("down", before_accept=True)]
+    failover.send(mail("1"))
+    clock.now += 11
+    smtp.errors = [error]
+    with pytest.raises(DeliveryError):
+        failover.send(mail("2"))
+    assert failover.circuits["smtp"].state == state
+    clock.now += 11
+    assert failover.send(mail("3")).transport == "smtp"

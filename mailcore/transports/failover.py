@@ -16,7 +16,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 from ..mime import Envelope
-from .base import DeliveryError, DeliveryResult, TransientDeliveryError, Transport
+from .base import (
+    DeliveryError,
+    DeliveryResult,
+    TransientDeliveryError,
+    Transport,
+    UnconfirmedDeliveryError,
+)
 
 
 class Circuit:
@@ -61,6 +67,14 @@ class Circuit:
         with self._lock:
             self._failures, self._open_until, self._probing = 0, None, False
 
+    def release(self) -> None:
+        """A probe that proved nothing: the circuit stays as it was (open again if it was
+        open), and another probe may come after the cooldown."""
+        with self._lock:
+            if self._probing:
+                self._open_until = self.clock() + self.cooldown
+            self._probing = False
+
     def failed(self) -> None:
         with self._lock:
             self._failures += 1
@@ -87,33 +101,17 @@ class FailoverTransport(Transport):
 
     def send(self, envelope: Envelope) -> DeliveryResult:
         pinned = [t for t in self.transports if t.name == envelope.only_via]
+        failures: list[tuple[str, DeliveryError]] = []
         if pinned:
             # An earlier attempt there may have delivered: only there may it be retried.
-            candidates = pinned
+            result = self._try(pinned, envelope, failures, use_circuits=False)
         else:
-            usable = [t for t in self.transports if self.circuits[t.name].allow()]
-            # Every circuit open: trying is better than failing without a try.
-            candidates = usable or list(self.transports)
-        failures: list[tuple[str, DeliveryError]] = []
-        for transport in candidates:
-            circuit = self.circuits[transport.name]
-            try:
-                result = transport.send(envelope)
-            except DeliveryError as exc:
-                exc.via = transport.name
-                if exc.before_accept:
-                    circuit.failed()
-                    failures.append((transport.name, exc))
-                    continue
-                # The message's own fault, or an unknown outcome: the transport itself may be
-                # fine (permanent), or may have the message (unconfirmed): stop here. An
-                # unconfirmed send reached the server: no reason to open its circuit.
-                if type(exc) is TransientDeliveryError:
-                    circuit.failed()
-                exc.failures = tuple(failures)
-                raise
-            circuit.succeeded()
-            return replace(result, failures=tuple(failures))
+            result = self._try(self.transports, envelope, failures, use_circuits=True)
+            if result is None and not failures:
+                # Every circuit open: trying is better than failing without a try.
+                result = self._try(self.transports, envelope, failures, use_circuits=False)
+        if result is not None:
+            return result
         transient = [e for _, e in failures if e.transient]
         # Retried when any of them may work later (a refused token alone will not).
         last = transient[-1] if transient else failures[-1][1]
@@ -123,6 +121,39 @@ class FailoverTransport(Transport):
                     before_accept=True, retry_after=last.retry_after)
         error.failures = tuple(failures)
         raise error
+
+    def _try(self, transports: Sequence[Transport], envelope: Envelope,
+             failures: list[tuple[str, DeliveryError]], *, use_circuits: bool
+             ) -> DeliveryResult | None:
+        """Each transport in turn (a circuit is asked only when its turn comes, so a probe is
+        taken only by the send that makes it); the first delivery, or None when each failed
+        before accepting (appended to ``failures``). Raises what must not move on."""
+        for transport in transports:
+            circuit = self.circuits[transport.name]
+            if use_circuits and not circuit.allow():
+                continue
+            try:
+                result = transport.send(envelope)
+            except DeliveryError as exc:
+                exc.via = transport.name
+                if exc.before_accept:
+                    circuit.failed()
+                    failures.append((transport.name, exc))
+                    continue
+                # The message's own fault, or an unknown outcome: stop here. A refusal of the
+                # message shows the transport works; an unconfirmed send reached the server but
+                # proves nothing either way (a probe's turn is given back).
+                if isinstance(exc, UnconfirmedDeliveryError):
+                    circuit.release()
+                elif exc.transient:
+                    circuit.failed()
+                else:
+                    circuit.succeeded()
+                exc.failures = tuple(failures)
+                raise
+            circuit.succeeded()
+            return replace(result, failures=tuple(failures))
+        return None
 
     def close(self) -> None:
         for transport in self.transports:
