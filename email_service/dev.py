@@ -173,9 +173,9 @@ def run_dev(*, port: int, outbox: Path, sync: list[Path] | None = None,
         url = f"http://127.0.0.1:{port}"
         # The children read these same settings (a configured Redis may be REDIS_HOST/…).
         settings = Settings.from_env(env)
-        admin_scope = settings.admin_scope
+        admin_scope = settings.auth.admin_scope
         values = {
-            "EMAIL_SERVICE_URL": url, "REDIS_URL": settings.redis_url, "JWT_SECRET": secret,
+            "EMAIL_SERVICE_URL": url, "REDIS_URL": settings.redis.url, "JWT_SECRET": secret,
             "TOKEN": mint_token(secret, subject="dev", ttl_seconds=24 * 3600),
             "ADMIN_TOKEN": mint_token(secret, subject="dev-admin", ttl_seconds=24 * 3600,
                                       scope=admin_scope),

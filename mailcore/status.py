@@ -28,6 +28,7 @@ import orjson
 import redis
 from redis.commands.core import Script
 
+from .redisclient import sync_client
 from .timestamps import rfc3339
 
 QUEUED = "queued"
@@ -70,8 +71,8 @@ return {status or '', attempts, redis.call('HGET', KEYS[1], 'pinned_transport') 
 """
 
 
-# Set fields, append the timeline event, renew both expiries: one EVALSHA (a MULTI/EXEC
-# pipeline of the same four commands costs the client ~100 µs more on this VM).
+# Set fields, append the timeline event, renew both expiries: one EVALSHA (cheaper for the
+# client than a MULTI/EXEC pipeline of the same four commands).
 _RECORD = """
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('RPUSH', KEYS[2], ARGV[2])
@@ -245,8 +246,8 @@ class StatusStore:
     """Worker-side status updates (synchronous Redis).
 
     Each worker thread gets its own connection (``connect`` is called once per thread): going
-    through a shared pool costs every command a checkout, a return and a fork check, ~50 µs
-    here, and a message takes two commands.
+    through a shared pool costs every command a checkout, a return and a fork check, and a
+    message takes two commands.
 
     Parameters:
       connect: makes a Redis client; called once per thread.
@@ -265,9 +266,8 @@ class StatusStore:
 
     @classmethod
     def from_url(cls, url: str, prefix: str, retention_seconds: int) -> StatusStore:
-        return cls(lambda: redis.Redis.from_url(url, socket_timeout=10,
-                                                single_connection_client=True),
-                   prefix, retention_seconds)
+        return cls(lambda: sync_client(url, "worker", single_connection=True), prefix,
+                   retention_seconds)
 
     def _scripts(self) -> _Scripts:
         """This thread's scripts, on its own connection (made on first use)."""

@@ -1,6 +1,6 @@
 """The shared template store in Redis: written by the operator (and the dev sync), read by all pods.
 
-Layout, under ``settings.key_prefix`` (default ``email-service``)::
+Layout, under ``settings.redis.key_prefix`` (default ``email-service``)::
 
     <prefix>:templates:data       hash  "namespace/name" -> JSON record (source, version, origin)
     <prefix>:templates:versions   hash  "namespace/name" -> content version
@@ -39,12 +39,13 @@ import orjson
 import redis
 
 from .config import Settings
+from .redisclient import TIMEOUTS, sync_client
 from .rendering import LocaleOverride, TemplateSource
 
 log = logging.getLogger("email_service.store")
 
-#: Seconds for connecting to and each command on Redis (readers and writers).
-SOCKET_TIMEOUT = 5.0
+#: Seconds a closing follower thread may take: its longest Redis wait, and a second.
+_JOIN_SECONDS = (TIMEOUTS["store"].command or 0) + 1
 
 # KEYS: data, versions, epoch; ARGV: key, version, record, channel, only-if-absent
 _PUT = """
@@ -138,9 +139,7 @@ class TemplateStoreWriter:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TemplateStoreWriter:
-        client = redis.Redis.from_url(settings.redis_url, socket_timeout=SOCKET_TIMEOUT,
-                                      socket_connect_timeout=SOCKET_TIMEOUT)
-        return cls(client, settings.key_prefix)
+        return cls(sync_client(settings.redis.url, "store"), settings.redis.key_prefix)
 
     def put(self, key: str, source: TemplateSource, origin: Mapping[str, Any], *,
             only_if_absent: bool = False) -> bool:
@@ -206,8 +205,8 @@ class RedisTemplateStore:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisTemplateStore:
-        return cls(settings.redis_url, settings.key_prefix, settings.template_namespaces,
-                   refresh_seconds=settings.template_refresh_seconds)
+        return cls(settings.redis.url, settings.redis.key_prefix, settings.templates.namespaces,
+                   refresh_seconds=settings.templates.refresh_seconds)
 
     # -- the TemplateStore protocol (hot path: memory only) --------------------------------------
 
@@ -263,7 +262,7 @@ class RedisTemplateStore:
             with contextlib.suppress(redis.RedisError, OSError, AttributeError):
                 pubsub.close()
         if self._thread is not None:
-            self._thread.join(timeout=SOCKET_TIMEOUT + 1)
+            self._thread.join(timeout=_JOIN_SECONDS)
         if self._client is not None:
             self._client.close()
 
@@ -292,10 +291,7 @@ class RedisTemplateStore:
 
     def _redis(self) -> redis.Redis:
         if self._client is None:
-            self._client = redis.Redis.from_url(
-                self.redis_url, socket_timeout=SOCKET_TIMEOUT,
-                socket_connect_timeout=SOCKET_TIMEOUT, health_check_interval=30,
-            )
+            self._client = sync_client(self.redis_url, "store")
         return self._client
 
     def _ensure_started(self) -> None:
@@ -393,7 +389,7 @@ def template_store_from_settings(settings: Settings) -> RedisTemplateStore | Non
     It is loaded here, at process start, so the first request never waits on Redis (and the
     event loop never blocks on it); a Redis that is down is retried in the background.
     """
-    if not settings.template_store_enabled:
+    if not settings.templates.store_enabled:
         return None
     store = RedisTemplateStore.from_settings(settings)
     store.start()

@@ -81,11 +81,11 @@ class Validator:
 
     def check_sender(self, request: SendRequest) -> None:
         """``from`` uses the sender's domain or an allowed one."""
-        if request.sender is not None and not self.settings.sender_domain_allowed(
+        if request.sender is not None and not self.settings.sender.domain_allowed(
             request.sender.email
         ):
             raise SenderNotAllowed(
-                f"'from' must use the domain of {self.settings.sender_email} "
+                f"'from' must use the domain of {self.settings.sender.email} "
                 "or one in ALLOWED_SENDER_DOMAINS",
                 details=[{"field": "from.email", "message": "domain not allowed"}])
 
@@ -93,7 +93,7 @@ class Validator:
     def check_content(self, request: SendRequest) -> None:
         """The caller's own content: each part within RENDER_MAX_BYTES; MJML with an <mjml>
         root, not larger or deeper than the compiler is safe with (it compiles in the worker)."""
-        limit = self.settings.render_max_bytes
+        limit = self.settings.templates.render_max_bytes
         for name in ("html", "text", "mjml"):
             value = getattr(request, name)
             if value is not None and len(value) > limit:
@@ -109,7 +109,7 @@ class Validator:
 
     def check_attachments(self, request: SendRequest) -> None:
         """Count (422), each file's and all files' decoded size (413) against the settings."""
-        settings, files = self.settings, request.attachments
+        settings, files = self.settings.limits, request.attachments
         if len(files) > settings.attachments_max_count:
             raise InvalidRequest(
                 f"attachments: at most {settings.attachments_max_count} files",

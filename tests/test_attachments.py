@@ -144,9 +144,11 @@ def test_limits_on_count_size_and_total(client: TestClient) -> None:
 
 def test_the_limits_must_fit_the_body_limit() -> None:
     base = {"SECRETS_DIR": "/nonexistent"}
-    assert Settings.from_env(base).attachments_max_total_bytes == (1024 * 1024 - 32768) * 3 // 4
-    assert Settings.from_env({**base, "MAX_BODY_BYTES": "65536"}).attachments_max_total_bytes \
-        == 24576
+    limits = Settings.from_env(base).limits
+    assert limits.attachments_max_total_bytes == (1024 * 1024 - 32768) * 3 // 4 == 761856
+    assert limits.attachment_max_bytes == 524288
+    small = Settings.from_env({**base, "MAX_BODY_BYTES": "65536"}).limits
+    assert small.attachments_max_total_bytes == small.attachment_max_bytes == 24576
     with pytest.raises(ConfigError, match=r"ATTACHMENTS_MAX_TOTAL_BYTES: .* raise MAX_BODY_BYTES"):
         Settings.from_env({**base, "ATTACHMENTS_MAX_TOTAL_BYTES": "1000000"})
     with pytest.raises(ConfigError, match="ATTACHMENTS_MAX_COUNT"):

@@ -21,8 +21,8 @@ def settings(**env: str) -> Settings:
 
 def test_a_mailtrap_token_without_an_smtp_host_selects_mailtrap() -> None:
     chosen = settings(MAILTRAP_API_TOKEN="tok")
-    assert chosen.transports == ("mailtrap",) and chosen.transport == "mailtrap"
-    assert chosen.mailtrap_base_url == "https://send.api.mailtrap.io"
+    assert chosen.transports == ("mailtrap",) and chosen.worker.transport == "mailtrap"
+    assert chosen.transport.mailtrap_base_url == "https://send.api.mailtrap.io"
     transport = transport_from_settings(chosen)
     assert isinstance(transport, MailtrapTransport)
     assert transport.url == "https://send.api.mailtrap.io/api/send"
@@ -36,11 +36,12 @@ def test_an_smtp_host_keeps_smtp_even_with_a_token() -> None:
 
 def test_the_token_may_come_from_a_file_or_the_secrets_folder(tmp_path: Path) -> None:
     (tmp_path / "mailtrap_api_token").write_text("from-secrets\n")
-    assert Settings.from_env({"SECRETS_DIR": str(tmp_path)}).mailtrap_api_token == "from-secrets"
+    found = Settings.from_env({"SECRETS_DIR": str(tmp_path)})
+    assert found.transport.mailtrap_api_token == "from-secrets"
     named = tmp_path / "token"
     named.write_text("from-file")
     chosen = settings(MAILTRAP_API_TOKEN_FILE=str(named))
-    assert chosen.mailtrap_api_token == "from-file" and chosen.transport == "mailtrap"
+    assert chosen.transport.mailtrap_api_token == "from-file" and chosen.transports == ("mailtrap",)
 
 
 @pytest.mark.parametrize(("env", "url"), [
@@ -57,7 +58,7 @@ def test_hosts(env: dict[str, str], url: str) -> None:
 def test_transports_builds_an_ordered_failover_chain() -> None:
     chosen = settings(TRANSPORTS="smtp, mailtrap", MAILTRAP_API_TOKEN="tok",
                       FAILOVER_COOLDOWN_SECONDS="5")
-    assert chosen.transports == ("smtp", "mailtrap") and chosen.transport == "smtp"
+    assert chosen.transports == ("smtp", "mailtrap") and chosen.worker.transport == "smtp"
     chain = transport_from_settings(chosen)
     assert isinstance(chain, FailoverTransport)
     assert [t.name for t in chain.transports] == ["smtp", "mailtrap"]
@@ -83,16 +84,16 @@ def test_bad_transport_settings_stop_with_one_line(env: dict[str, str], message:
 def test_seed_two_names_alone_configure_sender_brand_and_transport() -> None:
     chosen = settings(MAILTRAP_API_TOKEN="tok", EMAIL_SENDER="orders@shop.example",
                       COMPANY_NAME="Shop & Co", SUPPORT_EMAIL="help@shop.example")
-    assert chosen.sender_email == "orders@shop.example"
-    assert chosen.sender_name == "Shop & Co" and chosen.brand.name == "Shop & Co"
+    assert chosen.sender.email == "orders@shop.example"
+    assert chosen.sender.name == "Shop & Co" and chosen.brand.name == "Shop & Co"
     assert chosen.brand.support_email == "help@shop.example"
-    assert chosen.transport == "mailtrap"
+    assert chosen.transports == ("mailtrap",)
 
 
 def test_native_names_win_nothing_when_they_agree() -> None:
     chosen = settings(EMAIL_SENDER="a@shop.example", SENDER_EMAIL="a@shop.example",
                       COMPANY_NAME="Shop", BRAND_NAME="Shop", SENDER_NAME="Shop Sender")
-    assert chosen.sender_email == "a@shop.example" and chosen.sender_name == "Shop Sender"
+    assert chosen.sender.email == "a@shop.example" and chosen.sender.name == "Shop Sender"
 
 
 @pytest.mark.parametrize(("env", "message"), [

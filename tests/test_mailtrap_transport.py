@@ -105,7 +105,7 @@ def test_answers_map_to_permanent_or_transient_errors(
         transport.send(envelope(to))
     exc = raised.value
     assert type(exc) is error
-    assert getattr(exc, "code", None) == code and text in str(exc)
+    assert getattr(exc, "smtp_code", None) == code and text in str(exc)
     # Refused outright: another transport may take it (401/403 are our configuration).
     assert getattr(exc, "before_accept", None) is (answer not in {"400", "422"})
     if answer == "429":

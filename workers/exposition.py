@@ -20,6 +20,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from mailcore.redisclient import sync_client
+
 
 def prepare_multiprocess_dir() -> Path:
     """Empty ``PROMETHEUS_MULTIPROC_DIR`` (which the worker command names before importing
@@ -34,7 +36,7 @@ class QueueCollector(Collector):
     """Queue gauges read from Redis when Prometheus scrapes."""
 
     def __init__(self, redis_url: str, queue_name: str) -> None:
-        self.client: Any = redis.Redis.from_url(redis_url, socket_timeout=2)
+        self.client: Any = sync_client(redis_url, "metrics")
         self.queue = f"dramatiq:{queue_name}"
 
     def collect(self) -> Iterator[GaugeMetricFamily]:

@@ -29,6 +29,7 @@ from dramatiq import Broker
 from dramatiq.middleware import Middleware
 
 from mailcore.queue import fresh_copy, holding
+from mailcore.redisclient import sync_client
 from mailcore.status import QUEUED, event, job_key, open_key, status_key, timeline_key
 
 from . import metrics
@@ -100,7 +101,7 @@ class Sweeper:
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> Sweeper:
-        return cls(redis.Redis.from_url(url, socket_timeout=10), **options)
+        return cls(sync_client(url, "worker"), **options)
 
     def sweep(self, now: float | None = None) -> int:
         """One pass over the oldest unfinished messages; returns how many were re-queued."""

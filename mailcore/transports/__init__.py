@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from ..config import Settings, TransportName
+from ..config import Settings
 from .base import (
     ConfigurationDeliveryError,
     DeliveryError,
@@ -17,41 +17,43 @@ from .base import (
 
 def transport_from_settings(settings: Settings) -> Transport:
     """The transport the configuration names (a failover chain when it names several)."""
-    if len(settings.transports) > 1:
+    names = settings.transports
+    if len(names) > 1:
         from .failover import FailoverTransport
 
-        return FailoverTransport([_one(name, settings) for name in settings.transports],
-                                 threshold=settings.failover_threshold,
-                                 cooldown=settings.failover_cooldown_seconds)
-    return _one(settings.transports[0], settings)
+        return FailoverTransport([_one(name, settings) for name in names],
+                                 threshold=settings.transport.failover_threshold,
+                                 cooldown=settings.transport.failover_cooldown_seconds)
+    return _one(names[0], settings)
 
 
-def _one(name: TransportName, settings: Settings) -> Transport:
+def _one(name: str, settings: Settings) -> Transport:
     if name == "outbox":
         from .outbox import OutboxTransport
 
-        return OutboxTransport(settings.outbox_dir)
+        return OutboxTransport(settings.worker.outbox_dir)
     if name == "mailtrap":
         from .mailtrap import MailtrapTransport
 
-        assert settings.mailtrap_api_token, "Settings.from_env requires the token"
-        return MailtrapTransport(settings.mailtrap_api_token, base_url=settings.mailtrap_base_url,
-                                 inbox_id=settings.mailtrap_sandbox_inbox_id,
-                                 timeout=settings.mailtrap_timeout)
+        mailtrap = settings.transport
+        assert mailtrap.mailtrap_api_token, "Settings.from_env requires the token"
+        return MailtrapTransport(mailtrap.mailtrap_api_token, base_url=mailtrap.mailtrap_base_url,
+                                 inbox_id=mailtrap.mailtrap_sandbox_inbox_id,
+                                 timeout=mailtrap.mailtrap_timeout)
     import ssl
 
     from .smtp import SMTPTransport
 
     context = ssl.create_default_context(
-        cafile=str(settings.smtp_ca_file) if settings.smtp_ca_file else None
+        cafile=str(settings.smtp.ca_file) if settings.smtp.ca_file else None
     )
     return SMTPTransport(
-        settings.smtp_host,
-        settings.smtp_port,
-        security=settings.smtp_security,
-        username=settings.smtp_username,
-        password=settings.smtp_password,
-        timeout=settings.smtp_timeout,
+        settings.smtp.host,
+        settings.smtp.port,
+        security=settings.smtp.security,
+        username=settings.smtp.username,
+        password=settings.smtp.password,
+        timeout=settings.smtp.timeout,
         ssl_context=context,
     )
 

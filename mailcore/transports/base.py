@@ -5,67 +5,20 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
+from ..errors import (
+    ConfigurationDeliveryError,
+    DeliveryError,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+    UnconfirmedDeliveryError,
+)
 from ..mime import Envelope
 
-
-class DeliveryError(Exception):
-    """Delivery failed.
-
-    Parameters:
-      message: what happened, for logs and status.
-      code: the server's reply code (SMTP or HTTP) when there was one.
-    """
-
-    #: Whether trying again later may succeed.
-    transient = True
-    #: What became of the attempt, when that is more than "failed" (see subclasses).
-    outcome: str | None = None
-
-    def __init__(self, message: str, code: int | None = None, *,
-                 before_accept: bool = False, retry_after: float | None = None) -> None:
-        super().__init__(f"{code} {message}" if code else message)
-        self.code = code
-        self.text = message
-        #: The server cannot have accepted the message (it was refused before the body went
-        #: out, or never reached it): another transport may take it in the same attempt.
-        self.before_accept = before_accept
-        #: Seconds the server asked us to wait (HTTP ``Retry-After``), when it said.
-        self.retry_after = retry_after
-        #: Transports that failed before this error, in a failover chain.
-        self.failures: tuple[tuple[str, DeliveryError], ...] = ()
-        #: The transport that raised it, when a chain knows (see ``Envelope.only_via``).
-        self.via: str | None = None
-
-
-class TransientDeliveryError(DeliveryError):
-    """Try again later: connection trouble, timeouts, 4xx replies."""
-
-
-class UnconfirmedDeliveryError(TransientDeliveryError):
-    """The whole message went out but the relay's reply never came (the connection broke or
-    timed out after the final ``.``): the relay may have accepted it. Retried like any transient
-    failure — with the same Message-ID, so a copy the relay did accept can be recognised — and
-    recorded as ``unconfirmed``."""
-
-    #: The attempt's outcome, for the status timeline.
-    outcome = "unconfirmed"
-
-    def __init__(self, message: str, code: int | None = None) -> None:
-        # Never "before accept": failing over now could deliver the message twice.
-        super().__init__(message, code)
-
-
-class PermanentDeliveryError(DeliveryError):
-    """Do not try again: the server refused the message for good (5xx replies)."""
-
-    transient = False
-
-
-class ConfigurationDeliveryError(PermanentDeliveryError):
-    """The transport's own configuration is wrong (a refused API token): every message will
-    fail the same way until an operator fixes it, so it is logged and counted loudly."""
-
-    outcome = "misconfigured"
+# The delivery errors live in the domain's one hierarchy (mailcore.errors); transports import
+# them from here, beside the base class they raise them from.
+__all__ = ["ConfigurationDeliveryError", "DeliveryError", "DeliveryResult",
+           "PermanentDeliveryError", "TransientDeliveryError", "Transport",
+           "UnconfirmedDeliveryError"]
 
 
 @dataclass(frozen=True)

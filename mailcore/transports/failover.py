@@ -117,7 +117,7 @@ class FailoverTransport(Transport):
         last = transient[-1] if transient else failures[-1][1]
         cls = TransientDeliveryError if transient else type(last)
         summary = "; ".join(f"{n}: {e}" for n, e in failures)
-        error = cls(f"every transport failed before accepting: {summary}", last.code,
+        error = cls(f"every transport failed before accepting: {summary}", last.smtp_code,
                     before_accept=True, retry_after=last.retry_after)
         error.failures = tuple(failures)
         raise error

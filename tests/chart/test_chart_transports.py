@@ -36,7 +36,7 @@ def test_the_token_from_an_existing_secret_reaches_only_the_workers(helm_binary:
     settings = Settings.from_env({**data, "SECRETS_DIR": "/nonexistent",
                                   "MAILTRAP_API_TOKEN": "from-the-secret-file"})
     assert settings.transports == ("smtp", "mailtrap")
-    assert settings.mailtrap_base_url == "https://send.api.mailtrap.io"
+    assert settings.transport.mailtrap_base_url == "https://send.api.mailtrap.io"
 
 
 def test_a_token_given_as_a_value_goes_into_the_charts_secret(helm_binary: str) -> None:
@@ -80,8 +80,9 @@ def test_staging_uses_the_safeguards_and_they_read_back(helm_binary: str) -> Non
     assert data["RECIPIENT_ALLOWLIST"] == "example.com,staging.example.com"
     assert data["SANDBOX_SUBJECTS"] == "load-test"
     settings = Settings.from_env({**data, "SECRETS_DIR": "/nonexistent"})
-    assert settings.recipient_allowlist == frozenset({"example.com", "staging.example.com"})
-    assert settings.sandbox_subjects == frozenset({"load-test"})
+    assert settings.safeguards.recipient_allowlist == frozenset({"example.com",
+                                                                 "staging.example.com"})
+    assert settings.safeguards.sandbox_subjects == ("load-test",)
     prod = configmap(render(helm_binary, "-f", values_file("prod")))
     assert "RECIPIENT_ALLOWLIST" not in prod and "REDIRECT_ALL_TO" not in prod
     redirected = configmap(render(helm_binary, *REQUIRED,
