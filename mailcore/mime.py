@@ -20,7 +20,7 @@ import base64
 import binascii
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from email.charset import Charset
 from email.header import Header
@@ -58,7 +58,7 @@ class Attachment:
     content_id: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: built for every message, a frozen init costs more
 class Content:
     """The message as parts, for transports that take fields rather than MIME (HTTP APIs).
 
@@ -70,17 +70,17 @@ class Content:
     """
 
     sender: Recipient
-    to: tuple[Recipient, ...]
-    cc: tuple[Recipient, ...]
-    bcc: tuple[Recipient, ...]
+    to: Sequence[Recipient]
+    cc: Sequence[Recipient]
+    bcc: Sequence[Recipient]
     reply_to: Recipient | None
     subject: str
     html: str
     text: str
     headers: Mapping[str, str] = field(default_factory=dict)
-    tags: tuple[str, ...] = ()
+    tags: Sequence[str] = ()
     metadata: Mapping[str, str] = field(default_factory=dict)
-    attachments: tuple[Attachment, ...] = ()
+    attachments: Sequence[Attachment] = ()
 
 
 @dataclass(frozen=True)
@@ -210,10 +210,8 @@ def build_envelope(
     lines += ["MIME-Version: 1.0", f"Content-Type: {content_type}"]
     raw = ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + alternative
     recipients = tuple(dict.fromkeys(r.email for r in [*to, *cc, *bcc]))
-    content = Content(sender=sender, to=tuple(to), cc=tuple(cc), bcc=tuple(bcc),
-                      reply_to=reply_to, subject=rendered.subject, html=rendered.html,
-                      text=rendered.text, headers=headers or {}, tags=tuple(tags or ()),
-                      attachments=attachments, metadata=metadata or {})
+    content = Content(sender, to, cc, bcc, reply_to, rendered.subject, rendered.html,
+                      rendered.text, headers or {}, tags or (), metadata or {}, attachments)
     return Envelope(message_id=message_id, sender=sender.email,
                     recipients=recipients, raw=raw, content=content, only_via=only_via)
 
