@@ -180,8 +180,10 @@ def event(status: str, detail: str = "", **extra: Any) -> bytes:
 def initial_fields(
     *, message_id: str, owner: str, template: str, recipients: list[str], source: str,
     metadata: dict[str, str] | None = None, extra: dict[str, str] | None = None,
+    version: str | None = None,
 ) -> dict[str, str]:
-    """The status hash of a message just accepted (with the caller's ``metadata``, if any)."""
+    """The status hash of a message just accepted (with the caller's ``metadata``, if any;
+    ``version``: the pinned template version)."""
     now = str(time.time())
     fields = {
         "id": message_id, "owner": owner, "status": QUEUED, "template": template,
@@ -191,6 +193,8 @@ def initial_fields(
     if metadata:
         fields["metadata"] = orjson.dumps(metadata).decode()
     fields.update(extra or {})
+    if version:
+        fields["version"] = version
     return fields
 
 

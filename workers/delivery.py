@@ -8,6 +8,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import redis
 from opentelemetry import trace
 from pydantic import ValidationError
 
@@ -23,13 +24,14 @@ from mailcore.message import (
     recipient_from_text,
 )
 from mailcore.mime import Attachment, build_envelope
-from mailcore.rendering import RenderedEmail, TemplateError
+from mailcore.rendering import CompiledTemplate, RenderedEmail, TemplateError
 from mailcore.telemetry import detail_span
-from mailcore.templates import TemplateRegistry
+from mailcore.templates import Pin, TemplateRegistry
 from mailcore.transports import (
     DeliveryError,
     DeliveryResult,
     PermanentDeliveryError,
+    TransientDeliveryError,
     Transport,
     UnconfirmedDeliveryError,
 )
@@ -78,7 +80,7 @@ class Deliverer:
         from the transport; ``only_via`` pins a failover chain to one transport."""
         request = parse_job(job)
         span = trace.get_current_span()
-        rendered, name, version, template_from, template_reply_to = self._render(request)
+        rendered, name, version, template_from, template_reply_to = self._render(job, request)
         if request.sandbox:
             # Rendered like any message, handed to no transport.
             return Delivered(result=DeliveryResult(transport="sandbox",
@@ -126,7 +128,7 @@ class Deliverer:
         return Delivered(result=result, template=name, version=version,
                          send_seconds=time.perf_counter() - started)
 
-    def _render(self, request: SendRequest
+    def _render(self, job: dict[str, Any], request: SendRequest
                 ) -> tuple[RenderedEmail, str, str, str | None, str | None]:
         """The rendered message, its template's name and version, and the template's
         ``from``/``replyTo`` overrides; a message with its own content is not a template
@@ -139,9 +141,7 @@ class Deliverer:
                                           text=request.text, mjml=request.mjml)
             metrics.RENDER_SECONDS.labels(CONTENT_LABEL).observe(time.perf_counter() - started)
             return rendered, CONTENT_LABEL, "", None, None
-        template = self.registry.get(request.template)
-        if template is None:
-            raise TemplateError("UnknownTemplate", f"no template named {request.template!r}")
+        template = self._template(job, request)
         span.set_attribute("email.template", template.name)
         span.set_attribute("email.template_version", template.version)
         with detail_span("render", attributes={
@@ -165,6 +165,26 @@ class Deliverer:
         if result.refused:
             log.warning("some recipients refused", extra={"message_id": message_id,
                                                           "refused": len(result.refused)})
+
+
+    def _template(self, job: dict[str, Any], request: SendRequest) -> CompiledTemplate:
+        """The version the message was accepted with (its pin), whatever serves now; a
+        built-in (never pinned) as this worker ships it."""
+        key = job.get("template_key")
+        if isinstance(key, str) and request.template_version is not None:
+            try:
+                pinned = self.registry.pinned(Pin(key, request.template_version))
+            except (redis.RedisError, OSError) as exc:
+                raise TransientDeliveryError(f"the template store is unreachable: {exc}") from None
+            if pinned is None:
+                raise TemplateError(
+                    "UnknownTemplateVersion",
+                    f"version {request.template_version} of {key!r} is no longer kept")
+            return pinned
+        template = self.registry.get(request.template) if request.template else None
+        if template is None:
+            raise TemplateError("UnknownTemplate", f"no template named {request.template!r}")
+        return template
 
 
 def parse_job(job: Any) -> SendRequest:
