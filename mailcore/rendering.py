@@ -26,6 +26,7 @@ from jinja2.runtime import Context
 from markupsafe import escape
 from mjml import mjml2html
 
+from .blanking import blank, data_values
 from .html_text import html_to_text
 from .locales import check_locale, lookup_chain
 from .render_budget import Budget, LimitExceeded, RenderLimits, activate
@@ -288,22 +289,7 @@ def _normal(tag: str) -> str:
 def _without_data(message: str, data: Mapping[str, Any]) -> str:
     """An error message with the data's values blanked out: Python's messages can quote a value
     (``KeyError: '123456'``), and they reach logs and statuses, while data may be secret."""
-    values: set[str] = set()
-    stack: list[Any] = [data]
-    while stack and len(values) < 10_000:
-        item = stack.pop()
-        if isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-        elif isinstance(item, str | int | float) and not isinstance(item, bool):
-            text = str(item)
-            if len(text) >= 3:
-                values.add(text)
-    for value in sorted(values, key=len, reverse=True):
-        if value in message:
-            message = message.replace(value, "<data>")
-    return message
+    return blank(message, data_values(data, min_length=3, limit=10_000))
 
 
 def compile_template(source: TemplateSource, limits: RenderLimits | None = None
