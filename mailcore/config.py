@@ -20,13 +20,15 @@ from urllib.parse import quote, urlsplit
 from .addresses import ascii_domain, normalize_address
 from .ratelimit import Rate, parse_rate
 from .render_budget import RenderLimits
+from .sentinel import DEFAULT_MASTER, SentinelSettings, parse_master, parse_sentinels
 
 SmtpSecurity = Literal["starttls", "ssl", "none"]
 TransportName = Literal["smtp", "outbox"]
 
 #: Variables that hold secrets; each may also be read from a file.
 SECRET_NAMES = frozenset(
-    {"JWT_SECRET", "SMTP_PASSWORD", "SMTP_USERNAME", "REDIS_PASSWORD", "REDIS_URL"}
+    {"JWT_SECRET", "SMTP_PASSWORD", "SMTP_USERNAME", "REDIS_PASSWORD", "REDIS_URL",
+     "REDIS_SENTINEL_PASSWORD"}
 )
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -53,6 +55,12 @@ class Settings:
     """Every tunable of the service, read once per process with :meth:`from_env`."""
 
     redis_url: str = "redis://127.0.0.1:6379/0"
+    #: Redis behind Sentinel (``REDIS_SENTINELS``): every client follows the primary; then
+    #: ``redis_url`` is unused.
+    redis_sentinel: SentinelSettings | None = None
+    #: After accepting a message, wait until this many replicas have it (``WAIT``); 0: not.
+    redis_wait_replicas: int = 0
+    redis_wait_timeout_ms: int = 100
     #: Prefix of every Redis key this service owns (queues use Dramatiq's own namespace).
     key_prefix: str = "email-service"
     queue_name: str = "email"
@@ -185,6 +193,10 @@ class Settings:
         default_port = {"starttls": 587, "ssl": 465, "none": 25}[security]
         settings = cls(
             redis_url=_redis_url(env),
+            redis_sentinel=_redis_sentinel(env),
+            redis_wait_replicas=env.integer("REDIS_WAIT_REPLICAS", 0, low=0, high=16),
+            redis_wait_timeout_ms=env.integer("REDIS_WAIT_TIMEOUT_MS", 100, low=1,
+                                              high=60_000),
             key_prefix=env.text("KEY_PREFIX", "email-service"),
             queue_name=env.text("QUEUE_NAME", "email"),
             transport=env.choice("TRANSPORT", ("smtp", "outbox"), "smtp"),  # type: ignore[arg-type]
@@ -469,6 +481,30 @@ def _redis_url(env: _Env) -> str:
     return f"redis://{auth}{host}:{port}/{db}"
 
 
+def _redis_sentinel(env: _Env) -> SentinelSettings | None:
+    """``REDIS_SENTINELS`` and its companions; ``None`` when Redis is at one address."""
+    raw = env.optional("REDIS_SENTINELS")
+    if raw is None:
+        return None
+    # One way to say where Redis is: a URL or host beside sentinels would be ignored silently.
+    for other in ("REDIS_URL", "REDIS_URL_FILE", "REDIS_HOST", "REDIS_PORT"):
+        if env.optional(other) is not None:
+            raise ConfigError(f"REDIS_SENTINELS: set either REDIS_SENTINELS or {other}, not both")
+    try:
+        sentinels = parse_sentinels(raw)
+    except ValueError as exc:
+        raise ConfigError(f"REDIS_SENTINELS: {exc}") from None
+    master = env.text("REDIS_SENTINEL_MASTER", DEFAULT_MASTER)
+    try:
+        parse_master(master)
+    except ValueError as exc:
+        raise ConfigError(f"REDIS_SENTINEL_MASTER: {exc}") from None
+    return SentinelSettings(
+        sentinels=sentinels, master=master,
+        sentinel_password=env.secret("REDIS_SENTINEL_PASSWORD"),
+        password=env.secret("REDIS_PASSWORD"), db=env.integer("REDIS_DB", 0, low=0))
+
+
 def _namespaces(raw: str) -> tuple[str, ...]:
     names = tuple(dict.fromkeys(part.strip() for part in raw.split(",") if part.strip()))
     for name in names:
@@ -481,4 +517,5 @@ def _namespaces(raw: str) -> tuple[str, ...]:
 
 def redis_configured(environ: Mapping[str, str]) -> bool:
     """Whether the environment names a Redis (``email-service dev`` starts one otherwise)."""
-    return any(environ.get(name) for name in ("REDIS_URL", "REDIS_URL_FILE", "REDIS_HOST"))
+    return any(environ.get(name) for name in ("REDIS_URL", "REDIS_URL_FILE", "REDIS_HOST",
+                                              "REDIS_SENTINELS"))
