@@ -20,7 +20,8 @@ import redis
 import redis.asyncio as aioredis
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.asyncio.sentinel import SentinelConnectionPool as AsyncSentinelConnectionPool
-from redis.sentinel import Sentinel, SentinelConnectionPool
+from redis.asyncio.sentinel import SentinelManagedConnection as AsyncSentinelManagedConnection
+from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 
 #: More sentinels than this is a mistake (a quorum needs 3 or 5), not a deployment.
 MAX_SENTINELS = 16
@@ -117,6 +118,31 @@ def _sentinel_options(settings: SentinelSettings, options: dict[str, Any]) -> di
     return sentinel_kwargs
 
 
+class _FollowingConnection(SentinelManagedConnection):
+    """A connection that asks the sentinels for the primary each time it (re)connects.
+
+    redis-py's own resolves the primary only when a pool hands the connection out; a command
+    that reconnects by itself (a retry, or a ``single_connection_client``) went back to the
+    address it had, the dead primary, for ever.
+    """
+
+    def connect_check_health(self, check_health: bool = True,
+                             retry_socket_connect: bool = True) -> None:
+        if not self._sock and self.connection_pool.is_master:
+            self.host, self.port = self.connection_pool.get_master_address()
+        super().connect_check_health(check_health, retry_socket_connect)
+
+
+class _AsyncFollowingConnection(AsyncSentinelManagedConnection):
+    """:class:`_FollowingConnection` for asyncio."""
+
+    async def connect_check_health(self, check_health: bool = True,
+                                   retry_socket_connect: bool = True) -> None:
+        if not self.is_connected and self.connection_pool.is_master:
+            self.host, self.port = await self.connection_pool.get_master_address()
+        await super().connect_check_health(check_health, retry_socket_connect)
+
+
 class _SentinelRedis(redis.Redis):
     """A client of the primary that also closes its connections to the sentinels."""
 
@@ -145,7 +171,7 @@ def primary_client(settings: SentinelSettings, **options: Any) -> redis.Redis:
     sentinel = Sentinel(list(settings.sentinels), sentinel_kwargs=kwargs)  # type: ignore[no-untyped-call]
     pool = SentinelConnectionPool(  # type: ignore[no-untyped-call]
         settings.master, sentinel, is_master=True, password=settings.password, db=settings.db,
-        **options)
+        connection_class=_FollowingConnection, **options)
     client = _SentinelRedis(connection_pool=pool, single_connection_client=single)
     client.auto_close_connection_pool = True  # the pool is this client's alone
     return client
@@ -158,7 +184,7 @@ def async_primary_client(settings: SentinelSettings, **options: Any) -> aioredis
     sentinel = AsyncSentinel(list(settings.sentinels), sentinel_kwargs=kwargs)  # type: ignore[no-untyped-call]
     pool = AsyncSentinelConnectionPool(  # type: ignore[no-untyped-call]
         settings.master, sentinel, is_master=True, password=settings.password, db=settings.db,
-        **options)
+        connection_class=_AsyncFollowingConnection, **options)
     client = _AsyncSentinelRedis(connection_pool=pool, single_connection_client=single)
     client.auto_close_connection_pool = True
     return client
