@@ -205,7 +205,8 @@ def _run_worker(args: argparse.Namespace) -> int:
 
         prepare_multiprocess_dir()
         serve_worker_metrics(settings.worker_metrics_port, settings.redis_url,
-                             settings.queue_name, host=settings.worker_metrics_host)
+                             settings.queue_name, host=settings.worker_metrics_host,
+                             sentinel=settings.redis_sentinel)
     dramatiq_args = make_argument_parser().parse_args([  # type: ignore[no-untyped-call]
         "workers.actors", "--processes", str(args.processes), "--threads", str(args.threads),
         "--skip-logging", "--worker-shutdown-timeout", str(settings.worker_shutdown_timeout_ms),
@@ -267,12 +268,12 @@ def _run_render(args: argparse.Namespace) -> int:
 
 
 def _run_dlq(args: argparse.Namespace) -> int:
-    import redis
-
     from mailcore.deadletters import DeadLetters
+    from mailcore.sentinel_client import redis_client
 
     settings = Settings.from_env()
-    dead = DeadLetters(redis.Redis.from_url(settings.redis_url, socket_timeout=10),
+    dead = DeadLetters(redis_client(settings.redis_url, settings.redis_sentinel,
+                                    socket_timeout=10),
                        settings.queue_name, settings.key_prefix,
                        settings.status_retention_seconds)
     if args.dlq_command == "list":
@@ -337,11 +338,11 @@ def _run_token(args: argparse.Namespace) -> int:
 def _run_publish_reset(args: argparse.Namespace) -> int:
     import time
 
-    import redis
+    from mailcore.sentinel_client import redis_client
 
     settings = Settings.from_env()
     event = {"email": args.email, "code": args.code, "timestamp": int(time.time())}
-    with redis.Redis.from_url(settings.redis_url, socket_timeout=10) as client:
+    with redis_client(settings.redis_url, settings.redis_sentinel, socket_timeout=10) as client:
         listeners = int(client.publish(settings.events_channel, json.dumps(event)))
     # Pub/Sub keeps nothing: with no ingress subscribed the event is gone, so say so.
     print(f"published to {settings.events_channel}: {listeners} listener(s)")

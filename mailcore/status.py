@@ -28,6 +28,8 @@ import orjson
 import redis
 from redis.commands.core import Script
 
+from .sentinel import SentinelSettings
+from .sentinel_client import redis_client
 from .timestamps import rfc3339
 
 QUEUED = "queued"
@@ -245,9 +247,10 @@ class StatusStore:
         self._clients_lock = threading.Lock()
 
     @classmethod
-    def from_url(cls, url: str, prefix: str, retention_seconds: int) -> StatusStore:
-        return cls(lambda: redis.Redis.from_url(url, socket_timeout=10,
-                                                single_connection_client=True),
+    def from_url(cls, url: str, prefix: str, retention_seconds: int,
+                 sentinel: SentinelSettings | None = None) -> StatusStore:
+        return cls(lambda: redis_client(url, sentinel, socket_timeout=10,
+                                        single_connection_client=True),
                    prefix, retention_seconds)
 
     def _scripts(self) -> _Scripts:

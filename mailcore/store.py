@@ -40,6 +40,8 @@ import redis
 
 from .config import Settings
 from .rendering import LocaleOverride, TemplateSource
+from .sentinel import SentinelSettings
+from .sentinel_client import redis_client
 
 log = logging.getLogger("email_service.store")
 
@@ -138,8 +140,8 @@ class TemplateStoreWriter:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TemplateStoreWriter:
-        client = redis.Redis.from_url(settings.redis_url, socket_timeout=SOCKET_TIMEOUT,
-                                      socket_connect_timeout=SOCKET_TIMEOUT)
+        client = redis_client(settings.redis_url, settings.redis_sentinel,
+                              socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=SOCKET_TIMEOUT)
         return cls(client, settings.key_prefix)
 
     def put(self, key: str, source: TemplateSource, origin: Mapping[str, Any], *,
@@ -177,6 +179,7 @@ class RedisTemplateStore:
 
     Parameters:
       redis_url: where the store lives.
+      sentinel: or the Sentinel set whose primary holds it.
       prefix: the service's key prefix.
       namespaces: which namespaces count, in lookup order for bare names; ``*`` admits
         qualified names from any namespace.
@@ -185,9 +188,10 @@ class RedisTemplateStore:
 
     def __init__(
         self, redis_url: str, prefix: str, namespaces: Sequence[str], *,
-        refresh_seconds: float = 5.0,
+        refresh_seconds: float = 5.0, sentinel: SentinelSettings | None = None,
     ) -> None:
         self.redis_url = redis_url
+        self.sentinel = sentinel
         self.keys = StoreKeys(prefix)
         self.search = [ns for ns in namespaces if ns != "*"]
         self.any_namespace = "*" in namespaces
@@ -207,7 +211,8 @@ class RedisTemplateStore:
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisTemplateStore:
         return cls(settings.redis_url, settings.key_prefix, settings.template_namespaces,
-                   refresh_seconds=settings.template_refresh_seconds)
+                   refresh_seconds=settings.template_refresh_seconds,
+                   sentinel=settings.redis_sentinel)
 
     # -- the TemplateStore protocol (hot path: memory only) --------------------------------------
 
@@ -292,8 +297,8 @@ class RedisTemplateStore:
 
     def _redis(self) -> redis.Redis:
         if self._client is None:
-            self._client = redis.Redis.from_url(
-                self.redis_url, socket_timeout=SOCKET_TIMEOUT,
+            self._client = redis_client(
+                self.redis_url, self.sentinel, socket_timeout=SOCKET_TIMEOUT,
                 socket_connect_timeout=SOCKET_TIMEOUT, health_check_interval=30,
             )
         return self._client

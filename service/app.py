@@ -7,8 +7,6 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-import redis
-import redis.asyncio as aioredis
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
@@ -21,6 +19,7 @@ from starlette.routing import Route
 from mailcore.config import Settings
 from mailcore.deadletters import DeadLetters
 from mailcore.errors import EmailServiceError
+from mailcore.sentinel_client import async_redis_client, redis_client
 from mailcore.store import template_store_from_settings
 from mailcore.telemetry import exporting
 from mailcore.templates import TemplateRegistry, builtin_templates_dir
@@ -83,10 +82,10 @@ def create_app(settings: Settings, *, dev_secret: str | None = None) -> Starlett
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5,
-                                         socket_connect_timeout=2)
-        sync_client = redis.Redis.from_url(settings.redis_url, socket_timeout=10,
-                                           socket_connect_timeout=2)
+        client = async_redis_client(settings.redis_url, settings.redis_sentinel,
+                                    socket_timeout=5, socket_connect_timeout=2)
+        sync_client = redis_client(settings.redis_url, settings.redis_sentinel,
+                                   socket_timeout=10, socket_connect_timeout=2)
         service = SendService(settings, registry, client, metrics=app.state.metrics)
         app.state.redis = client
         app.state.send_service = service

@@ -15,7 +15,6 @@ import uuid
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 from opentelemetry import trace
 from opentelemetry.context import Context
 from redis.exceptions import RedisError
@@ -25,6 +24,7 @@ from mailcore.config import Settings
 from mailcore.errors import EmailServiceError, QueueFull
 from mailcore.idempotency import Idempotency
 from mailcore.jsonlimits import check_json
+from mailcore.sentinel_client import async_redis_client
 from mailcore.telemetry import extract_context, tracer
 
 from . import legacy
@@ -136,8 +136,9 @@ class EventListener:
     async def run(self) -> None:
         backoff = 0.2
         while True:
-            pubsub_client = aioredis.Redis.from_url(
-                self.settings.redis_url, socket_connect_timeout=2, health_check_interval=10
+            pubsub_client = async_redis_client(
+                self.settings.redis_url, self.settings.redis_sentinel,
+                socket_connect_timeout=2, health_check_interval=10,
             )
             try:
                 async with pubsub_client.pubsub(ignore_subscribe_messages=True) as pubsub:

@@ -12,7 +12,7 @@ import redis
 
 from harness.sentinel import SentinelSet
 from mailcore.config import Settings
-from mailcore.sentinel import async_primary_client, primary_client
+from mailcore.sentinel_client import async_primary_client, primary_client
 
 from .support import wait_for
 

@@ -40,6 +40,9 @@ from dramatiq.common import compute_backoff, current_millis, dq_name
 from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message
 
+from mailcore.sentinel import SentinelSettings
+from mailcore.sentinel_client import primary_client
+
 _SETTLED = "_email_service_settled"
 
 # A delayed message whose eta has passed, onto its queue: only by the worker still holding it.
@@ -246,15 +249,20 @@ class _BatchingConsumer(_RedisConsumer):
 
 def make_broker(
     redis_url: str, *, middleware: list[Any] | None = None, heartbeat_timeout_ms: int = 60_000,
-    maintenance_chance: int = 1000,
+    maintenance_chance: int = 1000, sentinel: SentinelSettings | None = None,
 ) -> RecoveringRedisBroker:
     """The workers' broker.
 
     Parameters:
       heartbeat_timeout_ms: a worker silent this long is dead and its messages are requeued.
       maintenance_chance: per million broker commands, how often that sweep runs.
+      sentinel: the Sentinel set whose primary holds the queues (``redis_url`` is then unused).
     """
+    # Behind Sentinel the broker gets a client that follows the primary; Dramatiq's own (from
+    # the URL) keeps its plain pool and its settings.
+    where: dict[str, Any] = {"url": redis_url} if sentinel is None else {
+        "client": primary_client(sentinel, socket_connect_timeout=5)}
     return RecoveringRedisBroker(
-        url=redis_url, middleware=middleware, heartbeat_timeout=heartbeat_timeout_ms,
+        **where, middleware=middleware, heartbeat_timeout=heartbeat_timeout_ms,
         maintenance_chance=maintenance_chance,
     )

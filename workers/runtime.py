@@ -59,13 +59,14 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
                                          store=template_store_from_settings(settings))
     transport = transport_from_settings(settings)
     status = StatusStore.from_url(settings.redis_url, settings.key_prefix,
-                                  settings.status_retention_seconds)
+                                  settings.status_retention_seconds, settings.redis_sentinel)
     # No Retries middleware: the actor records each attempt's outcome (retry included) and
     # removes its message in one step; Retries would re-enqueue, and Dramatiq then ack, a
     # message whether or not its re-enqueue reached Redis.
     middleware = [m() for m in default_middleware if m is not Retries]
     time_limit = next(m for m in middleware if isinstance(m, TimeLimit))
-    sweeper = Sweeper.from_url(settings.redis_url, queue_name=settings.queue_name,
+    sweeper = Sweeper.from_url(settings.redis_url, settings.redis_sentinel,
+                               queue_name=settings.queue_name,
                                prefix=settings.key_prefix,
                                min_age_seconds=settings.recovery_age_seconds,
                                retention_seconds=settings.status_retention_seconds)
@@ -73,7 +74,7 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
                    Heartbeat(settings.worker_heartbeat_dir, settings.worker_heartbeat_seconds),
                    SweeperThread(sweeper, settings.recovery_interval_seconds)]
     broker = make_broker(
-        settings.redis_url, middleware=middleware,
+        settings.redis_url, middleware=middleware, sentinel=settings.redis_sentinel,
         heartbeat_timeout_ms=settings.queue_heartbeat_timeout_ms,
         maintenance_chance=settings.queue_maintenance_chance,
     )
