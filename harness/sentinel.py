@@ -191,6 +191,14 @@ class SentinelSet:
         return wait_for(promoted, timeout=timeout, interval=0.05,
                         message="Sentinel to promote the replica")
 
+    def rejoin(self, node: RedisServer, timeout: float = 30) -> None:
+        """Restart ``node`` (a killed old primary, as Kubernetes restarts its pod): it comes
+        back as the primary it was, and the sentinels turn it into a replica of the new one."""
+        node.start()
+        with node.client() as client:
+            wait_for(lambda: client.info("replication").get("master_link_status") == "up",
+                     timeout=timeout, interval=0.05, message="the old primary to rejoin")
+
     def stop(self) -> None:
         for sentinel in self.sentinels:
             sentinel.stop()

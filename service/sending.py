@@ -66,6 +66,8 @@ class SendService:
             client, queue_name=settings.queue_name, prefix=settings.key_prefix,
             retention_seconds=settings.status_retention_seconds,
             max_queue_depth=settings.max_queue_depth,
+            wait_replicas=settings.redis_wait_replicas,
+            wait_timeout_ms=settings.redis_wait_timeout_ms,
         )
         self.limiter = RateLimiter(client, settings.key_prefix)
         #: Callers' buckets known to be empty: their requests are refused before any work.
