@@ -1,6 +1,6 @@
 """A real headless Chromium for tests (Debian's ``chromium``), driven by Playwright.
 
-One browser per test session (the ``browser`` fixture in conftest.py); each test opens its own
+One browser per test module (the ``browser`` fixture in conftest.py); each test opens its own
 context (``new_page``), so cookies and storage never leak between tests. Playwright's own
 browser downloads are never used: we launch the system binary.
 """

@@ -53,10 +53,13 @@ def smtp_server() -> Iterator[SMTPServer]:
     server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """One headless Chromium for the whole session (tests/browser.py); each test opens its own
-    page with ``browser.new_page()`` and closes it."""
+    """One headless Chromium per test module (tests/browser.py); each test opens its own page
+    with ``browser.new_page()`` and closes it.
+
+    Not per session: while Playwright's sync API is active it keeps an asyncio loop running in
+    the main thread, so every later test calling ``asyncio.run`` would fail."""
     reason = why_no_browser()
     if reason is not None:
         pytest.skip(reason)

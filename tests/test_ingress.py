@@ -180,6 +180,7 @@ def test_max_token_lifetime_is_enforced_when_configured(redis_server: RedisServe
     settings = Settings.from_env({
         "REDIS_URL": redis_server.url, "JWT_SECRET": TEST_SECRET, "QUEUE_NAME": QUEUE,
         "JWT_MAX_LIFETIME": "3600", "EVENTS_ENABLED": "false", "SECRETS_DIR": "/nonexistent",
+        "RESET_LIMIT_PER_RECIPIENT": "off",  # the session's Redis has seen resets to ada@
     })
     with TestClient(create_app(settings)) as client:
         long_lived = mint_token(TEST_SECRET, ttl_seconds=30 * 86400)
@@ -224,6 +225,7 @@ def test_audience_and_issuer_are_enforced_when_configured(redis_server: RedisSer
         "REDIS_URL": redis_server.url, "JWT_SECRET": TEST_SECRET, "QUEUE_NAME": QUEUE,
         "JWT_AUDIENCE": "email-service", "JWT_ISSUER": "https://auth.example.com",
         "EVENTS_ENABLED": "false", "SECRETS_DIR": "/nonexistent",
+        "RESET_LIMIT_PER_RECIPIENT": "off",  # the session's Redis has seen resets to ada@
     })
     with TestClient(create_app(settings)) as client:
         wrong_aud = mint_token(TEST_SECRET, audience="billing", issuer="https://auth.example.com")
