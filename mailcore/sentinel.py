@@ -42,10 +42,14 @@ class SentinelSettings:
     password: str | None = None
     db: int = 0
 
+    @property
+    def addresses(self) -> str:
+        """The sentinels as ``REDIS_SENTINELS`` lists them."""
+        return ",".join(_join(host, port) for host, port in self.sentinels)
+
     def describe(self) -> str:
-        """Where Redis is, without passwords (for logs and ``email-service dev``)."""
-        hosts = ",".join(_join(host, port) for host, port in self.sentinels)
-        return f"sentinel://{hosts}/{self.master}/{self.db}"
+        """Where Redis is, without passwords (for logs)."""
+        return f"sentinel://{self.addresses}/{self.master}/{self.db}"
 
 
 def parse_sentinels(raw: str) -> tuple[tuple[str, int], ...]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import json
+import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -45,6 +46,8 @@ class SentinelRig(Rig):
     through the sentinels (passwords from secret files)."""
 
     wait_replicas: int = 0
+    #: Seconds the replica is cut off before the primary is killed (0: in sync).
+    lag: float = 0.0
     set: SentinelSet = field(init=False)
     failover_seconds: float = 0.0
 
@@ -82,12 +85,25 @@ class SentinelRig(Rig):
                     message="the workers to consume")
 
     def fail_over(self) -> None:
-        """SIGKILL the primary; once the sentinels promoted the replica, restart the old one
-        (as Kubernetes would its pod) and return when it has rejoined as a replica."""
+        """SIGKILL the primary (after cutting its replica off for ``lag`` seconds, if set);
+        once the sentinels promoted the replica, restart the old primary (as Kubernetes would
+        its pod) and return when it has rejoined as a replica."""
         old = self.set.primary_port()
         dead = self.set.current_primary()
+        replica = self.set.replica if dead is self.set.primary else self.set.primary
+        if self.lag:
+            # A replica that fell behind: stopped (so it cannot reconnect) and its link cut, the
+            # primary goes on acknowledging writes that reach no replica for ``lag`` seconds.
+            assert replica.process is not None
+            replica.process.send_signal(signal.SIGSTOP)
+            with dead.client() as client:
+                client.client_kill_filter(_type="replica")
+            time.sleep(self.lag)  # the window itself, not a wait for something to happen
         started = time.monotonic()
         self.set.kill_primary()
+        if self.lag:
+            assert replica.process is not None
+            replica.process.send_signal(signal.SIGCONT)
         self.set.wait_for_failover(old)
         self.failover_seconds = time.monotonic() - started
         self.redis = self.set.current_primary()
@@ -164,20 +180,28 @@ def event_delivered_after_failover(rig: SentinelRig) -> None:
     wait_for(lambda: rig.smtp.to(to), timeout=20, message="the event's email")
 
 
-@pytest.mark.parametrize("wait_replicas", [0, 1], ids=["async-replication", "wait-1-replica"])
-def test_primary_killed_under_load_fails_over(tmp_path: Path, wait_replicas: int) -> None:
+@pytest.mark.parametrize(("lag", "wait_replicas"), [(0, 0), (0, 1), (0.5, 0), (0.5, 1)],
+                         ids=["in-sync", "in-sync-wait", "lagging", "lagging-wait"])
+def test_primary_killed_under_load_fails_over(tmp_path: Path, lag: float,
+                                              wait_replicas: int) -> None:
     scenario = "Redis primary SIGKILLed, Sentinel failover" + (
-        " (REDIS_WAIT_REPLICAS=1)" if wait_replicas else "")
-    with running(SentinelRig(tmp_path, wait_replicas=wait_replicas)) as rig:
+        f", replica {lag:g} s behind" if lag else "") + (
+        ", REDIS_WAIT_REPLICAS=1" if wait_replicas else "")
+    with running(SentinelRig(tmp_path, wait_replicas=wait_replicas, lag=lag)) as rig:
         load = push(rig, "sentinel", rig.fail_over)
         row = settle_and_count(rig, scenario, load)
         event_delivered_after_failover(rig)
     assert rig.failover_seconds < 15, row
     assert row["accepted"] == 300, row  # callers retried through the failover
-    # Asynchronous replication may lose the last writes of the old primary; with a loopback
-    # replica that window is a few messages at most. Bounded here; the README has the figures.
-    assert row["lost"] <= 5 and row["duplicates"] <= 2 * THREADS, row
     assert row["failed_with_reason"] == 0, row
+    if wait_replicas:
+        # A 2xx meant a replica had the message: the failover loses no accepted message.
+        assert row["lost"] == 0 and row["records_lost"] == 0, row
+    # Otherwise asynchronous replication loses what the replica had not received; duplicates
+    # (lost "sent" records) at most one per worker thread in the window. The README has the
+    # measured figures; these bounds only catch a regression beyond the window.
+    assert row["lost"] <= (5 if not lag else 300), row
+    assert row["duplicates"] <= (2 * THREADS if not lag else 300), row
 
 
 def test_wait_without_a_replica_answers_503_and_the_retry_replays(tmp_path: Path) -> None:
