@@ -192,15 +192,36 @@ class SentinelSet:
                         message="Sentinel to promote the replica")
 
     def rejoin(self, node: RedisServer, timeout: float = 30) -> None:
-        """Restart ``node`` (a killed old primary, as Kubernetes restarts its pod): it comes
-        back as the primary it was, and the sentinels turn it into a replica of the new one."""
+        """Restart ``node`` (a killed old primary) as a replica of the current primary, as the
+        chart's start script does (it asks the sentinels first: a node that came back as a
+        primary with its stale data could be promoted again). Return once the set has one
+        primary and the other node replicates it."""
+        primary = self.current_primary()
+        node.extra = (*_without_replicaof(node.extra), "--replicaof", "127.0.0.1",
+                      str(primary.port))
         node.start()
-        with node.client() as client:
-            wait_for(lambda: client.info("replication").get("master_link_status") == "up",
-                     timeout=timeout, interval=0.05, message="the old primary to rejoin")
+        wait_for(self.replicating, timeout=timeout, interval=0.05,
+                 message="the old primary to rejoin as a replica")
+
+    def replicating(self) -> bool:
+        """The sentinels agree on a primary, and the other node replicates it."""
+        primary = self.current_primary()
+        other = self.replica if primary is self.primary else self.primary
+        with other.client() as client:
+            info = client.info("replication")
+        return bool(info.get("role") == "slave" and info.get("master_link_status") == "up"
+                    and int(info.get("master_port", 0)) == primary.port)
 
     def stop(self) -> None:
         for sentinel in self.sentinels:
             sentinel.stop()
         self.replica.stop()
         self.primary.stop()
+
+
+def _without_replicaof(args: tuple[str, ...]) -> tuple[str, ...]:
+    """``args`` without a ``--replicaof host port`` triple."""
+    if "--replicaof" not in args:
+        return args
+    at = args.index("--replicaof")
+    return args[:at] + args[at + 3:]
