@@ -5,8 +5,12 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
+
+from harness.processes import ServiceProcess
+from harness.stack import answers_ready
 
 from . import httpload
 from .procs import (
@@ -15,7 +19,6 @@ from .procs import (
     RedisServer,
     children,
     cpu_seconds,
-    email_service,
     free_port,
     machine_busy_seconds,
     peak_rss_mb,
@@ -32,8 +35,8 @@ class Service:
     def __init__(self, run: Run, redis: RedisServer) -> None:
         self.run = run
         self.redis = redis
-        self.api: Proc | None = None
-        self.worker: Proc | None = None
+        self.api: ServiceProcess | None = None
+        self.worker: ServiceProcess | None = None
         self.port = 0
         self.token = token()
 
@@ -50,38 +53,27 @@ class Service:
         return self.run.args.service_root or REPO
 
     def start_api(self, smtp_port: int, *, events: bool = True) -> None:
-        import httpx
-
         self.port = free_port()
-        self.api = Proc("api", email_service("api", "--host", "127.0.0.1", "--port",
-                                             str(self.port)),
-                        env=self.env(smtp_port, EVENTS_ENABLED="true" if events else "false"),
-                        log=self.run.workdir / "api.log", cwd=self.cwd)
-
-        def ready() -> bool:
-            assert self.api is not None
-            self.api.check()
-            return bool(httpx.get(f"http://127.0.0.1:{self.port}/ready").status_code == 200)
-
-        wait_for(ready, timeout=30, message="the ingress")
+        api = self.api = ServiceProcess(
+            ["api", "--host", "127.0.0.1", "--port", str(self.port)],
+            self.env(smtp_port, EVENTS_ENABLED="true" if events else "false"),
+            self.run.workdir / "api.log", cwd=self.cwd).start()
+        api.wait_until(partial(answers_ready, f"http://127.0.0.1:{self.port}"), timeout=30,
+                       message="the ingress")
         if events:
             wait_for(lambda: self.redis.conn.pubsub_numsub("password_reset_events")[0][1] > 0,
                      timeout=10, message="the event listener to subscribe")
 
     def start_worker(self, smtp_port: int) -> None:
         before = self._heartbeats()
-        self.worker = Proc(
-            "worker", email_service("worker", "--processes", str(self.run.args.processes),
-                                    "--threads", str(self.run.args.threads)),
-            env=self.env(smtp_port), log=self.run.workdir / "worker.log", cwd=self.cwd,
-        )
-
-        def ready() -> bool:
-            assert self.worker is not None
-            self.worker.check()
-            return len(self._heartbeats() - before) >= int(self.run.args.processes)
-
-        wait_for(ready, timeout=60, message="the worker processes")
+        worker = self.worker = ServiceProcess(
+            ["worker", "--processes", str(self.run.args.processes), "--threads",
+             str(self.run.args.threads)],
+            self.env(smtp_port), self.run.workdir / "worker.log", cwd=self.cwd).start()
+        # Ready when every worker process has talked to the broker, not at the first one.
+        worker.wait_until(
+            lambda: len(self._heartbeats() - before) >= int(self.run.args.processes),
+            timeout=60, message="the worker processes")
 
     def _heartbeats(self) -> set[str]:
         """Dramatiq broker ids that have talked to Redis (one per worker process; the ingress

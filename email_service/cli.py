@@ -63,19 +63,17 @@ def _parser() -> argparse.ArgumentParser:
         return created
 
     api = command("api", "run the HTTP ingress (and the Redis event listener)")
-    api.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"),
-                     help="address to listen on (environment: HOST)")
-    api.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")),
-                     help="port to listen on (environment: PORT)")
+    # Defaults of options that have a variable come from Settings (None here: not given).
+    api.add_argument("--host", help="address to listen on (default: HOST, or 0.0.0.0)")
+    api.add_argument("--port", type=int, help="port to listen on (default: PORT, or 8000)")
     api.set_defaults(run=_run_api)
 
     worker = command("worker", "run Dramatiq worker processes that deliver mail")
     worker.add_argument("--processes", type=int,
-                        default=int(os.environ.get("WORKER_PROCESSES", "2")),
-                        help="worker processes (environment: WORKER_PROCESSES)")
-    worker.add_argument("--threads", type=int, default=int(os.environ.get("WORKER_THREADS", "24")),
+                        help="worker processes (default: WORKER_PROCESSES, or 2)")
+    worker.add_argument("--threads", type=int,
                         help="threads per process; each keeps one SMTP session open, so a "
-                             "distant relay needs many (environment: WORKER_THREADS)")
+                             "distant relay needs many (default: WORKER_THREADS, or 24)")
     worker.set_defaults(run=_run_worker)
 
     dev = command("dev", "run the whole stack locally, catching mail in a folder")
@@ -170,20 +168,21 @@ def _run_api(args: argparse.Namespace) -> int:
     from service.server import guarded_protocol
 
     settings = Settings.from_env()
-    configure_logging(settings.log_level)
-    configure_tracing("api")
+    configure_logging(settings.telemetry)
+    configure_tracing("api", settings.telemetry)
     app = create_app(settings)
     # Slow or greedy clients are bounded here, before the app: the head must arrive within
     # HTTP_HEADER_TIMEOUT_SECONDS and HTTP_MAX_HEADER_BYTES (the body's own timeout is the
     # app's), idle keep-alive connections close, and past HTTP_MAX_CONCURRENCY uvicorn
     # answers 503 instead of queueing without end.
-    uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False,
+    uvicorn.run(app, host=args.host or settings.http.host, port=args.port or settings.http.port,
+                log_config=None, access_log=False,
                 timeout_graceful_shutdown=25, server_header=False,
-                http=guarded_protocol(settings.http_header_timeout_seconds,
-                                      settings.http_max_header_bytes),
-                timeout_keep_alive=settings.http_keepalive_seconds,
-                h11_max_incomplete_event_size=settings.http_max_header_bytes,
-                limit_concurrency=settings.http_max_concurrency)
+                http=guarded_protocol(settings.http.header_timeout_seconds,
+                                      settings.http.max_header_bytes),
+                timeout_keep_alive=settings.http.keepalive_seconds,
+                h11_max_incomplete_event_size=settings.http.max_header_bytes,
+                limit_concurrency=settings.http.max_concurrency)
     return 0
 
 
@@ -195,21 +194,21 @@ def _run_worker(args: argparse.Namespace) -> int:
     from workers.heartbeat import prepare_directory
 
     settings = Settings.from_env()  # fail here with one line rather than in every child
-    configure_logging(settings.log_level)
-    prepare_directory(settings.worker_heartbeat_dir)
-    if settings.worker_metrics_port:
+    configure_logging(settings.telemetry)
+    prepare_directory(settings.worker.heartbeat_dir)
+    if settings.worker.metrics_port:
         # prometheus_client picks its multiprocess mode when first imported, and the Dramatiq
         # processes are forked from this one: name the folder before importing it.
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", "/tmp/email-service-metrics")
         from workers.exposition import prepare_multiprocess_dir, serve_worker_metrics
 
         prepare_multiprocess_dir()
-        serve_worker_metrics(settings.worker_metrics_port, settings.redis_url,
-                             settings.queue_name, host=settings.worker_metrics_host,
-                             sentinel=settings.redis_sentinel)
+        serve_worker_metrics(settings.worker.metrics_port, settings.redis.where,
+                             settings.worker.queue_name, host=settings.worker.metrics_host)
     dramatiq_args = make_argument_parser().parse_args([  # type: ignore[no-untyped-call]
-        "workers.actors", "--processes", str(args.processes), "--threads", str(args.threads),
-        "--skip-logging", "--worker-shutdown-timeout", str(settings.worker_shutdown_timeout_ms),
+        "workers.actors", "--processes", str(args.processes or settings.worker.processes),
+        "--threads", str(args.threads or settings.worker.threads),
+        "--skip-logging", "--worker-shutdown-timeout", str(settings.worker.shutdown_timeout_ms),
     ])
     code = dramatiq_main(dramatiq_args)  # type: ignore[no-untyped-call]
     return int(code or 0)
@@ -231,7 +230,7 @@ def _run_render(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     path = Path(args.template)
-    registry = TemplateRegistry.from_dir(builtin_templates_dir(settings.templates_dir))
+    registry = TemplateRegistry.from_dir(builtin_templates_dir(settings.templates.dir))
     if path.suffix in {".mjml", ".html"} and path.is_file():
         body = path.read_text(encoding="utf-8")
         source = TemplateSource(
@@ -269,13 +268,12 @@ def _run_render(args: argparse.Namespace) -> int:
 
 def _run_dlq(args: argparse.Namespace) -> int:
     from mailcore.deadletters import DeadLetters
-    from mailcore.sentinel_client import redis_client
+    from mailcore.redisclient import sync_client
 
     settings = Settings.from_env()
-    dead = DeadLetters(redis_client(settings.redis_url, settings.redis_sentinel,
-                                    socket_timeout=10),
-                       settings.queue_name, settings.key_prefix,
-                       settings.status_retention_seconds)
+    dead = DeadLetters(sync_client(settings.redis.where, "admin"),
+                       settings.worker.queue_name, settings.redis.key_prefix,
+                       settings.limits.status_retention_seconds)
     if args.dlq_command == "list":
         letters = dead.list(args.limit)
         if not letters:
@@ -314,7 +312,7 @@ def _run_probe(args: argparse.Namespace) -> int:
     from workers.heartbeat import problems, read_reports
 
     settings = Settings.from_env()
-    found = problems(read_reports(settings.worker_heartbeat_dir), now=time.time(),
+    found = problems(read_reports(settings.worker.heartbeat_dir), now=time.time(),
                      ready=args.ready, max_age=args.max_age, stall_after=args.stall)
     for problem in found:
         print(problem, file=sys.stderr)
@@ -327,33 +325,31 @@ def _run_token(args: argparse.Namespace) -> int:
     from mailcore.tokens import mint_token
 
     settings = Settings.from_env()
-    if not settings.jwt_secret:
+    if not settings.auth.secret:
         raise ConfigError("JWT_SECRET: required to mint a token")
     extra = {"scope": args.scope} if args.scope else {}
-    print(mint_token(settings.jwt_secret, subject=args.subject, ttl_seconds=args.ttl,
-                     audience=settings.jwt_audience, issuer=settings.jwt_issuer, **extra))
+    print(mint_token(settings.auth.secret, subject=args.subject, ttl_seconds=args.ttl,
+                     audience=settings.auth.audience, issuer=settings.auth.issuer, **extra))
     return 0
 
 
 def _run_publish_reset(args: argparse.Namespace) -> int:
     import time
 
-    from mailcore.sentinel_client import redis_client
+    from mailcore.redisclient import sync_client
 
     settings = Settings.from_env()
     event = {"email": args.email, "code": args.code, "timestamp": int(time.time())}
-    with redis_client(settings.redis_url, settings.redis_sentinel, socket_timeout=10) as client:
-        listeners = int(client.publish(settings.events_channel, json.dumps(event)))
+    with sync_client(settings.redis.where, "admin") as client:
+        listeners = int(client.publish(settings.events.channel, json.dumps(event)))
     # Pub/Sub keeps nothing: with no ingress subscribed the event is gone, so say so.
-    print(f"published to {settings.events_channel}: {listeners} listener(s)")
+    print(f"published to {settings.events.channel}: {listeners} listener(s)")
     return 0 if listeners else 1
 
 
-def _operator_handlers(explicit: Path | None) -> Path:
-    """The kopf handlers file: --handlers, $EMAIL_SERVICE_OPERATOR_HANDLERS, or the source tree."""
-    candidates = [explicit] if explicit else []
-    if os.environ.get("EMAIL_SERVICE_OPERATOR_HANDLERS"):
-        candidates.append(Path(os.environ["EMAIL_SERVICE_OPERATOR_HANDLERS"]))
+def _operator_handlers(explicit: Path | None, configured: Path | None) -> Path:
+    """The kopf handlers file: --handlers, EMAIL_SERVICE_OPERATOR_HANDLERS, or the source tree."""
+    candidates = [path for path in (explicit, configured) if path is not None]
     here = Path(__file__).resolve().parent
     candidates += [here / "_operator" / "handlers.py", here.parent / "operator" / "handlers.py"]
     for candidate in candidates:
@@ -367,9 +363,9 @@ def _run_operator(args: argparse.Namespace) -> int:
     from kopf.cli import main as kopf_main
 
     settings = Settings.from_env()
-    handlers = _operator_handlers(args.handlers)
+    handlers = _operator_handlers(args.handlers, settings.operator.handlers)
     kopf_args = ["run", str(handlers), "--standalone", "--liveness", args.liveness]
-    namespaces = args.namespace or list(settings.template_namespaces)
+    namespaces = args.namespace or list(settings.templates.namespaces)
     if args.all_namespaces or (not args.namespace and "*" in namespaces):
         kopf_args.append("--all-namespaces")
     else:
@@ -389,15 +385,15 @@ def _run_sync(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     # Templates are untrusted: compiled and test-rendered in a child that may crash, not here.
     sandbox = TemplateSandbox(ProcessLimits.from_settings(
-        settings, settings.operator_render_timeout_seconds))
+        settings, settings.operator.render_timeout_seconds))
     namespace = args.namespace or next(
-        (ns for ns in settings.template_namespaces if ns != "*"), "default")
+        (ns for ns in settings.templates.namespaces if ns != "*"), "default")
     writer = TemplateStoreWriter.from_settings(settings)
     written: set[str] = set()
 
     def sync_once() -> int:
         valid, refused = collect_templates(args.paths, namespace,
-                                           sender_allowed=settings.sender_domain_allowed,
+                                           sender_allowed=settings.sender.domain_allowed,
                                            compiler=sandbox.compile)
         for key, (source, origin) in sorted(valid.items()):
             changed = writer.put(key, source, origin)

@@ -173,10 +173,10 @@ def run_dev(*, port: int, outbox: Path, sync: list[Path] | None = None,
         url = f"http://127.0.0.1:{port}"
         # The children read these same settings (a configured Redis may be REDIS_HOST/…).
         settings = Settings.from_env(env)
-        admin_scope = settings.admin_scope
-        sentinel = settings.redis_sentinel
+        admin_scope = settings.auth.admin_scope
+        sentinel = settings.redis.sentinel
         # Behind Sentinel the env file names the sentinels (a URL beside them is refused).
-        where = {"REDIS_URL": settings.redis_url} if sentinel is None else {
+        where = {"REDIS_URL": settings.redis.url} if sentinel is None else {
             "REDIS_SENTINELS": sentinel.addresses, "REDIS_SENTINEL_MASTER": sentinel.master}
         values = {
             "EMAIL_SERVICE_URL": url, **where, "JWT_SECRET": secret,

@@ -2,7 +2,9 @@
 
 The core raises these and knows nothing of HTTP; each adapter translates them (the ingress to a
 status code and error code in ``service/errors.py``, the event listener to a log line and a
-skip). Each class names its stable machine-readable ``code``, the ``error`` of an API answer.
+skip; the worker retries a transient delivery error and dead-letters a permanent one). Each
+class names its stable machine-readable ``code``, the ``error`` of an API answer; a delivery
+error's reply code from the relay is ``smtp_code``.
 """
 
 from __future__ import annotations
@@ -117,3 +119,45 @@ class QueueFull(TryLater):
     """The send queue is at its ceiling (``MAX_QUEUE_DEPTH``)."""
 
     code = "queue_full"
+
+
+# --- delivery: raised by transports in a worker, after the door; never an HTTP answer ---------
+
+class DeliveryError(EmailServiceError):
+    """Delivery failed. No API answer carries it (the caller had its answer when the message
+    was queued), so it has no ``code`` of its own; the status records ``smtp_code``.
+
+    Parameters:
+      message: what happened, for logs and status.
+      smtp_code: the server's reply code (SMTP or HTTP) when there was one.
+    """
+
+    #: What became of the attempt, when that is more than "failed" (see subclasses).
+    outcome: str | None = None
+
+    def __init__(self, message: str, smtp_code: int | None = None) -> None:
+        super().__init__(message)
+        self.smtp_code = smtp_code
+        #: The server's reply text, without its code.
+        self.text = message
+
+    def __str__(self) -> str:
+        return f"{self.smtp_code} {self.text}" if self.smtp_code else self.text
+
+
+class TransientDeliveryError(DeliveryError):
+    """Try again later: connection trouble, timeouts, 4xx replies."""
+
+
+class UnconfirmedDeliveryError(TransientDeliveryError):
+    """The whole message went out but the relay's reply never came (the connection broke or
+    timed out after the final ``.``): the relay may have accepted it. Retried like any transient
+    failure — with the same Message-ID, so a copy the relay did accept can be recognised — and
+    recorded as ``unconfirmed``."""
+
+    #: The attempt's outcome, for the status timeline.
+    outcome = "unconfirmed"
+
+
+class PermanentDeliveryError(DeliveryError):
+    """Do not try again: the server refused the message for good (5xx replies)."""

@@ -8,16 +8,18 @@ masked (``a***@example.org``) unless ``LOG_RECIPIENTS=true``; secrets are never 
 from __future__ import annotations
 
 import logging
-import os
 import re
 import sys
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from .telemetry import current_ids
+
+if TYPE_CHECKING:
+    from .config import TelemetrySettings
 
 #: Record attributes worth printing (passed with ``extra=``).
 CONTEXT_KEYS = ("message_id", "template", "version", "transport", "attempt", "source",
@@ -149,13 +151,13 @@ def _is_job(value: Any) -> bool:
                                                                          "MessageProxy"}
 
 
-def configure_logging(level: str = "INFO") -> None:
-    """Root logging: ``level`` (``LOG_LEVEL``), ``LOG_FORMAT`` (json|text), ``LOG_RECIPIENTS``."""
-    mask = os.environ.get("LOG_RECIPIENTS", "false").lower() not in {"1", "true", "yes"}
-    text = os.environ.get("LOG_FORMAT", "json").lower() == "text"
+def configure_logging(telemetry: TelemetrySettings) -> None:
+    """Root logging: ``LOG_LEVEL``, ``LOG_FORMAT`` (json|text), ``LOG_RECIPIENTS``."""
+    mask = not telemetry.log_recipients
+    text = telemetry.log_format == "text"
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RedactJobs())
     handler.setFormatter(TextFormatter(mask=mask) if text else JSONFormatter(mask=mask))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level)
+    root.setLevel(telemetry.log_level)

@@ -55,7 +55,7 @@ def _no_line_breaks(value: str) -> str:
 
 
 #: Validation context of a job the ingress already validated: addresses were normalized there,
-#: so the worker skips email-validator (about 36 µs an address) but still refuses line breaks.
+#: so the worker skips email-validator (costly per address) but still refuses line breaks.
 ACCEPTED = {"accepted": True}
 
 

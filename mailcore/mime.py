@@ -1,8 +1,8 @@
 """Build the MIME message: multipart/alternative with a text and an HTML part.
 
 The message is written straight to bytes. The standard library's ``EmailMessage`` parses every
-header it is given back into a token tree and re-folds it when serialising, which cost about
-2.4 ms per message — most of a worker's CPU per email (the benchmark's profile). Everything
+header it is given back into a token tree and re-folds it when serialising, which was most of a
+worker's CPU per email (the benchmark's profile shows the cost). Everything
 written here is already validated (addresses by email-validator, no CR/LF in any header value),
 so a small writer suffices: RFC 2047 encoded-words for non-ASCII header text (``email.header``),
 ``formataddr`` for mailboxes, a quoted-printable text part and a base64 HTML part (both in C)
@@ -103,9 +103,8 @@ def _part(boundary: str, subtype: str, body: str) -> bytes:
     """The text part in quoted-printable, readable as it stands; the HTML part in base64.
 
     HTML is markup nobody reads raw, and MJML writes it in lines of kilobytes full of ``=``:
-    quoted-printable (binascii's, ~9 ns a byte here) cost 65 µs for a 7 KB password reset and
-    ~0.5 ms for a 54 KB newsletter, the largest CPU cost of a delivery after its round trips.
-    Base64 takes a third of that, for ~25 % more bytes. SpamAssassin's MIME_BASE64_TEXT does
+    quoted-printable was the largest CPU cost of a delivery after its round trips. Base64 is
+    several times cheaper, for a third more bytes. SpamAssassin's MIME_BASE64_TEXT does
     not apply to UTF-8 parts.
     """
     encoding, encoded = (("base64", _base64(body)) if subtype == "html"

@@ -132,7 +132,7 @@ def _escape_text_portably(text: str) -> str:
 
 try:
     from markupsafe._speedups import _escape_inner as _escape_text
-except ImportError:  # markupsafe without its C extension
+except ImportError:  # fires only when markupsafe was installed without its C speedups
     _escape_text = _escape_text_portably
 
 
@@ -140,7 +140,7 @@ def _escape(value: Any) -> str:
     """markupsafe's ``escape`` for what templates print, without wrapping plain text in Markup.
 
     Compiled templates only join what they print, so the Markup wrapper (a Python-level
-    ``__new__``, ~0.6 µs) buys nothing for plain strings and numbers; it was a third of an
+    ``__new__``) buys nothing for plain strings and numbers; it was a third of an
     order confirmation's render. Anything else (Markup, objects with ``__html__``) takes the
     general path.
     """
@@ -156,8 +156,8 @@ def _escape(value: Any) -> str:
 
 
 def _run(program: Any, context: dict[str, Any], budget: Budget, chunk_size: int) -> str:
-    # Template.render copies the globals (a ChainMap) into a fresh dict on every call, ~15 µs
-    # three times per message; ``context`` already holds them, so it is used as it is (the
+    # Template.render copies the globals (a ChainMap) into a fresh dict on every call, three
+    # times per message; ``context`` already holds them, so it is used as it is (the
     # template's own assignments go to its context's locals, never into ``context``). The
     # Context is built directly, as new_context(shared=True) would, minus the set of global
     # names it keeps for ``{% import %}``, which these loader-less environments cannot run.
@@ -458,8 +458,8 @@ def _parse(env: Sandbox, source: str, part: str) -> Any:
                             exc.lineno) from None
     except (RecursionError, MemoryError):  # expressions nested thousands deep
         raise TemplateError("RenderError", f"the Jinja in {part} nests too deeply") from None
-    # Every render's Context takes set(program.globals); over Jinja's ChainMap that costs a
-    # few µs, three times a message. A plain dict of the same names costs almost nothing.
+    # Every render's Context takes set(program.globals), three times a message: over Jinja's
+    # ChainMap that is slow, over a plain dict of the same names it costs almost nothing.
     program.globals = dict(program.globals)
     # The compiled module looks ``escape`` up in its own namespace, where Jinja put markupsafe's;
     # its joins (``~``) and ``str`` (unescaped output) are swapped for bounded ones there too.

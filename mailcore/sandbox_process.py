@@ -62,8 +62,9 @@ class ProcessLimits:
 
     @classmethod
     def from_settings(cls, settings: Settings, timeout: float) -> ProcessLimits:
-        return cls(memory_mb=settings.compile_memory_limit_mb, timeout=timeout,
-                   render=settings.render_limits, mjml_max_depth=settings.mjml_max_depth)
+        templates = settings.templates
+        return cls(memory_mb=templates.compile_memory_limit_mb, timeout=timeout,
+                   render=templates.render_limits, mjml_max_depth=templates.mjml_max_depth)
 
 
 def source_to_dict(source: TemplateSource) -> dict[str, Any]:

@@ -28,8 +28,7 @@ import orjson
 import redis
 from redis.commands.core import Script
 
-from .sentinel import SentinelSettings
-from .sentinel_client import redis_client
+from .redisclient import Where, sync_client
 from .timestamps import rfc3339
 
 QUEUED = "queued"
@@ -67,8 +66,8 @@ return {status or '', attempts}
 """
 
 
-# Set fields, append the timeline event, renew both expiries: one EVALSHA (a MULTI/EXEC
-# pipeline of the same four commands costs the client ~100 µs more on this VM).
+# Set fields, append the timeline event, renew both expiries: one EVALSHA (cheaper for the
+# client than a MULTI/EXEC pipeline of the same four commands).
 _RECORD = """
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('RPUSH', KEYS[2], ARGV[2])
@@ -228,8 +227,8 @@ class StatusStore:
     """Worker-side status updates (synchronous Redis).
 
     Each worker thread gets its own connection (``connect`` is called once per thread): going
-    through a shared pool costs every command a checkout, a return and a fork check, ~50 µs
-    here, and a message takes two commands.
+    through a shared pool costs every command a checkout, a return and a fork check, and a
+    message takes two commands.
 
     Parameters:
       connect: makes a Redis client; called once per thread.
@@ -247,11 +246,9 @@ class StatusStore:
         self._clients_lock = threading.Lock()
 
     @classmethod
-    def from_url(cls, url: str, prefix: str, retention_seconds: int,
-                 sentinel: SentinelSettings | None = None) -> StatusStore:
-        return cls(lambda: redis_client(url, sentinel, socket_timeout=10,
-                                        single_connection_client=True),
-                   prefix, retention_seconds)
+    def from_url(cls, url: Where, prefix: str, retention_seconds: int) -> StatusStore:
+        return cls(lambda: sync_client(url, "worker", single_connection=True), prefix,
+                   retention_seconds)
 
     def _scripts(self) -> _Scripts:
         """This thread's scripts, on its own connection (made on first use)."""

@@ -1,6 +1,6 @@
 """The shared template store in Redis: written by the operator (and the dev sync), read by all pods.
 
-Layout, under ``settings.key_prefix`` (default ``email-service``)::
+Layout, under ``settings.redis.key_prefix`` (default ``email-service``)::
 
     <prefix>:templates:data       hash  "namespace/name" -> JSON record (source, version, origin)
     <prefix>:templates:versions   hash  "namespace/name" -> content version
@@ -39,14 +39,13 @@ import orjson
 import redis
 
 from .config import Settings
+from .redisclient import TIMEOUTS, Where, sync_client
 from .rendering import LocaleOverride, TemplateSource
-from .sentinel import SentinelSettings
-from .sentinel_client import redis_client
 
 log = logging.getLogger("email_service.store")
 
-#: Seconds for connecting to and each command on Redis (readers and writers).
-SOCKET_TIMEOUT = 5.0
+#: Seconds a closing follower thread may take: its longest Redis wait, and a second.
+_JOIN_SECONDS = (TIMEOUTS["store"].command or 0) + 1
 
 # KEYS: data, versions, epoch; ARGV: key, version, record, channel, only-if-absent
 _PUT = """
@@ -140,9 +139,7 @@ class TemplateStoreWriter:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TemplateStoreWriter:
-        client = redis_client(settings.redis_url, settings.redis_sentinel,
-                              socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=SOCKET_TIMEOUT)
-        return cls(client, settings.key_prefix)
+        return cls(sync_client(settings.redis.where, "store"), settings.redis.key_prefix)
 
     def put(self, key: str, source: TemplateSource, origin: Mapping[str, Any], *,
             only_if_absent: bool = False) -> bool:
@@ -178,8 +175,7 @@ class RedisTemplateStore:
     """A :class:`~mailcore.templates.TemplateStore` served from memory, kept fresh from Redis.
 
     Parameters:
-      redis_url: where the store lives.
-      sentinel: or the Sentinel set whose primary holds it.
+      redis_url: where the store lives: a URL, or the Sentinel set whose primary holds it.
       prefix: the service's key prefix.
       namespaces: which namespaces count, in lookup order for bare names; ``*`` admits
         qualified names from any namespace.
@@ -187,11 +183,10 @@ class RedisTemplateStore:
     """
 
     def __init__(
-        self, redis_url: str, prefix: str, namespaces: Sequence[str], *,
-        refresh_seconds: float = 5.0, sentinel: SentinelSettings | None = None,
+        self, redis_url: Where, prefix: str, namespaces: Sequence[str], *,
+        refresh_seconds: float = 5.0,
     ) -> None:
         self.redis_url = redis_url
-        self.sentinel = sentinel
         self.keys = StoreKeys(prefix)
         self.search = [ns for ns in namespaces if ns != "*"]
         self.any_namespace = "*" in namespaces
@@ -210,9 +205,8 @@ class RedisTemplateStore:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisTemplateStore:
-        return cls(settings.redis_url, settings.key_prefix, settings.template_namespaces,
-                   refresh_seconds=settings.template_refresh_seconds,
-                   sentinel=settings.redis_sentinel)
+        return cls(settings.redis.where, settings.redis.key_prefix, settings.templates.namespaces,
+                   refresh_seconds=settings.templates.refresh_seconds)
 
     # -- the TemplateStore protocol (hot path: memory only) --------------------------------------
 
@@ -268,7 +262,7 @@ class RedisTemplateStore:
             with contextlib.suppress(redis.RedisError, OSError, AttributeError):
                 pubsub.close()
         if self._thread is not None:
-            self._thread.join(timeout=SOCKET_TIMEOUT + 1)
+            self._thread.join(timeout=_JOIN_SECONDS)
         if self._client is not None:
             self._client.close()
 
@@ -297,10 +291,7 @@ class RedisTemplateStore:
 
     def _redis(self) -> redis.Redis:
         if self._client is None:
-            self._client = redis_client(
-                self.redis_url, self.sentinel, socket_timeout=SOCKET_TIMEOUT,
-                socket_connect_timeout=SOCKET_TIMEOUT, health_check_interval=30,
-            )
+            self._client = sync_client(self.redis_url, "store")
         return self._client
 
     def _ensure_started(self) -> None:
@@ -398,7 +389,7 @@ def template_store_from_settings(settings: Settings) -> RedisTemplateStore | Non
     It is loaded here, at process start, so the first request never waits on Redis (and the
     event loop never blocks on it); a Redis that is down is retried in the background.
     """
-    if not settings.template_store_enabled:
+    if not settings.templates.store_enabled:
         return None
     store = RedisTemplateStore.from_settings(settings)
     store.start()

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
@@ -30,24 +29,25 @@ from opentelemetry.sdk.trace.export import (
 )
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
+if TYPE_CHECKING:
+    from .config import TelemetrySettings
+
 TRACER_NAME = "email-service"
 _provider: TracerProvider | None = None
 _exporting = False
 
 
-def configure_tracing(component: str) -> TracerProvider:
+def configure_tracing(component: str, settings: TelemetrySettings) -> TracerProvider:
     """Install the process's tracer provider once; ``component`` is api, worker or operator."""
     global _provider
     if _provider is not None:
         return _provider
     resource = Resource.create({
-        "service.name": os.environ.get("OTEL_SERVICE_NAME", "email-service"),
+        "service.name": settings.service_name,
         "service.component": component,
     })
-    exporters = {name.strip() for name in
-                 os.environ.get("OTEL_TRACES_EXPORTER", "otlp").lower().split(",")}
-    endpoint = (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-                or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+    exporters = set(settings.traces_exporter)
+    endpoint = settings.otlp_traces_endpoint or settings.otlp_endpoint
     processors: list[SpanProcessor] = []
     if "otlp" in exporters and endpoint:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter

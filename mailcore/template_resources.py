@@ -83,7 +83,7 @@ def compile_resource(
 ) -> CompiledTemplate:
     """Build, compile and test-render a spec; raises :class:`TemplateError` saying why not.
 
-    ``sender_allowed`` (e.g. ``Settings.sender_domain_allowed``) checks ``spec.from``'s address.
+    ``sender_allowed`` (e.g. ``SenderSettings.domain_allowed``) checks ``spec.from``'s address.
     """
     check_mailboxes(spec, sender_allowed)
     return compile_template(source_from_spec(key, spec))

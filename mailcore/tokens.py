@@ -141,7 +141,7 @@ class TokenVerifier:
         self._leeway = leeway
         self._max_lifetime = max_lifetime
         #: token -> (caller, valid until): callers reuse one token for many requests, and a
-        #: signature check is ~10% of the ingress's CPU per send.
+        #: signature check is a large share of the ingress's CPU per send.
         self._verified: OrderedDict[str, tuple[Caller, float]] = OrderedDict()
 
     async def verify(self, authorization: str | None) -> Caller:

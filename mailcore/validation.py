@@ -64,11 +64,11 @@ class Validator:
                        for field, message in exc.violations or [(exc.field or "", exc.message)]]
             raise InvalidData(f"data does not match template {request.template!r}: "
                               f"{exc.message}", details=details) from None
-        if request.sender is not None and not self.settings.sender_domain_allowed(
+        if request.sender is not None and not self.settings.sender.domain_allowed(
             request.sender.email
         ):
             raise SenderNotAllowed(
-                f"'from' must use the domain of {self.settings.sender_email} "
+                f"'from' must use the domain of {self.settings.sender.email} "
                 "or one in ALLOWED_SENDER_DOMAINS",
                 details=[{"field": "from.email", "message": "domain not allowed"}])
 

@@ -62,7 +62,7 @@ def _observe(key: str, outcome: str, ready: bool | None) -> None:
     TEMPLATES.labels("true").set(ready_count)
     TEMPLATES.labels("false").set(len(_readiness) - ready_count)
 #: Read once at import: kopf's decorators need the interval now.
-RESYNC_SECONDS = Settings.from_env().operator_resync_seconds
+RESYNC_SECONDS = Settings.from_env().operator.resync_seconds
 
 
 def _compile(key: str, spec: kopf.Spec, memo: Any) -> TemplateSource:
@@ -72,7 +72,7 @@ def _compile(key: str, spec: kopf.Spec, memo: Any) -> TemplateSource:
     both happen in a child process with memory, CPU and wall-clock limits, never in this one.
     """
     config: Settings = memo.config
-    check_mailboxes(spec, config.sender_domain_allowed)
+    check_mailboxes(spec, config.sender.domain_allowed)
     source = source_from_spec(key, spec)
     sandbox: TemplateSandbox = memo.sandbox
     sandbox.compile(source)
@@ -81,19 +81,19 @@ def _compile(key: str, spec: kopf.Spec, memo: Any) -> TemplateSource:
 
 def _retry_delay(retry: int, settings: Settings) -> float:
     """Exponential backoff for store outages: 1, 2, 4 … seconds, capped by configuration."""
-    return float(min(settings.operator_retry_max_seconds, 2 ** min(retry, 10)))
+    return float(min(settings.operator.retry_max_seconds, 2 ** min(retry, 10)))
 
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     config = Settings.from_env()
-    configure_logging(config.log_level)  # the same JSON lines as the ingress and workers
-    if config.operator_metrics_port:
-        start_http_server(config.operator_metrics_port)
+    configure_logging(config.telemetry)  # the same JSON lines as the ingress and workers
+    if config.operator.metrics_port:
+        start_http_server(config.operator.metrics_port)
     memo.config = config
     memo.store = TemplateStoreWriter.from_settings(config)
     memo.sandbox = TemplateSandbox(ProcessLimits.from_settings(
-        config, config.operator_render_timeout_seconds))
+        config, config.operator.render_timeout_seconds))
     settings.persistence.finalizer = FINALIZER
     # Keep kopf's bookkeeping in our own annotations; status holds only what users read.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)

@@ -19,7 +19,7 @@ from starlette.routing import Route
 from mailcore.config import Settings
 from mailcore.deadletters import DeadLetters
 from mailcore.errors import EmailServiceError
-from mailcore.sentinel_client import async_redis_client, redis_client
+from mailcore.redisclient import async_client, sync_client
 from mailcore.store import template_store_from_settings
 from mailcore.telemetry import exporting
 from mailcore.templates import TemplateRegistry, builtin_templates_dir
@@ -60,7 +60,7 @@ async def handle_error(request: Request, exc: Exception) -> Response:
 
 def _tracing_middleware() -> list[Middleware]:
     # The request's server span (continuing a caller's traceparent) only when spans are
-    # exported: the ASGI instrumentation costs ~15 % of the door's CPU even unrecorded. Without
+    # exported: the ASGI instrumentation costs the door CPU even unrecorded. Without
     # it the enqueue span starts the trace, whose ids still tie ingress and worker logs together.
     if not exporting():
         return []
@@ -70,31 +70,29 @@ def _tracing_middleware() -> list[Middleware]:
 
 def create_app(settings: Settings, *, dev_secret: str | None = None) -> Starlette:
     """The Starlette app. Refuses to build without token keys outside development mode."""
-    settings.require_jwt_secret()
-    secret = settings.jwt_secret or dev_secret
+    settings.auth.require_keys()
+    secret = settings.auth.secret or dev_secret
     jwks = None
-    if settings.jwt_jwks_url or settings.jwt_jwks_file:
-        jwks = JWKSKeys(url=settings.jwt_jwks_url, path=settings.jwt_jwks_file)
+    if settings.auth.jwks_url or settings.auth.jwks_file:
+        jwks = JWKSKeys(url=settings.auth.jwks_url, path=settings.auth.jwks_file)
     if not secret and jwks is None:
         raise ValueError("JWT_SECRET: development mode needs a minted secret")
-    registry = TemplateRegistry.from_dir(builtin_templates_dir(settings.templates_dir),
+    registry = TemplateRegistry.from_dir(builtin_templates_dir(settings.templates.dir),
                                          store=template_store_from_settings(settings))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        client = async_redis_client(settings.redis_url, settings.redis_sentinel,
-                                    socket_timeout=5, socket_connect_timeout=2)
-        sync_client = redis_client(settings.redis_url, settings.redis_sentinel,
-                                   socket_timeout=10, socket_connect_timeout=2)
+        client = async_client(settings.redis.where, "ingress")
+        admin_client = sync_client(settings.redis.where, "admin")
         service = SendService(settings, registry, client, metrics=app.state.metrics)
         app.state.redis = client
         app.state.send_service = service
-        app.state.dead_letters = DeadLetters(sync_client, settings.queue_name,
-                                             settings.key_prefix,
-                                             settings.status_retention_seconds)
+        app.state.dead_letters = DeadLetters(admin_client, settings.worker.queue_name,
+                                             settings.redis.key_prefix,
+                                             settings.limits.status_retention_seconds)
         listener_task = None
         app.state.event_listener = None
-        if settings.events_enabled:
+        if settings.events.enabled:
             listener = EventListener(settings, service)
             app.state.event_listener = listener
             # run_forever restarts the listener whenever it stops; /ready reports it.
@@ -109,7 +107,7 @@ def create_app(settings: Settings, *, dev_secret: str | None = None) -> Starlett
                 with contextlib.suppress(asyncio.CancelledError):
                     await listener_task
             await client.aclose()
-            sync_client.close()
+            admin_client.close()
 
     metrics = IngressMetrics()
     app = Starlette(
@@ -121,7 +119,7 @@ def create_app(settings: Settings, *, dev_secret: str | None = None) -> Starlett
     )
     app.state.metrics = metrics
     app.state.verifier = TokenVerifier(
-        secret, jwks=jwks, audience=settings.jwt_audience, issuer=settings.jwt_issuer,
-        leeway=settings.jwt_leeway_seconds, max_lifetime=settings.jwt_max_lifetime,
+        secret, jwks=jwks, audience=settings.auth.audience, issuer=settings.auth.issuer,
+        leeway=settings.auth.leeway_seconds, max_lifetime=settings.auth.max_lifetime,
     )
     return app

@@ -24,7 +24,7 @@ from mailcore.config import Settings
 from mailcore.errors import EmailServiceError, QueueFull
 from mailcore.idempotency import Idempotency
 from mailcore.jsonlimits import check_json
-from mailcore.sentinel_client import async_redis_client
+from mailcore.redisclient import async_client
 from mailcore.telemetry import extract_context, tracer
 
 from . import legacy
@@ -136,15 +136,12 @@ class EventListener:
     async def run(self) -> None:
         backoff = 0.2
         while True:
-            pubsub_client = async_redis_client(
-                self.settings.redis_url, self.settings.redis_sentinel,
-                socket_connect_timeout=2, health_check_interval=10,
-            )
+            pubsub_client = async_client(self.settings.redis.where, "pubsub")
             try:
                 async with pubsub_client.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    await pubsub.subscribe(self.settings.events_channel)
+                    await pubsub.subscribe(self.settings.events.channel)
                     self.subscribed.set()
-                    log.info("subscribed to %s", self.settings.events_channel)
+                    log.info("subscribed to %s", self.settings.events.channel)
                     backoff = 0.2
                     while True:
                         message = await pubsub.get_message(timeout=5.0)
@@ -175,17 +172,17 @@ class EventListener:
             log.warning("malformed event skipped: not text")
             return None
         with tracer().start_as_current_span(
-            f"{self.settings.events_channel} receive", context=Context(),
+            f"{self.settings.events.channel} receive", context=Context(),
             kind=trace.SpanKind.CONSUMER, links=_publisher_links(raw),
             attributes={"messaging.system": "redis", "messaging.destination.name":
-                        self.settings.events_channel},
+                        self.settings.events.channel},
         ):
             return await self._handle(raw)
 
     async def _handle(self, raw: bytes | str) -> str | None:
         try:
             event = parse_event(raw)
-            send = legacy.parse_reset(event, self.settings.reset_template)
+            send = legacy.parse_reset(event, self.settings.templates.reset_template)
             self.service.validator.check(send)
         except MalformedEvent as exc:
             log.warning("malformed event skipped: %s", exc)

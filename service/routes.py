@@ -82,12 +82,12 @@ async def _send(request: Request, parse: Parser, *, source: str, respond: BatchR
     accepted one inside the accept step (one Redis round trip for the whole acceptance)."""
     service = _service(request)
     settings = service.settings
-    caller = await authenticate(request, scope=settings.jwt_required_scope)
+    caller = await authenticate(request, scope=settings.auth.required_scope)
     try:
         service.refuse_if_throttled(caller)  # before any work on the body
         try:
-            raw = await read_body(request, settings.max_body_bytes,
-                                  settings.http_body_timeout_seconds)
+            raw = await read_body(request, settings.http.max_body_bytes,
+                                  settings.http.body_timeout_seconds)
 
             def parse_all() -> tuple[list[SendRequest], Idempotency | None]:
                 body = decode_json_object(raw)
@@ -125,13 +125,13 @@ def _parse_batch(validator: Validator, body: dict[str, Any]) -> list[SendRequest
 
 
 def _parse_reset(validator: Validator, body: dict[str, Any]) -> list[SendRequest]:
-    send = legacy.parse_reset(body, validator.settings.reset_template)
+    send = legacy.parse_reset(body, validator.settings.templates.reset_template)
     validator.check(send)
     return [send]
 
 
 def _parse_order(validator: Validator, body: dict[str, Any]) -> list[SendRequest]:
-    send = legacy.parse_order(body, validator.settings.order_template)
+    send = legacy.parse_order(body, validator.settings.templates.order_template)
     validator.check(send)
     return [send]
 
@@ -165,7 +165,7 @@ async def get_message(request: Request) -> JSONResponse:
     message_id = request.path_params["id"]
     if not _MESSAGE_ID.fullmatch(message_id):  # ids are UUIDs; anything else names nothing
         raise ApiError(404, "not_found", "no such message for this caller")
-    prefix = service.settings.key_prefix
+    prefix = service.settings.redis.key_prefix
     async with service.client.pipeline(transaction=False) as pipe:
         pipe.hgetall(status_key(prefix, message_id))
         pipe.lrange(timeline_key(prefix, message_id), 0, -1)
@@ -229,7 +229,8 @@ _preview_sandboxes: dict[ProcessLimits, TemplateSandbox] = {}
 
 
 def _sandbox(settings: Settings) -> TemplateSandbox:
-    limits = ProcessLimits.from_settings(settings, settings.render_time_budget_seconds + 1.0)
+    limits = ProcessLimits.from_settings(settings,
+                                         settings.templates.render_time_budget_seconds + 1.0)
     sandbox = _preview_sandboxes.get(limits)
     if sandbox is None:
         sandbox = _preview_sandboxes[limits] = TemplateSandbox(limits)
@@ -245,8 +246,8 @@ async def render_template(request: Request) -> JSONResponse:
     template = service.registry.get(name)
     if template is None:
         raise ApiError(404, "unknown_template", f"no template named {name!r}")
-    body = await read_json_object(request, service.settings.max_body_bytes,
-                                  service.settings.http_body_timeout_seconds)
+    body = await read_json_object(request, service.settings.http.max_body_bytes,
+                                  service.settings.http.body_timeout_seconds)
     try:
         check_json(body)
         preview = PreviewRequest.model_validate(body)
@@ -285,7 +286,7 @@ async def render_template(request: Request) -> JSONResponse:
 
 async def _dead_letters(request: Request) -> DeadLetters:
     service = _service(request)
-    await authenticate(request, scope=service.settings.admin_scope)
+    await authenticate(request, scope=service.settings.auth.admin_scope)
     dead: DeadLetters = request.app.state.dead_letters
     return dead
 

@@ -63,13 +63,13 @@ class SendService:
         self.validator = Validator(settings, registry)
         self.client = client
         self.acceptor = Acceptor(
-            client, queue_name=settings.queue_name, prefix=settings.key_prefix,
-            retention_seconds=settings.status_retention_seconds,
-            max_queue_depth=settings.max_queue_depth,
-            wait_replicas=settings.redis_wait_replicas,
-            wait_timeout_ms=settings.redis_wait_timeout_ms,
+            client, queue_name=settings.worker.queue_name, prefix=settings.redis.key_prefix,
+            retention_seconds=settings.limits.status_retention_seconds,
+            max_queue_depth=settings.limits.max_queue_depth,
+            wait_replicas=settings.redis.wait_replicas,
+            wait_timeout_ms=settings.redis.wait_timeout_ms,
         )
-        self.limiter = RateLimiter(client, settings.key_prefix)
+        self.limiter = RateLimiter(client, settings.redis.key_prefix)
         #: Callers' buckets known to be empty: their requests are refused before any work.
         self.empty = EmptyBuckets()
 
@@ -81,7 +81,7 @@ class SendService:
 
     def check_batch_size(self, caller: Caller, count: int) -> None:
         """Refuse a batch larger than the caller's burst: it could never be admitted."""
-        rate = self.settings.rate_for(caller.subject)
+        rate = self.settings.limits.rate_for(caller.subject)
         if rate is not None and count > rate.count:
             raise BatchTooLarge(f"{count} messages exceed the {rate.count}-message burst of "
                                 f"{caller.subject!r}'s rate limit; send smaller batches")
@@ -89,7 +89,7 @@ class SendService:
     async def limit_caller(self, caller: Caller) -> None:
         """Charge a refused request to the caller's bucket: :class:`RateLimited` when it is
         empty. Accepted requests are charged inside the accept step instead."""
-        rate = self.settings.rate_for(caller.subject)
+        rate = self.settings.limits.rate_for(caller.subject)
         if rate is None:
             return
         wait = await self.limiter.take(f"caller:{caller.owner}", rate)
@@ -98,12 +98,13 @@ class SendService:
             raise _caller_limited(caller, wait)
 
     def _recipient_charges(self, requests: list[SendRequest]) -> tuple[Charge, ...]:
-        rate = self.settings.reset_limit_per_recipient
+        rate = self.settings.limits.reset_limit_per_recipient
         if rate is None:
             return ()
         # One token per message per address (an address named twice in a message counts once).
+        reset = self.settings.templates.reset_template
         digests = Counter(
-            digest for request in requests if request.template == self.settings.reset_template
+            digest for request in requests if request.template == reset
             for digest in {hashlib.sha256(mailbox_key(recipient.email).encode()).hexdigest()[:32]
                            for recipient in [*request.to, *request.cc, *request.bcc]})
         return tuple(Charge(self.limiter.key(f"reset:{digest}"), rate, tokens)
@@ -176,14 +177,14 @@ class SendService:
         caller: Caller | None,
     ) -> tuple[int, dict[str, Any]] | None:
         """Queue the entries; returns the stored answer instead when this is a replay."""
-        rate = self.settings.rate_for(caller.subject) if caller else None
+        rate = self.settings.limits.rate_for(caller.subject) if caller else None
         result = await self.acceptor.accept(
             entries, encoded=encoded,
             idempotency_key=self._idem_key(idempotency) if idempotency else None,
             idempotency_record=orjson.dumps({
                 "fingerprint": idempotency.fingerprint if idempotency else "",
                 "status": status_code, "body": body}),
-            idempotency_ttl=self.settings.idempotency_ttl_seconds,
+            idempotency_ttl=self.settings.limits.idempotency_ttl_seconds,
             caller=(Charge(self.limiter.key(f"caller:{owner}"), rate, len(entries))
                     if rate else None),
             recipients=self._recipient_charges(requests),
@@ -209,7 +210,7 @@ class SendService:
         return None
 
     def _idem_key(self, idempotency: Idempotency) -> str:
-        return f"{self.settings.key_prefix}:idem:{idempotency.key}"
+        return f"{self.settings.redis.key_prefix}:idem:{idempotency.key}"
 
     @staticmethod
     def _replay(stored: bytes, idempotency: Idempotency) -> tuple[int, dict[str, Any]]:

@@ -12,14 +12,7 @@ if TYPE_CHECKING:
     from playwright.sync_api import Browser
 
 from .browser import launch_chromium, why_no_browser
-from .support import (
-    TEST_SECRET,
-    RedisServer,
-    ServiceProcess,
-    SMTPServer,
-    base_env,
-    free_port,
-)
+from .support import TEST_SECRET, RedisServer, ServiceStack, SMTPServer, base_env
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
 
@@ -72,34 +65,15 @@ def secret() -> str:
     return TEST_SECRET
 
 
-class Stack:
-    """A running ingress and worker against the session's Redis and SMTP server."""
-
-    def __init__(self, api: ServiceProcess, worker: ServiceProcess, port: int) -> None:
-        self.api = api
-        self.worker = worker
-        self.base_url = f"http://127.0.0.1:{port}"
+#: The module-wide stack's type, for annotations in tests.
+Stack = ServiceStack
 
 
 @pytest.fixture(scope="module")
 def stack(
     redis_server: RedisServer, smtp_server: SMTPServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
-    import httpx
-
-    logs = tmp_path_factory.mktemp("stack-logs")
-    port = free_port()
+) -> Iterator[ServiceStack]:
+    """An ingress and a worker against the session's Redis and SMTP server."""
     env = base_env(redis_server.url, smtp_server.port)
-    api = ServiceProcess(["api", "--host", "127.0.0.1", "--port", str(port)], env,
-                         logs / "api.log").start()
-    worker = ServiceProcess(["worker", "--processes", "1", "--threads", "4"], env,
-                            logs / "worker.log").start()
-    try:
-        api.wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/ready").status_code == 200,
-                       message="the ingress to be ready")
-        worker.wait_until(lambda: "ready for action" in worker.output(),
-                          message="the worker to start")
-        yield Stack(api, worker, port)
-    finally:
-        api.stop()
-        worker.stop()
+    with ServiceStack(env, tmp_path_factory.mktemp("stack-logs")) as stack:
+        yield stack

@@ -13,14 +13,14 @@ from pydantic import ValidationError
 from starlette.testclient import TestClient
 
 from mailcore.addresses import mailbox_key, normalize_address, parse_mailbox
-from mailcore.config import ConfigError, Settings
+from mailcore.config import ConfigError
 from mailcore.message import ACCEPTED, Recipient, SendRequest, recipient_from_text
 from mailcore.mime import build_envelope
 from mailcore.rendering import RenderedEmail
 from mailcore.tokens import mint_token
 from service.app import create_app
 
-from .support import TEST_SECRET, RedisServer
+from .support import TEST_SECRET, RedisServer, app_settings, make_settings
 
 #: "example" in fullwidth letters.
 FULLWIDTH = "".join(chr(ord(char) + 0xFEE0) for char in "example")
@@ -124,10 +124,8 @@ def test_addresses_of_other_types_and_sizes_are_refused(to: Any) -> None:
 
 
 def test_door_answers_422_naming_the_field(redis_server: RedisServer) -> None:
-    settings = Settings.from_env({
-        "REDIS_URL": redis_server.url, "JWT_SECRET": TEST_SECRET,
-        "QUEUE_NAME": f"addr-{uuid.uuid4().hex[:8]}", "EVENTS_ENABLED": "false",
-        "SECRETS_DIR": "/nonexistent", "ALLOWED_SENDER_DOMAINS": "straße.de"})
+    settings = app_settings(redis_server.url, QUEUE_NAME=f"addr-{uuid.uuid4().hex[:8]}",
+                            ALLOWED_SENDER_DOMAINS="straße.de")
     auth = {"Authorization": f"Bearer {mint_token(TEST_SECRET, subject='addr')}"}
     base: dict[str, Any] = {"template": "password_reset", "to": "ada@example.com",
                             "data": {"email": "ada@example.com", "code": "1"}}
@@ -158,17 +156,16 @@ def test_door_answers_422_naming_the_field(redis_server: RedisServer) -> None:
 
 
 def test_configured_sender_is_normalized_the_same_way() -> None:
-    base = {"SECRETS_DIR": "/nonexistent"}
-    settings = Settings.from_env({**base, "SENDER_EMAIL": "No-Reply@Bücher.Example",
-                                  "ALLOWED_SENDER_DOMAINS": f"Straße.de, {FULLWIDTH}.org"})
-    assert settings.sender_email == "No-Reply@xn--bcher-kva.example"
-    assert settings.allowed_sender_domains == {"xn--strae-oqa.de", "example.org"}
-    assert settings.sender_domain_allowed("a@xn--bcher-kva.example")
-    assert not settings.sender_domain_allowed("a@strasse.de")
+    settings = make_settings(SENDER_EMAIL="No-Reply@Bücher.Example",
+                             ALLOWED_SENDER_DOMAINS=f"Straße.de, {FULLWIDTH}.org")
+    assert settings.sender.email == "No-Reply@xn--bcher-kva.example"
+    assert settings.sender.allowed_domains == {"xn--strae-oqa.de", "example.org"}
+    assert settings.sender.domain_allowed("a@xn--bcher-kva.example")
+    assert not settings.sender.domain_allowed("a@strasse.de")
     for env in ({"SENDER_EMAIL": "zoë@example.com"}, {"ALLOWED_SENDER_DOMAINS": "a..b"},
                 {"SENDER_NAME": "Shop\x00"}, {"SENDER_NAME": "Shop\x1b[1m"}):
         with pytest.raises(ConfigError):
-            Settings.from_env({**base, **env})
+            make_settings(**env)
 
 
 # --- One mailbox, one reset-limit key ------------------------------------------------------------
@@ -195,11 +192,9 @@ def test_every_spelling_of_a_mailbox_has_one_key() -> None:
 
 def test_the_reset_limit_counts_a_mailbox_once_whatever_its_spelling(
         redis_server: RedisServer) -> None:
-    settings = Settings.from_env({
-        "REDIS_URL": redis_server.url, "JWT_SECRET": TEST_SECRET,
-        "QUEUE_NAME": f"addr-{uuid.uuid4().hex[:8]}", "KEY_PREFIX": f"addr-{uuid.uuid4().hex[:8]}",
-        "EVENTS_ENABLED": "false", "SECRETS_DIR": "/nonexistent",
-        "RESET_LIMIT_PER_RECIPIENT": "5/hour"})
+    settings = app_settings(redis_server.url, QUEUE_NAME=f"addr-{uuid.uuid4().hex[:8]}",
+                            KEY_PREFIX=f"addr-{uuid.uuid4().hex[:8]}",
+                            RESET_LIMIT_PER_RECIPIENT="5/hour")
     auth = {"Authorization": f"Bearer {mint_token(TEST_SECRET)}"}
     user = f"v{uuid.uuid4().hex[:6]}"
     spellings = [f"{user}@straße.de", f"{user.upper()}@xn--strae-oqa.de",

@@ -15,7 +15,6 @@ import pytest
 from starlette.testclient import TestClient
 
 from email_service.cli import _parser
-from mailcore.config import Settings
 from mailcore.deadletters import DeadLetter
 from mailcore.rendering import TemplateSource
 from mailcore.store import TemplateStoreWriter
@@ -25,7 +24,7 @@ from mailcore.tokens import mint_token
 from service.app import create_app
 from service.openapi import ERROR_CODES, openapi_document
 
-from .support import EMAIL_SERVICE, REPO, TEST_SECRET, RedisServer
+from .support import EMAIL_SERVICE, REPO, TEST_SECRET, RedisServer, app_settings
 
 RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 AUTH = {"Authorization": f"Bearer {mint_token(TEST_SECRET, subject='details')}"}
@@ -48,10 +47,7 @@ def client(redis_server: RedisServer) -> Iterator[TestClient]:
     writer.put("default/password_reset", builtin, {**origin, "name": "password_reset"})
     writer.put("default/divider", DIVIDER, {**origin, "name": "divider"})
     writer.close()
-    settings = Settings.from_env({
-        "REDIS_URL": redis_server.url, "JWT_SECRET": TEST_SECRET, "KEY_PREFIX": prefix,
-        "QUEUE_NAME": prefix, "EVENTS_ENABLED": "false", "SECRETS_DIR": "/nonexistent",
-    })
+    settings = app_settings(redis_server.url, KEY_PREFIX=prefix, QUEUE_NAME=prefix)
     with TestClient(create_app(settings)) as test_client:
         yield test_client
 

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from mailcore.config import ConfigError, Settings
+from mailcore import settings_table
+from mailcore.config import GROUPS, SECRET_NAMES, ConfigError, Settings
+from mailcore.envfields import variables
 
 from .support import REPO, RedisServer, ServiceProcess, SMTPServer, base_env, free_port
 
@@ -18,15 +20,15 @@ BASE = {"SECRETS_DIR": "/nonexistent"}
 def test_original_names_compose_the_redis_url() -> None:
     settings = Settings.from_env({**BASE, "REDIS_HOST": "redis.internal", "REDIS_PORT": "6380",
                                   "REDIS_PASSWORD": "p@ss/word"})
-    assert settings.redis_url == "redis://:p%40ss%2Fword@redis.internal:6380/0"
+    assert settings.redis.url == "redis://:p%40ss%2Fword@redis.internal:6380/0"
 
 
 def test_redis_url_wins_and_smtp_defaults_follow_security() -> None:
     settings = Settings.from_env({**BASE, "REDIS_URL": "rediss://h:1/2", "SMTP_SECURITY": "ssl"})
-    assert settings.redis_url == "rediss://h:1/2"
-    assert settings.smtp_port == 465
-    assert Settings.from_env(BASE).smtp_port == 587
-    assert Settings.from_env({**BASE, "SMTP_SECURITY": "none"}).smtp_port == 25
+    assert settings.redis.url == "rediss://h:1/2"
+    assert settings.smtp.port == 465
+    assert Settings.from_env(BASE).smtp.port == 587
+    assert Settings.from_env({**BASE, "SMTP_SECURITY": "none"}).smtp.port == 25
 
 
 @pytest.mark.parametrize(
@@ -53,6 +55,11 @@ def test_redis_url_wins_and_smtp_defaults_follow_security() -> None:
         ({"HTTP_KEEPALIVE_SECONDS": "0.5"}, "HTTP_KEEPALIVE_SECONDS"),
         ({"HTTP_MAX_HEADER_BYTES": "100"}, "HTTP_MAX_HEADER_BYTES"),
         ({"HTTP_MAX_CONCURRENCY": "0"}, "HTTP_MAX_CONCURRENCY"),
+        ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
+        ({"LOG_RECIPIENTS": "perhaps"}, "LOG_RECIPIENTS"),
+        ({"PORT": "http"}, "PORT"),
+        ({"WORKER_THREADS": "0"}, "WORKER_THREADS"),
+        ({"REDIS_PASSWORD": "a", "REDIS_PASSWORD_FILE": "/x"}, "REDIS_PASSWORD"),
     ],
 )
 def test_invalid_settings_name_the_variable(env: dict[str, str], variable: str) -> None:
@@ -66,14 +73,14 @@ def test_secrets_from_file_and_from_run_secrets(tmp_path: Path) -> None:
     (tmp_path / "smtp_password").write_text("from-secrets-dir")
     settings = Settings.from_env({"SECRETS_DIR": str(tmp_path),
                                   "JWT_SECRET_FILE": str(tmp_path / "jwt")})
-    assert settings.jwt_secret == "from-file"
-    assert settings.smtp_password == "from-secrets-dir"
+    assert settings.auth.secret == "from-file"
+    assert settings.smtp.password == "from-secrets-dir"
 
 
 def test_no_secret_means_no_service_outside_dev() -> None:
     with pytest.raises(ConfigError, match=r"^JWT_SECRET: required"):
-        Settings.from_env(BASE).require_jwt_secret()
-    Settings.from_env({**BASE, "EMAIL_SERVICE_DEV": "1"}).require_jwt_secret()
+        Settings.from_env(BASE).auth.require_keys()
+    Settings.from_env({**BASE, "EMAIL_SERVICE_DEV": "1"}).auth.require_keys()
 
 
 def test_processes_stop_with_one_line_naming_the_variable() -> None:
@@ -94,15 +101,77 @@ def test_processes_stop_with_one_line_naming_the_variable() -> None:
 
 def test_door_bounds_default_and_override() -> None:
     default = Settings.from_env(BASE)
-    assert default.jwt_max_lifetime is None and default.worker_metrics_host == "127.0.0.1"
-    assert (default.http_header_timeout_seconds, default.http_body_timeout_seconds,
-            default.http_keepalive_seconds, default.http_max_header_bytes,
-            default.http_max_concurrency) == (10.0, 30.0, 5, 16384, 1000)
+    assert default.auth.max_lifetime is None and default.worker.metrics_host == "127.0.0.1"
+    assert (default.http.header_timeout_seconds, default.http.body_timeout_seconds,
+            default.http.keepalive_seconds, default.http.max_header_bytes,
+            default.http.max_concurrency) == (10.0, 30.0, 5, 16384, 1000)
     tuned = Settings.from_env({**BASE, "JWT_MAX_LIFETIME": "3600", "WORKER_METRICS_HOST": "0.0.0.0",
                                "HTTP_MAX_CONCURRENCY": "50"})
-    assert (tuned.jwt_max_lifetime, tuned.worker_metrics_host,
-            tuned.http_max_concurrency) == (3600, "0.0.0.0", 50)
+    assert (tuned.auth.max_lifetime, tuned.worker.metrics_host,
+            tuned.http.max_concurrency) == (3600, "0.0.0.0", 50)
 
+
+
+def test_each_variable_is_declared_once_with_its_default() -> None:
+    declared = [var.name for group in GROUPS.values() for _, var in variables(group)]
+    assert len(declared) == len(set(declared))
+    secrets = {"JWT_SECRET", "SMTP_PASSWORD", "SMTP_USERNAME", "REDIS_PASSWORD", "REDIS_URL",
+               "REDIS_SENTINEL_PASSWORD"}
+    assert secrets == SECRET_NAMES
+    # The dataclasses' defaults are the declared defaults read as if from the environment.
+    assert Settings() == Settings.from_env(BASE)
+
+
+def test_redis_parts_are_not_read_when_a_url_is_given(tmp_path: Path) -> None:
+    # Kubernetes gives pods beside a Service named "redis" REDIS_PORT=tcp://10.0.0.5:6379.
+    (tmp_path / "redis_password").write_text("not read")
+    settings = Settings.from_env({"SECRETS_DIR": str(tmp_path), "REDIS_URL": "redis://r:1/0",
+                                  "REDIS_PORT": "tcp://10.0.0.5:6379"})
+    assert settings.redis.url == "redis://r:1/0" and settings.redis.password is None
+    with pytest.raises(ConfigError, match=r"^REDIS_PORT: must be an integer"):
+        Settings.from_env({**BASE, "REDIS_PORT": "tcp://10.0.0.5:6379"})
+
+
+def test_fallbacks_follow_the_variables_they_name() -> None:
+    settings = Settings.from_env({**BASE, "SENDER_NAME": "Shop", "SMTP_SECURITY": "ssl"})
+    assert (settings.brand.name, settings.smtp.port) == ("Shop", 465)
+    assert Settings.from_env({**BASE, "SENDER_NAME": "Shop", "BRAND_NAME": "Brand"}
+                             ).brand.name == "Brand"
+
+
+def test_process_variables_are_settings_too() -> None:
+    settings = Settings.from_env({**BASE, "HOST": "127.0.0.1", "PORT": "8080",
+                                  "WORKER_PROCESSES": "3", "WORKER_THREADS": "4",
+                                  "LOG_FORMAT": "TEXT", "LOG_RECIPIENTS": "yes",
+                                  "OTEL_TRACES_EXPORTER": "console, otlp"})
+    assert (settings.http.host, settings.http.port) == ("127.0.0.1", 8080)
+    assert (settings.worker.processes, settings.worker.threads) == (3, 4)
+    assert (settings.telemetry.log_format, settings.telemetry.log_recipients) == ("text", True)
+    assert settings.telemetry.traces_exporter == ("console", "otlp")
+
+
+def test_the_service_reads_the_environment_only_through_settings() -> None:
+    # What remains: the sandbox child's limits from its parent, prometheus_client's own folder,
+    # and copying the environment for child processes.
+    allowed = {("mailcore/sandbox_process.py", "EMAIL_SERVICE_CHILD_LIMITS"),
+               ("workers/exposition.py", "PROMETHEUS_MULTIPROC_DIR"),
+               ("email_service/cli.py", "PROMETHEUS_MULTIPROC_DIR")}
+    for package in ("mailcore", "service", "workers", "email_service", "operator"):
+        for module in (REPO / package).rglob("*.py"):
+            if module.name in {"config.py", "envfields.py"} and package == "mailcore":
+                continue  # the reader itself
+            for line in module.read_text().splitlines():
+                if "getenv(" in line or "environ.get(" in line or "environ[" in line:
+                    relative = str(module.relative_to(REPO))
+                    assert any(relative == path and name in line for path, name in allowed), (
+                        f"{relative}: {line.strip()}")
+
+
+def test_the_readme_table_is_generated_from_the_settings() -> None:
+    assert settings_table.main(["--check", str(REPO / "README.md")]) == 0, (
+        "run: python -m mailcore.settings_table --write README.md")
+    for name in SECRET_NAMES:
+        assert f"| `{name}` |" in settings_table.markdown()
 
 def _listening(port: int) -> set[str]:
     """Local addresses listening on ``port`` (from /proc/net/tcp, IPv4)."""

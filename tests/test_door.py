@@ -16,20 +16,16 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from redis.asyncio.connection import AbstractConnection
 from starlette.testclient import TestClient
 
-from mailcore.config import Settings
 from mailcore.tokens import mint_token
 from service.app import create_app
 
-from .support import TEST_SECRET, RedisServer
+from .support import TEST_SECRET, RedisServer, app_settings, make_settings
 
 
 def app_client(redis_server: RedisServer, **env: str) -> TestClient:
     queue = f"door-{uuid.uuid4().hex[:8]}"
-    settings = Settings.from_env({
-        "REDIS_URL": redis_server.url, "JWT_SECRET": TEST_SECRET, "QUEUE_NAME": queue,
-        "KEY_PREFIX": f"door-{uuid.uuid4().hex[:8]}", "EVENTS_ENABLED": "false",
-        "SECRETS_DIR": "/nonexistent", **env,
-    })
+    settings = app_settings(redis_server.url, QUEUE_NAME=queue,
+                            KEY_PREFIX=f"door-{uuid.uuid4().hex[:8]}", **env)
     return TestClient(create_app(settings))
 
 
@@ -85,7 +81,7 @@ def test_queue_ceiling_answers_503_and_writes_nothing(redis_server: RedisServer)
         assert [c.status_code for c in codes] == [202, 202, 202, 503]
         assert codes[-1].json()["error"] == "queue_full" and codes[-1].headers["retry-after"]
         service = client.app.state.send_service  # type: ignore[attr-defined]
-        prefix = service.settings.key_prefix
+        prefix = service.settings.redis.key_prefix
         keys = redis_server.client().keys(f"{prefix}:msg:*:timeline")
         assert len(keys) == 3  # the refused message left no status behind
 
@@ -254,10 +250,8 @@ def test_forged_public_key_tokens_are_refused(
     path.write_text(json.dumps({"keys": [_jwk(keys["rsa-1"], "rsa-1"),
                                          _jwk(keys["ec-1"], "ec-1")]}))
     # No JWT_SECRET here: HS256 has no key at all, so it is refused outright.
-    settings = Settings.from_env({
-        "REDIS_URL": redis_server.url, "JWT_JWKS_FILE": str(path), "EVENTS_ENABLED": "false",
-        "SECRETS_DIR": "/nonexistent", "QUEUE_NAME": "door-forged",
-    })
+    settings = make_settings(REDIS_URL=redis_server.url, JWT_JWKS_FILE=str(path),
+                             EVENTS_ENABLED="false", QUEUE_NAME="door-forged")
     with TestClient(create_app(settings)) as client:
         response = client.post("/v1/messages", json=reset(), headers=bearer(make(keys)))
         assert response.status_code == 401
@@ -358,16 +352,3 @@ def test_every_refusal_is_charged(redis_server: RedisServer, refusal: str) -> No
         codes = [requests[refusal]().json()["error"] for _ in range(4)]
         assert codes == [refusal] * 3 + ["rate_limited"]
         assert client.post("/v1/messages", json=reset(), headers=shop).status_code == 429
-
-
-def test_empty_buckets_are_forgotten_when_they_refill_or_overflow() -> None:
-    from mailcore.ratelimit import EmptyBuckets
-
-    empty = EmptyBuckets(capacity=2)
-    empty.remember("a", 60)
-    assert 59 < empty.empty_for("a") <= 60
-    empty.remember("b", -1)  # already refilled
-    assert empty.empty_for("b") == 0 and empty.empty_for("never") == 0
-    for name in ("c", "d", "e"):
-        empty.remember(name, 60)
-    assert empty.empty_for("a") == 0 and empty.empty_for("e") > 0  # the oldest went first

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mailcore import errors
-from mailcore.errors import EmailServiceError, InvalidRequest, TryLater
+from mailcore.errors import DeliveryError, EmailServiceError, InvalidRequest, TryLater
 from mailcore.tokens import AuthError
 from service.errors import http_error
 
@@ -64,3 +64,17 @@ def test_within_points_details_at_a_batch_item() -> None:
     error.within("messages.3")
     assert error.message == "messages.3: data does not match"
     assert error.details == [{"field": "messages.3.data.code", "message": "required"}]
+
+
+def test_delivery_errors_are_domain_errors_with_the_reply_code_apart() -> None:
+    from mailcore import transports
+
+    assert transports.DeliveryError is DeliveryError  # one class, wherever it is imported from
+    # Never an API answer: no code of its own, so no HTTP status either (KINDS leaves it out).
+    delivery: list[type[EmailServiceError]] = [DeliveryError, *_leaves(DeliveryError)]
+    assert {kind.code for kind in delivery} == {"error"}
+    soft = errors.TransientDeliveryError("Mailbox full", 452)
+    assert (soft.smtp_code, soft.text, str(soft)) == (452, "Mailbox full", "452 Mailbox full")
+    assert str(errors.UnconfirmedDeliveryError("no reply")) == "no reply"
+    assert errors.UnconfirmedDeliveryError("x").outcome == "unconfirmed"
+    assert not issubclass(errors.PermanentDeliveryError, errors.TransientDeliveryError)

@@ -6,6 +6,7 @@ import json
 import threading
 import uuid
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -14,10 +15,10 @@ import pytest
 from .support import (
     TEST_SECRET,
     RedisServer,
-    ServiceProcess,
+    ServiceStack,
     SMTPServer,
     base_env,
-    free_port,
+    make_settings,
     queue_idle,
     wait_for,
 )
@@ -34,23 +35,13 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
-def start_api(env: dict[str, str], log: Path) -> tuple[ServiceProcess, str]:
-    port = free_port()
-    api = ServiceProcess(["api", "--host", "127.0.0.1", "--port", str(port)], env, log).start()
-    url = f"http://127.0.0.1:{port}"
-    api.wait_until(lambda: httpx.get(f"{url}/ready").status_code == 200, message="ingress ready")
-    return api, url
-
-
 def test_two_replicas_send_each_event_once(
     private_redis: RedisServer, smtp_server: SMTPServer, tmp_path: Path
 ) -> None:
     env = base_env(private_redis.url, smtp_server.port)
-    replicas = [start_api(env, tmp_path / f"api{i}.log")[0] for i in range(2)]
-    worker = ServiceProcess(["worker", "--processes", "1", "--threads", "2"], env,
-                            tmp_path / "worker.log").start()
-    client = private_redis.client()
-    try:
+    with ServiceStack(env, tmp_path, apis=2, threads=2) as stack:
+        replicas = stack.apis
+        client = private_redis.client()
         wait_for(lambda: client.pubsub_numsub(CHANNEL)[0][1] == 2,
                  message="both replicas to subscribe")
         addresses = [f"twice-{uuid.uuid4().hex[:6]}-{i}@example.org" for i in range(5)]
@@ -58,26 +49,21 @@ def test_two_replicas_send_each_event_once(
             event = json.dumps({"email": address, "code": "246810", "timestamp": 1763900000})
             assert client.publish(CHANNEL, event) == 2
         for address in addresses:
-            wait_for(lambda a=address: smtp_server.handler.to(a), message=f"mail to {address}")
+            wait_for(partial(smtp_server.handler.to, address), message=f"mail to {address}")
         # Both replicas have handled every event: one queued it, the other skipped it.
         wait_for(lambda: sum(r.output().count("duplicate event skipped") for r in replicas) == 5,
                  message="the other replica to skip each duplicate")
         wait_for(lambda: queue_idle(client), message="the queue to drain")
         for address in addresses:
             assert len(smtp_server.handler.to(address)) == 1
-    finally:
-        for process in [*replicas, worker]:
-            process.stop()
 
 
 def test_listener_survives_a_redis_restart(
     private_redis: RedisServer, smtp_server: SMTPServer, tmp_path: Path
 ) -> None:
     env = base_env(private_redis.url, smtp_server.port)
-    api, url = start_api(env, tmp_path / "api.log")
-    worker = ServiceProcess(["worker", "--processes", "1", "--threads", "2"], env,
-                            tmp_path / "worker.log").start()
-    try:
+    with ServiceStack(env, tmp_path, threads=2) as stack:
+        api, url, worker = stack.api, stack.base_url, stack.worker
         private_redis.stop()
         api.wait_until(lambda: httpx.get(f"{url}/ready").status_code == 503,
                        message="readiness to turn false")
@@ -91,9 +77,6 @@ def test_listener_survives_a_redis_restart(
         worker.wait_until(lambda: smtp_server.handler.to(address), timeout=30,
                           message="the event's mail after the restart")
         assert httpx.get(f"{url}/ready").status_code == 200
-    finally:
-        api.stop()
-        worker.stop()
 
 
 # --- no event, whatever its shape, stops the listener -----------------------------------------
@@ -131,11 +114,9 @@ def test_no_event_can_stop_the_listener(
     private_redis: RedisServer, smtp_server: SMTPServer, tmp_path: Path
 ) -> None:
     env = base_env(private_redis.url, smtp_server.port, RESET_LIMIT_PER_RECIPIENT="off")
-    api, url = start_api(env, tmp_path / "api.log")
-    worker = ServiceProcess(["worker", "--processes", "1", "--threads", "4"], env,
-                            tmp_path / "worker.log").start()
-    client = private_redis.client()
-    try:
+    with ServiceStack(env, tmp_path, threads=4) as stack:
+        api, url, worker = stack.api, stack.base_url, stack.worker
+        client = private_redis.client()
         wait_for(lambda: client.pubsub_numsub(CHANNEL)[0][1] == 1, message="the subscription")
         events = hostile_events()
         for raw in events:
@@ -156,9 +137,6 @@ def test_no_event_can_stop_the_listener(
         assert queued + skipped == len(events) + 1, (queued, skipped)
         assert skipped > 60
         assert SECRET_CODE not in output  # ... without the code they carried
-    finally:
-        api.stop()
-        worker.stop()
 
 
 def test_a_stopped_listener_fails_readiness_and_is_restarted(
@@ -166,7 +144,6 @@ def test_a_stopped_listener_fails_readiness_and_is_restarted(
 ) -> None:
     from starlette.testclient import TestClient
 
-    from mailcore.config import Settings
     from service.app import create_app
     from service.events import EventListener
 
@@ -179,10 +156,9 @@ def test_a_stopped_listener_fails_readiness_and_is_restarted(
         await real_run(self)
 
     monkeypatch.setattr(EventListener, "run", dying_run)
-    settings = Settings.from_env({
-        "REDIS_URL": redis_server.url, "JWT_SECRET": TEST_SECRET, "SECRETS_DIR": "/nonexistent",
-        "EVENTS_CHANNEL": f"events-{uuid.uuid4().hex[:8]}", "QUEUE_NAME": "events-supervised",
-    })
+    settings = make_settings(REDIS_URL=redis_server.url, JWT_SECRET=TEST_SECRET,
+                             EVENTS_CHANNEL=f"events-{uuid.uuid4().hex[:8]}",
+                             QUEUE_NAME="events-supervised")
     with TestClient(create_app(settings)) as client:
         listener = client.app.state.event_listener  # type: ignore[attr-defined]
         wait_for(lambda: listener.restarts >= 1, message="the listener to be restarted")
@@ -191,5 +167,5 @@ def test_a_stopped_listener_fails_readiness_and_is_restarted(
         healthy.set()
         wait_for(lambda: client.get("/ready").status_code == 200, timeout=20,
                  message="readiness once the restarted listener subscribed")
-        channel = settings.events_channel
+        channel = settings.events.channel
         assert redis_server.client().pubsub_numsub(channel)[0][1] == 1

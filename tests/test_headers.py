@@ -13,7 +13,6 @@ import pytest
 from pydantic import ValidationError
 from starlette.testclient import TestClient
 
-from mailcore.config import Settings
 from mailcore.headers import MAX_HEADERS, check_headers
 from mailcore.message import SendRequest
 from mailcore.mime import build_envelope
@@ -21,7 +20,7 @@ from mailcore.rendering import RenderedEmail
 from mailcore.tokens import mint_token
 from service.app import create_app
 
-from .support import TEST_SECRET, RedisServer
+from .support import TEST_SECRET, RedisServer, app_settings
 
 REFUSED_NAMES = [
     # read receipts
@@ -124,10 +123,8 @@ def test_text_that_cannot_be_a_header_is_refused(field: str, value: Any) -> None
 
 @pytest.fixture
 def client(redis_server: RedisServer) -> Iterator[TestClient]:
-    settings = Settings.from_env({
-        "REDIS_URL": redis_server.url, "JWT_SECRET": TEST_SECRET,
-        "QUEUE_NAME": f"headers-{uuid.uuid4().hex[:8]}", "EVENTS_ENABLED": "false",
-        "SECRETS_DIR": "/nonexistent", "RESET_LIMIT_PER_RECIPIENT": "off"})
+    settings = app_settings(redis_server.url, QUEUE_NAME=f"headers-{uuid.uuid4().hex[:8]}",
+                            RESET_LIMIT_PER_RECIPIENT="off")
     with TestClient(create_app(settings)) as test_client:
         yield test_client
 

@@ -22,11 +22,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from starlette.testclient import TestClient
 
-from mailcore.config import Settings
 from mailcore.tokens import mint_token
 from service.app import create_app
 
-from .support import TEST_SECRET, RedisServer, wait_for
+from .support import TEST_SECRET, RedisServer, app_settings, make_settings, wait_for
 
 QUEUE = "email-ingress-test"
 
@@ -34,12 +33,9 @@ QUEUE = "email-ingress-test"
 @pytest.fixture
 def client(redis_server: RedisServer) -> Iterator[TestClient]:
     redis_server.client().delete(f"dramatiq:{QUEUE}")
-    settings = Settings.from_env({
-        "REDIS_URL": redis_server.url, "JWT_SECRET": TEST_SECRET, "QUEUE_NAME": QUEUE,
-        "SENDER_EMAIL": "noreply@shop.example.com", "EVENTS_ENABLED": "false",
-        "MAX_BODY_BYTES": "65536", "SECRETS_DIR": "/nonexistent",
-        "RESET_LIMIT_PER_RECIPIENT": "off",
-    })
+    settings = app_settings(redis_server.url, QUEUE_NAME=QUEUE,
+                            SENDER_EMAIL="noreply@shop.example.com", MAX_BODY_BYTES="65536",
+                            RESET_LIMIT_PER_RECIPIENT="off")
     with TestClient(create_app(settings)) as test_client:
         yield test_client
 
@@ -168,7 +164,7 @@ def test_hostile_tokens_are_401_with_a_well_formed_challenge(
 ) -> None:
     authorization = f"Bearer {HOSTILE_AUTHORIZATIONS[name]}".encode("utf-8", "surrogatepass")
     response = client.post("/v1/messages", json=valid_message(),
-                           headers={"Authorization": authorization})
+                           headers=[(b"Authorization", authorization)])
     assert response.status_code == 401, response.text
     assert response.json()["error"] == "unauthorized"
     assert _CHALLENGE.fullmatch(response.headers["www-authenticate"])
@@ -177,11 +173,9 @@ def test_hostile_tokens_are_401_with_a_well_formed_challenge(
 
 
 def test_max_token_lifetime_is_enforced_when_configured(redis_server: RedisServer) -> None:
-    settings = Settings.from_env({
-        "REDIS_URL": redis_server.url, "JWT_SECRET": TEST_SECRET, "QUEUE_NAME": QUEUE,
-        "JWT_MAX_LIFETIME": "3600", "EVENTS_ENABLED": "false", "SECRETS_DIR": "/nonexistent",
-        "RESET_LIMIT_PER_RECIPIENT": "off",  # the session's Redis has seen resets to ada@
-    })
+    # The session's Redis has seen resets to ada@.
+    settings = app_settings(redis_server.url, QUEUE_NAME=QUEUE, JWT_MAX_LIFETIME="3600",
+                            RESET_LIMIT_PER_RECIPIENT="off")
     with TestClient(create_app(settings)) as client:
         long_lived = mint_token(TEST_SECRET, ttl_seconds=30 * 86400)
         refused = send(client, valid_message(), bearer(long_lived))
@@ -221,12 +215,9 @@ def test_rs_hs_confusion_token_is_refused(client: TestClient, queued: Any) -> No
 
 
 def test_audience_and_issuer_are_enforced_when_configured(redis_server: RedisServer) -> None:
-    settings = Settings.from_env({
-        "REDIS_URL": redis_server.url, "JWT_SECRET": TEST_SECRET, "QUEUE_NAME": QUEUE,
-        "JWT_AUDIENCE": "email-service", "JWT_ISSUER": "https://auth.example.com",
-        "EVENTS_ENABLED": "false", "SECRETS_DIR": "/nonexistent",
-        "RESET_LIMIT_PER_RECIPIENT": "off",  # the session's Redis has seen resets to ada@
-    })
+    # The session's Redis has seen resets to ada@.
+    settings = app_settings(redis_server.url, QUEUE_NAME=QUEUE, JWT_AUDIENCE="email-service",
+                            JWT_ISSUER="https://auth.example.com", RESET_LIMIT_PER_RECIPIENT="off")
     with TestClient(create_app(settings)) as client:
         wrong_aud = mint_token(TEST_SECRET, audience="billing", issuer="https://auth.example.com")
         no_aud = mint_token(TEST_SECRET, issuer="https://auth.example.com")
@@ -340,9 +331,9 @@ def test_reset_code_contract_errors_are_400(client: TestClient, queued: Any) -> 
 
 def test_order_confirmation_validation(client: TestClient, queued: Any) -> None:
     url = "/api/order-confirmation"
-    order = {"order_id": "1", "customer": {"name": "A", "email": "a@example.com"},
-             "items": [{"product_id": "p", "name": "n", "quantity": 1, "price": 1.5}],
-             "total": 1.5}
+    order: dict[str, Any] = {
+        "order_id": "1", "customer": {"name": "A", "email": "a@example.com"},
+        "items": [{"product_id": "p", "name": "n", "quantity": 1, "price": 1.5}], "total": 1.5}
     bad_quantity = {**order, "items": [{**order["items"][0], "quantity": "lots"}]}
     response = client.post(url, json=bad_quantity, headers=GOOD)
     assert response.status_code == 422
@@ -391,10 +382,7 @@ def test_every_data_violation_is_listed(client: TestClient, queued: Any) -> None
 
 
 def test_enqueue_with_redis_down_is_503(redis_server: RedisServer) -> None:
-    settings = Settings.from_env({
-        "REDIS_URL": "redis://127.0.0.1:1/0", "JWT_SECRET": TEST_SECRET,
-        "EVENTS_ENABLED": "false", "SECRETS_DIR": "/nonexistent",
-    })
+    settings = app_settings("redis://127.0.0.1:1/0")
     with TestClient(create_app(settings)) as client:
         response = send(client, valid_message())
         assert response.status_code == 503
@@ -542,11 +530,7 @@ def test_nesting_within_the_limit_is_accepted(client: TestClient, queued: Any) -
 
 
 def test_too_many_values_are_422(client: TestClient, redis_server: RedisServer) -> None:
-    settings = Settings.from_env({
-        "REDIS_URL": redis_server.url, "JWT_SECRET": TEST_SECRET, "QUEUE_NAME": QUEUE,
-        "EVENTS_ENABLED": "false", "SECRETS_DIR": "/nonexistent",
-        "RESET_LIMIT_PER_RECIPIENT": "off",
-    })
+    settings = app_settings(redis_server.url, QUEUE_NAME=QUEUE, RESET_LIMIT_PER_RECIPIENT="off")
     with TestClient(create_app(settings)) as big:
         floods: list[Any] = [[0] * 150_000, [{}] * 110_000, {"a": [0] * 60_000, "b": [[]] * 60_000},
                              {f"{i:x}": 0 for i in range(101_000)}]
@@ -578,17 +562,15 @@ def test_internal_owners_cannot_be_impersonated(redis_server: RedisServer) -> No
     from service.events import _EVENT_NAMESPACE
 
     channel = f"events-{uuid.uuid4().hex[:8]}"
-    settings = Settings.from_env({
-        "REDIS_URL": redis_server.url, "JWT_SECRET": TEST_SECRET, "QUEUE_NAME": QUEUE,
-        "EVENTS_CHANNEL": channel, "SECRETS_DIR": "/nonexistent",
-        "RESET_LIMIT_PER_RECIPIENT": "off", "KEY_PREFIX": f"owners-{uuid.uuid4().hex[:6]}",
-    })
+    settings = make_settings(REDIS_URL=redis_server.url, JWT_SECRET=TEST_SECRET, QUEUE_NAME=QUEUE,
+                             EVENTS_CHANNEL=channel, RESET_LIMIT_PER_RECIPIENT="off",
+                             KEY_PREFIX=f"owners-{uuid.uuid4().hex[:6]}")
     with TestClient(create_app(settings)) as client:
         wait_for(lambda: client.get("/ready").status_code == 200, message="the subscription")
         raw = json.dumps({"email": "victim@example.org", "code": "424242"}).encode()
         message_id = str(uuid.uuid5(_EVENT_NAMESPACE, _hashlib.sha256(raw).hexdigest()))
         redis_server.client().publish(channel, raw)
-        key = f"{settings.key_prefix}:msg:{message_id}"
+        key = f"{settings.redis.key_prefix}:msg:{message_id}"
         wait_for(lambda: redis_server.client().hget(key, "owner") == b"internal:events",
                  message="the event's status")
         impostors = [mint_token(TEST_SECRET, subject=subject, issuer=issuer)
@@ -614,7 +596,7 @@ def test_subjects_of_different_issuers_do_not_collide(client: TestClient) -> Non
 def test_statuses_stored_before_owners_were_tagged_stay_readable(
     client: TestClient, redis_server: RedisServer
 ) -> None:
-    prefix = client.app.state.send_service.settings.key_prefix  # type: ignore[attr-defined]
+    prefix = client.app.state.send_service.settings.redis.key_prefix  # type: ignore[attr-defined]
     ids = {owner: str(uuid.uuid4()) for owner in ("billing", "events")}
     for owner, message_id in ids.items():
         redis_server.client().hset(f"{prefix}:msg:{message_id}", mapping={

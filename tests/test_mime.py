@@ -103,5 +103,7 @@ def test_html_goes_in_base64_and_text_in_quoted_printable() -> None:
     assert decoded == html.replace("\r\n", "\n").replace("\r", "\n").replace(
         "\n", "\r\n").encode("utf-8")
     assert plain.get_content().replace("\r\n", "\n") == text
-    encoded_lines = rich.get_payload().split("\r\n")
+    payload = rich.get_payload()
+    assert isinstance(payload, str)
+    encoded_lines = payload.split("\r\n")
     assert max(len(line) for line in encoded_lines) <= 76  # RFC 2045 6.8

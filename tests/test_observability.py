@@ -29,6 +29,7 @@ from .support import (
     TEST_SECRET,
     RedisServer,
     ServiceProcess,
+    ServiceStack,
     SMTPServer,
     base_env,
     free_port,
@@ -107,26 +108,20 @@ def observed(redis_server: RedisServer, smtp_server: SMTPServer,
     receiver = Receiver()
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
     logs = tmp_path_factory.mktemp("observability")
-    api_port, metrics_port = free_port(), free_port()
+    metrics_port = free_port()
     env = base_env(redis_server.url, smtp_server.port, QUEUE_NAME=QUEUE,
                    OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{receiver.server_port}",
                    OTEL_BSP_SCHEDULE_DELAY="50", WORKER_METRICS_PORT=str(metrics_port),
                    LOG_FORMAT="json",  # and the default PROMETHEUS_MULTIPROC_DIR, as deployed
                    KEY_PREFIX="email-obs", EVENTS_CHANNEL="observed_reset_events")
-    api = ServiceProcess(["api", "--host", "127.0.0.1", "--port", str(api_port)], env,
-                         logs / "api.log").start()
-    worker = ServiceProcess(["worker", "--processes", "2", "--threads", "2"], env,
-                            logs / "worker.log").start()
-    base_url = f"http://127.0.0.1:{api_port}"
     try:
-        api.wait_until(lambda: httpx.get(f"{base_url}/ready").status_code == 200,
-                       message="ingress ready")
-        worker.wait_until(lambda: httpx.get(f"http://127.0.0.1:{metrics_port}/").status_code
-                          == 200, message="worker metrics")
-        yield Observed(api, worker, base_url, f"http://127.0.0.1:{metrics_port}/", receiver)
+        with ServiceStack(env, logs, processes=2, threads=2) as stack:
+            stack.worker.wait_until(
+                lambda: httpx.get(f"http://127.0.0.1:{metrics_port}/").status_code == 200,
+                message="worker metrics")
+            yield Observed(stack.api, stack.worker, stack.base_url,
+                           f"http://127.0.0.1:{metrics_port}/", receiver)
     finally:
-        api.stop()
-        worker.stop()
         receiver.shutdown()
         receiver.server_close()
 
@@ -292,8 +287,9 @@ def _logged(process: ServiceProcess, message_id: str, event: str) -> list[dict[s
 
 _SPAN_PROBE = """
 import json, sys
+from mailcore.config import Settings
 from mailcore.telemetry import configure_tracing, current_ids, detail_span, tracer
-configure_tracing("worker")
+configure_tracing("worker", Settings.from_env().telemetry)
 with tracer().start_as_current_span("probe") as span:
     with detail_span("child") as child:
         inner, child_recorded = current_ids(), child.is_recording()

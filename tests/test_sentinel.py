@@ -1,5 +1,5 @@
-"""Clients behind Sentinel follow the primary through a failover (real redis-server and
-sentinel processes, with passwords on both)."""
+"""Clients behind Sentinel (``mailcore.redisclient`` with ``settings.redis.where``) follow the
+primary through a failover (real redis-server and sentinel processes, passwords on both)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import redis
 
 from harness.sentinel import SentinelSet
 from mailcore.config import Settings
-from mailcore.sentinel_client import async_primary_client, primary_client
+from mailcore.redisclient import async_client, sync_client
 
 from .support import wait_for
 
@@ -34,13 +34,12 @@ def test_sync_and_async_clients_follow_a_failover(sentinels: SentinelSet,
     (tmp_path / "redis_sentinel_password").write_text("sentinel-pw\n")
     settings = Settings.from_env({"SECRETS_DIR": str(tmp_path), "REDIS_PASSWORD": "data-pw",
                                   "REDIS_SENTINELS": sentinels.addresses})
-    where = settings.redis_sentinel
+    where = settings.redis.sentinel
     assert where is not None
-    sync = primary_client(where, socket_timeout=2, socket_connect_timeout=1,
-                          single_connection_client=True)
+    sync = sync_client(where, "worker", single_connection=True)
 
     async def run() -> None:
-        client = async_primary_client(where, socket_timeout=2, socket_connect_timeout=1)
+        client = async_client(where, "ingress")
         try:
             await client.set("before", "1")
             old = sentinels.primary_port()

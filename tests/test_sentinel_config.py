@@ -24,19 +24,19 @@ def test_sentinels_master_and_passwords(tmp_path: Path) -> None:
         "SECRETS_DIR": str(tmp_path), "REDIS_PASSWORD_FILE": str(tmp_path / "data"),
         "REDIS_SENTINELS": " sentinel-0.redis:26379, 10.0.0.7:26380 ,[fd00::1]:5000",
         "REDIS_SENTINEL_MASTER": "email-primary", "REDIS_DB": "2"})
-    assert settings.redis_sentinel == SentinelSettings(
+    assert settings.redis.sentinel == SentinelSettings(
         sentinels=(("sentinel-0.redis", 26379), ("10.0.0.7", 26380), ("fd00::1", 5000)),
         master="email-primary", sentinel_password="s3ntinel", password="d@ta", db=2)
-    assert settings.redis_sentinel.describe() == (
+    assert settings.redis.sentinel.describe() == (
         "sentinel://sentinel-0.redis:26379,10.0.0.7:26380,[fd00::1]:5000/email-primary/2")
     assert redis_configured({"REDIS_SENTINELS": "a:1"})
 
 
 def test_without_sentinels_nothing_changes() -> None:
     settings = Settings.from_env({**BASE, "REDIS_SENTINEL_MASTER": "ignored-without-sentinels"})
-    assert settings.redis_sentinel is None
-    assert settings.redis_sentinel is None and settings.redis_wait_replicas == 0
-    assert Settings.from_env({**BASE, "REDIS_SENTINELS": "a:1"}).redis_sentinel == \
+    assert settings.redis.sentinel is None
+    assert settings.redis.sentinel is None and settings.redis.wait_replicas == 0
+    assert Settings.from_env({**BASE, "REDIS_SENTINELS": "a:1"}).redis.sentinel == \
         SentinelSettings(sentinels=(("a", 1),), master="mymaster")
 
 

@@ -20,7 +20,15 @@ from mailcore.tokens import mint_token
 from mailcore.validation import Validator
 from service.app import create_app
 
-from .support import TEST_SECRET, RedisServer, ServiceProcess, SMTPServer, base_env, free_port
+from .support import (
+    TEST_SECRET,
+    RedisServer,
+    ServiceProcess,
+    SMTPServer,
+    app_settings,
+    base_env,
+    free_port,
+)
 
 AUTH = {"Authorization": f"Bearer {mint_token(TEST_SECRET, subject='loop')}"}
 
@@ -62,11 +70,9 @@ async def _lags_during_batches(settings: Settings, batches: int) -> tuple[list[i
 
 
 def test_validating_big_batches_leaves_the_event_loop_free(redis_server: RedisServer) -> None:
-    settings = Settings.from_env({
-        "REDIS_URL": redis_server.url, "JWT_SECRET": TEST_SECRET, "SECRETS_DIR": "/nonexistent",
-        "QUEUE_NAME": f"loop-{uuid.uuid4().hex[:8]}", "EVENTS_ENABLED": "false",
-        "RATE_LIMIT": "off", "RESET_LIMIT_PER_RECIPIENT": "off", "TEMPLATE_STORE": "false",
-    })
+    settings = app_settings(redis_server.url, QUEUE_NAME=f"loop-{uuid.uuid4().hex[:8]}",
+                            RATE_LIMIT="off", RESET_LIMIT_PER_RECIPIENT="off",
+                            TEMPLATE_STORE="false")
     # What validating one batch costs on this machine now (it scales with the machine's load
     # as the lags below do).
     validator = Validator(settings, TemplateRegistry.from_dir(builtin_templates_dir(None)))

@@ -19,7 +19,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from mailcore.config import Settings
 from mailcore.message import Recipient
 from mailcore.mime import Envelope, build_envelope
 from mailcore.rendering import RenderedEmail
@@ -31,7 +30,7 @@ from mailcore.transports import (
 )
 from mailcore.transports.smtp import SMTPTransport
 
-from .support import DroppingHandler, RecordingHandler, SMTPServer, free_port
+from .support import DroppingHandler, RecordingHandler, SMTPServer, free_port, make_settings
 
 
 @pytest.fixture
@@ -84,10 +83,10 @@ def test_replies_are_classified(server: SMTPServer) -> None:
     server.handler.plan["hard@example.com"] = ["554 5.7.1 Rejected"]
     with pytest.raises(TransientDeliveryError) as soft:
         transport.send(envelope("soft@example.com"))
-    assert soft.value.code == 452 and "Mailbox full" in str(soft.value)
+    assert soft.value.smtp_code == 452 and "Mailbox full" in str(soft.value)
     with pytest.raises(PermanentDeliveryError) as hard:
         transport.send(envelope("hard@example.com"))
-    assert hard.value.code == 554
+    assert hard.value.smtp_code == 554
     # The session survives refusals: the next message goes out on it.
     transport.send(envelope("ok@example.com"))
     assert len(server.handler.to("ok@example.com")) == 1
@@ -155,11 +154,10 @@ def test_tls_with_auth_against_a_private_ca(tmp_path: Path, security: str) -> No
     controller = Controller(handler, hostname="127.0.0.1", port=port, **options)
     controller.start()
     try:
-        settings = Settings.from_env({
-            "SECRETS_DIR": "/nonexistent", "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(port),
-            "SMTP_SECURITY": security, "SMTP_USERNAME": "relay-user",
-            "SMTP_PASSWORD": "relay-pass", "SMTP_CA_FILE": str(cert), "SMTP_TIMEOUT": "5",
-        })
+        settings = make_settings(SMTP_HOST="127.0.0.1", SMTP_PORT=str(port),
+                                 SMTP_SECURITY=security, SMTP_USERNAME="relay-user",
+                                 SMTP_PASSWORD="relay-pass", SMTP_CA_FILE=str(cert),
+                                 SMTP_TIMEOUT="5")
         transport = transport_from_settings(settings)
         transport.send(envelope("tls@example.com"))
         assert len(handler.to("tls@example.com")) == 1
@@ -170,7 +168,7 @@ def test_tls_with_auth_against_a_private_ca(tmp_path: Path, security: str) -> No
             password="nope", timeout=5, ssl_context=ssl.create_default_context(cafile=str(cert)))
         with pytest.raises(PermanentDeliveryError) as refused:
             wrong_password.send(envelope("wrong@example.com"))
-        assert refused.value.code == 535
+        assert refused.value.smtp_code == 535
         # Last, as aiosmtpd serves no further STARTTLS session after a failed handshake.
         # Without trusting the private CA the certificate is refused: never sent in clear.
         untrusting = SMTPTransport("127.0.0.1", port, security=security,  # type: ignore[arg-type]
@@ -288,7 +286,7 @@ def test_partly_and_wholly_refused_recipients(pipelining: bool) -> None:
         assert [m.rcpt_tos for m in handler.received] == [["ok@example.com"]]
         with pytest.raises(PermanentDeliveryError, match="no such user") as hard:
             transport.send(envelope("gone@example.com"))
-        assert hard.value.code == 550
+        assert hard.value.smtp_code == 550
         with pytest.raises(TransientDeliveryError, match="try later"):
             transport.send(envelope("later@example.com"))
         # The session is still good after the refusals.

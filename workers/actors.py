@@ -47,14 +47,14 @@ REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
 SENT_RETRY_SECONDS = 0.2
 
 settings = Settings.from_env()
-configure_logging(settings.log_level)
-configure_tracing("worker")
+configure_logging(settings.telemetry)
+configure_tracing("worker", settings.telemetry)
 runtime = build_runtime(settings)
 dramatiq.set_broker(runtime.broker)
 
 
-@dramatiq.actor(actor_name=SEND_ACTOR, queue_name=settings.queue_name,
-                time_limit=settings.send_time_limit_ms)
+@dramatiq.actor(actor_name=SEND_ACTOR, queue_name=settings.worker.queue_name,
+                time_limit=settings.worker.send_time_limit_ms)
 def send_email(job: dict[str, Any]) -> None:
     # The CurrentMessage middleware hands over the proxy the worker acks (typed as a Message).
     message = cast(MessageProxy, CurrentMessage.get_current_message())
@@ -79,7 +79,7 @@ def _send(job: dict[str, Any], message: MessageProxy) -> str:
     """One guarded attempt, its outcome recorded; returns the outcome."""
     message_id = job["id"]
     redis_id: str = message.options["redis_message_id"]
-    lease = settings.send_time_limit_ms / 1000
+    lease = settings.worker.send_time_limit_ms / 1000
     try:
         # The guard that makes redelivery safe: never send what the relay already accepted.
         attempt = runtime.status.begin_attempt(message_id, lease, redis_id)
@@ -92,8 +92,8 @@ def _send(job: dict[str, Any], message: MessageProxy) -> str:
         return _settle(message, job, "drop", "duplicate")
     if not attempt.proceed:  # another attempt holds the lease: look again when it ends
         wait_ms = (attempt.lease_until - time.time()) * 1000
-        delay = int(min(max(wait_ms, settings.retry_min_backoff_ms),
-                        settings.retry_max_backoff_ms))
+        delay = int(min(max(wait_ms, settings.worker.retry_min_backoff_ms),
+                        settings.worker.retry_max_backoff_ms))
         return _settle(message, job, "recheck", "busy",
                        next_copy=_next_copy(message, delay, message.options.get("retries", 0)))
     delivered: Delivered | None = None
@@ -150,31 +150,31 @@ def _failed(job: dict[str, Any], message: MessageProxy, attempt: Attempt,
         log.error("dead-lettered: permanent failure: %s", exc, extra=context)
         return _settle(message, job, "dead", "failed", status=FAILED, detail=str(exc),
                        last_error=getattr(exc, "text", str(exc)),
-                       last_code=getattr(exc, "code", None), attempt=attempt.attempt)
+                       last_code=getattr(exc, "smtp_code", None), attempt=attempt.attempt)
     if isinstance(exc, TransientDeliveryError):
         failure = exc
     elif isinstance(exc, TimeLimitExceeded):
         failure = TransientDeliveryError(
             f"interrupted: the attempt exceeded SEND_TIME_LIMIT_MS "
-            f"({settings.send_time_limit_ms} ms)")
+            f"({settings.worker.send_time_limit_ms} ms)")
     else:
         # Unexpected (a bug, a broken socket, Redis trouble mid-send, another interrupt):
         # retrying is safer than dropping the message.
         log.error("unexpected error while sending", exc_info=exc, extra=context)
         failure = TransientDeliveryError(f"{type(exc).__name__}: {exc}")
-    if retries >= settings.max_retries:
+    if retries >= settings.worker.max_retries:
         log.error("dead-lettered after %d attempts: %s", retries + 1, failure, extra=context)
         return _settle(message, job, "dead", "dead", status=DEAD,
                        detail=f"gave up after {retries + 1} attempts: {failure}",
-                       last_error=failure.text, last_code=failure.code,
+                       last_error=failure.text, last_code=failure.smtp_code,
                        attempt=attempt.attempt, outcome=failure.outcome)
-    _, delay = compute_backoff(retries, factor=settings.retry_min_backoff_ms,
-                               max_backoff=settings.retry_max_backoff_ms)
+    _, delay = compute_backoff(retries, factor=settings.worker.retry_min_backoff_ms,
+                               max_backoff=settings.worker.retry_max_backoff_ms)
     log.warning("attempt %d failed, will retry in %d ms: %s", retries + 1, delay, failure,
                 extra=context)
     return _settle(message, job, "retry", "retry", status=RETRYING, detail=str(failure),
                    next_copy=_next_copy(message, delay, retries + 1), last_error=failure.text,
-                   last_code=failure.code, attempt=attempt.attempt, outcome=failure.outcome)
+                   last_code=failure.smtp_code, attempt=attempt.attempt, outcome=failure.outcome)
 
 
 def _settle(message: MessageProxy, job: dict[str, Any], kind: str, label: str,

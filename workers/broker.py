@@ -40,8 +40,8 @@ from dramatiq.common import compute_backoff, current_millis, dq_name
 from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message
 
+from mailcore.redisclient import Where, sync_client
 from mailcore.sentinel import SentinelSettings
-from mailcore.sentinel_client import primary_client
 
 _SETTLED = "_email_service_settled"
 
@@ -248,21 +248,21 @@ class _BatchingConsumer(_RedisConsumer):
 
 
 def make_broker(
-    redis_url: str, *, middleware: list[Any] | None = None, heartbeat_timeout_ms: int = 60_000,
-    maintenance_chance: int = 1000, sentinel: SentinelSettings | None = None,
+    where: Where, *, middleware: list[Any] | None = None, heartbeat_timeout_ms: int = 60_000,
+    maintenance_chance: int = 1000,
 ) -> RecoveringRedisBroker:
     """The workers' broker.
 
     Parameters:
+      where: a Redis URL, or the Sentinel set whose primary holds the queues.
       heartbeat_timeout_ms: a worker silent this long is dead and its messages are requeued.
       maintenance_chance: per million broker commands, how often that sweep runs.
-      sentinel: the Sentinel set whose primary holds the queues (``redis_url`` is then unused).
     """
-    # Behind Sentinel the broker gets a client that follows the primary; Dramatiq's own (from
-    # the URL) keeps its plain pool and its settings.
-    where: dict[str, Any] = {"url": redis_url} if sentinel is None else {
-        "client": primary_client(sentinel, socket_connect_timeout=5)}
+    # Behind Sentinel the broker gets a client that follows the primary; with a URL, Dramatiq's
+    # own pool as before.
+    options: dict[str, Any] = {"client": sync_client(where, "broker")} \
+        if isinstance(where, SentinelSettings) else {"url": where}
     return RecoveringRedisBroker(
-        **where, middleware=middleware, heartbeat_timeout=heartbeat_timeout_ms,
+        **options, middleware=middleware, heartbeat_timeout=heartbeat_timeout_ms,
         maintenance_chance=maintenance_chance,
     )

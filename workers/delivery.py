@@ -60,7 +60,7 @@ class Deliverer:
         self.registry = registry
         self.transport = transport
         self._brand = asdict(settings.brand)
-        self._default_sender = Recipient(email=settings.sender_email, name=settings.sender_name)
+        self._default_sender = Recipient(email=settings.sender.email, name=settings.sender.name)
 
     def deliver(self, job: dict[str, Any]) -> Delivered:
         """Raises ``TemplateError`` or ``InvalidJobError`` (permanent) or a ``DeliveryError``
@@ -76,7 +76,7 @@ class Deliverer:
         with detail_span("render", attributes={
                 "email.template": template.name, "email.template_version": template.version}):
             rendered = template.render(request.data, brand=self._brand, locale=request.locale,
-                                       limits=self.settings.render_limits)
+                                       limits=self.settings.templates.render_limits)
         metrics.RENDER_SECONDS.labels(template.name).observe(time.perf_counter() - started)
         if request.subject:
             rendered = type(rendered)(subject=request.subject, html=rendered.html,
@@ -93,7 +93,7 @@ class Deliverer:
             headers=request.headers,
             tags=request.tags,
         )
-        if self.settings.trace_recipients:
+        if self.settings.telemetry.trace_recipients:
             span.set_attribute("email.recipients", list(envelope.recipients))
         started = time.perf_counter()
         with detail_span(
@@ -105,8 +105,8 @@ class Deliverer:
             except DeliveryError as exc:
                 metrics.SEND_SECONDS.labels(self.transport.name).observe(
                     time.perf_counter() - started)
-                if exc.code is not None:
-                    send_span.set_attribute("smtp.code", exc.code)
+                if exc.smtp_code is not None:
+                    send_span.set_attribute("smtp.code", exc.smtp_code)
                 if isinstance(exc, UnconfirmedDeliveryError):
                     metrics.UNCONFIRMED.labels(self.transport.name).inc()
                 raise

@@ -20,8 +20,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from mailcore.sentinel import SentinelSettings
-from mailcore.sentinel_client import redis_client
+from mailcore.redisclient import Where, sync_client
 
 
 def prepare_multiprocess_dir() -> Path:
@@ -36,9 +35,8 @@ def prepare_multiprocess_dir() -> Path:
 class QueueCollector(Collector):
     """Queue gauges read from Redis when Prometheus scrapes."""
 
-    def __init__(self, redis_url: str, queue_name: str,
-                 sentinel: SentinelSettings | None = None) -> None:
-        self.client: Any = redis_client(redis_url, sentinel, socket_timeout=2)
+    def __init__(self, redis_url: Where, queue_name: str) -> None:
+        self.client: Any = sync_client(redis_url, "metrics")
         self.queue = f"dramatiq:{queue_name}"
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -70,12 +68,11 @@ class QueueCollector(Collector):
             yield GaugeMetricFamily(name, text, value=float(value))
 
 
-def serve_worker_metrics(port: int, redis_url: str, queue_name: str, *,
-                         host: str = "127.0.0.1",
-                         sentinel: SentinelSettings | None = None) -> None:
+def serve_worker_metrics(port: int, redis_url: Where, queue_name: str, *,
+                         host: str = "127.0.0.1") -> None:
     """Serve the merged multiprocess metrics and the queue gauges on ``host:port`` (a daemon
     thread)."""
     registry = CollectorRegistry()
     MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-    registry.register(QueueCollector(redis_url, queue_name, sentinel))
+    registry.register(QueueCollector(redis_url, queue_name))
     start_http_server(port, addr=host, registry=registry)

@@ -55,29 +55,29 @@ class WorkerRuntime:
 
 def build_runtime(settings: Settings) -> WorkerRuntime:
     install_redacting_encoder()  # jobs hold template data: their repr must not (logs)
-    registry = TemplateRegistry.from_dir(builtin_templates_dir(settings.templates_dir),
+    registry = TemplateRegistry.from_dir(builtin_templates_dir(settings.templates.dir),
                                          store=template_store_from_settings(settings))
     transport = transport_from_settings(settings)
-    status = StatusStore.from_url(settings.redis_url, settings.key_prefix,
-                                  settings.status_retention_seconds, settings.redis_sentinel)
+    status = StatusStore.from_url(settings.redis.where, settings.redis.key_prefix,
+                                  settings.limits.status_retention_seconds)
     # No Retries middleware: the actor records each attempt's outcome (retry included) and
     # removes its message in one step; Retries would re-enqueue, and Dramatiq then ack, a
     # message whether or not its re-enqueue reached Redis.
     middleware = [m() for m in default_middleware if m is not Retries]
     time_limit = next(m for m in middleware if isinstance(m, TimeLimit))
-    sweeper = Sweeper.from_url(settings.redis_url, settings.redis_sentinel,
-                               queue_name=settings.queue_name,
-                               prefix=settings.key_prefix,
-                               min_age_seconds=settings.recovery_age_seconds,
-                               retention_seconds=settings.status_retention_seconds)
+    sweeper = Sweeper.from_url(settings.redis.where, queue_name=settings.worker.queue_name,
+                               prefix=settings.redis.key_prefix,
+                               min_age_seconds=settings.worker.recovery_age_seconds,
+                               retention_seconds=settings.limits.status_retention_seconds)
     middleware += [CurrentMessage(), CloseConnections(transport, status),
-                   Heartbeat(settings.worker_heartbeat_dir, settings.worker_heartbeat_seconds),
-                   SweeperThread(sweeper, settings.recovery_interval_seconds)]
+                   Heartbeat(settings.worker.heartbeat_dir, settings.worker.heartbeat_seconds),
+                   SweeperThread(sweeper, settings.worker.recovery_interval_seconds)]
     broker = make_broker(
-        settings.redis_url, middleware=middleware, sentinel=settings.redis_sentinel,
-        heartbeat_timeout_ms=settings.queue_heartbeat_timeout_ms,
-        maintenance_chance=settings.queue_maintenance_chance,
+        settings.redis.where, middleware=middleware,
+        heartbeat_timeout_ms=settings.worker.queue_heartbeat_timeout_ms,
+        maintenance_chance=settings.worker.queue_maintenance_chance,
     )
     return WorkerRuntime(broker=broker, deliverer=Deliverer(settings, registry, transport),
-                         status=status, holding=holding(settings.queue_name, broker.broker_id),
+                         status=status,
+                         holding=holding(settings.worker.queue_name, broker.broker_id),
                          time_limit=time_limit)

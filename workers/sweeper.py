@@ -29,8 +29,7 @@ from dramatiq import Broker
 from dramatiq.middleware import Middleware
 
 from mailcore.queue import fresh_copy, holding
-from mailcore.sentinel import SentinelSettings
-from mailcore.sentinel_client import redis_client
+from mailcore.redisclient import Where, sync_client
 from mailcore.status import QUEUED, event, job_key, open_key, status_key, timeline_key
 
 from . import metrics
@@ -101,9 +100,8 @@ class Sweeper:
         self._recover = client.register_script(_RECOVER)
 
     @classmethod
-    def from_url(cls, url: str, sentinel: SentinelSettings | None = None,
-                 **options: Any) -> Sweeper:
-        return cls(redis_client(url, sentinel, socket_timeout=10), **options)
+    def from_url(cls, url: Where, **options: Any) -> Sweeper:
+        return cls(sync_client(url, "worker"), **options)
 
     def sweep(self, now: float | None = None) -> int:
         """One pass over the oldest unfinished messages; returns how many were re-queued."""

@@ -15,24 +15,24 @@ from .base import (
 
 def transport_from_settings(settings: Settings) -> Transport:
     """The transport the configuration names."""
-    if settings.transport == "outbox":
+    if settings.worker.transport == "outbox":
         from .outbox import OutboxTransport
 
-        return OutboxTransport(settings.outbox_dir)
+        return OutboxTransport(settings.worker.outbox_dir)
     import ssl
 
     from .smtp import SMTPTransport
 
     context = ssl.create_default_context(
-        cafile=str(settings.smtp_ca_file) if settings.smtp_ca_file else None
+        cafile=str(settings.smtp.ca_file) if settings.smtp.ca_file else None
     )
     return SMTPTransport(
-        settings.smtp_host,
-        settings.smtp_port,
-        security=settings.smtp_security,
-        username=settings.smtp_username,
-        password=settings.smtp_password,
-        timeout=settings.smtp_timeout,
+        settings.smtp.host,
+        settings.smtp.port,
+        security=settings.smtp.security,
+        username=settings.smtp.username,
+        password=settings.smtp.password,
+        timeout=settings.smtp.timeout,
         ssl_context=context,
     )
 

@@ -5,46 +5,18 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
+from ..errors import (
+    DeliveryError,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+    UnconfirmedDeliveryError,
+)
 from ..mime import Envelope
 
-
-class DeliveryError(Exception):
-    """Delivery failed.
-
-    Parameters:
-      message: what happened, for logs and status.
-      code: the server's reply code (SMTP or HTTP) when there was one.
-    """
-
-    #: Whether trying again later may succeed.
-    transient = True
-    #: What became of the attempt, when that is more than "failed" (see subclasses).
-    outcome: str | None = None
-
-    def __init__(self, message: str, code: int | None = None) -> None:
-        super().__init__(f"{code} {message}" if code else message)
-        self.code = code
-        self.text = message
-
-
-class TransientDeliveryError(DeliveryError):
-    """Try again later: connection trouble, timeouts, 4xx replies."""
-
-
-class UnconfirmedDeliveryError(TransientDeliveryError):
-    """The whole message went out but the relay's reply never came (the connection broke or
-    timed out after the final ``.``): the relay may have accepted it. Retried like any transient
-    failure — with the same Message-ID, so a copy the relay did accept can be recognised — and
-    recorded as ``unconfirmed``."""
-
-    #: The attempt's outcome, for the status timeline.
-    outcome = "unconfirmed"
-
-
-class PermanentDeliveryError(DeliveryError):
-    """Do not try again: the server refused the message for good (5xx replies)."""
-
-    transient = False
+# The delivery errors live in the domain's one hierarchy (mailcore.errors); transports import
+# them from here, beside the base class they raise them from.
+__all__ = ["DeliveryError", "DeliveryResult", "PermanentDeliveryError", "TransientDeliveryError",
+           "Transport", "UnconfirmedDeliveryError"]
 
 
 @dataclass(frozen=True)

@@ -78,7 +78,7 @@ def test_bundled_set_primary_replicas_and_sentinels(helm_binary: str, tmp_path: 
 
     config = config_of(docs)
     assert "REDIS_HOST" not in config and "REDIS_PORT" not in config
-    sentinels = settings_from(config, tmp_path).redis_sentinel
+    sentinels = settings_from(config, tmp_path).redis.sentinel
     assert sentinels is not None
     assert [host for host, _ in sentinels.sentinels] == [
         f"mail-email-service-redis-{i}.mail-email-service-redis-headless.email.svc"
@@ -99,7 +99,7 @@ def test_an_existing_sentinel_setup(helm_binary: str, tmp_path: Path) -> None:
     config = config_of(docs)
     assert config["REDIS_SENTINELS"] == "s0.redis.svc:26379,10.0.0.9:26380,[fd00::5]:26379"
     assert config["REDIS_SENTINEL_MASTER"] == "mail-primary"
-    sentinels = settings_from(config, tmp_path).redis_sentinel
+    sentinels = settings_from(config, tmp_path).redis.sentinel
     assert sentinels is not None and sentinels.master == "mail-primary"
     assert sentinels.sentinels[2] == ("fd00::5", 26379)
     secret = by_kind(docs, "Secret")["mail-email-service"]

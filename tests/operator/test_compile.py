@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from mailcore.config import Settings
 from mailcore.rendering import TemplateError
 from mailcore.template_resources import (
     collect_templates,
@@ -17,6 +16,8 @@ from mailcore.template_resources import (
     set_condition,
     source_from_spec,
 )
+
+from ..support import make_settings
 
 MJML = """<mjml>
   <mj-body>
@@ -176,9 +177,8 @@ def test_sender_overrides_must_be_mailboxes(field: str, value: str) -> None:
 
 
 def test_sender_domain_must_be_allowed() -> None:
-    allowed = Settings.from_env({"SENDER_EMAIL": "no-reply@shop.example.com",
-                                 "ALLOWED_SENDER_DOMAINS": "news.example.com",
-                                 "SECRETS_DIR": "/nonexistent"}).sender_domain_allowed
+    allowed = make_settings(SENDER_EMAIL="no-reply@shop.example.com",
+                            ALLOWED_SENDER_DOMAINS="news.example.com").sender.domain_allowed
     for good in ("Shop <team@shop.example.com>", "x@news.example.com"):
         compile_resource("t", spec(**{"from": good}), sender_allowed=allowed)
     with pytest.raises(TemplateError) as info:

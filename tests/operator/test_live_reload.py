@@ -23,10 +23,9 @@ from ..support import (
     REPO,
     TEST_SECRET,
     RedisServer,
-    ServiceProcess,
+    ServiceStack,
     SMTPServer,
     base_env,
-    free_port,
     wait_for,
 )
 from .conftest import NAMESPACES, Cluster, Operator, wait_ready
@@ -60,8 +59,7 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(store_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    smtp = SMTPServer()
-    smtp.start()
+    smtp = SMTPServer()  # this module's own: started and stopped with the stack
     logs = tmp_path_factory.mktemp("live-reload")
     # The built-in set plus "greeting", a name an EmailTemplate can have too (Kubernetes names
     # allow no underscores, so password_reset can only be replaced via RESET_TEMPLATE).
@@ -70,25 +68,14 @@ def stack(store_redis: RedisServer, tmp_path_factory: pytest.TempPathFactory) ->
     (builtins / "greeting").mkdir()
     (builtins / "greeting" / "subject.txt").write_text("Built-in greeting for {{ name }}")
     (builtins / "greeting" / "template.html").write_text("<p>Hello {{ name }}</p>")
-    port = free_port()
     env = base_env(store_redis.url, smtp.port, TEMPLATE_NAMESPACES=",".join(NAMESPACES),
                    TEMPLATES_DIR=str(builtins))
-    api = ServiceProcess(["api", "--host", "127.0.0.1", "--port", str(port)], env,
-                         logs / "api.log").start()
-    worker = ServiceProcess(["worker", "--processes", "1", "--threads", "4"], env,
-                            logs / "worker.log").start()
-    stack = Stack(f"http://127.0.0.1:{port}", smtp)
-    try:
-        api.wait_until(lambda: httpx.get(f"{stack.base_url}/ready").status_code == 200,
-                       message="the ingress to be ready")
-        worker.wait_until(lambda: "ready for action" in worker.output(),
-                          message="the worker to start")
-        yield stack
-    finally:
-        stack.http.close()
-        api.stop()
-        worker.stop()
-        smtp.stop()
+    with ServiceStack(env, logs, parts=[smtp]) as service:
+        stack = Stack(service.base_url, smtp)
+        try:
+            yield stack
+        finally:
+            stack.http.close()
 
 
 def resource(name: str, subject: str, html: str = "<p>Hello {{ name }}</p>") -> dict[str, Any]:

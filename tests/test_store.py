@@ -9,7 +9,6 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
-from mailcore.config import Settings
 from mailcore.rendering import LocaleOverride, TemplateSource
 from mailcore.store import (
     RedisTemplateStore,
@@ -19,7 +18,18 @@ from mailcore.store import (
     template_store_from_settings,
 )
 
-from ..support import RedisServer, wait_for
+from .support import RedisServer, make_settings, wait_for
+
+
+@pytest.fixture(scope="module")
+def store_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """This module's own redis-server: a test stops and restarts it."""
+    server = RedisServer(tmp_path_factory.mktemp("store-redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture
@@ -198,9 +208,8 @@ def test_name_resolution(
 
 
 def test_store_from_settings(store_redis: RedisServer) -> None:
-    settings = Settings.from_env({"TEMPLATE_NAMESPACES": "team-a, team-b,*",
-                                  "TEMPLATE_REFRESH_SECONDS": "2", "SECRETS_DIR": "/nonexistent",
-                                  "REDIS_URL": store_redis.url})
+    settings = make_settings(TEMPLATE_NAMESPACES="team-a, team-b,*", TEMPLATE_REFRESH_SECONDS="2",
+                             REDIS_URL=store_redis.url)
     store = template_store_from_settings(settings)
     assert store is not None
     try:
@@ -209,9 +218,9 @@ def test_store_from_settings(store_redis: RedisServer) -> None:
         assert store._thread is not None  # started (and loaded) at once
     finally:
         store.close()
-    disabled = Settings.from_env({"TEMPLATE_STORE": "off", "SECRETS_DIR": "/nonexistent"})
+    disabled = make_settings(TEMPLATE_STORE="off")
     assert template_store_from_settings(disabled) is None
-    assert Settings.from_env({"SECRETS_DIR": "/nonexistent"}).template_namespaces == ("default",)
+    assert make_settings().templates.namespaces == ("default",)
 
 
 def test_a_dropped_store_stops_its_follower_thread(store_redis: RedisServer, prefix: str) -> None:
