@@ -20,10 +20,10 @@ import time
 import uuid
 from pathlib import Path
 
-import redis.asyncio as aioredis
-
 from harness.redis import RedisServer
+from harness.waiting import wait_for
 from mailcore.queue import Acceptor, Entry, send_job
+from mailcore.redisclient import async_client
 from mailcore.status import QUEUED, event, initial_fields
 
 
@@ -37,7 +37,7 @@ def _entry() -> Entry:
 
 
 async def _round(url: str, wait: int, accepts: int) -> dict[str, float]:
-    client = aioredis.Redis.from_url(url, socket_timeout=5)
+    client = async_client(url, "ingress")  # as the door makes it
     acceptor = Acceptor(client, queue_name=f"wait-{uuid.uuid4().hex[:6]}", prefix="bench-wait",
                         retention_seconds=600, max_queue_depth=0, wait_replicas=wait,
                         wait_timeout_ms=1000)
@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> None:
         primary = RedisServer(Path(tmp) / "primary", fsync_always=True).start()
         replica = RedisServer(Path(tmp) / "replica", fsync_always=True,
                               extra=("--replicaof", "127.0.0.1", str(primary.port))).start()
+        with replica.client() as client:
+            wait_for(lambda: client.info("replication").get("master_link_status") == "up",
+                     timeout=15, message="the replica to sync")
         try:
             results: dict[int, list[dict[str, float]]] = {0: [], 1: []}
             for _ in range(args.rounds):
