@@ -4,6 +4,8 @@ primary through a failover (real redis-server and sentinel processes, passwords 
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from harness.sentinel import SentinelSet
 from mailcore.config import Settings
 from mailcore.redisclient import async_client, sync_client
 
-from .support import wait_for
+from .support import REPO, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -77,3 +79,28 @@ def test_sync_and_async_clients_follow_a_failover(sentinels: SentinelSet,
             assert promoted.get("after") == b"2" and promoted.get("sync-after") == b"2"
     finally:
         sync.close()
+
+
+def test_the_command_line_reaches_the_primary_behind_sentinel(sentinels: SentinelSet,
+                                                              tmp_path: Path) -> None:
+    """``sync`` (the operator's store writer), ``dlq`` and ``publish-reset`` find the primary
+    through the sentinels, with both passwords from secret files."""
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "redis_password").write_text("data-pw\n")
+    (secrets / "redis_sentinel_password").write_text("sentinel-pw\n")
+    env = {"PATH": "/usr/bin:/bin", "SECRETS_DIR": str(secrets), "JWT_SECRET": "x" * 32,
+           "REDIS_SENTINELS": sentinels.addresses, "LOG_LEVEL": "WARNING"}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "email_service", *args], env=env, cwd=REPO,
+                              capture_output=True, text=True, timeout=120)
+
+    synced = run("sync", "templates")
+    assert synced.returncode == 0, synced.stderr
+    with sentinels.primary.client() as primary:
+        assert primary.hlen("email-service:templates:versions") >= 2  # on the primary
+    listed = run("dlq", "list")
+    assert listed.returncode == 0 and "no dead letters" in listed.stdout, listed.stderr
+    published = run("publish-reset", "ada@example.com", "123456")
+    assert "0 listener(s)" in published.stdout, published.stderr
