@@ -4,6 +4,8 @@ and read by the service's own settings code without complaint."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -157,3 +159,14 @@ def test_wrong_sentinel_values_are_refused(helm_binary: str, settings: list[str]
     result = helm(helm_binary, "template", "mail", "charts/email-service", *args, check=False)
     assert result.returncode != 0
     assert message.lower() in result.stderr.lower(), result.stderr
+
+
+def test_the_bundled_set_scripts_pass_shellcheck(helm_binary: str) -> None:
+    scripts = by_kind(render(helm_binary, *BUNDLED), "ConfigMap")[
+        "mail-email-service-redis-scripts"]["data"]
+    assert set(scripts) == {"primary.sh", "redis.sh", "sentinel.sh"}
+    shellcheck = Path(sys.executable).parent / "shellcheck"
+    for name, script in scripts.items():
+        result = subprocess.run([str(shellcheck), "-s", "sh", "-"], input=script,
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, f"{name}:\n{result.stdout}"
