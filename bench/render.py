@@ -136,3 +136,49 @@ def measure_message_build(budget: float = 0.4) -> dict[str, float] | None:
         "mime_serialise_us": round(_time_per_call(envelope.as_bytes, budget) * 1e6, 1),
         "message_bytes": len(envelope.as_bytes()),
     }
+
+
+def measure_layout(budget: float = 0.4) -> dict[str, float]:
+    """Microseconds per render of ``examples/emailtemplates/order-shipped.yaml`` composed with
+    its layout and partial, of the same body without the layout, and of composing (the
+    operator's cost, once per version). Composition happens before compiling, so a template
+    without a layout is the very same source (and cost) as before layouts existed."""
+    from mailcore.template_parts import Composer, compose
+    from mailcore.template_resources import collect_parts, source_from_spec
+
+    examples = Path(__file__).resolve().parent.parent / "examples" / "emailtemplates"
+    path = examples / "order-shipped.yaml"
+    import yaml
+
+    documents = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    spec = next(d["spec"] for d in documents if d["metadata"]["name"] == "order-shipped")
+    parts, _ = collect_parts([path], "default")
+    lookup = {key: part for key, (part, _) in parts.items()}.get
+    key = "default/order-shipped"
+    source = source_from_spec(key, spec)
+
+    def composed_source() -> TemplateSource:
+        return compose(source, spec, Composer("default", lookup, own=key))
+
+    with_layout = CompiledTemplate(composed_source())
+    bare = CompiledTemplate(TemplateSource(
+        name=key, subject=source.subject, text=source.text, sample_data=source.sample_data,
+        mjml=f"<mjml><mj-body>{source.mjml}</mj-body></mjml>"))
+    brand = {"name": "Shop", "url": "https://example.com", "logo_url": "", "color": "#2563eb",
+             "support_email": "help@example.com"}
+    data = dict(source.sample_data)
+    return {
+        "with_layout_us": round(_time_per_call(
+            partial(with_layout.render, data, brand=brand), budget) * 1e6, 1),
+        "without_layout_us": round(_time_per_call(
+            partial(bare.render, data, brand=brand), budget) * 1e6, 1),
+        "compose_us": round(_time_per_call(composed_source, budget) * 1e6, 1),
+        "with_layout_html_bytes": len(with_layout.render(data, brand=brand).html),
+        "without_layout_html_bytes": len(bare.render(data, brand=brand).html),
+    }
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(measure_layout(), indent=2))

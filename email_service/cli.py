@@ -88,8 +88,17 @@ def _parser() -> argparse.ArgumentParser:
                           "JWT_SECRET, TOKEN, ADMIN_TOKEN), to source in a shell")
     dev.set_defaults(run=_run_dev)
 
-    render = command("render", "render a named template or an .mjml/.html file")
-    render.add_argument("template", help="a template name, or a path to an .mjml or .html file")
+    render = command("render", "render a named template, an EmailTemplate YAML file or an "
+                               ".mjml/.html file")
+    render.add_argument("template", help="a template name, or a path to an EmailTemplate .yaml "
+                                         "file (layouts and partials from the YAML files beside "
+                                         "it) or an .mjml or .html file")
+    render.add_argument("--name", help="which EmailTemplate of a YAML file holding several")
+    render.add_argument("--png", type=Path,
+                        help="also write a screenshot of the HTML (needs a headless Chromium)")
+    render.add_argument("--chromium", type=Path,
+                        help="the Chromium for --png (default: chromium, chromium-browser or "
+                             "google-chrome on the PATH)")
     render.add_argument("--data", type=Path,
                         help="JSON file with the template data (default: its sample data)")
     render.add_argument("--out", type=Path, help="write here instead of stdout")
@@ -225,13 +234,25 @@ def _run_dev(args: argparse.Namespace) -> int:
 def _run_render(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
+    from mailcore.locales import check_locale, lookup_chain
     from mailcore.rendering import TemplateError, TemplateSource
     from mailcore.templates import TemplateRegistry, builtin_templates_dir
 
     settings = Settings.from_env()
     path = Path(args.template)
     registry = TemplateRegistry.from_dir(builtin_templates_dir(settings.templates.dir))
-    if path.suffix in {".mjml", ".html"} and path.is_file():
+    if path.suffix in {".yaml", ".yml"}:
+        from .preview import load_resource
+
+        try:
+            source = load_resource(path, args.name)
+        except TemplateError as exc:
+            return _one_line_error(exc.reason, str(exc), path)
+        except OSError as exc:
+            return _one_line_error("Unreadable", exc.strerror or str(exc), path, code=2)
+        registry = TemplateRegistry({source.name: source})
+        name = source.name
+    elif path.suffix in {".mjml", ".html"} and path.is_file():
         body = path.read_text(encoding="utf-8")
         source = TemplateSource(
             name=path.stem, subject=path.stem,
@@ -247,23 +268,52 @@ def _run_render(args: argparse.Namespace) -> int:
         print(f"email-service: no template or file named {name!r} "
               f"(templates: {', '.join(registry.names())})", file=sys.stderr)
         return 2
+    locale = None
+    if args.locale is not None:
+        try:
+            locale = check_locale(args.locale)
+        except ValueError as exc:
+            return _one_line_error("InvalidLocale", str(exc), None, code=2)
     try:
         data = json.loads(args.data.read_text()) if args.data else dict(template.source.sample_data)
-    except (OSError, json.JSONDecodeError) as exc:
-        print(f"email-service: cannot read --data: {exc}", file=sys.stderr)
-        return 2
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return _one_line_error("InvalidData", f"cannot read --data: {exc}", None, code=2)
+    if not isinstance(data, dict):
+        return _one_line_error("InvalidData", "--data must hold a JSON object", None, code=2)
+    if locale is not None and args.data is None:
+        # The locale's own sample data, when it has some (as the operator test-renders it).
+        entries = {check_locale(tag): o for tag, o in template.source.locales.items()}
+        override = next((entries[tag] for tag in lookup_chain(locale) if tag in entries), None)
+        if override is not None and override.sample_data is not None:
+            data = dict(override.sample_data)
     try:
         template.validate_data(data)
-        rendered = template.render(data, brand=asdict(settings.brand), locale=args.locale)
+        rendered = template.render(data, brand=asdict(settings.brand), locale=locale)
     except TemplateError as exc:
-        print(f"email-service: {exc.reason}: {exc}", file=sys.stderr)
-        return 1
+        return _one_line_error(exc.reason, str(exc), None, code=1)
     output = getattr(rendered, args.part)
-    if args.out:
-        args.out.write_text(output, encoding="utf-8")
-    else:
-        sys.stdout.write(output if output.endswith("\n") else output + "\n")
+    try:
+        if args.out:
+            args.out.write_text(output, encoding="utf-8")
+        else:
+            sys.stdout.write(output if output.endswith("\n") else output + "\n")
+        if args.png:
+            from .preview import screenshot
+
+            screenshot(rendered.html, args.png, browser_path=args.chromium)
+    except RuntimeError as exc:
+        return _one_line_error("Screenshot", str(exc), None, code=1)
+    except OSError as exc:
+        return _one_line_error("Unwritable", str(exc), None, code=2)
     return 0
+
+
+def _one_line_error(reason: str, message: str, path: Path | None, *, code: int = 1) -> int:
+    """``email-service: <file>: <Reason>: <message>`` as one line on stderr (no traceback)."""
+    text = " ".join(message.split())
+    where = f"{path}: " if path is not None and not text.startswith(path.name) else ""
+    print(f"email-service: {where}{reason}: {text[:2000]}", file=sys.stderr)
+    return code
 
 
 def _run_dlq(args: argparse.Namespace) -> int:
@@ -380,7 +430,8 @@ def _run_operator(args: argparse.Namespace) -> int:
 def _run_sync(args: argparse.Namespace) -> int:
     from mailcore.sandbox_process import ProcessLimits, TemplateSandbox
     from mailcore.store import TemplateStoreWriter
-    from mailcore.template_resources import collect_templates, describe_error
+    from mailcore.template_history import collect_garbage
+    from mailcore.template_resources import collect_parts, collect_templates, describe_error
 
     settings = Settings.from_env()
     # Templates are untrusted: compiled and test-rendered in a child that may crash, not here.
@@ -392,9 +443,16 @@ def _run_sync(args: argparse.Namespace) -> int:
     written: set[str] = set()
 
     def sync_once() -> int:
-        valid, refused = collect_templates(args.paths, namespace,
-                                           sender_allowed=settings.sender.domain_allowed,
-                                           compiler=sandbox.compile)
+        parts, part_refusals = collect_parts(args.paths, namespace)
+        for key, (part, origin) in sorted(parts.items()):
+            state = "stored" if writer.put_part(key, part, origin) else "unchanged"
+            print(f"{key}\tReady=True\tCompiled\t{part.kind} version {part.version} ({state})",
+                  flush=True)
+        valid, refused = collect_templates(
+            args.paths, namespace, sender_allowed=settings.sender.domain_allowed,
+            compiler=sandbox.compile,
+            parts=lambda key: parts[key][0] if key in parts else writer.get_part(key))
+        refused = [*part_refusals, *refused]
         for key, (source, origin) in sorted(valid.items()):
             changed = writer.put(key, source, origin)
             state = "stored" if changed else "unchanged"
@@ -412,6 +470,9 @@ def _run_sync(args: argparse.Namespace) -> int:
                     print(f"{key}\tremoved", flush=True)
             written.difference_update(written - kept)
         written.update(valid)
+        # Old versions nothing needs any more (README: Versions, history and rollback).
+        collect_garbage(writer.client, settings.redis.key_prefix,
+                        keep=settings.templates.history_versions)
         return 1 if refused else 0
 
     try:

@@ -429,6 +429,12 @@ class TemplateSettings:
     mjml_max_depth: int = setting("MJML_MAX_DEPTH", "64", "Deepest MJML nesting accepted by the "
                                   "operator, `sync` and previews (the compiler crashes at "
                                   "~1,500).", integer(low=8))
+    #: Versions of each template the store keeps in its history (rollback, ``template_version``);
+    #: versions pinned by messages in flight are kept beyond these.
+    history_versions: int = setting(
+        "TEMPLATE_HISTORY_VERSIONS", "10", "Versions of each template kept in its history "
+        "(rollback, `template_version`); versions pinned by messages in flight are kept beyond "
+        "these.", integer(low=1, high=1000))
 
     @cached_property
     def render_limits(self) -> RenderLimits:
@@ -452,6 +458,11 @@ class OperatorSettings:
     render_timeout_seconds: float = setting(
         "OPERATOR_RENDER_TIMEOUT_SECONDS", "10", "Wall-clock deadline of one compile + test "
         "render (operator and `sync`; the child process is killed past it).", number(low=0.1))
+    #: How often the operator checks whether a layout or partial a template uses changed.
+    parts_seconds: float = setting(
+        "OPERATOR_PARTS_SECONDS", "2", "How often the operator checks whether a layout or "
+        "partial a template uses changed (then re-validates the template before its new version "
+        "serves).", number(low=0.1))
     metrics_port: int = setting("OPERATOR_METRICS_PORT", "9192", "Prometheus metrics of the "
                                 "operator (`0`: off).", _optional_port)
     handlers: Path | None = setting("EMAIL_SERVICE_OPERATOR_HANDLERS", None, "The kopf handlers "

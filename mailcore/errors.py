@@ -50,6 +50,12 @@ class UnknownTemplate(InvalidRequest):
     code = "unknown_template"
 
 
+class UnknownTemplateVersion(InvalidRequest):
+    """``template_version`` names a version the store does not keep."""
+
+    code = "unknown_template_version"
+
+
 class InvalidData(InvalidRequest):
     """``data`` does not match the variables of its template."""
 
@@ -101,6 +107,12 @@ class TryLater(EmailServiceError):
     def __init__(self, message: str, *, retry_after: float) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class StoreUnavailable(TryLater):
+    """An older template version had to be read from a template store that does not answer."""
+
+    code = "store_unavailable"
 
 
 class RateLimited(TryLater):

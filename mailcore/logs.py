@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from .blanking import blank, data_values
 from .telemetry import current_ids
 
 if TYPE_CHECKING:
@@ -40,29 +41,15 @@ def _current_job_values() -> list[str]:
     job = args[0] if args else None
     request = job.get("request") if isinstance(job, dict) else None
     data = request.get("data") if isinstance(request, dict) else None
-    values: set[str] = set()
-    stack: list[Any] = [data]
-    while stack and len(values) < 1000:
-        item = stack.pop()
-        if isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-        elif isinstance(item, str | int | float) and not isinstance(item, bool):
-            text = str(item)
-            # Addresses are masked on their own terms (``LOG_RECIPIENTS`` may show them).
-            if len(text) >= 4 and not _ADDRESS.fullmatch(text):
-                values.add(text)
-    return sorted(values, key=len, reverse=True)
+    # Addresses are masked on their own terms (``LOG_RECIPIENTS`` may show them).
+    return data_values(data, min_length=4, limit=1000, keep=lambda text: bool(
+        _ADDRESS.fullmatch(text)))
 
 
 def redact_job_data(text: str) -> str:
     """Blank out the current job's data values (a library's exception text can quote them,
     e.g. a validation error's ``input_value=…``)."""
-    for value in _current_job_values():
-        if value in text:
-            text = text.replace(value, "<data>")
-    return text
+    return blank(text, _current_job_values())
 
 
 class JSONFormatter(logging.Formatter):

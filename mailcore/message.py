@@ -17,6 +17,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -25,6 +26,7 @@ from pydantic import (
 
 from .addresses import normalize_address, parse_mailbox
 from .headers import ALLOWED, MAX_HEADERS, MAX_VALUE, check_headers
+from .locales import MAX_TAG, check_locale
 
 __all__ = [
     "ACCEPTED", "MAX_BATCH", "MAX_HEADERS", "MAX_RECIPIENTS", "BatchRequest", "EmailAddress",
@@ -109,6 +111,9 @@ class SendRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     template: Annotated[str, Field(pattern=_TEMPLATE_NAME, max_length=317)]
+    #: The template version to render: named by the caller (an older kept version), or set at
+    #: acceptance to the version the message was validated against (the pin).
+    template_version: Annotated[str, Field(max_length=16, pattern=r"^[0-9a-f]{16}$")] | None = None
     to: Annotated[RecipientList, Field(min_length=1)]
     data: dict[str, Any] = Field(default_factory=dict)
     subject: Annotated[HeaderText, Field(min_length=1, max_length=998)] | None = None
@@ -118,10 +123,14 @@ class SendRequest(BaseModel):
     bcc: RecipientList = Field(default_factory=list)
     headers: dict[str, Annotated[HeaderText, Field(max_length=MAX_VALUE)]] = Field(
         default_factory=dict, description=f"Custom headers, at most {MAX_HEADERS}: {ALLOWED}")
-    locale: Annotated[str, Field(pattern=r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*$")] | None = None
+    #: A BCP 47 tag (``de``, ``pt-BR``); the template's lookup is in :mod:`mailcore.locales`.
+    locale: Annotated[str, Field(max_length=MAX_TAG), AfterValidator(check_locale)] | None = None
     tags: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]] = Field(
         default_factory=list, max_length=MAX_TAGS
     )
+
+    #: The store key of the pinned version (set by the validator; the job carries it).
+    _template_key: str | None = PrivateAttr(default=None)
 
     @field_validator("headers")
     @classmethod

@@ -26,7 +26,9 @@ from jinja2.runtime import Context
 from markupsafe import escape
 from mjml import mjml2html
 
+from .blanking import blank, data_values
 from .html_text import html_to_text
+from .locales import check_locale, lookup_chain
 from .render_budget import Budget, LimitExceeded, RenderLimits, activate
 from .sandbox import (
     BIG_PRINT,
@@ -78,6 +80,16 @@ class LocaleOverride:
     mjml: str | None = None
     html: str | None = None
     text: str | None = None
+    #: Sample data for this locale's test render (e.g. a German address); else the default's.
+    sample_data: Mapping[str, Any] | None = None
+
+    def content(self) -> dict[str, Any]:
+        """The fields that make the version (``sample_data`` only when set, so versions of
+        templates without it stay what they were)."""
+        fields = vars(self).copy()
+        if fields.get("sample_data") is None:
+            fields.pop("sample_data", None)
+        return fields
 
 
 @dataclass(frozen=True)
@@ -94,19 +106,21 @@ class TemplateSource:
     variables: Mapping[str, Any] | None = None
     sample_data: Mapping[str, Any] = field(default_factory=dict)
     locales: Mapping[str, LocaleOverride] = field(default_factory=dict)
+    #: The locale whose entry serves a request whose own locale has none (before the default).
+    fallback_locale: str | None = None
 
     @cached_property
     def version(self) -> str:
         """A content hash: equal sources have equal versions, any change gives a new one."""
-        canonical = orjson.dumps(
-            {
-                "subject": self.subject, "mjml": self.mjml, "html": self.html, "text": self.text,
-                "sender": self.sender, "reply_to": self.reply_to, "variables": self.variables,
-                "sample_data": self.sample_data,
-                "locales": {key: vars(value) for key, value in sorted(self.locales.items())},
-            },
-            option=orjson.OPT_SORT_KEYS,
-        )
+        content: dict[str, Any] = {
+            "subject": self.subject, "mjml": self.mjml, "html": self.html, "text": self.text,
+            "sender": self.sender, "reply_to": self.reply_to, "variables": self.variables,
+            "sample_data": self.sample_data,
+            "locales": {key: value.content() for key, value in sorted(self.locales.items())},
+        }
+        if self.fallback_locale is not None:  # absent: versions stay what they were
+            content["fallback_locale"] = self.fallback_locale
+        canonical = orjson.dumps(content, option=orjson.OPT_SORT_KEYS)
         return hashlib.sha256(canonical).hexdigest()[:16]
 
 
@@ -182,7 +196,7 @@ class CompiledTemplate:
         self.validator = _schema_validator(source.variables)
         self._default = _compile_body(source.subject, source.mjml, source.html, source.text)
         self._locales = {
-            locale: _compile_body(
+            _normal(locale): _compile_body(
                 override.subject or source.subject,
                 override.mjml if override.mjml or override.html else source.mjml,
                 override.html if override.mjml or override.html else source.html,
@@ -245,32 +259,33 @@ class CompiledTemplate:
         return RenderedEmail(subject=subject, html=html, text=text)
 
     def _select(self, locale: str | None) -> _Body:
-        if locale:
-            for candidate in (locale, locale.replace("_", "-").split("-")[0]):
-                if candidate in self._locales:
-                    return self._locales[candidate]
+        """RFC 4647 lookup of ``locale``, then of the template's fallback locale, then the
+        default body (see :mod:`mailcore.locales`)."""
+        if self._locales:
+            for tag in (locale, self.source.fallback_locale):
+                if tag:
+                    for candidate in lookup_chain(_normal(tag)):
+                        body = self._locales.get(candidate)
+                        if body is not None:
+                            return body
         return self._default
+
+    def has_locale(self, locale: str) -> bool:
+        """Whether ``locale`` (or a shorter form of it) has its own entry."""
+        return any(tag in self._locales for tag in lookup_chain(_normal(locale)))
+
+
+def _normal(tag: str) -> str:
+    try:
+        return check_locale(tag)
+    except ValueError:
+        return tag
 
 
 def _without_data(message: str, data: Mapping[str, Any]) -> str:
     """An error message with the data's values blanked out: Python's messages can quote a value
     (``KeyError: '123456'``), and they reach logs and statuses, while data may be secret."""
-    values: set[str] = set()
-    stack: list[Any] = [data]
-    while stack and len(values) < 10_000:
-        item = stack.pop()
-        if isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-        elif isinstance(item, str | int | float) and not isinstance(item, bool):
-            text = str(item)
-            if len(text) >= 3:
-                values.add(text)
-    for value in sorted(values, key=len, reverse=True):
-        if value in message:
-            message = message.replace(value, "<data>")
-    return message
+    return blank(message, data_values(data, min_length=3, limit=10_000))
 
 
 def compile_template(source: TemplateSource, limits: RenderLimits | None = None
@@ -279,8 +294,16 @@ def compile_template(source: TemplateSource, limits: RenderLimits | None = None
     compiled = CompiledTemplate(source)
     if source.sample_data or source.variables:
         compiled.validate_data(source.sample_data)
-    for locale in [None, *compiled.locales]:
-        compiled.render(source.sample_data, locale=locale, limits=limits)
+    compiled.render(source.sample_data, limits=limits)
+    for tag, override in source.locales.items():
+        sample = source.sample_data if override.sample_data is None else override.sample_data
+        if override.sample_data is not None:
+            try:
+                compiled.validate_data(sample)
+            except TemplateError as exc:
+                raise TemplateError(exc.reason, f"sampleData of locale {tag}: {exc.message}",
+                                    field=exc.field, violations=exc.violations) from None
+        compiled.render(sample, locale=tag, limits=limits)
     return compiled
 
 

@@ -74,7 +74,8 @@ def source_to_dict(source: TemplateSource) -> dict[str, Any]:
         "reply_to": source.reply_to,
         "variables": dict(source.variables) if source.variables is not None else None,
         "sample_data": dict(source.sample_data),
-        "locales": {key: asdict(value) for key, value in source.locales.items()},
+        "locales": {key: value.content() for key, value in source.locales.items()},
+        "fallback_locale": source.fallback_locale,
     }
 
 

@@ -167,15 +167,19 @@ def event(status: str, detail: str = "", **extra: Any) -> bytes:
 
 
 def initial_fields(
-    *, message_id: str, owner: str, template: str, recipients: list[str], source: str
+    *, message_id: str, owner: str, template: str, recipients: list[str], source: str,
+    version: str | None = None,
 ) -> dict[str, str]:
-    """The status hash of a message just accepted."""
+    """The status hash of a message just accepted (``version``: the pinned template version)."""
     now = str(time.time())
-    return {
+    fields = {
         "id": message_id, "owner": owner, "status": QUEUED, "template": template,
         "recipients": orjson.dumps(recipients).decode(), "source": source, "attempts": "0",
         "created_at": now, "updated_at": now,
     }
+    if version:
+        fields["version"] = version
+    return fields
 
 
 @dataclass(frozen=True)

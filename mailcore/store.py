@@ -6,9 +6,14 @@ Layout, under ``settings.redis.key_prefix`` (default ``email-service``)::
     <prefix>:templates:versions   hash  "namespace/name" -> content version
     <prefix>:templates:epoch      int   incremented by every change
     <prefix>:templates:changes    Pub/Sub channel, one message per change
+    <prefix>:templates:archive    hash  "namespace/name@version" -> JSON record (every kept version)
+    <prefix>:templates:history:<namespace/name>   sorted set  version -> when it was stored (ms)
+    <prefix>:templates:refs:<namespace/name@version>  sorted set  message id -> accepted at (ms)
 
-A write is one Lua script, so the record, the version index, the epoch and the broadcast change
-together or not at all, and writing the version already stored is a no-op (no broadcast).
+A write is one Lua script, so the record, the version index, the archive and history, the epoch
+and the broadcast change together or not at all, and writing the version already stored is a
+no-op (no broadcast). Version history, pins and their garbage collection:
+:mod:`mailcore.template_history`.
 
 Readers (:class:`RedisTemplateStore`) keep every template in memory, so looking a template up on
 the hot path costs no Redis round trip. A background thread listens on the channel and refreshes
@@ -41,20 +46,38 @@ import redis
 from .config import Settings
 from .redisclient import TIMEOUTS, Where, sync_client
 from .rendering import LocaleOverride, TemplateSource
+from .template_parts import Part
 
 log = logging.getLogger("email_service.store")
 
 #: Seconds a closing follower thread may take: its longest Redis wait, and a second.
 _JOIN_SECONDS = (TIMEOUTS["store"].command or 0) + 1
 
-# KEYS: data, versions, epoch; ARGV: key, version, record, channel, only-if-absent
+# KEYS: data, versions, epoch, archive, history; ARGV: key, version, record, channel,
+#   only-if-absent, now (ms)
 _PUT = """
 local stored = redis.call('HGET', KEYS[2], ARGV[1])
-if stored == ARGV[2] or (ARGV[5] == '1' and stored) then return 0 end
+if ARGV[5] == '1' and stored then return 0 end
+if stored ~= ARGV[2] or redis.call('HEXISTS', KEYS[4], ARGV[1] .. '@' .. ARGV[2]) == 0 then
+  redis.call('HSET', KEYS[4], ARGV[1] .. '@' .. ARGV[2], ARGV[3])
+  redis.call('ZADD', KEYS[5], ARGV[6], ARGV[2])
+end
+if stored == ARGV[2] then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 local epoch = redis.call('INCR', KEYS[3])
 redis.call('PUBLISH', ARGV[4], cjson.encode({key = ARGV[1], version = ARGV[2], epoch = epoch}))
+return 1
+"""
+# KEYS: data, versions, epoch, archive; ARGV: key, version, channel. Serves an archived version.
+_SERVE = """
+local record = redis.call('HGET', KEYS[4], ARGV[1] .. '@' .. ARGV[2])
+if not record then return -1 end
+if redis.call('HGET', KEYS[2], ARGV[1]) == ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], record)
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+local epoch = redis.call('INCR', KEYS[3])
+redis.call('PUBLISH', ARGV[3], cjson.encode({key = ARGV[1], version = ARGV[2], epoch = epoch}))
 return 1
 """
 # KEYS: data, versions, epoch; ARGV: key, channel
@@ -90,6 +113,22 @@ class StoreKeys:
         self.versions = f"{prefix}:templates:versions"
         self.epoch = f"{prefix}:templates:epoch"
         self.channel = f"{prefix}:templates:changes"
+        self.archive = f"{prefix}:templates:archive"
+        #: Layouts and partials: "namespace/name" -> JSON {kind, markup, body, version, origin}.
+        self.parts = f"{prefix}:templates:parts"
+        self.prefix = prefix
+
+    def history(self, key: str) -> str:
+        """The sorted set of ``key``'s kept versions, scored by when each was stored (ms)."""
+        return f"{self.prefix}:templates:history:{key}"
+
+    def refs(self, key: str, version: str) -> str:
+        """The messages pinned to one version (sorted set: message id -> accepted at, ms)."""
+        return f"{self.prefix}:templates:refs:{key}@{version}"
+
+
+def archive_field(key: str, version: str) -> str:
+    return f"{key}@{version}"
 
 
 def encode_record(key: str, source: TemplateSource, origin: Mapping[str, Any]) -> bytes:
@@ -102,7 +141,8 @@ def encode_record(key: str, source: TemplateSource, origin: Mapping[str, Any]) -
             "subject": source.subject, "mjml": source.mjml, "html": source.html,
             "text": source.text, "sender": source.sender, "reply_to": source.reply_to,
             "variables": source.variables, "sample_data": source.sample_data,
-            "locales": {locale: vars(override) for locale, override in source.locales.items()},
+            "locales": {locale: override.content() for locale, override in source.locales.items()},
+            "fallback_locale": source.fallback_locale,
         },
     })
 
@@ -117,6 +157,7 @@ def decode_record(raw: bytes | str) -> StoredTemplate:
         sample_data=body.get("sample_data") or {},
         locales={locale: LocaleOverride(**fields)
                  for locale, fields in (body.get("locales") or {}).items()},
+        fallback_locale=body.get("fallback_locale"),
     )
     return StoredTemplate(key=record["key"], version=record["version"], source=source,
                           origin=record.get("origin") or {},
@@ -135,6 +176,7 @@ class TemplateStoreWriter:
         self.client = client
         self.keys = StoreKeys(prefix)
         self._put = client.register_script(_PUT)
+        self._serve = client.register_script(_SERVE)
         self._delete = client.register_script(_DELETE)
 
     @classmethod
@@ -149,10 +191,55 @@ class TemplateStoreWriter:
         Raises ``redis.RedisError`` when the store is unreachable.
         """
         keys = self.keys
-        changed = self._put(keys=[keys.data, keys.versions, keys.epoch],
+        changed = self._put(keys=[keys.data, keys.versions, keys.epoch, keys.archive,
+                                  keys.history(key)],
                             args=[key, source.version, encode_record(key, source, origin),
-                                  keys.channel, "1" if only_if_absent else "0"])
+                                  keys.channel, "1" if only_if_absent else "0",
+                                  int(time.time() * 1000)])
         return bool(changed)
+
+    def archive(self, key: str, source: TemplateSource, origin: Mapping[str, Any]) -> None:
+        """Keep ``source`` in ``key``'s history without serving it (a pinned template's new
+        spec: it can be served later by :meth:`serve`)."""
+        keys = self.keys
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hsetnx(keys.archive, archive_field(key, source.version),
+                    encode_record(key, source, origin))
+        pipe.zadd(keys.history(key), {source.version: int(time.time() * 1000)}, nx=True)
+        pipe.execute()
+
+    def serve(self, key: str, version: str) -> bool | None:
+        """Serve the archived ``version`` of ``key`` (a pin or a rollback): ``True`` when it
+        changed, ``False`` when it already served, ``None`` when that version is not kept."""
+        keys = self.keys
+        result = self._serve(keys=[keys.data, keys.versions, keys.epoch, keys.archive],
+                             args=[key, version, keys.channel])
+        return None if result == -1 else bool(result)
+
+    def archived(self, key: str, version: str) -> StoredTemplate | None:
+        raw = self.client.hget(self.keys.archive, archive_field(key, version))
+        return decode_record(raw) if raw is not None else None
+
+    def put_part(self, key: str, part: Part, origin: Mapping[str, Any]) -> bool:
+        """Store a layout or partial; ``False`` when that version was already stored."""
+        stored = self.get_part(key)
+        if stored is not None and stored.version == part.version:
+            return False
+        self.client.hset(self.keys.parts, key, orjson.dumps({
+            "kind": part.kind, "markup": part.markup, "body": part.body,
+            "version": part.version, "origin": dict(origin),
+            "updated_at": datetime.datetime.now(datetime.UTC).isoformat()}))
+        return True
+
+    def get_part(self, key: str) -> Part | None:
+        raw = self.client.hget(self.keys.parts, key)
+        if raw is None:
+            return None
+        record = orjson.loads(raw)
+        return Part(record["kind"], record["body"], record.get("markup", "mjml"))
+
+    def delete_part(self, key: str) -> bool:
+        return bool(self.client.hdel(self.keys.parts, key))
 
     def delete(self, key: str) -> bool:
         """Remove ``key``; ``False`` when it was not stored."""
@@ -193,6 +280,9 @@ class RedisTemplateStore:
         self.refresh_seconds = refresh_seconds
         #: key -> record; replaced whole on every refresh, so reads need no lock.
         self._records: dict[str, StoredTemplate] = {}
+        #: "key@version" -> an archived record read before (versions never change).
+        self._archived: dict[str, StoredTemplate] = {}
+        self._archive_lock = threading.Lock()
         self._epoch: str | None = None
         self._pid: int | None = None
         self._start_lock = threading.Lock()
@@ -228,6 +318,27 @@ class RedisTemplateStore:
             if record is not None:
                 return record
         return None
+
+    def archived(self, key: str, version: str) -> StoredTemplate | None:
+        """The kept ``version`` of the stored template ``key`` (one Redis read unless it is the
+        version serving, or was read before). Raises ``redis.RedisError`` when unreachable."""
+        self._ensure_started()
+        current = self._records.get(key)
+        if current is not None and current.version == version:
+            return current
+        field = archive_field(key, version)
+        cached = self._archived.get(field)
+        if cached is not None:
+            return cached
+        raw = self._redis().hget(self.keys.archive, field)
+        if raw is None:
+            return None
+        record = decode_record(raw)
+        with self._archive_lock:
+            if len(self._archived) >= 256:
+                self._archived.pop(next(iter(self._archived)))
+            self._archived[field] = record
+        return record
 
     def origin(self, name: str) -> dict[str, Any] | None:
         record = self.lookup(name)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .locales import check_locale
 from .rendering import (
     CompiledTemplate,
     LocaleOverride,
@@ -24,6 +25,8 @@ from .rendering import (
     TemplateSource,
     compile_template,
 )
+from .template_parts import TEMPLATE as TEMPLATE_KIND
+from .template_parts import Composer, Part, PartLookup, compose, part_from_spec, spec_kind
 
 GROUP = "email.platform.example.com"
 VERSION = "v1"
@@ -37,6 +40,14 @@ READY = "Ready"
 COMPILED = "Compiled"
 #: Reason when the store could not be written (retried with backoff).
 STORE_UNAVAILABLE = "StoreUnavailable"
+#: Reason of the Ready condition while ``spec.pinnedVersion`` holds an older version serving.
+PINNED = "Pinned"
+#: Reason when ``spec.pinnedVersion`` names a version the store does not keep.
+UNKNOWN_VERSION = "UnknownVersion"
+#: Annotation ``kubectl`` sets (``--record``, or by hand) to say why a resource changed.
+CHANGE_CAUSE = "kubernetes.io/change-cause"
+#: Locale entries one template may have (the CRD's maxItems).
+MAX_LOCALES = 64
 #: Longest condition message kept (the API server allows 32768).
 MAX_MESSAGE = 4096
 
@@ -49,21 +60,35 @@ def qualified_name(namespace: str, name: str) -> str:
 def source_from_spec(key: str, spec: Mapping[str, Any]) -> TemplateSource:
     """Translate an EmailTemplate spec into a :class:`TemplateSource` (no compiling yet)."""
     locales: dict[str, LocaleOverride] = {}
-    for entry in spec.get("locales") or []:
-        locale = str(entry.get("locale") or "")
-        if not locale:
+    entries = spec.get("locales") or []
+    if not isinstance(entries, list) or len(entries) > MAX_LOCALES:
+        raise TemplateError("InvalidTemplate",
+                            f"spec.locales: a list of at most {MAX_LOCALES} entries")
+    for entry in entries:
+        if not isinstance(entry, Mapping) or not entry.get("locale"):
             raise TemplateError("InvalidTemplate", "spec.locales: every entry needs a locale")
+        locale = _locale(entry.get("locale"), "spec.locales")
         if locale in locales:
             raise TemplateError("InvalidTemplate", f"spec.locales: {locale!r} appears twice")
+        sample = entry.get("sampleData")
+        if sample is not None and not isinstance(sample, Mapping):
+            raise TemplateError("InvalidTemplate",
+                                f"spec.locales[{locale}].sampleData must be an object")
         locales[locale] = LocaleOverride(
             subject=entry.get("subject"), mjml=entry.get("mjml"), html=entry.get("html"),
-            text=entry.get("text"),
+            text=entry.get("text"), sample_data=dict(sample) if sample is not None else None,
         )
     subject = spec.get("subject")
     if not isinstance(subject, str) or not subject.strip():
         raise TemplateError("InvalidTemplate", "spec.subject is required")
     variables = spec.get("variables")
     sample = spec.get("sampleData")
+    fallback = spec.get("fallbackLocale")
+    if fallback is not None:
+        fallback = _locale(fallback, "spec.fallbackLocale")
+        if fallback not in locales:
+            raise TemplateError("InvalidTemplate",
+                                f"spec.fallbackLocale: {fallback!r} is not one of spec.locales")
     return TemplateSource(
         name=key,
         subject=subject.strip(),
@@ -75,7 +100,39 @@ def source_from_spec(key: str, spec: Mapping[str, Any]) -> TemplateSource:
         variables=dict(variables) if isinstance(variables, Mapping) else None,
         sample_data=dict(sample) if isinstance(sample, Mapping) else {},
         locales=locales,
+        fallback_locale=fallback,
     )
+
+
+def _locale(value: Any, field: str) -> str:
+    try:
+        return check_locale(value)
+    except ValueError as exc:
+        raise TemplateError("InvalidTemplate", f"{field}: {exc}") from None
+
+
+def pinned_version(spec: Mapping[str, Any]) -> str | None:
+    """``spec.pinnedVersion`` when set: a 16-hex-digit content hash, else TemplateError."""
+    value = spec.get("pinnedVersion")
+    if value is None:
+        return None
+    if (not isinstance(value, str) or len(value) != 16
+            or any(c not in "0123456789abcdef" for c in value)):
+        shown = repr(value)[:40]
+        raise TemplateError("InvalidTemplate",
+                            f"spec.pinnedVersion must be a 16-hex-digit version, got {shown}")
+    return value
+
+
+def resource_origin(namespace: str, name: str, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Who/what stored a version: the resource, its generation and uid, and the
+    ``kubernetes.io/change-cause`` annotation when present (bounded)."""
+    origin: dict[str, Any] = {"kind": KIND, "namespace": namespace, "name": name,
+                              "uid": meta.get("uid"), "generation": meta.get("generation")}
+    cause = (meta.get("annotations") or {}).get(CHANGE_CAUSE)
+    if isinstance(cause, str) and cause:
+        origin["changeCause"] = cause[:1024]
+    return origin
 
 
 def compile_resource(
@@ -168,6 +225,9 @@ def ready_status(
     generation: int | None,
     key: str,
     version: str | None = None,
+    latest: str | None = None,
+    pinned: str | None = None,
+    parts: Mapping[str, str | None] | None = None,
 ) -> dict[str, Any]:
     """The whole ``status`` to merge-patch: conditions (replaced whole), generation, version.
 
@@ -183,8 +243,16 @@ def ready_status(
     }
     if generation is not None:
         patch["observedGeneration"] = generation
+    if parts is not None and (parts or current.get("parts")):
+        # The layouts and partials last composed in (None: missing); a merge patch replaces
+        # the map's keys, so keys no longer used are set to null (removed).
+        previous = current.get("parts") or {}
+        patch["parts"] = {**{key: None for key in previous if key not in parts},
+                          **{key: value or "" for key, value in parts.items()}}
     if version is not None:
         patch["version"] = version
+        patch["latestVersion"] = latest or version
+        patch["pinnedVersion"] = pinned  # None removes it (merge patch)
     return patch
 
 
@@ -220,10 +288,54 @@ class Refusal:
     error: TemplateError
 
 
+def _yaml_files(paths: Sequence[Path]) -> Iterator[Path]:
+    for path in paths:
+        if path.is_file() and path.suffix in {".yaml", ".yml"}:
+            yield path
+        elif path.is_dir() and not (path / "subject.txt").is_file():
+            yield from (child for child in sorted(path.iterdir())
+                        if child.is_file() and child.suffix in {".yaml", ".yml"})
+
+
+def collect_parts(
+    paths: Sequence[Path], default_namespace: str,
+) -> tuple[dict[str, tuple[Part, dict[str, Any]]], list[Refusal]]:
+    """The layouts and partials (``spec.kind``) among EmailTemplate YAML files, each checked
+    (slot, references among themselves, cycles)."""
+    found: dict[str, tuple[Part, dict[str, Any]]] = {}
+    refused: list[Refusal] = []
+    for path in _yaml_files(paths):
+        try:
+            documents = list(iter_resource_documents(path))
+        except TemplateError:
+            continue  # collect_templates reports it
+        for document in documents:
+            spec = document.get("spec") or {}
+            key = None
+            try:
+                if spec_kind(spec) == TEMPLATE_KIND:
+                    continue
+                key = resource_key(document, default_namespace)
+                found[key] = (part_from_spec(spec), {"kind": KIND, "path": str(path)})
+            except TemplateError as exc:
+                where = f"{path}: {(document.get('metadata') or {}).get('name')}"
+                refused.append(Refusal(where, key, exc))
+    for key, (part, _) in list(found.items()):
+        namespace = key.partition("/")[0]
+        try:
+            Composer(namespace, lambda k: found[k][0] if k in found else None, own=key
+                     ).expand(part.body, f"spec.{part.markup}")
+        except TemplateError as exc:
+            refused.append(Refusal(f"{found[key][1]['path']}: {key}", key, exc))
+            del found[key]
+    return found, refused
+
+
 def collect_templates(
     paths: Sequence[Path], default_namespace: str, *,
     sender_allowed: Callable[[str], bool] | None = None,
     compiler: Callable[[TemplateSource], object] = compile_template,
+    parts: PartLookup | None = None,
 ) -> tuple[dict[str, tuple[TemplateSource, dict[str, Any]]], list[Refusal]]:
     """Read template folders (as in ``templates/``) and EmailTemplate YAML files, and compile them.
 
@@ -231,6 +343,8 @@ def collect_templates(
     may be a folder of template folders, a folder of YAML files, one template folder, or one YAML
     file. ``compiler`` compiles and test-renders one source, raising :class:`TemplateError` (e.g.
     :meth:`mailcore.sandbox_process.TemplateSandbox.compile`, which risks a child process only).
+    Layouts and partials (see :func:`collect_parts`) are skipped; ``parts`` looks them up for
+    the templates that use them.
     """
     from .templates import load_template_dir
 
@@ -257,10 +371,13 @@ def collect_templates(
         for document in documents:
             key = None
             try:
-                key = resource_key(document, default_namespace)
                 spec = document.get("spec") or {}
+                if spec_kind(spec) != TEMPLATE_KIND:
+                    continue
+                key = resource_key(document, default_namespace)
                 check_mailboxes(spec, sender_allowed)
-                source = source_from_spec(key, spec)
+                composer = Composer(key.partition("/")[0], parts or (lambda _: None), own=key)
+                source = compose(source_from_spec(key, spec), spec, composer)
                 compiler(source)
             except TemplateError as exc:
                 where = f"{path}: {(document.get('metadata') or {}).get('name')}"

@@ -9,10 +9,18 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis
 from pydantic import ValidationError
 
 from .config import Settings
-from .errors import InvalidData, InvalidRequest, SenderNotAllowed, UnknownTemplate
+from .errors import (
+    InvalidData,
+    InvalidRequest,
+    SenderNotAllowed,
+    StoreUnavailable,
+    UnknownTemplate,
+    UnknownTemplateVersion,
+)
 from .jsonlimits import check_json
 from .message import BatchRequest, SendRequest, error_details
 from .rendering import TemplateError
@@ -52,11 +60,24 @@ class Validator:
         return messages
 
     def check(self, request: SendRequest) -> None:
-        """Template exists, data matches its variables, ``from`` is an allowed sender."""
-        template = self.registry.get(request.template)
-        if template is None:
+        """Template exists (at ``template_version`` when named), data matches its variables,
+        ``from`` is an allowed sender. Pins the request to the version it was validated
+        against (``template_version`` and the store key)."""
+        try:
+            resolved = self.registry.resolve(request.template, request.template_version)
+        except TemplateError as exc:
+            raise UnknownTemplateVersion(exc.message, details=[
+                {"field": "template_version", "message": "no such kept version"}]) from None
+        except (redis.RedisError, OSError):
+            raise StoreUnavailable("the template store is unreachable; retry later",
+                           retry_after=5) from None
+        if resolved is None:
             raise UnknownTemplate(f"no template named {request.template!r}",
                                   details=[{"field": "template", "message": "unknown template"}])
+        template = resolved.template
+        if resolved.pin is not None:
+            request.template_version = resolved.pin.version
+            request._template_key = resolved.pin.key
         try:
             template.validate_data(request.data)
         except TemplateError as exc:

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+)
 
 from mailcore.errors import InvalidRequest
 from mailcore.jsonlimits import check_json
+from mailcore.locales import MAX_TAG, check_locale
 from mailcore.message import EmailAddress, HeaderText, Recipient, SendRequest, error_details
 
 M = TypeVar("M", bound=BaseModel)
@@ -18,6 +26,7 @@ def _number_to_str(value: Any) -> Any:
 
 
 Text = Annotated[str, BeforeValidator(_number_to_str)]
+Locale = Annotated[str, Field(max_length=MAX_TAG), AfterValidator(check_locale)]
 
 
 class ResetCodeRequest(BaseModel):
@@ -27,6 +36,8 @@ class ResetCodeRequest(BaseModel):
 
     email: EmailAddress
     code: Annotated[Text, Field(min_length=1, max_length=64)]
+    #: Optional (not in the original contract): a BCP 47 tag; else ``Accept-Language``.
+    locale: Locale | None = None
 
 
 class Customer(BaseModel):
@@ -60,6 +71,8 @@ class OrderConfirmation(BaseModel):
     shipping_method: Annotated[str, Field(max_length=200)] | None = None
     estimated_delivery: Annotated[str, Field(max_length=64)] | None = None
     notes: Annotated[str, Field(max_length=2000)] | None = None
+    #: Optional (not in the original contract): a BCP 47 tag; else ``Accept-Language``.
+    locale: Locale | None = None
 
 
 def parse_reset(body: dict[str, Any], template: str) -> SendRequest:
@@ -70,6 +83,7 @@ def parse_reset(body: dict[str, Any], template: str) -> SendRequest:
         template=template,
         to=[Recipient(email=reset.email)],
         data={"email": reset.email, "code": reset.code},
+        locale=reset.locale,
     )
 
 
@@ -79,7 +93,8 @@ def parse_order(body: dict[str, Any], template: str) -> SendRequest:
     return SendRequest(
         template=template,
         to=[Recipient(email=customer.email, name=customer.name)],
-        data=order.model_dump(mode="json"),
+        data=order.model_dump(mode="json", exclude={"locale"}),
+        locale=order.locale,
     )
 
 

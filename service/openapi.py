@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import functools
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
+from mailcore.locales import MAX_TAG, check_locale
 from mailcore.message import BatchRequest, SendRequest
 from mailcore.status import STATUSES
 
@@ -31,6 +32,7 @@ ERROR_CODES = (
     "payload_too_large", "headers_too_large", "invalid_request", "unknown_template",
     "invalid_data", "sender_not_allowed", "batch_too_large", "render_error", "render_timeout",
     "rate_limited", "recipient_rate_limited", "unavailable", "queue_full",
+    "unknown_template_version", "store_unavailable",
 )
 
 
@@ -127,9 +129,35 @@ class TemplateList(_Out):
     templates: list[TemplateInfo]
 
 
+class TemplateVersion(_Out):
+    version: str = Field(description="The content hash (16 hex digits).")
+    serving: bool
+    stored_at: str | None = Field(default=None, description="When this version was stored.")
+    history_at: str | None = Field(default=None,
+                                   description="When it last became the newest.")
+    origin: dict[str, Any] = Field(description=(
+        'Who/what stored it: {"kind": "EmailTemplate", "namespace", "name", "uid", '
+        '"generation", "changeCause"?}, {"kind": "EmailTemplate", "path"} from the dev sync, '
+        'or {"kind": "builtin"}.'))
+
+
+class TemplateVersions(_Out):
+    template: str
+    key: str | None = Field(default=None, description="The store key (absent: a built-in).")
+    serving: str
+    versions: list[TemplateVersion] = Field(description="Kept versions, newest first.")
+
+
+class TemplateVersionDetail(TemplateVersion):
+    template: str
+    key: str | None
+    source: dict[str, Any] = Field(description="subject, mjml/html, text, variables, "
+                                               "sample_data, locales, fallback_locale")
+
+
 class PreviewRequest(_Out):
     data: dict[str, Any] | None = None
-    locale: str | None = None
+    locale: Annotated[str, Field(max_length=MAX_TAG), AfterValidator(check_locale)] | None = None
 
 
 class Preview(_Out):
@@ -173,7 +201,7 @@ _MODELS: list[type[BaseModel]] = [
     SendRequest, BatchRequest, ResetCodeRequest, OrderConfirmation, Error, Queued, BatchQueued,
     ResetCodeSent,
     OrderConfirmationSent, Health, Ready, MessageStatus, TemplateList, TemplateDetail,
-    PreviewRequest, Preview,
+    PreviewRequest, Preview, TemplateVersions, TemplateVersionDetail,
     DeadLetterList, DeadLetterDetail, RetryAll, Purged,
 ]
 
@@ -257,6 +285,18 @@ def openapi_document() -> dict[str, Any]:
             "parameters": [_path_param("name")], "requestBody": _body(PreviewRequest),
             "responses": {"200": _json(Preview, "Rendered"),
                           **_errors(400, 401, 404, 408, 413, 422)},
+        }},
+        "/v1/templates/{name}/versions": {"get": {
+            "summary": "The kept versions of a template, newest first, with who stored each",
+            "operationId": "listTemplateVersions", "parameters": [_path_param("name")],
+            "responses": {"200": _json(TemplateVersions, "Versions"), **_errors(401, 404)},
+        }},
+        "/v1/templates/{name}/versions/{version}": {"get": {
+            "summary": "One kept version of a template, with its source",
+            "operationId": "getTemplateVersion",
+            "parameters": [_path_param("name"), _path_param("version")],
+            "responses": {"200": _json(TemplateVersionDetail, "The version"),
+                          **_errors(401, 404)},
         }},
         "/v1/dead-letters": {
             "get": {"summary": "List dead letters (admin scope)", "operationId": "listDead",

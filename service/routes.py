@@ -21,11 +21,13 @@ from mailcore.deadletters import DeadLetters
 from mailcore.errors import EmailServiceError, InvalidData, InvalidRequest
 from mailcore.idempotency import Idempotency
 from mailcore.jsonlimits import check_json
+from mailcore.locales import negotiate, parse_accept_language
 from mailcore.message import SendRequest, error_details
 from mailcore.owners import owns
 from mailcore.rendering import RenderedEmail, TemplateError
 from mailcore.sandbox_process import ProcessLimits, TemplateSandbox
 from mailcore.status import decode_status, status_key, timeline_key
+from mailcore.template_history import get_version, list_versions
 from mailcore.timestamps import rfc3339_from_iso
 from mailcore.validation import Validator
 
@@ -37,6 +39,7 @@ from .offload import OFFLOAD_BYTES, off_loop
 from .openapi import PreviewRequest, openapi_document
 from .sending import BatchResponder, SendService
 
+_VERSION = re.compile(r"[0-9a-f]{16}")
 _MESSAGE_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -74,9 +77,11 @@ Parser = Callable[[Validator, dict[str, Any]], list[SendRequest]]
 
 
 async def _send(request: Request, parse: Parser, *, source: str, respond: BatchResponder,
-                invalid_status: int = 422, batch: bool = False) -> JSONResponse:
+                invalid_status: int = 422, batch: bool = False,
+                accept_language: bool = False) -> JSONResponse:
     """Authenticate (with the sending scope), refuse a throttled caller at once, read and
-    validate the body, then queue it.
+    validate the body, then queue it. ``accept_language``: a message without ``locale`` takes
+    the preferred valid tag of the ``Accept-Language`` header (the legacy endpoints).
 
     Every request is charged to the caller's rate limit: a refused one here (one token), an
     accepted one inside the accept step (one Redis round trip for the whole acceptance)."""
@@ -96,11 +101,14 @@ async def _send(request: Request, parse: Parser, *, source: str, respond: BatchR
                     service.check_batch_size(
                         caller, len(messages) if isinstance(messages, list) else 1)
                 parsed = parse(service.validator, body)
+                if accept_language:
+                    _locale_from_header(service, parsed, request.headers.get("accept-language"))
                 return parsed, Idempotency.from_request(
                     request.headers.get("idempotency-key"), caller.owner, request.url.path,
                     body)
 
-            if len(raw) > OFFLOAD_BYTES:
+            # A named template_version may be read from Redis: never on the event loop.
+            if len(raw) > OFFLOAD_BYTES or b"template_version" in raw:
                 messages, idempotency = await off_loop(parse_all)
             else:
                 messages, idempotency = parse_all()
@@ -114,6 +122,17 @@ async def _send(request: Request, parse: Parser, *, source: str, respond: BatchR
         raise http_error(exc, invalid_status=invalid_status) from None
     headers = {"Idempotent-Replayed": "true"} if replay else {}
     return JSONResponse(answer, status_code=status_code, headers=headers)
+
+
+def _locale_from_header(service: SendService, messages: list[SendRequest],
+                        header: str | None) -> None:
+    """Messages without a ``locale`` take the header's preferred tag their template has."""
+    preferred = parse_accept_language(header)
+    for message in messages:
+        if message.locale is None and preferred:
+            template = service.registry.get(message.template)
+            message.locale = negotiate(
+                preferred, template.has_locale if template else lambda _: False)
 
 
 def _parse_message(validator: Validator, body: dict[str, Any]) -> list[SendRequest]:
@@ -148,12 +167,13 @@ async def send_batch(request: Request) -> JSONResponse:
 
 async def send_reset_code(request: Request) -> JSONResponse:
     return await _send(request, _parse_reset, source="reset-code", invalid_status=400,
+                       accept_language=True,
                        respond=lambda _: (200, {"message":
                                                 "Password reset code sent successfully"}))
 
 
 async def order_confirmation(request: Request) -> JSONResponse:
-    return await _send(request, _parse_order, source="order-confirmation",
+    return await _send(request, _parse_order, source="order-confirmation", accept_language=True,
                        respond=lambda _: (200, {"status": "success",
                                                 "message": "Order confirmation email sent"}))
 
@@ -220,6 +240,48 @@ async def get_template(request: Request) -> JSONResponse:
     assert template is not None
     return JSONResponse({**described, "subject": template.source.subject,
                          "sample_data": dict(template.source.sample_data)})
+
+
+def _versions_key(service: SendService, name: str) -> tuple[str | None, str]:
+    """The store key ``name`` resolves to (``None`` for a built-in) and its serving version."""
+    resolved = service.registry.resolve(name)
+    if resolved is None:
+        raise ApiError(404, "unknown_template", f"no template named {name!r}")
+    if resolved.pin is None:
+        return None, resolved.template.version
+    return resolved.pin.key, resolved.pin.version
+
+
+async def list_template_versions(request: Request) -> JSONResponse:
+    """The kept versions of a template, newest first, with who/what stored each and when."""
+    await authenticate(request)
+    service = _service(request)
+    name = request.path_params["name"]
+    key, serving = _versions_key(service, name)
+    if key is None:
+        return JSONResponse({"template": name, "serving": serving, "versions": [
+            {"version": serving, "serving": True, "origin": {"kind": "builtin"}}]})
+    versions = await list_versions(service.client, service.settings.redis.key_prefix, key)
+    return JSONResponse({"template": name, "key": key, "serving": serving,
+                         "versions": versions})
+
+
+async def get_template_version(request: Request) -> JSONResponse:
+    """One kept version of a template, with its source."""
+    await authenticate(request)
+    service = _service(request)
+    name = request.path_params["name"]
+    version = request.path_params["version"]
+    if not _VERSION.fullmatch(version):
+        raise ApiError(404, "unknown_template_version",
+                       "a version is 16 hexadecimal digits (see .../versions)")
+    key, _ = _versions_key(service, name)
+    found = (await get_version(service.client, service.settings.redis.key_prefix, key, version)
+             if key is not None else None)
+    if found is None:
+        raise ApiError(404, "unknown_template_version",
+                       f"template {name!r} has no kept version {version!r}")
+    return JSONResponse({"template": name, "key": key, **found})
 
 
 #: Previews render in a child process (a template and the caller's data are untrusted: a
@@ -346,6 +408,9 @@ routes = [
     Route("/v1/messages/{id}", get_message, methods=["GET"]),
     Route("/v1/templates", list_templates, methods=["GET"]),
     Route("/v1/templates/{name:path}/render", render_template, methods=["POST"]),
+    Route("/v1/templates/{name:path}/versions/{version}", get_template_version,
+          methods=["GET"]),
+    Route("/v1/templates/{name:path}/versions", list_template_versions, methods=["GET"]),
     Route("/v1/templates/{name:path}", get_template, methods=["GET"]),
     Route("/v1/dead-letters", list_dead_letters, methods=["GET"]),
     Route("/v1/dead-letters", purge_dead_letters, methods=["DELETE"]),

@@ -30,7 +30,8 @@ from mailcore.queue import Acceptor, Charge, Entry, send_job
 from mailcore.ratelimit import EmptyBuckets, RateLimiter
 from mailcore.status import QUEUED, event, initial_fields
 from mailcore.telemetry import inject_context, tracer
-from mailcore.templates import TemplateRegistry
+from mailcore.template_history import add_references
+from mailcore.templates import Pin, TemplateRegistry
 from mailcore.tokens import Caller
 from mailcore.validation import Validator
 
@@ -149,15 +150,22 @@ class SendService:
                     job = send_job(message_id, request.model_dump(
                         mode="json", by_alias=True, exclude_defaults=True), source=source)
                     job["trace"] = carrier
+                    if request._template_key is not None:
+                        job["template_key"] = request._template_key
                     recipients = [r.email for r in [*request.to, *request.cc, *request.bcc]]
                     fields = initial_fields(message_id=message_id, owner=owner,
                                             template=request.template, recipients=recipients,
-                                            source=source)
+                                            source=source, version=request.template_version)
                     entries.append(Entry(job, fields, event(QUEUED, f"accepted via {source}")))
                 return entries, [self.acceptor.encode(entry) for entry in entries]
 
             entries, encoded = (await off_loop(build) if len(requests) > OFFLOAD_MESSAGES
                                 else build())
+            # Pinned versions are kept while these messages may still be rendered.
+            await add_references(self.client, self.settings.redis.key_prefix, [
+                (message_id, Pin(request._template_key, request.template_version))
+                for message_id, request in zip(ids, requests, strict=True)
+                if request._template_key is not None and request.template_version is not None])
             replay = await self._accept(entries, encoded, requests, owner=owner,
                                         idempotency=idempotency, status_code=status_code,
                                         body=body, caller=caller)

@@ -8,19 +8,21 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import redis
 from opentelemetry import trace
 from pydantic import ValidationError
 
 from mailcore.config import Settings
 from mailcore.message import ACCEPTED, Recipient, SendRequest, error_details, recipient_from_text
 from mailcore.mime import build_envelope
-from mailcore.rendering import TemplateError
+from mailcore.rendering import CompiledTemplate, TemplateError
 from mailcore.telemetry import detail_span
-from mailcore.templates import TemplateRegistry
+from mailcore.templates import Pin, TemplateRegistry
 from mailcore.transports import (
     DeliveryError,
     DeliveryResult,
     PermanentDeliveryError,
+    TransientDeliveryError,
     Transport,
     UnconfirmedDeliveryError,
 )
@@ -67,9 +69,7 @@ class Deliverer:
         from the transport."""
         request = parse_job(job)
         span = trace.get_current_span()
-        template = self.registry.get(request.template)
-        if template is None:
-            raise TemplateError("UnknownTemplate", f"no template named {request.template!r}")
+        template = self._template(job, request)
         span.set_attribute("email.template", template.name)
         span.set_attribute("email.template_version", template.version)
         started = time.perf_counter()
@@ -127,6 +127,26 @@ class Deliverer:
         if result.refused:
             log.warning("some recipients refused", extra={"message_id": message_id,
                                                           "refused": len(result.refused)})
+
+
+    def _template(self, job: dict[str, Any], request: SendRequest) -> CompiledTemplate:
+        """The version the message was accepted with (its pin), whatever serves now; a
+        built-in (never pinned) as this worker ships it."""
+        key = job.get("template_key")
+        if isinstance(key, str) and request.template_version is not None:
+            try:
+                pinned = self.registry.pinned(Pin(key, request.template_version))
+            except (redis.RedisError, OSError) as exc:
+                raise TransientDeliveryError(f"the template store is unreachable: {exc}") from None
+            if pinned is None:
+                raise TemplateError(
+                    "UnknownTemplateVersion",
+                    f"version {request.template_version} of {key!r} is no longer kept")
+            return pinned
+        template = self.registry.get(request.template)
+        if template is None:
+            raise TemplateError("UnknownTemplate", f"no template named {request.template!r}")
+        return template
 
 
 def parse_job(job: Any) -> SendRequest:

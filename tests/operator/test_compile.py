@@ -9,6 +9,7 @@ import pytest
 
 from mailcore.rendering import TemplateError
 from mailcore.template_resources import (
+    collect_parts,
     collect_templates,
     compile_resource,
     describe_error,
@@ -223,10 +224,14 @@ def test_collect_reads_folders_and_yaml_and_reports_errors(tmp_path: Path) -> No
     (tmp_path / "bad.yaml").write_text(
         "apiVersion: email.platform.example.com/v1\nkind: EmailTemplate\n"
         "metadata: {name: bad}\nspec: {subject: x, mjml: '<div>'}\n")
-    valid, errors = collect_templates(
-        [repo / "templates", repo / "examples" / "emailtemplates", tmp_path], "dev")
+    paths = [repo / "templates", repo / "examples" / "emailtemplates", tmp_path]
+    parts, part_errors = collect_parts(paths, "dev")
+    assert part_errors == [] and set(parts) == {"default/shop-frame", "default/shop-legal"}
+    valid, errors = collect_templates(paths, "dev",
+                                      parts=lambda key: parts[key][0] if key in parts else None)
     assert {"dev/password_reset", "dev/order_confirmation"} <= set(valid)
-    assert {"default/welcome", "default/invoice"} <= set(valid)  # their own namespace
+    assert {"default/welcome", "default/invoice", "default/order-shipped"} <= set(valid)
+    assert "shop-legal" not in str(valid["default/order-shipped"][0].mjml)  # inlined
     assert [(r.where.endswith("bad.yaml: bad"), r.key, r.error.reason) for r in errors] == [
         (True, "dev/bad", "InvalidMJML")]
 

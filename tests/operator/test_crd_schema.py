@@ -15,7 +15,15 @@ import jsonschema
 import pytest
 import yaml
 
-from mailcore.template_resources import FINALIZER, GROUP, KIND, PLURAL, compile_resource
+from mailcore.rendering import compile_template
+from mailcore.template_parts import Composer, compose, part_from_spec
+from mailcore.template_resources import (
+    FINALIZER,
+    GROUP,
+    KIND,
+    PLURAL,
+    source_from_spec,
+)
 
 from .conftest import CRD_PATH, EXAMPLES, load_crd
 
@@ -120,7 +128,7 @@ def test_schema_is_strict_and_documented() -> None:
 
     assert [p for p in walk(SCHEMA, "") if p.startswith((".spec", ".status"))] == []
     preserved = [p for p in walk_preserved(SCHEMA, "")]
-    assert preserved == [".spec.variables", ".spec.sampleData"]
+    assert preserved == [".spec.variables", ".spec.sampleData", ".spec.locales[].sampleData"]
 
 
 def walk_preserved(node: dict[str, Any], path: str) -> Iterator[str]:
@@ -152,8 +160,16 @@ def test_cel_rules_exist() -> None:
 @pytest.mark.parametrize("example", examples(), ids=lambda d: d["metadata"]["name"])
 def test_examples_are_valid(example: dict[str, Any]) -> None:
     assert errors(example) == []
-    compile_resource(f"{example['metadata']['namespace']}/{example['metadata']['name']}",
-                     example["spec"])
+    key = f"{example['metadata']['namespace']}/{example['metadata']['name']}"
+    if example["spec"].get("kind", "template") != "template":
+        part_from_spec(example["spec"])
+        return
+    parts = {f"{doc['metadata']['namespace']}/{doc['metadata']['name']}":
+             part_from_spec(doc["spec"]) for doc in examples()
+             if doc["spec"].get("kind", "template") != "template"}
+    source = compose(source_from_spec(key, example["spec"]), example["spec"],
+                     Composer(example["metadata"]["namespace"], parts.get, own=key))
+    compile_template(source)
 
 
 @pytest.mark.parametrize("example", examples(), ids=lambda d: d["metadata"]["name"])
@@ -169,7 +185,12 @@ def broken(change: Any) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(("change", "expected"), [
-    (lambda s: s.pop("subject"), ("spec", "required")),
+    (lambda s: s.update(kind="snippet"), ("spec.kind", "enum")),
+    (lambda s: s.update(layout="../base"), ("spec.layout", "pattern")),
+    (lambda s: s.update(layout="/etc/passwd"), ("spec.layout", "pattern")),
+    (lambda s: s.update(layout="base\x00"), ("spec.layout", "pattern")),
+    (lambda s: s.update(layout="x" * 300), ("spec.layout", "maxLength")),
+    (lambda s: s.update(layout=["base"]), ("spec.layout", "type")),
     (lambda s: s.update(subject=""), ("spec.subject", "minLength")),
     (lambda s: s.update(subjet="typo"), ("spec", "additionalProperties")),
     (lambda s: s.update(mjml=42), ("spec.mjml", "type")),
@@ -179,6 +200,13 @@ def broken(change: Any) -> dict[str, Any]:
      ("spec.locales.1.locale", "pattern")),
     (lambda s: s["locales"][0].update(body="?"), ("spec.locales.0", "additionalProperties")),
     (lambda s: s["locales"][0].pop("locale"), ("spec.locales.0", "required")),
+    (lambda s: s.update(pinnedVersion=1234567890123456), ("spec.pinnedVersion", "type")),
+    (lambda s: s.update(pinnedVersion=["0123456789abcdef"]), ("spec.pinnedVersion", "type")),
+    (lambda s: s.update(pinnedVersion="0123456789ABCDEF"), ("spec.pinnedVersion", "pattern")),
+    (lambda s: s.update(pinnedVersion="0123"), ("spec.pinnedVersion", "minLength")),
+    (lambda s: s.update(pinnedVersion="0" * 100_000), ("spec.pinnedVersion", "maxLength")),
+    (lambda s: s.update(pinnedVersion="../../etc/passwd"), ("spec.pinnedVersion", "pattern")),
+    (lambda s: s.update(pinnedVersion="0123456789abcde\x00"), ("spec.pinnedVersion", "pattern")),
 ])
 def test_broken_objects_fail_for_the_right_reason(change: Any, expected: tuple[str, str]) -> None:
     assert expected in errors(broken(change))
@@ -197,6 +225,19 @@ def test_resource_names_are_dns_subdomains(name: str) -> None:
     (lambda s: s["locales"][0].update(html="<p>x</p>"), "a locale sets mjml or html, not both"),
     (lambda s: s["locales"].append({"locale": "fr"}),
      "a locale overrides at least one of subject, mjml, html, text"),
+    (lambda s: s.update(fallbackLocale="fr"),
+     "spec.fallbackLocale must be the locale of one of spec.locales"),
+    (lambda s: s.pop("subject"), "a template needs spec.subject"),
+    (lambda s: (s.pop("subject"), s.update(kind="template")),
+     "a template needs spec.subject"),
+    (lambda s: s.update(kind="partial", layout="base"),
+     "only a template (spec.kind template) may name a layout"),
+    (lambda s: (s.pop("locales"), s.update(kind="layout")),
+     "a layout needs a {{ content }} slot"),
+    (lambda s: s.update(kind="partial", pinnedVersion="0123456789abcdef"),
+     "only a template (spec.kind template) can be pinned"),
+    (lambda s: (s.pop("locales"), s.update(fallbackLocale="de")),
+     "spec.fallbackLocale must be the locale of one of spec.locales"),
 ])
 def test_cel_rules_refuse_for_the_right_reason(change: Any, message: str) -> None:
     obj = broken(change)
@@ -204,10 +245,50 @@ def test_cel_rules_refuse_for_the_right_reason(change: Any, message: str) -> Non
     assert cel_failures(obj) == [message]  # needs `common-expression-language` (else skipped)
 
 
+@pytest.mark.parametrize("slot", ["{{ content }}", "{{content}}", "{{- content -}}"])
+def test_a_layout_with_a_slot_and_no_subject_is_valid(slot: str) -> None:
+    def change(s: dict[str, Any]) -> None:
+        s.clear()
+        s.update(kind="layout", mjml=f"<mjml><mj-body>{slot}</mj-body></mjml>")
+
+    obj = broken(change)
+    assert errors(obj) == []
+    assert cel_failures(obj) == []
+
+
+def test_a_partial_and_a_template_with_a_layout_are_valid() -> None:
+    partial = broken(lambda s: (s.clear(), s.update(kind="partial", mjml="<mj-text>x</mj-text>")))
+    with_layout = broken(lambda s: s.update(layout="base"))
+    for obj in (partial, with_layout):
+        assert errors(obj) == []
+        assert cel_failures(obj) == []
+
+
+def test_a_fallback_locale_among_the_locales_is_valid() -> None:
+    obj = broken(lambda s: s.update(fallbackLocale="de"))
+    assert errors(obj) == []
+    assert cel_failures(obj) == []
+
+
+@pytest.mark.parametrize("value", [
+    "", "d", "de_DE", "../de", "/etc", "de\x00", "d\u00e9", "x" * 36, 42, ["de"],
+])
+def test_fallback_locale_shapes_are_refused(value: object) -> None:
+    obj = broken(lambda s: s.update(fallbackLocale=value))
+    assert {path for path, _ in errors(obj)} == {"spec.fallbackLocale"}
+
+
+def test_a_pinned_version_is_valid() -> None:
+    obj = broken(lambda s: s.update(pinnedVersion="0123456789abcdef"))
+    assert errors(obj) == []
+    assert cel_failures(obj) == []
+
+
 def test_status_written_by_the_operator_matches_the_schema() -> None:
     obj = copy.deepcopy(examples()[-1])
     obj["status"] = {
         "observedGeneration": 3, "version": "0123456789abcdef", "template": "default/welcome",
+        "latestVersion": "fedcba9876543210", "pinnedVersion": "0123456789abcdef",
         "conditions": [{"type": "Ready", "status": "False", "reason": "InvalidMJML",
                         "message": "MJML does not compile (line 3)", "observedGeneration": 3,
                         "lastTransitionTime": "2026-11-23T02:58:05Z"}],

@@ -65,7 +65,9 @@ def test_valid_template_is_compiled_stored_and_reported(
     assert obj["status"]["observedGeneration"] == 1
     assert obj["status"]["template"] == "team-a/welcome"
     assert [c["type"] for c in obj["status"]["conditions"]] == ["Ready"]
-    assert set(obj["status"]) == {"conditions", "version", "observedGeneration", "template"}
+    assert set(obj["status"]) == {"conditions", "version", "latestVersion", "observedGeneration",
+                                  "template"}
+    assert obj["status"]["latestVersion"] == expected  # no spec.pinnedVersion
     assert obj["metadata"]["finalizers"] == [FINALIZER]
 
     stored = store(store_redis).get("team-a/welcome")
