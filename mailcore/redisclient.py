@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import redis
 import redis.asyncio as aioredis
+from redis._parsers.base import BaseParser
 
 from .sentinel import SentinelSettings
 from .sentinel_client import async_sentinel_pool, sentinel_pool
@@ -23,6 +24,17 @@ from .sentinel_client import async_sentinel_pool, sentinel_pool
 Use = Literal["ingress", "admin", "worker", "store", "pubsub", "metrics", "broker"]
 #: A ``redis://`` (``rediss://``, ``unix://``) URL, or a Sentinel set.
 Where = str | SentinelSettings
+
+
+class NoReplicasError(redis.ConnectionError):
+    """The primary refused a write: fewer replicas than its ``min-replicas-to-write`` are in
+    sync. Nothing was written, so it is what an unreachable Redis is: waited out by a worker,
+    503 at the door."""
+
+
+# redis-py maps an error's first word to its exception; NOREPLICAS has no entry (a plain
+# ResponseError, which the workers would take for a failed attempt, not a brief refusal).
+BaseParser.EXCEPTION_CLASSES.setdefault("NOREPLICAS", NoReplicasError)
 
 
 @dataclass(frozen=True)
