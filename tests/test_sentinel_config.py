@@ -32,6 +32,14 @@ def test_sentinels_master_and_passwords(tmp_path: Path) -> None:
     assert redis_configured({"REDIS_SENTINELS": "a:1"})
 
 
+def test_a_kubernetes_service_link_port_is_not_read_behind_sentinel() -> None:
+    # A Service named "redis" in the namespace gives every pod REDIS_PORT=tcp://10.0.0.3:6379.
+    settings = Settings.from_env({**BASE, "REDIS_SENTINELS": "s:26379",
+                                  "REDIS_PORT": "tcp://10.0.0.3:6379"})
+    assert settings.redis.sentinel is not None
+    assert settings.redis.where == settings.redis.sentinel
+
+
 def test_without_sentinels_nothing_changes() -> None:
     settings = Settings.from_env({**BASE, "REDIS_SENTINEL_MASTER": "ignored-without-sentinels"})
     assert settings.redis.sentinel is None
