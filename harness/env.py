@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 
 #: Variables of the calling shell that must not leak into a service under test.
-_FOREIGN = ("REDIS_", "SMTP_", "JWT_", "SENDER_", "EMAIL_SERVICE_")
+_FOREIGN = ("REDIS_", "SMTP_", "JWT_", "SENDER_", "EMAIL_SERVICE_", "MAILTRAP_", "TRANSPORT",
+            "FAILOVER_", "EMAIL_SENDER", "COMPANY_NAME", "SUPPORT_EMAIL", "SANDBOX_",
+            "RECIPIENT_ALLOWLIST", "REDIRECT_ALL_TO")
 
 
 def service_env(redis_url: str, smtp_port: int, secret: str, **overrides: str) -> dict[str, str]:

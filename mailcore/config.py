@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -43,10 +43,21 @@ from .ratelimit import Rate, parse_rate
 from .render_budget import RenderLimits
 from .sentinel import SentinelSettings, parse_master, parse_sentinels
 
-__all__ = ["SECRET_NAMES", "Brand", "ConfigError", "Settings", "redis_configured"]
+__all__ = ["ALIASES", "SECRET_NAMES", "Brand", "ConfigError", "Settings", "redis_configured"]
 
 SmtpSecurity = Literal["starttls", "ssl", "none"]
-TransportName = Literal["smtp", "outbox"]
+TransportName = Literal["smtp", "outbox", "mailtrap"]
+TRANSPORT_NAMES: tuple[TransportName, ...] = ("smtp", "outbox", "mailtrap")
+
+#: Names of the order-confirmation service this one replaces (seed 2) -> our native names.
+#: Either may be set; both with different values is a start-up error.
+ALIASES = {"EMAIL_SENDER": "SENDER_EMAIL", "COMPANY_NAME": "BRAND_NAME"}
+#: Mailtrap's hosts (transactional, bulk stream, sandbox inboxes).
+MAILTRAP_SEND_URL = "https://send.api.mailtrap.io"
+MAILTRAP_BULK_URL = "https://bulk.api.mailtrap.io"
+MAILTRAP_SANDBOX_URL = "https://sandbox.api.mailtrap.io"
+#: Room in a request body for everything but the attachments' base64.
+BODY_ROOM = 32 * 1024
 
 #: The relay's port for each ``SMTP_SECURITY`` when ``SMTP_PORT`` is unset.
 SMTP_PORTS = {"starttls": "587", "ssl": "465", "none": "25"}
@@ -99,6 +110,55 @@ def _namespaces(raw: str) -> tuple[str, ...]:
     if not found:
         raise ValueError("name at least one namespace (or *)")
     return found
+
+
+def _optional_email(raw: str) -> str:
+    return normalize_address(raw) if raw else ""
+
+
+def _transport_names(raw: str) -> tuple[str, ...]:
+    found = names(raw.lower())
+    for name in found:
+        if name not in TRANSPORT_NAMES:
+            raise ValueError(f"{name!r} is not one of {', '.join(TRANSPORT_NAMES)}")
+    if not found:
+        raise ValueError("name at least one transport")
+    return found
+
+
+def _http_url(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in {"http", "https"} or not parts.netloc:
+        raise ValueError(f"must be an http(s) URL, got {raw!r}")
+    return raw.rstrip("/")
+
+
+def _digits(raw: str) -> str:
+    if not raw.isdigit():
+        raise ValueError(f"must be a number (the inbox id), got {raw!r}")
+    return raw
+
+
+def _recipients(raw: str) -> frozenset[str]:
+    """Comma-separated addresses and domains, lower-case, as addresses carry them."""
+    found = set()
+    for part in names(raw):
+        try:
+            found.add(normalize_address(part).lower() if "@" in part else ascii_domain(part))
+        except ValueError as exc:
+            raise ValueError(f"{part!r}: {exc}") from None
+    return frozenset(found)
+
+
+def _mailtrap_url(seen: Mapping[str, Any]) -> str:
+    if seen.get("MAILTRAP_SANDBOX_INBOX_ID"):
+        return MAILTRAP_SANDBOX_URL
+    return MAILTRAP_BULK_URL if seen.get("MAILTRAP_BULK") else MAILTRAP_SEND_URL
+
+
+def _attachments_fit(max_body: int) -> int:
+    """What all files of a message may weigh so that their base64 fits ``max_body``."""
+    return max((max_body - BODY_ROOM) * 3 // 4, 0)
 
 
 _port = integer(low=1, high=65535)
@@ -217,7 +277,8 @@ class Brand:
     url: str = setting("BRAND_URL", "https://example.com", "Brand link for templates.", text)
     logo_url: str = setting("BRAND_LOGO_URL", "", "Brand logo for templates.", text)
     color: str = setting("BRAND_COLOR", "#2563eb", "Brand colour for templates.", text)
-    support_email: str = setting("SUPPORT_EMAIL", "", "Support address for templates.", text)
+    support_email: str = setting("SUPPORT_EMAIL", "", "Support address for templates.",
+                                 _optional_email)
 
 
 @dataclass(frozen=True)
@@ -323,6 +384,19 @@ class LimitSettings:
         "STATUS_RETENTION_SECONDS", "604800", "How long message statuses are kept after their "
         "last change.", integer(low=60))
 
+    #: Files one message may carry; all of them and each, decoded bytes (README: Attachments).
+    attachments_max_count: int = setting(
+        "ATTACHMENTS_MAX_COUNT", "10", "Files one message may carry (at most 20).",
+        integer(low=0, high=20))
+    attachments_max_total_bytes: int = setting(
+        "ATTACHMENTS_MAX_TOTAL_BYTES", "761856", "All files of a message together, decoded; "
+        "their base64 must fit `MAX_BODY_BYTES`.", integer(low=0),
+        shown="what fits `MAX_BODY_BYTES` (761856)",
+        fallback=lambda seen: str(_attachments_fit(seen["MAX_BODY_BYTES"])))
+    attachment_max_bytes: int = setting(
+        "ATTACHMENT_MAX_BYTES", "524288", "Largest attached file, decoded.", integer(low=0),
+        fallback=lambda seen: str(min(512 * 1024, seen["ATTACHMENTS_MAX_TOTAL_BYTES"])))
+
     def rate_for(self, subject: str) -> Rate | None:
         if subject in self.rate_limit_overrides:
             return self.rate_limit_overrides[subject]
@@ -335,8 +409,9 @@ class WorkerSettings:
 
     queue_name: str = setting("QUEUE_NAME", "email", "Dramatiq queue.", text)
     transport: TransportName = setting(
-        "TRANSPORT", "smtp", "`smtp`, or `outbox` to write `.eml`/`.html` files instead of "
-        "sending.", cast(Any, choice("smtp", "outbox")))
+        "TRANSPORT", "smtp", "`smtp`, `mailtrap`, or `outbox` to write `.eml`/`.html` files "
+        "instead of sending (see Transports).", cast(Any, choice(*TRANSPORT_NAMES)),
+        shown="`smtp` (`mailtrap` with only `MAILTRAP_API_TOKEN` set)")
     outbox_dir: Path = setting("OUTBOX_DIR", "outbox", "Folder of the `outbox` transport.", path)
     max_retries: int = setting("SEND_MAX_RETRIES", "8", "Retries of transient failures.",
                                integer(low=0, high=100))
@@ -390,6 +465,50 @@ class WorkerSettings:
                 "RETRY_MIN_BACKOFF_MS: must not exceed RETRY_MAX_BACKOFF_MS "
                 f"({self.retry_min_backoff_ms} > {self.retry_max_backoff_ms})"
             )
+
+
+@dataclass(frozen=True)
+class TransportSettings:
+    """Mailtrap's sending API and failover between transports (README: Transports)."""
+
+    #: Transports in failover order; resolved with ``TRANSPORT`` by :meth:`Settings.from_env`.
+    chain: tuple[str, ...] = setting(
+        "TRANSPORTS", None, "A failover chain in order, e.g. `smtp,mailtrap` (instead of "
+        "`TRANSPORT`).", _transport_names, shown="`TRANSPORT`")
+    failover_cooldown_seconds: float = setting(
+        "FAILOVER_COOLDOWN_SECONDS", "30", "How long a transport that failed stays out of the "
+        "chain before one message probes it.", number(low=0.1))
+    failover_threshold: int = setting("FAILOVER_THRESHOLD", "1", "Consecutive failures that take "
+                                      "a transport out of the chain.", integer(low=1))
+    mailtrap_api_token: str | None = setting(
+        "MAILTRAP_API_TOKEN", None, "Mailtrap API token (`Authorization: Bearer`).", text,
+        secret=True)
+    mailtrap_bulk: bool = setting("MAILTRAP_BULK", "false", "Send on Mailtrap's bulk stream "
+                                  "host.", flag)
+    mailtrap_sandbox_inbox_id: str | None = setting(
+        "MAILTRAP_SANDBOX_INBOX_ID", None, "Send into this Mailtrap test inbox (sandbox host).",
+        _digits)
+    mailtrap_base_url: str = setting(
+        "MAILTRAP_BASE_URL", MAILTRAP_SEND_URL, "Another scheme and host (a proxy, a stand-in).",
+        _http_url, shown="by the two above", fallback=_mailtrap_url)
+    mailtrap_timeout: float = setting("MAILTRAP_TIMEOUT", "30", "Seconds for connecting, writing "
+                                      "the request and waiting for Mailtrap's answer.",
+                                      number(low=0.1))
+
+
+@dataclass(frozen=True)
+class SafeguardSettings:
+    """Test mode and staging safeguards (README: Test mode and staging safeguards)."""
+
+    sandbox_subjects: tuple[str, ...] = setting(
+        "SANDBOX_SUBJECTS", "", "JWT subjects whose messages are always sandboxed.", names)
+    sandbox_claim: str = setting("SANDBOX_CLAIM", "email_sandbox", "A token claim that, when "
+                                 "`true`, sandboxes its messages.", text)
+    recipient_allowlist: frozenset[str] = setting(
+        "RECIPIENT_ALLOWLIST", "", "Addresses and domains mail may go to; others are withheld.",
+        _recipients, shown="— (anyone)")
+    redirect_all_to: str | None = setting(
+        "REDIRECT_ALL_TO", None, "One address every message goes to instead.", _email)
 
 
 @dataclass(frozen=True)
@@ -501,8 +620,8 @@ class Settings:
     """Every tunable of the service, in groups, read once per process with :meth:`from_env`.
 
     Parameters:
-      redis, smtp, sender, brand, auth, http, events, limits, worker, templates, operator,
-      telemetry: the groups (each documents its own fields).
+      redis, smtp, sender, brand, auth, http, events, limits, worker, transport, safeguards,
+      templates, operator, telemetry: the groups (each documents its own fields).
     """
 
     redis: RedisSettings = field(default_factory=RedisSettings)
@@ -514,16 +633,92 @@ class Settings:
     events: EventSettings = field(default_factory=EventSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
+    transport: TransportSettings = field(default_factory=TransportSettings)
+    safeguards: SafeguardSettings = field(default_factory=SafeguardSettings)
     templates: TemplateSettings = field(default_factory=TemplateSettings)
     operator: OperatorSettings = field(default_factory=OperatorSettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
 
+    def __post_init__(self) -> None:
+        fits = _attachments_fit(self.http.max_body_bytes)
+        if self.limits.attachments_max_total_bytes > fits:
+            total = self.limits.attachments_max_total_bytes
+            raise ConfigError(
+                f"ATTACHMENTS_MAX_TOTAL_BYTES: {total} bytes of files are {total * 4 // 3} in "
+                f"base64, more than MAX_BODY_BYTES ({self.http.max_body_bytes}) leaves room for "
+                f"(at most {fits}); raise MAX_BODY_BYTES too")
+
+    @property
+    def transports(self) -> tuple[str, ...]:
+        """The transports in use, in failover order (one, usually)."""
+        return self.transport.chain or (self.worker.transport,)
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        env = Environment(os.environ if environ is None else environ)
-        settings = cls(**{name: read_group(group, env) for name, group in GROUPS.items()})
+        original = os.environ if environ is None else environ
+        aliased = _resolve_aliases(original)
+        env = Environment(aliased)
+        try:
+            groups = {name: read_group(group, env) for name, group in GROUPS.items()}
+        except ConfigError as exc:
+            raise _named_as_set(exc, original) from None
+        groups["worker"], groups["transport"] = _resolve_transports(
+            env, groups["worker"], groups["transport"])
+        settings = cls(**groups)
         _one_redis(settings.redis, env)
         return settings
+
+
+def _resolve_aliases(environ: Mapping[str, str]) -> Mapping[str, str]:
+    """The replaced service's names read as ours; a conflict stops the process. Its
+    ``COMPANY_NAME`` also signed its mail: the sender's name when ``SENDER_NAME`` is unset."""
+    def given(name: str) -> str:
+        return environ.get(name, "").strip()
+
+    aliased: dict[str, str] = {}
+    for alias, native in ALIASES.items():
+        old, new = given(alias), given(native)
+        if old and new and old != new:
+            raise ConfigError(f"{alias}: conflicts with {native} ({old!r} vs {new!r}); "
+                              f"{alias} is the older name of {native}: set only one")
+        if old and not new:
+            aliased[native] = old
+    if given("COMPANY_NAME") and not given("SENDER_NAME"):
+        aliased["SENDER_NAME"] = given("COMPANY_NAME")
+    return {**environ, **aliased} if aliased else environ
+
+
+def _named_as_set(exc: ConfigError, environ: Mapping[str, str]) -> ConfigError:
+    """An error about a value given under its older name names that name too."""
+    for alias, native in ALIASES.items():
+        if str(exc).startswith(f"{native}:") and environ.get(alias, "").strip() and not (
+                environ.get(native, "").strip()):
+            return ConfigError(f"{alias} (as {native}){str(exc)[len(native):]}")
+    return exc
+
+
+def _resolve_transports(env: Environment, worker: WorkerSettings,
+                        transport: TransportSettings
+                        ) -> tuple[WorkerSettings, TransportSettings]:
+    """``TRANSPORTS`` or ``TRANSPORT``; with neither, mailtrap when only a Mailtrap token is
+    configured (the replaced order service's environment), else smtp."""
+    many, one = env.text("TRANSPORTS"), env.text("TRANSPORT")
+    if many and one:
+        raise ConfigError("TRANSPORTS: set either TRANSPORT or TRANSPORTS, not both")
+    if many:
+        chain: tuple[str, ...] = transport.chain
+    elif one:
+        chain = (worker.transport,)
+    elif transport.mailtrap_api_token and not env.text("SMTP_HOST"):
+        chain = ("mailtrap",)
+    else:
+        chain = (worker.transport,)
+    if "mailtrap" in chain and not transport.mailtrap_api_token:
+        variable = "TRANSPORTS" if many else "TRANSPORT"
+        raise ConfigError(f"MAILTRAP_API_TOKEN: required when {variable} names mailtrap (or "
+                          "MAILTRAP_API_TOKEN_FILE, or /run/secrets/mailtrap_api_token)")
+    # TRANSPORTS alone fills the chain (Settings.transports); TRANSPORT is its first.
+    return replace(worker, transport=cast(TransportName, chain[0])), transport
 
 
 #: The groups by field of :class:`Settings`, in reading order (a fallback reads only variables
@@ -531,7 +726,8 @@ class Settings:
 GROUPS: dict[str, type[Any]] = {
     "redis": RedisSettings, "smtp": SmtpSettings, "sender": SenderSettings, "brand": Brand,
     "auth": AuthSettings, "http": HttpSettings, "events": EventSettings, "limits": LimitSettings,
-    "worker": WorkerSettings, "templates": TemplateSettings, "operator": OperatorSettings,
+    "worker": WorkerSettings, "transport": TransportSettings, "safeguards": SafeguardSettings,
+    "templates": TemplateSettings, "operator": OperatorSettings,
     "telemetry": TelemetrySettings,
 }
 

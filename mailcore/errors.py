@@ -68,6 +68,12 @@ class SenderNotAllowed(InvalidRequest):
     code = "sender_not_allowed"
 
 
+class AttachmentTooLarge(InvalidRequest):
+    """An attached file, or all of them together, is larger than the service accepts."""
+
+    code = "attachment_too_large"
+
+
 class BatchTooLarge(InvalidRequest):
     """More messages in one request than the caller's rate limit could ever admit."""
 
@@ -146,12 +152,24 @@ class DeliveryError(EmailServiceError):
 
     #: What became of the attempt, when that is more than "failed" (see subclasses).
     outcome: str | None = None
+    #: Whether trying again later may succeed.
+    transient = True
 
-    def __init__(self, message: str, smtp_code: int | None = None) -> None:
+    def __init__(self, message: str, smtp_code: int | None = None, *,
+                 before_accept: bool = False, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.smtp_code = smtp_code
         #: The server's reply text, without its code.
         self.text = message
+        #: The server cannot have accepted the message (it was refused before the body went
+        #: out, or never reached it): another transport may take it in the same attempt.
+        self.before_accept = before_accept
+        #: Seconds the server asked us to wait (HTTP ``Retry-After``), when it said.
+        self.retry_after = retry_after
+        #: Transports that failed before this error, in a failover chain.
+        self.failures: tuple[tuple[str, DeliveryError], ...] = ()
+        #: The transport that raised it, when a chain knows (see ``Envelope.only_via``).
+        self.via: str | None = None
 
     def __str__(self) -> str:
         return f"{self.smtp_code} {self.text}" if self.smtp_code else self.text
@@ -170,6 +188,20 @@ class UnconfirmedDeliveryError(TransientDeliveryError):
     #: The attempt's outcome, for the status timeline.
     outcome = "unconfirmed"
 
+    def __init__(self, message: str, smtp_code: int | None = None) -> None:
+        # Never "before accept": failing over now could deliver the message twice.
+        super().__init__(message, smtp_code)
+
 
 class PermanentDeliveryError(DeliveryError):
     """Do not try again: the server refused the message for good (5xx replies)."""
+
+    transient = False
+
+
+class ConfigurationDeliveryError(PermanentDeliveryError):
+    """The transport's own configuration is wrong (a refused API token or password, no TLS
+    where required): every message fails alike until someone fixes it, so it is logged and
+    counted loudly."""
+
+    outcome = "misconfigured"

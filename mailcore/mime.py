@@ -20,10 +20,11 @@ import base64
 import binascii
 import os
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from email.charset import Charset
 from email.header import Header
-from email.utils import formataddr, formatdate
+from email.utils import encode_rfc2231, formataddr, formatdate
 
 from .message import Recipient
 from .rendering import RenderedEmail
@@ -39,13 +40,62 @@ _LONGEST_WORD = 600
 
 
 @dataclass(frozen=True)
+class Attachment:
+    """A file carried with the message (validated at the door: name, type, size).
+
+    Parameters:
+      filename: the sanitised file name.
+      content: the file's bytes.
+      content_type: its MIME type.
+      disposition: ``attachment``, or ``inline`` for an image the HTML shows by ``cid:``.
+      content_id: the ``cid:`` an inline image is referenced by.
+    """
+
+    filename: str
+    content: bytes
+    content_type: str
+    disposition: str = "attachment"
+    content_id: str | None = None
+
+
+@dataclass(slots=True)  # not frozen: built for every message, a frozen init costs more
+class Content:
+    """The message as parts, for transports that take fields rather than MIME (HTTP APIs).
+
+    Parameters:
+      sender, to, cc, bcc, reply_to: mailboxes as validated (ASCII, A-label domains).
+      subject, html, text: the rendered message.
+      headers: the caller's custom headers (allow-listed).
+      tags: the caller's tags; metadata: the caller's flat string map.
+    """
+
+    sender: Recipient
+    to: Sequence[Recipient]
+    cc: Sequence[Recipient]
+    bcc: Sequence[Recipient]
+    reply_to: Recipient | None
+    subject: str
+    html: str
+    text: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    tags: Sequence[str] = ()
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    attachments: Sequence[Attachment] = ()
+
+
+@dataclass(frozen=True)
 class Envelope:
-    """What a transport delivers: SMTP envelope addresses and the message itself."""
+    """What a transport delivers: SMTP envelope addresses and the message itself (as MIME
+    bytes, and as parts for HTTP transports)."""
 
     message_id: str
     sender: str
     recipients: tuple[str, ...]
     raw: bytes
+    content: Content | None = None
+    #: Deliver through this transport only (an earlier attempt's outcome there is unknown: a
+    #: copy through another would be a duplicate Message-ID dedup cannot catch).
+    only_via: str | None = None
 
     def as_bytes(self) -> bytes:
         return self.raw
@@ -125,6 +175,9 @@ def build_envelope(
     reply_to: Recipient | None = None,
     headers: dict[str, str] | None = None,
     tags: list[str] | None = None,
+    only_via: str | None = None,
+    attachments: tuple[Attachment, ...] = (),
+    metadata: Mapping[str, str] | None = None,
 ) -> Envelope:
     """Assemble headers and both parts; Bcc recipients go to the envelope only."""
     cc = cc or []
@@ -145,13 +198,69 @@ def build_envelope(
     if tags:
         lines.append(_header("X-Email-Service-Tags", ", ".join(tags)))
     lines += [_header(name, value) for name, value in (headers or {}).items()]
-    lines += ["MIME-Version: 1.0", f'Content-Type: multipart/alternative; boundary="{boundary}"']
-    raw = b"".join([
-        ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8"),
+    alternative = b"".join([
         _part(boundary, "plain", rendered.text),
-        _part(boundary, "html", rendered.html),
+        # A message of text alone (own content without HTML) has no HTML part.
+        _part(boundary, "html", rendered.html) if rendered.html else b"",
         f"--{boundary}--\r\n".encode("ascii"),
     ])
+    content_type = f'multipart/alternative; boundary="{boundary}"'
+    if attachments:
+        content_type, alternative = _with_files(content_type, alternative, attachments)
+    lines += ["MIME-Version: 1.0", f"Content-Type: {content_type}"]
+    raw = ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + alternative
     recipients = tuple(dict.fromkeys(r.email for r in [*to, *cc, *bcc]))
+    content = Content(sender, to, cc, bcc, reply_to, rendered.subject, rendered.html,
+                      rendered.text, headers or {}, tags or (), metadata or {}, attachments)
     return Envelope(message_id=message_id, sender=sender.email,
-                    recipients=recipients, raw=raw)
+                    recipients=recipients, raw=raw, content=content, only_via=only_via)
+
+
+def _with_files(content_type: str, body: bytes, files: tuple[Attachment, ...]
+                ) -> tuple[str, bytes]:
+    """Wrap the alternative part: inline images beside it in multipart/related (so ``cid:``
+    resolves), other files after that in multipart/mixed."""
+    inline = [f for f in files if f.disposition == "inline"]
+    attached = [f for f in files if f.disposition != "inline"]
+    for subtype, group in (("related", inline), ("mixed", attached)):
+        if not group:
+            continue
+        boundary = f"=_{os.urandom(12).hex()}"
+        parts = [f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode("ascii"),
+                 body]
+        parts += [_file_part(boundary, item) for item in group]
+        parts.append(f"--{boundary}--\r\n".encode("ascii"))
+        content_type, body = f'multipart/{subtype}; boundary="{boundary}"', b"".join(parts)
+    return content_type, body
+
+
+def _file_part(boundary: str, item: Attachment) -> bytes:
+    name = _parameter("name", item.filename)
+    filename = _parameter("filename", item.filename)
+    lines = [f"--{boundary}", f"Content-Type: {item.content_type}; {name}",
+             f"Content-Disposition: {item.disposition}; {filename}",
+             "Content-Transfer-Encoding: base64"]
+    if item.content_id:
+        lines.append(f"Content-ID: <{item.content_id}>")
+    encoded = base64.encodebytes(item.content).replace(b"\n", b"\r\n")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + encoded + b"\r\n"
+
+
+def _parameter(key: str, value: str) -> str:
+    """A MIME parameter: quoted ASCII, or RFC 2231 UTF-8 for anything else (file names were
+    checked at the door: no controls, no line breaks)."""
+    if value.isascii() and '"' not in value and "\\" not in value and len(value) < 70:
+        return f'{key}="{value}"'
+    encoded = encode_rfc2231(value, "utf-8")
+    if len(encoded) < 70:
+        return f"{key}*={encoded}"
+    # RFC 2231 continuations keep each line short (a 200-character name is up to 2.4 KB
+    # percent-encoded); a chunk never splits a %XX.
+    chunks, start = [], 0
+    while start < len(encoded):
+        end = min(start + 60, len(encoded))
+        if "%" in encoded[end - 2:end] and end < len(encoded):
+            end = start + encoded[start:end].rindex("%")
+        chunks.append(encoded[start:end])
+        start = end
+    return ";\r\n ".join(f"{key}*{i}*={chunk}" for i, chunk in enumerate(chunks))

@@ -37,21 +37,26 @@ RETRYING = "retrying"
 SENT = "sent"
 FAILED = "failed"
 DEAD = "dead"
-STATUSES = (QUEUED, SENDING, RETRYING, SENT, FAILED, DEAD)
+#: Rendered and recorded, never delivered (sandbox mode): ``GET /v1/messages/{id}/content``.
+SANDBOXED = "sandboxed"
+STATUSES = (QUEUED, SENDING, RETRYING, SENT, FAILED, DEAD, SANDBOXED)
 #: States after which nothing more happens to a message (a copy that turns up is dropped).
-FINISHED = frozenset({SENT, FAILED, DEAD})
+FINISHED = frozenset({SENT, FAILED, DEAD, SANDBOXED})
 
 # Atomically: skip when already finished (a redelivered copy), refuse while another attempt holds
 # a live lease (answering when it ends), otherwise take the lease, count the attempt and name this
 # copy (its Redis message id) as the one carrying the message forward.
 _BEGIN_ATTEMPT = """
 local status = redis.call('HGET', KEYS[1], 'status')
-if status == 'sent' or status == 'failed' or status == 'dead' then return {status, 0} end
+if status == 'sent' or status == 'failed' or status == 'dead' or status == 'sandboxed' then
+  return {status, 0}
+end
 local lease = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0')
 if status == 'sending' and lease > tonumber(ARGV[1]) then
   -- This very attempt, run again (a client retrying after a lost reply), holds it already.
   if redis.call('HGET', KEYS[1], 'lease_owner') == ARGV[6] then
-    return {'sending', redis.call('HGET', KEYS[1], 'attempts')}
+    return {'sending', redis.call('HGET', KEYS[1], 'attempts'),
+            redis.call('HGET', KEYS[1], 'pinned_transport') or ''}
   end
   return {'busy', tostring(lease)}
 end
@@ -62,7 +67,7 @@ if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'redis_id', ARGV[5]) end
 redis.call('RPUSH', KEYS[2], ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
-return {status or '', attempts}
+return {status or '', attempts, redis.call('HGET', KEYS[1], 'pinned_transport') or ''}
 """
 
 
@@ -94,7 +99,8 @@ if held then
 end
 if kind == 'drop' then return held and 1 or 0 end
 local current = redis.call('HGET', KEYS[1], 'status')
-if kind ~= 'sent' and (current == 'sent' or current == 'failed' or current == 'dead') then
+if kind ~= 'sent' and (current == 'sent' or current == 'failed' or current == 'dead'
+                       or current == 'sandboxed') then
   -- Finished already (this step run again after a lost reply, or another copy finished it):
   -- only 'sent' may overwrite a finished status.
   return held and 1 or 0
@@ -152,6 +158,11 @@ def job_key(prefix: str, message_id: str) -> str:
     return f"{prefix}:msg:{message_id}:job"
 
 
+def content_key(prefix: str, message_id: str) -> str:
+    """The rendered subject, html and text of a sandboxed message (kept as long as its status)."""
+    return f"{prefix}:msg:{message_id}:content"
+
+
 def open_key(prefix: str) -> str:
     """Unfinished messages (sorted set: id -> when last looked at), which the sweeper checks."""
     return f"{prefix}:open"
@@ -168,15 +179,20 @@ def event(status: str, detail: str = "", **extra: Any) -> bytes:
 
 def initial_fields(
     *, message_id: str, owner: str, template: str, recipients: list[str], source: str,
+    metadata: dict[str, str] | None = None, extra: dict[str, str] | None = None,
     version: str | None = None,
 ) -> dict[str, str]:
-    """The status hash of a message just accepted (``version``: the pinned template version)."""
+    """The status hash of a message just accepted (with the caller's ``metadata``, if any;
+    ``version``: the pinned template version)."""
     now = str(time.time())
     fields = {
         "id": message_id, "owner": owner, "status": QUEUED, "template": template,
         "recipients": orjson.dumps(recipients).decode(), "source": source, "attempts": "0",
         "created_at": now, "updated_at": now,
     }
+    if metadata:
+        fields["metadata"] = orjson.dumps(metadata).decode()
+    fields.update(extra or {})
     if version:
         fields["version"] = version
     return fields
@@ -192,12 +208,15 @@ class Attempt:
         (another attempt holds the lease), or the previous status when proceeding.
       attempt: the attempt number counted for this try.
       lease_until: when ``busy``, when the other attempt's lease ends (epoch seconds).
+      pinned: the transport an earlier attempt left unconfirmed (it may have the message):
+        retries go there only, never to another transport.
     """
 
     proceed: bool
     reason: str
     attempt: int
     lease_until: float = 0.0
+    pinned: str | None = None
 
 
 @dataclass(frozen=True)
@@ -278,7 +297,7 @@ class StatusStore:
         """Take the send lease for the copy ``redis_id`` (which then carries the message)."""
         keys = [status_key(self.prefix, message_id), timeline_key(self.prefix, message_id)]
         now = time.time()
-        previous, detail = self._scripts().begin(
+        previous, detail, *rest = self._scripts().begin(
             keys=keys, args=[now, lease_seconds, event(SENDING), self.retention, redis_id,
                              uuid.uuid4().hex])
         previous = previous.decode() if isinstance(previous, bytes) else str(previous)
@@ -287,7 +306,9 @@ class StatusStore:
                            lease_until=float(detail))
         if previous in FINISHED:
             return Attempt(proceed=False, reason=previous, attempt=0)
-        return Attempt(proceed=True, reason=previous, attempt=int(detail))
+        pinned = rest[0].decode() if rest and isinstance(rest[0], bytes) else None
+        return Attempt(proceed=True, reason=previous, attempt=int(detail),
+                       pinned=pinned or None)
 
     def record(self, message_id: str, status: str, detail: str = "", **fields: Any) -> None:
         """Set the status (and extra fields) and append a timeline event, in one round trip."""
@@ -295,6 +316,15 @@ class StatusStore:
                                      timeline_key(self.prefix, message_id)],
                                args=[self.retention, *self._event_and_fields(
                                    status, detail, fields)])
+
+    def keep_content(self, message_id: str, subject: str, html: str, text: str) -> None:
+        """Keep a sandboxed message's rendered parts as long as its status."""
+        client = self._scripts().begin.registered_client  # this thread's connection
+        key = content_key(self.prefix, message_id)
+        with client.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping={"subject": subject, "html": html, "text": text})
+            pipe.expire(key, self.retention)
+            pipe.execute()
 
     def settle(self, message_id: str, kind: str, redis_id: str, holding: Holding, *,
                status: str = "", detail: str = "", next_copy: tuple[str, bytes] = ("", b""),
@@ -354,6 +384,10 @@ def decode_status(fields: dict[bytes, bytes], timeline: list[bytes]) -> dict[str
         "transport": raw.get("transport") or None,
         "attempts": int(raw.get("attempts", "0")),
         "recipients": orjson.loads(raw.get("recipients", "[]")),
+        "metadata": orjson.loads(raw.get("metadata", "{}")),
+        "sandbox": raw.get("sandbox") == "true",
+        "withheld_recipients": orjson.loads(raw.get("withheld_recipients", "[]")),
+        "redirected_from": orjson.loads(raw.get("redirected_from", "[]")),
         "source": raw.get("source"),
         "last_error": last_error,
         "response": raw.get("response") or None,

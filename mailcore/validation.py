@@ -13,7 +13,9 @@ import redis
 from pydantic import ValidationError
 
 from .config import Settings
+from .content import check_mjml_content
 from .errors import (
+    AttachmentTooLarge,
     InvalidData,
     InvalidRequest,
     SenderNotAllowed,
@@ -61,8 +63,17 @@ class Validator:
 
     def check(self, request: SendRequest) -> None:
         """Template exists (at ``template_version`` when named), data matches its variables,
-        ``from`` is an allowed sender. Pins the request to the version it was validated
-        against (``template_version`` and the store key)."""
+        ``from`` is an allowed sender, attachments within the limits. Pins the request to the
+        version it was validated against (``template_version`` and the store key); a message
+        with its own content has no template."""
+        self.check_attachments(request)
+        if request.template is None:
+            if request.template_version is not None:
+                raise InvalidRequest("template_version: only with a template", details=[
+                    {"field": "template_version", "message": "only with a template"}])
+            self.check_content(request)
+            self.check_sender(request)
+            return
         try:
             resolved = self.registry.resolve(request.template, request.template_version)
         except TemplateError as exc:
@@ -85,6 +96,10 @@ class Validator:
                        for field, message in exc.violations or [(exc.field or "", exc.message)]]
             raise InvalidData(f"data does not match template {request.template!r}: "
                               f"{exc.message}", details=details) from None
+        self.check_sender(request)
+
+    def check_sender(self, request: SendRequest) -> None:
+        """``from`` uses the sender's domain or an allowed one."""
         if request.sender is not None and not self.settings.sender.domain_allowed(
             request.sender.email
         ):
@@ -92,6 +107,46 @@ class Validator:
                 f"'from' must use the domain of {self.settings.sender.email} "
                 "or one in ALLOWED_SENDER_DOMAINS",
                 details=[{"field": "from.email", "message": "domain not allowed"}])
+
+
+    def check_content(self, request: SendRequest) -> None:
+        """The caller's own content: each part within RENDER_MAX_BYTES; MJML with an <mjml>
+        root, not larger or deeper than the compiler is safe with (it compiles in the worker)."""
+        limit = self.settings.templates.render_max_bytes
+        for name in ("html", "text", "mjml"):
+            value = getattr(request, name)
+            if value is not None and len(value) > limit:
+                raise InvalidRequest(f"{name}: longer than {limit} characters (RENDER_MAX_BYTES)",
+                                     details=[{"field": name, "message": f"at most {limit} "
+                                               "characters"}])
+        if request.mjml is not None:
+            try:
+                check_mjml_content(request.mjml)
+            except TemplateError as exc:
+                raise InvalidRequest(f"mjml: {exc.message}", details=[
+                    {"field": "mjml", "message": exc.message}]) from None
+
+    def check_attachments(self, request: SendRequest) -> None:
+        """Count (422), each file's and all files' decoded size (413) against the settings."""
+        settings, files = self.settings.limits, request.attachments
+        if len(files) > settings.attachments_max_count:
+            raise InvalidRequest(
+                f"attachments: at most {settings.attachments_max_count} files",
+                details=[{"field": "attachments",
+                          "message": f"at most {settings.attachments_max_count} files"}])
+        for index, item in enumerate(files):
+            if item.size > settings.attachment_max_bytes:
+                message = (f"{item.size} bytes; at most {settings.attachment_max_bytes} "
+                           "(ATTACHMENT_MAX_BYTES)")
+                raise AttachmentTooLarge(
+                    f"attachments.{index}.content: {message}",
+                    details=[{"field": f"attachments.{index}.content", "message": message}])
+        total = sum(item.size for item in files)
+        if total > settings.attachments_max_total_bytes:
+            message = (f"{total} bytes together; at most {settings.attachments_max_total_bytes} "
+                       "(ATTACHMENTS_MAX_TOTAL_BYTES)")
+            raise AttachmentTooLarge(f"attachments: {message}",
+                                     details=[{"field": "attachments", "message": message}])
 
 
 def _model(model: type[SendRequest] | type[BatchRequest], body: dict[str, Any]) -> Any:

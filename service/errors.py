@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from mailcore.errors import (
+    AttachmentTooLarge,
     EmailServiceError,
     IdempotencyConflict,
     InvalidIdempotencyKey,
@@ -57,6 +58,7 @@ class ApiError(Exception):
 #: ``InvalidRequest`` answers 422 on the native API; the reset-code contract answers 400.
 HTTP_STATUS: tuple[tuple[type[EmailServiceError], int], ...] = (
     (InvalidIdempotencyKey, 400),
+    (AttachmentTooLarge, 413),
     (InvalidRequest, 422),
     (Unauthenticated, 401),
     (IdempotencyConflict, 409),
@@ -74,7 +76,8 @@ def http_error(exc: EmailServiceError, *, invalid_status: int = 422) -> ApiError
         if isinstance(exc, kind):
             status = mapped
             break
-    if status == 422:
+    if invalid_status != 422 and isinstance(exc, InvalidRequest):
+        # The reset-code contract answers every refusal of a request's shape alike.
         status = invalid_status
     headers = {"Retry-After": retry_after(exc.retry_after)} if isinstance(exc, TryLater) else {}
     return ApiError(status, exc.code, exc.message, details=exc.details, headers=headers)

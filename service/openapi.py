@@ -29,8 +29,10 @@ class ErrorDetail(_Out):
 ERROR_CODES = (
     "malformed_json", "invalid_idempotency_key", "unauthorized", "insufficient_scope",
     "not_found", "method_not_allowed", "request_timeout", "idempotency_conflict",
-    "payload_too_large", "headers_too_large", "invalid_request", "unknown_template",
-    "invalid_data", "sender_not_allowed", "batch_too_large", "render_error", "render_timeout",
+    "payload_too_large", "attachment_too_large", "headers_too_large", "invalid_request",
+    "unknown_template",
+    "invalid_data", "sender_not_allowed", "recipient_not_allowed", "batch_too_large",
+    "render_error", "render_timeout",
     "rate_limited", "recipient_rate_limited", "unavailable", "queue_full",
     "unknown_template_version", "store_unavailable",
 )
@@ -87,6 +89,12 @@ class TimelineEvent(BaseModel):
     attempt: str | None = None
 
 
+class MessageContent(_Out):
+    subject: str
+    html: str
+    text: str
+
+
 class LastError(_Out):
     code: int | None
     message: str
@@ -100,6 +108,11 @@ class MessageStatus(_Out):
     transport: str | None
     attempts: int
     recipients: list[str]
+    metadata: dict[str, str] = Field(description="The caller's metadata, as sent")
+    sandbox: bool = Field(description="Rendered and recorded, never delivered")
+    withheld_recipients: list[str] = Field(
+        description="Not on RECIPIENT_ALLOWLIST: not sent to")
+    redirected_from: list[str] = Field(description="The recipients REDIRECT_ALL_TO replaced")
     source: str | None
     last_error: LastError | None
     response: str | None
@@ -200,8 +213,8 @@ class Purged(_Out):
 _MODELS: list[type[BaseModel]] = [
     SendRequest, BatchRequest, ResetCodeRequest, OrderConfirmation, Error, Queued, BatchQueued,
     ResetCodeSent,
-    OrderConfirmationSent, Health, Ready, MessageStatus, TemplateList, TemplateDetail,
-    PreviewRequest, Preview, TemplateVersions, TemplateVersionDetail,
+    OrderConfirmationSent, Health, Ready, MessageStatus, MessageContent, TemplateList,
+    TemplateDetail, PreviewRequest, Preview, TemplateVersions, TemplateVersionDetail,
     DeadLetterList, DeadLetterDetail, RetryAll, Purged,
 ]
 
@@ -269,6 +282,12 @@ def openapi_document() -> dict[str, Any]:
             "summary": "Status and timeline of a message sent under the caller's subject",
             "operationId": "getMessage", "parameters": [_path_param("id")],
             "responses": {"200": _json(MessageStatus, "The status"), **_errors(401, 404)},
+        }},
+        "/v1/messages/{id}/content": {"get": {
+            "summary": "What a sandboxed message would have been (sandboxed messages only)",
+            "operationId": "getMessageContent", "parameters": [_path_param("id")],
+            "responses": {"200": _json(MessageContent, "Subject, html and text"),
+                          **_errors(401, 404)},
         }},
         "/v1/templates": {"get": {
             "summary": "Templates and their versions", "operationId": "listTemplates",

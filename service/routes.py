@@ -26,7 +26,7 @@ from mailcore.message import SendRequest, error_details
 from mailcore.owners import owns
 from mailcore.rendering import RenderedEmail, TemplateError
 from mailcore.sandbox_process import ProcessLimits, TemplateSandbox
-from mailcore.status import decode_status, status_key, timeline_key
+from mailcore.status import SANDBOXED, content_key, decode_status, status_key, timeline_key
 from mailcore.template_history import get_version, list_versions
 from mailcore.timestamps import rfc3339_from_iso
 from mailcore.validation import Validator
@@ -129,7 +129,8 @@ def _locale_from_header(service: SendService, messages: list[SendRequest],
     """Messages without a ``locale`` take the header's preferred tag their template has."""
     preferred = parse_accept_language(header)
     for message in messages:
-        if message.locale is None and preferred:
+        # A message with its own content has no template, and no locale to choose.
+        if message.locale is None and preferred and message.template is not None:
             template = service.registry.get(message.template)
             message.locale = negotiate(
                 preferred, template.has_locale if template else lambda _: False)
@@ -194,6 +195,27 @@ async def get_message(request: Request) -> JSONResponse:
     if not fields or not owns(stored, caller.owner, caller.subject):
         raise ApiError(404, "not_found", f"no message {message_id!r} for this caller")
     return JSONResponse(decode_status(fields, timeline))
+
+
+async def get_message_content(request: Request) -> JSONResponse:
+    """What a sandboxed message would have been: subject, html, text (its caller only)."""
+    caller = await authenticate(request)
+    service = _service(request)
+    message_id = request.path_params["id"]
+    if not _MESSAGE_ID.fullmatch(message_id):
+        raise ApiError(404, "not_found", "no such message for this caller")
+    prefix = service.settings.redis.key_prefix
+    async with service.client.pipeline(transaction=False) as pipe:
+        pipe.hmget(status_key(prefix, message_id), ["owner", "status"])
+        pipe.hgetall(content_key(prefix, message_id))
+        (owner, status), content = await pipe.execute()
+    stored = owner.decode("utf-8", "replace") if owner else ""
+    if not owner or not owns(stored, caller.owner, caller.subject):
+        raise ApiError(404, "not_found", f"no message {message_id!r} for this caller")
+    if status != SANDBOXED.encode() or not content:
+        raise ApiError(404, "not_found", "content is kept for sandboxed messages only (and "
+                       "once the worker has rendered them)")
+    return JSONResponse({key.decode(): value.decode() for key, value in content.items()})
 
 
 def _describe(service: SendService, name: str) -> dict[str, Any] | None:
@@ -406,6 +428,7 @@ routes = [
     Route("/ready", ready, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
     Route("/v1/messages/{id}", get_message, methods=["GET"]),
+    Route("/v1/messages/{id}/content", get_message_content, methods=["GET"]),
     Route("/v1/templates", list_templates, methods=["GET"]),
     Route("/v1/templates/{name:path}/render", render_template, methods=["POST"]),
     Route("/v1/templates/{name:path}/versions/{version}", get_template_version,

@@ -28,6 +28,7 @@ from mailcore.idempotency import Idempotency
 from mailcore.message import SendRequest
 from mailcore.queue import Acceptor, Charge, Entry, send_job
 from mailcore.ratelimit import EmptyBuckets, RateLimiter
+from mailcore.safeguards import Safeguards
 from mailcore.status import QUEUED, event, initial_fields
 from mailcore.telemetry import inject_context, tracer
 from mailcore.template_history import add_references
@@ -62,6 +63,10 @@ class SendService:
         self.metrics = metrics
         self.registry = registry
         self.validator = Validator(settings, registry)
+        guards = settings.safeguards
+        self.safeguards = Safeguards(
+            sandbox_subjects=frozenset(guards.sandbox_subjects), sandbox_claim=guards.sandbox_claim,
+            allowlist=guards.recipient_allowlist, redirect_to=guards.redirect_all_to)
         self.client = client
         self.acceptor = Acceptor(
             client, queue_name=settings.worker.queue_name, prefix=settings.redis.key_prefix,
@@ -139,14 +144,16 @@ class SendService:
         with tracer().start_as_current_span(
             "enqueue", kind=trace.SpanKind.PRODUCER,
             attributes={"email.message_id": ids[0] if len(ids) == 1 else ids,
-                        "email.template": requests[0].template if len(requests) == 1
-                        else sorted({r.template for r in requests})},
+                        "email.template": requests[0].label if len(requests) == 1
+                        else sorted({r.label for r in requests})},
         ):
             carrier = inject_context()  # the worker continues this trace
 
             def build() -> tuple[list[Entry], list[list[Any]]]:
                 entries = []
-                for message_id, request in zip(ids, requests, strict=True):
+                for message_id, asked in zip(ids, requests, strict=True):
+                    # Sandbox, redirect and allow-list: the job carries what will be sent.
+                    request, extra = self.safeguards.apply(asked, caller)
                     job = send_job(message_id, request.model_dump(
                         mode="json", by_alias=True, exclude_defaults=True), source=source)
                     job["trace"] = carrier
@@ -154,8 +161,9 @@ class SendService:
                         job["template_key"] = request._template_key
                     recipients = [r.email for r in [*request.to, *request.cc, *request.bcc]]
                     fields = initial_fields(message_id=message_id, owner=owner,
-                                            template=request.template, recipients=recipients,
-                                            source=source, version=request.template_version)
+                                            template=request.label, recipients=recipients,
+                                            source=source, metadata=request.metadata,
+                                            extra=extra, version=request.template_version)
                     entries.append(Entry(job, fields, event(QUEUED, f"accepted via {source}")))
                 return entries, [self.acceptor.encode(entry) for entry in entries]
 
@@ -175,7 +183,7 @@ class SendService:
             self.metrics.accepted.labels(source).inc(len(entries))
         for entry, request in zip(entries, requests, strict=True):
             log.info("queued", extra={"message_id": entry.job["id"],
-                                      "template": request.template, "source": source})
+                                      "template": request.label, "source": source})
         return status_code, body, False
 
     async def _accept(

@@ -293,8 +293,11 @@ def test_openapi_and_offline_docs(redis_server: RedisServer) -> None:
     with app_client(redis_server) as client:
         document = client.get("/openapi.json").json()
         assert document["openapi"].startswith("3.")
-        app_paths = {"/v1/messages", "/v1/messages/batch", "/v1/messages/{id}", "/v1/templates",
-                     "/v1/templates/{name}", "/v1/templates/{name}/render", "/v1/dead-letters",
+        app_paths = {"/v1/messages", "/v1/messages/batch", "/v1/messages/{id}",
+                     "/v1/messages/{id}/content", "/v1/templates",
+                     "/v1/templates/{name}", "/v1/templates/{name}/render",
+                     "/v1/templates/{name}/versions", "/v1/templates/{name}/versions/{version}",
+                     "/v1/dead-letters",
                      "/v1/dead-letters/retry", "/v1/dead-letters/{id}",
                      "/v1/dead-letters/{id}/retry", "/email-service/send-reset-code",
                      "/api/order-confirmation", "/health", "/ready"}

@@ -84,6 +84,7 @@ def test_replies_are_classified(server: SMTPServer) -> None:
     with pytest.raises(TransientDeliveryError) as soft:
         transport.send(envelope("soft@example.com"))
     assert soft.value.smtp_code == 452 and "Mailbox full" in str(soft.value)
+    assert not soft.value.before_accept  # refused after the body went out: no failover
     with pytest.raises(PermanentDeliveryError) as hard:
         transport.send(envelope("hard@example.com"))
     assert hard.value.smtp_code == 554
@@ -95,14 +96,44 @@ def test_replies_are_classified(server: SMTPServer) -> None:
 
 def test_unreachable_server_is_transient() -> None:
     transport = SMTPTransport("127.0.0.1", free_port(), security="none", timeout=2)
-    with pytest.raises(TransientDeliveryError):
+    with pytest.raises(TransientDeliveryError) as refused:
         transport.send(envelope("a@example.com"))
+    assert refused.value.before_accept  # a failover chain may hand it on
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+@pytest.mark.parametrize("stage", ["MAIL", "RCPT"])
+def test_a_4xx_before_data_is_before_accept(stage: str, pipelining: bool) -> None:
+    class Busy(RecordingHandler):
+        async def handle_MAIL(self, server: Any, session: Any, envelope: Any, address: str,
+                              mail_options: list[str]) -> str:
+            if stage == "MAIL":
+                return "451 4.3.0 busy"
+            envelope.mail_from = address
+            return "250 OK"
+
+        async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
+                              rcpt_options: list[str]) -> str:
+            return "451 4.3.0 busy"
+
+    port = free_port()
+    controller = Controller(Busy(pipelining=pipelining), hostname="127.0.0.1", port=port)
+    controller.start()
+    transport = SMTPTransport("127.0.0.1", port, security="none", timeout=2)
+    try:
+        with pytest.raises(TransientDeliveryError) as busy:
+            transport.send(envelope("a@example.com"))
+        assert busy.value.smtp_code == 451 and busy.value.before_accept
+    finally:
+        transport.close()
+        controller.stop()
 
 
 def test_starttls_required_but_not_offered_is_permanent(server: SMTPServer) -> None:
     transport = SMTPTransport("127.0.0.1", server.port, security="starttls", timeout=5)
-    with pytest.raises(PermanentDeliveryError, match="STARTTLS"):
+    with pytest.raises(PermanentDeliveryError, match="STARTTLS") as refused:
         transport.send(envelope("a@example.com"))
+    assert refused.value.before_accept
 
 
 # --- TLS and AUTH, as production relays require -------------------------------------------------
@@ -314,6 +345,7 @@ def test_a_reply_lost_after_the_final_dot_is_unconfirmed(how: str, pipelining: b
             transport.send(message)
         assert isinstance(lost.value, TransientDeliveryError)  # retried...
         assert lost.value.outcome == "unconfirmed"  # ...and recorded as such
+        assert not lost.value.before_accept  # ...and never handed to another transport
         # The relay did have the whole message.
         [kept] = handler.dropped
         assert kept.data.rstrip(b"\r\n") == message.raw.rstrip(b"\r\n")
@@ -343,7 +375,7 @@ def test_a_connection_lost_before_the_message_went_out_is_an_ordinary_failure(
         with pytest.raises(TransientDeliveryError) as failed:
             transport.send(envelope("a@example.com"))
         assert not isinstance(failed.value, UnconfirmedDeliveryError)
-        assert failed.value.outcome is None
+        assert failed.value.outcome is None and failed.value.before_accept
     finally:
         transport.close()
         controller.stop()

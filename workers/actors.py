@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Iterable
 from typing import Any, cast
 
 import dramatiq
@@ -30,9 +31,15 @@ from mailcore.config import Settings
 from mailcore.logs import configure_logging
 from mailcore.queue import SEND_ACTOR
 from mailcore.rendering import TemplateError
-from mailcore.status import DEAD, FAILED, FINISHED, RETRYING, SENT, Attempt
+from mailcore.status import DEAD, FAILED, FINISHED, RETRYING, SANDBOXED, SENT, Attempt
 from mailcore.telemetry import configure_tracing, extract_context, tracer
-from mailcore.transports import PermanentDeliveryError, TransientDeliveryError
+from mailcore.transports import (
+    ConfigurationDeliveryError,
+    DeliveryError,
+    DeliveryResult,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+)
 
 from . import metrics
 from .broker import mark_settled
@@ -98,7 +105,8 @@ def _send(job: dict[str, Any], message: MessageProxy) -> str:
                        next_copy=_next_copy(message, delay, message.options.get("retries", 0)))
     delivered: Delivered | None = None
     try:
-        delivered = runtime.deliverer.deliver(job)
+        # An earlier attempt left unconfirmed pins the message to that transport.
+        delivered = runtime.deliverer.deliver(job, only_via=attempt.pinned)
         runtime.disarm_time_limit()
     except BaseException as exc:  # every way an attempt ends is recorded, interrupts too
         if delivered is None:
@@ -114,11 +122,15 @@ def _record_sent(job: dict[str, Any], message: MessageProxy, delivered: Delivere
     send the message anyway)."""
     relay_accepted = time.perf_counter()
     result = delivered.result
+    outcome = SANDBOXED if delivered.sandboxed is not None else SENT
     while True:
         try:
+            if delivered.sandboxed is not None:
+                runtime.status.keep_content(job["id"], delivered.sandboxed.subject,
+                                            delivered.sandboxed.html, delivered.sandboxed.text)
             runtime.status.settle(
                 job["id"], "sent", message.options["redis_message_id"], runtime.holding,
-                status=SENT, detail=result.response, transport=result.transport,
+                status=outcome, detail=_sent_detail(result), transport=result.transport,
                 version=delivered.version, response=result.response,
                 code=result.response[:3] or None)
             break
@@ -134,8 +146,11 @@ def _record_sent(job: dict[str, Any], message: MessageProxy, delivered: Delivere
     mark_settled(message)
     metrics.SENT_RECORD_SECONDS.observe(time.perf_counter() - relay_accepted)
     runtime.deliverer.report(job["id"], delivered)
-    metrics.MESSAGES.labels(delivered.template, result.transport, "sent").inc()
-    return "sent"
+    metrics.MESSAGES.labels(delivered.template, result.transport, outcome).inc()
+    for failed, _ in result.failures:
+        metrics.FAILOVERS.labels(failed, result.transport).inc()
+    _report_misconfigured(result.failures, {"message_id": job["id"]})
+    return outcome
 
 
 def _failed(job: dict[str, Any], message: MessageProxy, attempt: Attempt,
@@ -146,6 +161,10 @@ def _failed(job: dict[str, Any], message: MessageProxy, attempt: Attempt,
     retries = message.options.get("retries", 0)
     context = {"message_id": message_id, "attempt": attempt.attempt,
                "template": job_template(job)}
+    if isinstance(exc, DeliveryError):
+        # A chain's error lists each transport's failure; a single transport's is itself.
+        _report_misconfigured(exc.failures or [(runtime.deliverer.transport.name, exc)],
+                              context)
     if isinstance(exc, (PermanentDeliveryError, TemplateError)):
         log.error("dead-lettered: permanent failure: %s", exc, extra=context)
         return _settle(message, job, "dead", "failed", status=FAILED, detail=str(exc),
@@ -168,13 +187,39 @@ def _failed(job: dict[str, Any], message: MessageProxy, attempt: Attempt,
                        detail=f"gave up after {retries + 1} attempts: {failure}",
                        last_error=failure.text, last_code=failure.smtp_code,
                        attempt=attempt.attempt, outcome=failure.outcome)
-    _, delay = compute_backoff(retries, factor=settings.worker.retry_min_backoff_ms,
-                               max_backoff=settings.worker.retry_max_backoff_ms)
+    if failure.retry_after is not None:
+        # The server said when to come back (429/503 Retry-After, at most an hour: see
+        # transports/mailtrap.py): wait that long, even beyond our own backoff cap.
+        delay = max(int(failure.retry_after * 1000), 1)
+    else:
+        _, delay = compute_backoff(retries, factor=settings.worker.retry_min_backoff_ms,
+                                   max_backoff=settings.worker.retry_max_backoff_ms)
     log.warning("attempt %d failed, will retry in %d ms: %s", retries + 1, delay, failure,
                 extra=context)
+    # A transport that may have the message is where every retry must go.
+    pinned = ((failure.via or runtime.deliverer.transport.name)
+              if failure.outcome == "unconfirmed" else None)
     return _settle(message, job, "retry", "retry", status=RETRYING, detail=str(failure),
                    next_copy=_next_copy(message, delay, retries + 1), last_error=failure.text,
-                   last_code=failure.smtp_code, attempt=attempt.attempt, outcome=failure.outcome)
+                   last_code=failure.smtp_code, attempt=attempt.attempt, outcome=failure.outcome,
+                   pinned_transport=pinned)
+
+
+def _report_misconfigured(failures: Iterable[tuple[str, DeliveryError]],
+                          context: dict[str, Any]) -> None:
+    """A refused token or password fails every message: say so loudly, once per attempt."""
+    for name, error in failures:
+        if isinstance(error, ConfigurationDeliveryError):
+            log.error("transport %s is misconfigured: %s", name, error,
+                      extra={**context, "transport": name})
+            metrics.MISCONFIGURED.labels(name).inc()
+
+
+def _sent_detail(result: DeliveryResult) -> str:
+    if not result.failures:
+        return result.response
+    skipped = "; ".join(f"{name} failed before accepting: {exc}" for name, exc in result.failures)
+    return f"{result.response} (via {result.transport}; {skipped})"
 
 
 def _settle(message: MessageProxy, job: dict[str, Any], kind: str, label: str,

@@ -12,10 +12,19 @@ import redis
 from opentelemetry import trace
 from pydantic import ValidationError
 
+from mailcore.attachments import decode
 from mailcore.config import Settings
-from mailcore.message import ACCEPTED, Recipient, SendRequest, error_details, recipient_from_text
-from mailcore.mime import build_envelope
-from mailcore.rendering import CompiledTemplate, TemplateError
+from mailcore.content import render_content
+from mailcore.message import (
+    ACCEPTED,
+    CONTENT_LABEL,
+    Recipient,
+    SendRequest,
+    error_details,
+    recipient_from_text,
+)
+from mailcore.mime import Attachment, build_envelope
+from mailcore.rendering import CompiledTemplate, RenderedEmail, TemplateError
 from mailcore.telemetry import detail_span
 from mailcore.templates import Pin, TemplateRegistry
 from mailcore.transports import (
@@ -44,6 +53,8 @@ class Delivered:
     version: str
     #: How long the transport took (observed by :meth:`Deliverer.report`).
     send_seconds: float = 0.0
+    #: A sandboxed message: what would have been sent (nothing was).
+    sandboxed: RenderedEmail | None = None
 
 
 class Deliverer:
@@ -64,34 +75,34 @@ class Deliverer:
         self._brand = asdict(settings.brand)
         self._default_sender = Recipient(email=settings.sender.email, name=settings.sender.name)
 
-    def deliver(self, job: dict[str, Any]) -> Delivered:
+    def deliver(self, job: dict[str, Any], only_via: str | None = None) -> Delivered:
         """Raises ``TemplateError`` or ``InvalidJobError`` (permanent) or a ``DeliveryError``
-        from the transport."""
+        from the transport; ``only_via`` pins a failover chain to one transport."""
         request = parse_job(job)
         span = trace.get_current_span()
-        template = self._template(job, request)
-        span.set_attribute("email.template", template.name)
-        span.set_attribute("email.template_version", template.version)
-        started = time.perf_counter()
-        with detail_span("render", attributes={
-                "email.template": template.name, "email.template_version": template.version}):
-            rendered = template.render(request.data, brand=self._brand, locale=request.locale,
-                                       limits=self.settings.templates.render_limits)
-        metrics.RENDER_SECONDS.labels(template.name).observe(time.perf_counter() - started)
-        if request.subject:
-            rendered = type(rendered)(subject=request.subject, html=rendered.html,
-                                      text=rendered.text)
+        rendered, name, version, template_from, template_reply_to = self._render(job, request)
+        if request.sandbox:
+            # Rendered like any message, handed to no transport.
+            return Delivered(result=DeliveryResult(transport="sandbox",
+                                                   response="sandboxed: rendered, not delivered"),
+                             template=name, version=version, sandboxed=rendered)
         envelope = build_envelope(
             message_id=job["id"],
             rendered=rendered,
-            sender=(request.sender or _override("from", template.source.sender)
+            sender=(request.sender or _override("from", template_from)
                     or self._default_sender),
             to=request.to,
             cc=request.cc,
             bcc=request.bcc,
-            reply_to=request.reply_to or _override("replyTo", template.source.reply_to),
+            reply_to=request.reply_to or _override("replyTo", template_reply_to),
             headers=request.headers,
             tags=request.tags,
+            only_via=only_via,
+            metadata=request.metadata,
+            attachments=tuple(
+                Attachment(filename=a.filename, content=decode(a.content),
+                           content_type=a.content_type, disposition=a.disposition,
+                           content_id=a.content_id) for a in request.attachments),
         )
         if self.settings.telemetry.trace_recipients:
             span.set_attribute("email.recipients", list(envelope.recipients))
@@ -114,8 +125,35 @@ class Deliverer:
             # again: nothing here but the span's code; logs and metrics wait for report().
             if result.response[:3].isdigit():
                 send_span.set_attribute("smtp.code", int(result.response[:3]))
-        return Delivered(result=result, template=template.name, version=template.version,
+        return Delivered(result=result, template=name, version=version,
                          send_seconds=time.perf_counter() - started)
+
+    def _render(self, job: dict[str, Any], request: SendRequest
+                ) -> tuple[RenderedEmail, str, str, str | None, str | None]:
+        """The rendered message, its template's name and version, and the template's
+        ``from``/``replyTo`` overrides; a message with its own content is not a template
+        (never evaluated, only its MJML compiled)."""
+        span = trace.get_current_span()
+        started = time.perf_counter()
+        if request.template is None:
+            with detail_span("render", attributes={"email.template": CONTENT_LABEL}):
+                rendered = render_content(request.subject or "", html=request.html,
+                                          text=request.text, mjml=request.mjml)
+            metrics.RENDER_SECONDS.labels(CONTENT_LABEL).observe(time.perf_counter() - started)
+            return rendered, CONTENT_LABEL, "", None, None
+        template = self._template(job, request)
+        span.set_attribute("email.template", template.name)
+        span.set_attribute("email.template_version", template.version)
+        with detail_span("render", attributes={
+                "email.template": template.name, "email.template_version": template.version}):
+            rendered = template.render(request.data, brand=self._brand, locale=request.locale,
+                                       limits=self.settings.templates.render_limits)
+        metrics.RENDER_SECONDS.labels(template.name).observe(time.perf_counter() - started)
+        if request.subject:
+            rendered = type(rendered)(subject=request.subject, html=rendered.html,
+                                      text=rendered.text)
+        return (rendered, template.name, template.version, template.source.sender,
+                template.source.reply_to)
 
     def report(self, message_id: str, delivered: Delivered) -> None:
         """Log and measure a delivery, once it is recorded as sent."""
@@ -143,7 +181,7 @@ class Deliverer:
                     "UnknownTemplateVersion",
                     f"version {request.template_version} of {key!r} is no longer kept")
             return pinned
-        template = self.registry.get(request.template)
+        template = self.registry.get(request.template) if request.template else None
         if template is None:
             raise TemplateError("UnknownTemplate", f"no template named {request.template!r}")
         return template

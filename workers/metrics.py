@@ -13,6 +13,8 @@ gauges read from Redis at scrape time.
   lost after the whole message went out, before the relay's reply); retried with the same
   Message-ID
 - ``email_retries_total``, ``email_dead_letters_total{reason}`` (failed | exhausted)
+- ``email_failovers_total{failed,delivered}``: messages delivered by a later transport of a
+  ``TRANSPORTS`` chain; ``email_transport_misconfigured_total{transport}``: refused credentials
 - ``email_recovered_total``: messages the sweeper re-queued (should stay 0: an alarm)
 - ``email_sent_record_seconds``: relay acceptance to ``sent`` recorded, the duplicate window
 - ``email_queue_depth``, ``email_queue_delayed``, ``email_queue_in_flight``,
@@ -36,6 +38,10 @@ RETRIES = Counter("email_retries", "Send attempts that failed transiently and wi
 UNCONFIRMED = Counter("email_unconfirmed", "Sends lost after the message went out, before the "
                       "relay's reply (it may have been accepted)", ["transport"])
 DEAD_LETTERS = Counter("email_dead_letters", "Messages dead-lettered, by reason", ["reason"])
+FAILOVERS = Counter("email_failovers", "Messages another transport delivered after this one "
+                    "failed before accepting them", ["failed", "delivered"])
+MISCONFIGURED = Counter("email_transport_misconfigured", "Sends refused for the transport's own "
+                        "configuration (API token, relay credentials, TLS)", ["transport"])
 RECOVERED = Counter("email_recovered",
                     "Unfinished messages that no queue held, re-queued by the sweeper")
 SENT_RECORD_SECONDS = Histogram(

@@ -45,7 +45,7 @@ BATCH = 500
 _RECOVER = """
 local id, now = ARGV[1], tonumber(ARGV[2])
 local s = redis.call('HMGET', KEYS[1], 'status', 'updated_at', 'redis_id', 'lease_until')
-if not s[1] or s[1] == 'sent' or s[1] == 'failed' or s[1] == 'dead' then
+if not s[1] or s[1] == 'sent' or s[1] == 'failed' or s[1] == 'dead' or s[1] == 'sandboxed' then
   redis.call('ZREM', KEYS[4], id)
   redis.call('DEL', KEYS[3])
   return 'finished'

@@ -6,6 +6,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 from ..errors import (
+    ConfigurationDeliveryError,
     DeliveryError,
     PermanentDeliveryError,
     TransientDeliveryError,
@@ -15,8 +16,9 @@ from ..mime import Envelope
 
 # The delivery errors live in the domain's one hierarchy (mailcore.errors); transports import
 # them from here, beside the base class they raise them from.
-__all__ = ["DeliveryError", "DeliveryResult", "PermanentDeliveryError", "TransientDeliveryError",
-           "Transport", "UnconfirmedDeliveryError"]
+__all__ = ["ConfigurationDeliveryError", "DeliveryError", "DeliveryResult",
+           "PermanentDeliveryError", "TransientDeliveryError", "Transport",
+           "UnconfirmedDeliveryError"]
 
 
 @dataclass(frozen=True)
@@ -27,11 +29,14 @@ class DeliveryResult:
       transport: the transport's name.
       response: the server's final reply (e.g. ``250 2.0.0 Ok: queued as ...``).
       refused: recipients the server refused while accepting the others.
+      failures: earlier transports that failed before accepting (failover).
     """
 
     transport: str
     response: str = ""
     refused: dict[str, str] = field(default_factory=dict)
+    #: Transports that failed before this one delivered (failover), with their errors.
+    failures: tuple[tuple[str, DeliveryError], ...] = ()
 
 
 class Transport(ABC):

@@ -11,6 +11,7 @@ from typing import Literal
 
 from ..mime import Envelope
 from .base import (
+    ConfigurationDeliveryError,
     DeliveryResult,
     PermanentDeliveryError,
     TransientDeliveryError,
@@ -65,6 +66,7 @@ class SMTPTransport(Transport):
     def send(self, envelope: Envelope) -> DeliveryResult:
         raw = envelope.as_bytes()
         reused = getattr(self._local, "conn", None) is not None
+        conn: _RecordingSMTP | None = None
         try:
             conn = self._connection()
             try:
@@ -75,6 +77,7 @@ class SMTPTransport(Transport):
                 # The relay closed our idle connection before it saw the message (a drop after
                 # the body went out is a different error): nothing was accepted; reconnect once.
                 self._drop()
+                conn = None
                 conn = self._connection()
                 refused = conn.transaction(envelope.sender, envelope.recipients, raw)
         except smtplib.SMTPRecipientsRefused as exc:
@@ -83,18 +86,32 @@ class SMTPTransport(Transport):
             detail = "; ".join(f"{addr}: {reply}" for addr, reply in codes.items())
             first = min(code for code, _ in exc.recipients.values())
             if all(400 <= code < 500 for code, _ in exc.recipients.values()):
-                raise TransientDeliveryError(f"all recipients refused: {detail}", first) from exc
+                raise TransientDeliveryError(f"all recipients refused: {detail}", first,
+                                             before_accept=True) from exc
             raise PermanentDeliveryError(f"all recipients refused: {detail}", first) from exc
         except BodyUnconfirmed as exc:
             self._drop()
             raise UnconfirmedDeliveryError(str(exc)) from exc
-        except smtplib.SMTPResponseException as exc:
-            self._reset()
-            error_cls = TransientDeliveryError if exc.smtp_code < 500 else PermanentDeliveryError
-            raise error_cls(_text(exc.smtp_error), exc.smtp_code) from exc
-        except (smtplib.SMTPException, OSError) as exc:
+        except smtplib.SMTPAuthenticationError as exc:
             self._drop()
-            raise TransientDeliveryError(f"{type(exc).__name__}: {exc}") from exc
+            if exc.smtp_code < 500:
+                raise TransientDeliveryError(_text(exc.smtp_error), exc.smtp_code,
+                                             before_accept=True) from exc
+            raise ConfigurationDeliveryError(
+                f"the relay refused our credentials (SMTP_USERNAME/SMTP_PASSWORD): "
+                f"{_text(exc.smtp_error)}", exc.smtp_code, before_accept=True) from exc
+        except smtplib.SMTPResponseException as exc:
+            before = _before_body(conn)
+            self._reset()
+            if exc.smtp_code < 500:
+                raise TransientDeliveryError(_text(exc.smtp_error), exc.smtp_code,
+                                             before_accept=before) from exc
+            raise PermanentDeliveryError(_text(exc.smtp_error), exc.smtp_code) from exc
+        except (smtplib.SMTPException, OSError) as exc:
+            before = _before_body(conn)
+            self._drop()
+            raise TransientDeliveryError(f"{type(exc).__name__}: {exc}",
+                                         before_accept=before) from exc
         except BaseException:
             # Interrupted mid-conversation (Dramatiq's time limit): the session's state is
             # unknown, so it is closed without a QUIT, never reused.
@@ -139,9 +156,10 @@ class SMTPTransport(Transport):
             conn.ehlo()
             if self.security == "starttls":
                 if not conn.has_extn("starttls"):
-                    raise PermanentDeliveryError(
+                    raise ConfigurationDeliveryError(
                         f"{self.host}:{self.port} does not offer STARTTLS "
-                        "(set SMTP_SECURITY=none only for a trusted local relay)"
+                        "(set SMTP_SECURITY=none only for a trusted local relay)",
+                        before_accept=True,
                     )
                 conn.starttls(context=self.ssl_context)
                 conn.ehlo()
@@ -186,11 +204,15 @@ class _RecordingSMTP(smtplib.SMTP):
     keeps the server's final reply (``250 ... queued as X``) for the delivery record."""
 
     last_reply = ""
+    #: Whether the current transaction's body has started to go out (after it, a failure may
+    #: leave a copy at the relay: no failover).
+    body_started = False
 
     def transaction(self, sender: str, recipients: tuple[str, ...], raw: bytes
                     ) -> dict[str, tuple[int, bytes]]:
         """Send one message; returns the refused recipients and raises what ``sendmail`` raises
         (the caller resets the session after a refusal), or ``BodyUnconfirmed``."""
+        self.body_started = False
         self.ehlo_or_helo_if_needed()
         if not self.has_extn("pipelining"):
             return self._lockstep(sender, recipients, raw)
@@ -250,6 +272,7 @@ class _RecordingSMTP(smtplib.SMTP):
         ending = b".\r\n" if stuffed.endswith(b"\r\n") else b"\r\n.\r\n"
         # A failed write means the final "." never left: an ordinary transient failure. Once
         # it has, a lost reply leaves the outcome unknown.
+        self.body_started = True
         self.send(stuffed + ending)
         try:
             code, reply = self.getreply()
@@ -264,6 +287,12 @@ class _RecordingSMTP(smtplib.SMTP):
 
 class _RecordingSMTPSSL(_RecordingSMTP, smtplib.SMTP_SSL):
     pass
+
+
+def _before_body(conn: _RecordingSMTP | None) -> bool:
+    """Whether a failure came before any of the body went out (no session yet, or refused at
+    MAIL, RCPT or DATA): the relay cannot have the message."""
+    return conn is None or not conn.body_started
 
 
 def _text(reply: bytes | str) -> str:

@@ -91,6 +91,10 @@ chart's Secret under the file name the pods read. Call with
 {{- if or .Values.smtp.existingSecret .Values.smtp.password -}}true{{- end -}}
 {{- end -}}
 
+{{- define "email-service.hasMailtrapToken" -}}
+{{- if or .Values.mailtrap.existingSecret .Values.mailtrap.apiToken -}}true{{- end -}}
+{{- end -}}
+
 {{- define "email-service.hasRedisPassword" -}}
 {{- if or .Values.redis.existingSecret .Values.redis.password .Values.redis.bundled -}}true{{- end -}}
 {{- end -}}
@@ -180,16 +184,18 @@ nothing) and roll the pods each time. Give it once as a value or in an existing 
 
 {{/*
 Files under /run/secrets, one projected volume: the service reads /run/secrets/<lowercase
-name> (jwt_secret, smtp_password, redis_password). Call with (dict "root" $ "jwt" true ...).
+name> (jwt_secret, smtp_password, mailtrap_api_token, redis_password). Call with
+(dict "root" $ "jwt" true ...); "smtp" true (the workers) also brings the Mailtrap token.
 */}}
 {{- define "email-service.secretsVolume" -}}
 {{- $root := .root -}}
 {{- $jwt := .jwt -}}
 {{- $smtp := and .smtp (include "email-service.hasSmtpPassword" $root) -}}
 {{- $redis := include "email-service.hasRedisPassword" $root -}}
+{{- $mailtrap := and .smtp (include "email-service.hasMailtrapToken" $root) -}}
 {{- $sentinel := include "email-service.hasSentinelPassword" $root -}}
 - name: secrets
-{{- if or $jwt $smtp $redis $sentinel }}
+{{- if or $jwt $smtp $redis $mailtrap $sentinel }}
   projected:
     defaultMode: 0440
     sources:
@@ -198,6 +204,9 @@ name> (jwt_secret, smtp_password, redis_password). Call with (dict "root" $ "jwt
       {{- end }}
       {{- if $smtp }}
       {{- include "email-service.secretFile" (dict "root" $root "secret" "smtp" "file" "smtp_password") | nindent 6 }}
+      {{- end }}
+      {{- if $mailtrap }}
+      {{- include "email-service.secretFile" (dict "root" $root "secret" "mailtrap" "file" "mailtrap_api_token") | nindent 6 }}
       {{- end }}
       {{- if $redis }}
       {{- include "email-service.secretFile" (dict "root" $root "secret" "redis" "file" "redis_password") | nindent 6 }}
