@@ -142,8 +142,9 @@ name> (jwt_secret, smtp_password, mailtrap_api_token, redis_password). Call with
 {{- $smtp := and .smtp (include "email-service.hasSmtpPassword" $root) -}}
 {{- $redis := include "email-service.hasRedisPassword" $root -}}
 {{- $mailtrap := and .smtp (include "email-service.hasMailtrapToken" $root) -}}
+{{- $dkim := and .dkim $root.Values.dkim.keys -}}
 - name: secrets
-{{- if or $jwt $smtp $redis $mailtrap }}
+{{- if or $jwt $smtp $redis $mailtrap $dkim }}
   projected:
     defaultMode: 0440
     sources:
@@ -158,6 +159,9 @@ name> (jwt_secret, smtp_password, mailtrap_api_token, redis_password). Call with
       {{- end }}
       {{- if $redis }}
       {{- include "email-service.secretFile" (dict "root" $root "secret" "redis" "file" "redis_password") | nindent 6 }}
+      {{- end }}
+      {{- if $dkim }}
+      {{- include "email-service.dkimKeys" $root | nindent 6 }}
       {{- end }}
 {{- else }}
   emptyDir: {sizeLimit: 1Mi}
@@ -219,5 +223,47 @@ tolerations:
 {{- with $values.affinity }}
 affinity:
   {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+
+{{/* The Ed25519 selector: dkim.ed25519Selector, else <selector>-ed25519 (as DKIM_ED25519_SELECTOR). */}}
+{{- define "email-service.dkimEd25519Selector" -}}
+{{- .Values.dkim.ed25519Selector | default (printf "%s-ed25519" .Values.dkim.selector) -}}
+{{- end -}}
+
+{{/* The DKIM keys of dkim.existingSecret as /run/secrets/dkim/<domain>/<selector>.pem (workers). */}}
+{{- define "email-service.dkimKeys" -}}
+{{- $ed := include "email-service.dkimEd25519Selector" . -}}
+{{- if not .Values.dkim.existingSecret }}
+{{- fail "dkim.existingSecret is required when dkim.keys lists keys" }}
+{{- end }}
+- secret:
+    name: {{ .Values.dkim.existingSecret }}
+    items:
+      {{- range .Values.dkim.keys }}
+      {{- if not (or (eq .selector $.Values.dkim.selector) (eq .selector $ed)) }}
+      {{- fail (printf "dkim.keys: %s's selector %q is neither dkim.selector nor the Ed25519 selector %q" .domain .selector $ed) }}
+      {{- end }}
+      - key: {{ .secretKey | default (printf "%s.%s.pem" .domain .selector) }}
+        path: dkim/{{ lower .domain }}/{{ .selector }}.pem
+      {{- end }}
+{{- end -}}
+
+{{/* DKIM_* for the workers (the only pods with the keys). */}}
+{{- define "email-service.dkimEnv" -}}
+{{- if .Values.dkim.keys }}
+{{- $domains := list }}
+{{- range .Values.dkim.keys }}{{ $domains = append $domains (lower .domain) }}{{ end }}
+- name: DKIM_DOMAINS
+  value: {{ $domains | uniq | join "," | quote }}
+- name: DKIM_SELECTOR
+  value: {{ .Values.dkim.selector | quote }}
+- name: DKIM_ED25519_SELECTOR
+  value: {{ include "email-service.dkimEd25519Selector" . | quote }}
+- name: DKIM_KEYS_DIR
+  value: /run/secrets/dkim
+- name: DKIM_SUBDOMAINS
+  value: {{ .Values.dkim.subdomains | quote }}
 {{- end }}
 {{- end -}}
