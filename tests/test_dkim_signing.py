@@ -228,3 +228,31 @@ def test_the_worker_command_refuses_a_bad_key_in_one_line(tmp_path: Path) -> Non
     assert result.stderr.strip().splitlines() == [
         f"email-service: configuration error: DKIM_PRIVATE_KEY_FILE: cannot read "
         f"{str(tmp_path / 'absent.pem')!r} (No such file or directory)"]
+
+
+def test_the_readme_openssl_recipe_makes_keys_and_records_that_verify(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+
+    def sh(command: str) -> str:
+        return subprocess.run(["bash", "-ec", command], cwd=tmp_path, capture_output=True,
+                              text=True, check=True, timeout=60).stdout.strip()
+
+    sh("mkdir -p dkim/example.com\n"
+       "openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "
+       "dkim/example.com/mail.pem\n"
+       "openssl genpkey -algorithm ed25519 -out dkim/example.com/mail-ed25519.pem")
+    published = {
+        "mail._domainkey.example.com": sh(
+            'echo "v=DKIM1; k=rsa; p=$(openssl pkey -in dkim/example.com/mail.pem -pubout '
+            '-outform DER | base64 -w0)"'),
+        "mail-ed25519._domainkey.example.com": sh(
+            'echo "v=DKIM1; k=ed25519; p=$(openssl pkey -in dkim/example.com/mail-ed25519.pem '
+            '-pubout -outform DER | tail -c 32 | base64 -w0)"'),
+    }
+    signer = DkimSigner.from_settings(settings(tmp_path / "dkim", DKIM_DOMAINS="example.com"))
+    assert signer is not None
+    assert verify_all(signer.sign(message(), "example.com"), published) == [True, True]
