@@ -215,7 +215,7 @@ def _run_worker(args: argparse.Namespace) -> int:
         from workers.exposition import prepare_multiprocess_dir, serve_worker_metrics
 
         prepare_multiprocess_dir()
-        serve_worker_metrics(settings.worker.metrics_port, settings.redis.url,
+        serve_worker_metrics(settings.worker.metrics_port, settings.redis.where,
                              settings.worker.queue_name, host=settings.worker.metrics_host)
     dramatiq_args = make_argument_parser().parse_args([  # type: ignore[no-untyped-call]
         "workers.actors", "--processes", str(args.processes or settings.worker.processes),
@@ -324,7 +324,7 @@ def _run_dlq(args: argparse.Namespace) -> int:
     from mailcore.redisclient import sync_client
 
     settings = Settings.from_env()
-    dead = DeadLetters(sync_client(settings.redis.url, "admin"),
+    dead = DeadLetters(sync_client(settings.redis.where, "admin"),
                        settings.worker.queue_name, settings.redis.key_prefix,
                        settings.limits.status_retention_seconds)
     if args.dlq_command == "list":
@@ -393,7 +393,7 @@ def _run_publish_reset(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     event = {"email": args.email, "code": args.code, "timestamp": int(time.time())}
-    with sync_client(settings.redis.url, "admin") as client:
+    with sync_client(settings.redis.where, "admin") as client:
         listeners = int(client.publish(settings.events.channel, json.dumps(event)))
     # Pub/Sub keeps nothing: with no ingress subscribed the event is gone, so say so.
     print(f"published to {settings.events.channel}: {listeners} listener(s)")

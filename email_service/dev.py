@@ -174,8 +174,12 @@ def run_dev(*, port: int, outbox: Path, sync: list[Path] | None = None,
         # The children read these same settings (a configured Redis may be REDIS_HOST/…).
         settings = Settings.from_env(env)
         admin_scope = settings.auth.admin_scope
+        sentinel = settings.redis.sentinel
+        # Behind Sentinel the env file names the sentinels (a URL beside them is refused).
+        where = {"REDIS_URL": settings.redis.url} if sentinel is None else {
+            "REDIS_SENTINELS": sentinel.addresses, "REDIS_SENTINEL_MASTER": sentinel.master}
         values = {
-            "EMAIL_SERVICE_URL": url, "REDIS_URL": settings.redis.url, "JWT_SECRET": secret,
+            "EMAIL_SERVICE_URL": url, **where, "JWT_SECRET": secret,
             "TOKEN": mint_token(secret, subject="dev", ttl_seconds=24 * 3600),
             "ADMIN_TOKEN": mint_token(secret, subject="dev-admin", ttl_seconds=24 * 3600,
                                       scope=admin_scope),

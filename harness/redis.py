@@ -22,14 +22,19 @@ class RedisServer:
       fsync_always: ``appendfsync always`` (durable as the chart runs it) instead of ``everysec``.
       persistent: ``False`` runs it in memory only (no append-only file).
       log: where its output goes (default: nowhere).
+      password: ``requirepass`` (and ``masterauth``, for a replica of a node with the same).
+      extra: more ``--option value`` arguments (e.g. ``--replicaof``).
     """
 
     def __init__(self, workdir: Path, *, fsync_always: bool = False, persistent: bool = True,
-                 log: Path | None = None) -> None:
+                 log: Path | None = None, password: str | None = None,
+                 extra: tuple[str, ...] = ()) -> None:
         self.workdir = workdir
         self.fsync_always = fsync_always
         self.persistent = persistent
         self.log = log
+        self.password = password
+        self.extra = extra
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -43,7 +48,7 @@ class RedisServer:
         return self.process.pid
 
     def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url, socket_timeout=5)
+        return redis.Redis.from_url(self.url, socket_timeout=5, password=self.password)
 
     def command(self) -> list[str]:
         binary = shutil.which("redis-server")
@@ -54,8 +59,10 @@ class RedisServer:
                            str(self.workdir)]
         else:
             persistence = ["--appendonly", "no"]
+        auth = ["--requirepass", self.password, "--masterauth", self.password] \
+            if self.password else []
         return [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--protected-mode", "no", *persistence]
+                "--protected-mode", "no", *persistence, *auth, *self.extra]
 
     def start(self) -> RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)

@@ -41,6 +41,7 @@ from .envfields import (
 )
 from .ratelimit import Rate, parse_rate
 from .render_budget import RenderLimits
+from .sentinel import SentinelSettings, parse_master, parse_sentinels
 
 __all__ = ["ALIASES", "SECRET_NAMES", "Brand", "ConfigError", "Settings", "redis_configured"]
 
@@ -173,16 +174,51 @@ class RedisSettings:
     given_url: str | None = setting(
         "REDIS_URL", None, "`redis://`, `rediss://` or `unix://` URL; wins over the four below.",
         _redis_url, secret=True)
+    #: Redis behind Sentinel: every client follows the primary (``where``).
+    sentinels: tuple[tuple[str, int], ...] | None = setting(
+        "REDIS_SENTINELS", None, "Redis behind Sentinel: `host:port,host:port` (IPv6 as "
+        "`[::1]:26379`; at most 16, no empty or repeated entries). Every process then asks the "
+        "sentinels for the current primary, and again when a connection breaks or meets a "
+        "demoted one. Not with `REDIS_URL` or `REDIS_HOST` (a start-up error); `REDIS_DB` and "
+        "`REDIS_PASSWORD` (the data nodes') apply.", parse_sentinels)
+    sentinel_master: str = setting("REDIS_SENTINEL_MASTER", "mymaster", "The name the sentinels "
+                                   "monitor the primary under.", parse_master)
+    sentinel_password: str | None = setting(
+        "REDIS_SENTINEL_PASSWORD", None, "The sentinels' own password (`requirepass` in "
+        "sentinel.conf), if any.", text, secret=True)
     # Not read at all when REDIS_URL is set: Kubernetes gives pods of a namespace with a Service
-    # named "redis" REDIS_PORT=tcp://<ip>:6379, which is no port number.
+    # named "redis" REDIS_PORT=tcp://<ip>:6379, which is no port number (nor behind Sentinel).
     host: str = setting("REDIS_HOST", "127.0.0.1", "Redis host.", text, unless="REDIS_URL")
-    port: int = setting("REDIS_PORT", "6379", "Redis port.", _port, unless="REDIS_URL")
+    port: int = setting("REDIS_PORT", "6379", "Redis port.", _port,
+                        unless=("REDIS_URL", "REDIS_SENTINELS"))
     db: int = setting("REDIS_DB", "0", "Redis database.", integer(low=0), unless="REDIS_URL")
     password: str | None = setting("REDIS_PASSWORD", None, "Redis password.", text, secret=True,
                                    unless="REDIS_URL")
     #: Prefix of every Redis key this service owns (queues use Dramatiq's own namespace).
     key_prefix: str = setting("KEY_PREFIX", "email-service",
                               "Prefix of every Redis key the service owns.", text)
+    #: After accepting a message, wait until this many replicas have it (Redis ``WAIT``).
+    wait_replicas: int = setting(
+        "REDIS_WAIT_REPLICAS", "0", "After accepting a message, wait (Redis `WAIT`) until this "
+        "many replicas have it; fewer within `REDIS_WAIT_TIMEOUT_MS` answers 503 (see "
+        "Guarantees). `0`: answer once the primary has it.", integer(low=0, high=16))
+    wait_timeout_ms: int = setting("REDIS_WAIT_TIMEOUT_MS", "100", "How long the door waits for "
+                                   "those replicas.", integer(low=1, high=60_000))
+
+    @property
+    def sentinel(self) -> SentinelSettings | None:
+        """The Sentinel set, when ``REDIS_SENTINELS`` names one."""
+        if self.sentinels is None:
+            return None
+        return SentinelSettings(sentinels=self.sentinels, master=self.sentinel_master,
+                                sentinel_password=self.sentinel_password,
+                                password=self.password, db=self.db)
+
+    @property
+    def where(self) -> str | SentinelSettings:
+        """What every client connects to (``mailcore.redisclient``): the Sentinel set, or
+        :attr:`url`."""
+        return self.sentinel or self.url
 
     @property
     def url(self) -> str:
@@ -675,7 +711,9 @@ class Settings:
             raise _named_as_set(exc, original) from None
         groups["worker"], groups["transport"] = _resolve_transports(
             env, groups["worker"], groups["transport"])
-        return cls(**groups)
+        settings = cls(**groups)
+        _one_redis(settings.redis, env)
+        return settings
 
 
 def _resolve_aliases(environ: Mapping[str, str]) -> Mapping[str, str]:
@@ -746,6 +784,18 @@ SECRET_NAMES = frozenset(var.name for group in GROUPS.values() for _, var in var
                          if var.secret)
 
 
+def _one_redis(redis: RedisSettings, env: Environment) -> None:
+    """One way to say where Redis is: a URL or host beside sentinels would be ignored silently.
+    (``REDIS_PORT`` is not read behind Sentinel: Kubernetes may set it to ``tcp://…``.)"""
+    if redis.sentinels is None:
+        return
+    if redis.given_url is not None:
+        raise ConfigError("REDIS_SENTINELS: set either REDIS_SENTINELS or REDIS_URL, not both")
+    if env.text("REDIS_HOST") is not None:
+        raise ConfigError("REDIS_SENTINELS: set either REDIS_SENTINELS or REDIS_HOST, not both")
+
+
 def redis_configured(environ: Mapping[str, str]) -> bool:
     """Whether the environment names a Redis (``email-service dev`` starts one otherwise)."""
-    return any(environ.get(name) for name in ("REDIS_URL", "REDIS_URL_FILE", "REDIS_HOST"))
+    return any(environ.get(name) for name in ("REDIS_URL", "REDIS_URL_FILE", "REDIS_HOST",
+                                              "REDIS_SENTINELS"))

@@ -43,7 +43,8 @@ class Var:
       shown: the README's default column when ``default`` alone would mislead.
       fallback: the default computed from variables read before (by name), e.g. ``BRAND_NAME``
         from ``SENDER_NAME``; ``None`` from it means ``default``.
-      unless: a variable read before whose value makes this one unread (its default stands).
+      unless: a variable read before (or several) whose value makes this one unread (its
+        default stands).
     """
 
     name: str
@@ -53,13 +54,13 @@ class Var:
     secret: bool = False
     shown: str | None = None
     fallback: Callable[[Mapping[str, Any]], str | None] | None = None
-    unless: str | None = None
+    unless: str | tuple[str, ...] | None = None
 
 
 def setting(name: str, default: str | None, doc: str, parse: Callable[[str], T], *,
             secret: bool = False, shown: str | None = None,
             fallback: Callable[[Mapping[str, Any]], str | None] | None = None,
-            unless: str | None = None) -> T:
+            unless: str | tuple[str, ...] | None = None) -> T:
     """A dataclass field read from the variable ``name`` (see :class:`Var`)."""
     var = Var(name, default, doc, parse, secret, shown, fallback, unless)
 
@@ -114,7 +115,8 @@ class Environment:
         return None
 
     def value(self, var: Var) -> Any:
-        if var.unless is not None and self.seen.get(var.unless) is not None:
+        unless = (var.unless,) if isinstance(var.unless, str) else var.unless or ()
+        if any(self.seen.get(name) is not None for name in unless):
             raw = None
         else:
             raw = self.secret(var.name) if var.secret else self.text(var.name)

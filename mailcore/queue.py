@@ -18,6 +18,7 @@ from typing import Any
 import dramatiq
 import orjson
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from .ratelimit import BUCKET_LUA, Rate
 from .status import Holding, job_key, open_key, status_key, timeline_key
@@ -169,6 +170,12 @@ class AcceptResult:
     wait: float = 0.0
 
 
+class ReplicationTimeout(RedisError):
+    """Fewer replicas than ``REDIS_WAIT_REPLICAS`` confirmed an accept in time. Answered like
+    an unreachable Redis (503, retry later): the message is on the primary and will likely be
+    sent, so a caller's retry with the same ``Idempotency-Key`` replays instead of resending."""
+
+
 class Acceptor:
     """Atomically records and queues accepted messages.
 
@@ -178,13 +185,18 @@ class Acceptor:
       prefix: key prefix of status and idempotency records.
       retention_seconds: how long status records live.
       max_queue_depth: refuse new work beyond this many waiting messages (0: no ceiling).
+      wait_replicas: answer only once this many replicas have the accepted messages (Redis
+        ``WAIT``, on the same connection as the write); 0: do not wait.
+      wait_timeout_ms: how long to wait for them before :class:`ReplicationTimeout`.
     """
 
     def __init__(
         self, client: aioredis.Redis, *, queue_name: str, prefix: str, retention_seconds: int,
-        max_queue_depth: int,
+        max_queue_depth: int, wait_replicas: int = 0, wait_timeout_ms: int = 100,
     ) -> None:
         self.client = client
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
         self.queue_name = queue_name
         self.prefix = prefix
         self.retention = retention_seconds
@@ -218,11 +230,26 @@ class Acceptor:
                      job_key(self.prefix, message_id)]
             args += encoded[index] if encoded is not None else self.encode(entry)
         keys.append(open_key(self.prefix))
-        outcome, detail = await self._script(keys=keys, args=args)
+        if self.wait_replicas:
+            outcome, detail = await self._accept_replicated(keys, args)
+        else:
+            outcome, detail = await self._script(keys=keys, args=args)
         outcome = outcome.decode()
         if outcome.endswith("limited"):
             return AcceptResult(outcome=outcome, wait=max(float(detail), 0.001))
         return AcceptResult(outcome=outcome, stored=detail)
+
+    async def _accept_replicated(self, keys: list[str], args: list[Any]) -> Any:
+        # WAIT counts the writes of its own connection: script and WAIT in one pipeline.
+        async with self.client.pipeline(transaction=False) as pipe:
+            await self._script(keys=keys, args=args, client=pipe)
+            pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+            result, replicas = await pipe.execute()
+        if result[0] in (b"queued", b"existing") and int(replicas) < self.wait_replicas:
+            raise ReplicationTimeout(
+                f"accepted by the primary but confirmed by {int(replicas)} of "
+                f"{self.wait_replicas} replica(s) within {self.wait_timeout_ms} ms")
+        return result
 
     def encode(self, entry: Entry) -> list[Any]:
         """The accept script's arguments for one entry (the CPU part of accepting it)."""

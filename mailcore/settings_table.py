@@ -42,7 +42,9 @@ def markdown() -> str:
         summary = (group.__doc__ or "").strip().splitlines()[0].replace("``", "`")
         lines.append(f"| **{name}** | | *{summary}* |")
         for _, var in variables(group):
-            unless = f" Not read when `{var.unless}` is set." if var.unless else ""
+            names = (var.unless,) if isinstance(var.unless, str) else var.unless or ()
+            unless = (" Not read when " + " or ".join(f"`{n}`" for n in names) + " is set."
+                      if names else "")
             secret = " Secret: may come from a file." if var.secret else ""
             lines.append(_row(var.name, _default(var), var.doc + unless + secret))
     lines += [_row(name, f"`{default}`", meaning) for name, default, meaning in LIBRARY_VARIABLES]

@@ -28,7 +28,7 @@ import orjson
 import redis
 from redis.commands.core import Script
 
-from .redisclient import sync_client
+from .redisclient import Where, sync_client
 from .timestamps import rfc3339
 
 QUEUED = "queued"
@@ -269,7 +269,7 @@ class StatusStore:
         self._clients_lock = threading.Lock()
 
     @classmethod
-    def from_url(cls, url: str, prefix: str, retention_seconds: int) -> StatusStore:
+    def from_url(cls, url: Where, prefix: str, retention_seconds: int) -> StatusStore:
         return cls(lambda: sync_client(url, "worker", single_connection=True), prefix,
                    retention_seconds)
 

@@ -44,7 +44,7 @@ import orjson
 import redis
 
 from .config import Settings
-from .redisclient import TIMEOUTS, sync_client
+from .redisclient import TIMEOUTS, Where, sync_client
 from .rendering import LocaleOverride, TemplateSource
 from .template_parts import Part
 
@@ -181,7 +181,7 @@ class TemplateStoreWriter:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TemplateStoreWriter:
-        return cls(sync_client(settings.redis.url, "store"), settings.redis.key_prefix)
+        return cls(sync_client(settings.redis.where, "store"), settings.redis.key_prefix)
 
     def put(self, key: str, source: TemplateSource, origin: Mapping[str, Any], *,
             only_if_absent: bool = False) -> bool:
@@ -262,7 +262,7 @@ class RedisTemplateStore:
     """A :class:`~mailcore.templates.TemplateStore` served from memory, kept fresh from Redis.
 
     Parameters:
-      redis_url: where the store lives.
+      redis_url: where the store lives: a URL, or the Sentinel set whose primary holds it.
       prefix: the service's key prefix.
       namespaces: which namespaces count, in lookup order for bare names; ``*`` admits
         qualified names from any namespace.
@@ -270,7 +270,7 @@ class RedisTemplateStore:
     """
 
     def __init__(
-        self, redis_url: str, prefix: str, namespaces: Sequence[str], *,
+        self, redis_url: Where, prefix: str, namespaces: Sequence[str], *,
         refresh_seconds: float = 5.0,
     ) -> None:
         self.redis_url = redis_url
@@ -295,7 +295,7 @@ class RedisTemplateStore:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisTemplateStore:
-        return cls(settings.redis.url, settings.redis.key_prefix, settings.templates.namespaces,
+        return cls(settings.redis.where, settings.redis.key_prefix, settings.templates.namespaces,
                    refresh_seconds=settings.templates.refresh_seconds)
 
     # -- the TemplateStore protocol (hot path: memory only) --------------------------------------

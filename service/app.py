@@ -82,8 +82,8 @@ def create_app(settings: Settings, *, dev_secret: str | None = None) -> Starlett
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        client = async_client(settings.redis.url, "ingress")
-        admin_client = sync_client(settings.redis.url, "admin")
+        client = async_client(settings.redis.where, "ingress")
+        admin_client = sync_client(settings.redis.where, "admin")
         service = SendService(settings, registry, client, metrics=app.state.metrics)
         app.state.redis = client
         app.state.send_service = service

@@ -136,7 +136,7 @@ class EventListener:
     async def run(self) -> None:
         backoff = 0.2
         while True:
-            pubsub_client = async_client(self.settings.redis.url, "pubsub")
+            pubsub_client = async_client(self.settings.redis.where, "pubsub")
             try:
                 async with pubsub_client.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(self.settings.events.channel)

@@ -72,6 +72,8 @@ class SendService:
             client, queue_name=settings.worker.queue_name, prefix=settings.redis.key_prefix,
             retention_seconds=settings.limits.status_retention_seconds,
             max_queue_depth=settings.limits.max_queue_depth,
+            wait_replicas=settings.redis.wait_replicas,
+            wait_timeout_ms=settings.redis.wait_timeout_ms,
         )
         self.limiter = RateLimiter(client, settings.redis.key_prefix)
         #: Callers' buckets known to be empty: their requests are refused before any work.

@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+import redis
 
 from mailcore import redisclient
 from mailcore.redisclient import TIMEOUTS, async_client, sync_client
@@ -54,3 +55,31 @@ def test_no_other_module_builds_a_redis_client() -> None:
                 continue
             text = module.read_text()
             assert "Redis.from_url" not in text and "Redis(" not in text, module
+
+
+def test_a_write_refused_for_want_of_replicas_counts_as_redis_unavailable(tmp_path: Path
+                                                                           ) -> None:
+    """``min-replicas-to-write`` without a replica: every write, in a script too, is refused
+    with NOREPLICAS, which the service treats as an unreachable Redis (nothing was written)."""
+    server = RedisServer(tmp_path / "redis", persistent=False,
+                         extra=("--min-replicas-to-write", "1")).start()
+    try:
+        with sync_client(server.url, "admin") as client:
+            assert client.get("k") is None  # reads are served
+            with pytest.raises(redisclient.NoReplicasError):
+                client.set("k", "v")
+            script = client.register_script("return redis.call('SET', KEYS[1], 'v')")
+            with pytest.raises(redis.ConnectionError, match="Not enough good replicas"):
+                script(keys=["k"])
+
+        async def main() -> None:
+            client = async_client(server.url, "ingress")
+            try:
+                with pytest.raises(redisclient.NoReplicasError):
+                    await client.set("k", "v")
+            finally:
+                await client.aclose()
+
+        asyncio.run(main())
+    finally:
+        server.stop()

@@ -40,6 +40,9 @@ from dramatiq.common import compute_backoff, current_millis, dq_name
 from dramatiq.errors import ConnectionClosed
 from dramatiq.message import Message
 
+from mailcore.redisclient import Where, sync_client
+from mailcore.sentinel import SentinelSettings
+
 _SETTLED = "_email_service_settled"
 
 # A delayed message whose eta has passed, onto its queue: only by the worker still holding it.
@@ -245,16 +248,21 @@ class _BatchingConsumer(_RedisConsumer):
 
 
 def make_broker(
-    redis_url: str, *, middleware: list[Any] | None = None, heartbeat_timeout_ms: int = 60_000,
+    where: Where, *, middleware: list[Any] | None = None, heartbeat_timeout_ms: int = 60_000,
     maintenance_chance: int = 1000,
 ) -> RecoveringRedisBroker:
     """The workers' broker.
 
     Parameters:
+      where: a Redis URL, or the Sentinel set whose primary holds the queues.
       heartbeat_timeout_ms: a worker silent this long is dead and its messages are requeued.
       maintenance_chance: per million broker commands, how often that sweep runs.
     """
+    # Behind Sentinel the broker gets a client that follows the primary; with a URL, Dramatiq's
+    # own pool as before.
+    options: dict[str, Any] = {"client": sync_client(where, "broker")} \
+        if isinstance(where, SentinelSettings) else {"url": where}
     return RecoveringRedisBroker(
-        url=redis_url, middleware=middleware, heartbeat_timeout=heartbeat_timeout_ms,
+        **options, middleware=middleware, heartbeat_timeout=heartbeat_timeout_ms,
         maintenance_chance=maintenance_chance,
     )

@@ -20,7 +20,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from mailcore.redisclient import sync_client
+from mailcore.redisclient import Where, sync_client
 
 
 def prepare_multiprocess_dir() -> Path:
@@ -35,7 +35,7 @@ def prepare_multiprocess_dir() -> Path:
 class QueueCollector(Collector):
     """Queue gauges read from Redis when Prometheus scrapes."""
 
-    def __init__(self, redis_url: str, queue_name: str) -> None:
+    def __init__(self, redis_url: Where, queue_name: str) -> None:
         self.client: Any = sync_client(redis_url, "metrics")
         self.queue = f"dramatiq:{queue_name}"
 
@@ -68,7 +68,7 @@ class QueueCollector(Collector):
             yield GaugeMetricFamily(name, text, value=float(value))
 
 
-def serve_worker_metrics(port: int, redis_url: str, queue_name: str, *,
+def serve_worker_metrics(port: int, redis_url: Where, queue_name: str, *,
                          host: str = "127.0.0.1") -> None:
     """Serve the merged multiprocess metrics and the queue gauges on ``host:port`` (a daemon
     thread)."""

@@ -59,14 +59,14 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
     registry = TemplateRegistry.from_dir(builtin_templates_dir(settings.templates.dir),
                                          store=template_store_from_settings(settings))
     transport = transport_from_settings(settings)
-    status = StatusStore.from_url(settings.redis.url, settings.redis.key_prefix,
+    status = StatusStore.from_url(settings.redis.where, settings.redis.key_prefix,
                                   settings.limits.status_retention_seconds)
     # No Retries middleware: the actor records each attempt's outcome (retry included) and
     # removes its message in one step; Retries would re-enqueue, and Dramatiq then ack, a
     # message whether or not its re-enqueue reached Redis.
     middleware = [m() for m in default_middleware if m is not Retries]
     time_limit = next(m for m in middleware if isinstance(m, TimeLimit))
-    sweeper = Sweeper.from_url(settings.redis.url, queue_name=settings.worker.queue_name,
+    sweeper = Sweeper.from_url(settings.redis.where, queue_name=settings.worker.queue_name,
                                prefix=settings.redis.key_prefix,
                                min_age_seconds=settings.worker.recovery_age_seconds,
                                retention_seconds=settings.limits.status_retention_seconds)
@@ -74,7 +74,7 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
                    Heartbeat(settings.worker.heartbeat_dir, settings.worker.heartbeat_seconds),
                    SweeperThread(sweeper, settings.worker.recovery_interval_seconds)]
     broker = make_broker(
-        settings.redis.url, middleware=middleware,
+        settings.redis.where, middleware=middleware,
         heartbeat_timeout_ms=settings.worker.queue_heartbeat_timeout_ms,
         maintenance_chance=settings.worker.queue_maintenance_chance,
     )

@@ -29,7 +29,7 @@ from dramatiq import Broker
 from dramatiq.middleware import Middleware
 
 from mailcore.queue import fresh_copy, holding
-from mailcore.redisclient import sync_client
+from mailcore.redisclient import Where, sync_client
 from mailcore.status import QUEUED, event, job_key, open_key, status_key, timeline_key
 
 from . import metrics
@@ -100,7 +100,7 @@ class Sweeper:
         self._recover = client.register_script(_RECOVER)
 
     @classmethod
-    def from_url(cls, url: str, **options: Any) -> Sweeper:
+    def from_url(cls, url: Where, **options: Any) -> Sweeper:
         return cls(sync_client(url, "worker"), **options)
 
     def sweep(self, now: float | None = None) -> int:

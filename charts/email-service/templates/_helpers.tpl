@@ -115,6 +115,57 @@ nothing) and roll the pods each time. Give it once as a value or in an existing 
 {{- if and .Values.mailpit.enabled (not .Values.smtp.host) -}}true{{- end -}}
 {{- end -}}
 
+{{/* The chart runs a primary/replica/sentinel set instead of the single Redis. */}}
+{{- define "email-service.sentinelBundled" -}}
+{{- if and .Values.redis.bundled .Values.redis.sentinel.enabled -}}true{{- end -}}
+{{- end -}}
+
+{{/* The headless Service of the bundled set: stable names for each node and sentinel. */}}
+{{- define "email-service.redisHeadless" -}}
+{{- printf "%s-headless" (include "email-service.component" (dict "root" . "component" "redis")) -}}
+{{- end -}}
+
+{{/* REDIS_SENTINELS: the bundled set's sentinels by pod name, or the existing ones. */}}
+{{- define "email-service.redisSentinels" -}}
+{{- if include "email-service.sentinelBundled" . -}}
+{{- $name := include "email-service.component" (dict "root" . "component" "redis") -}}
+{{- $domain := printf "%s.%s.svc" (include "email-service.redisHeadless" .) (include "email-service.namespace" .) -}}
+{{- $hosts := list -}}
+{{- range $i := until (int .Values.redis.sentinel.nodes) -}}
+{{- $hosts = append $hosts (printf "%s-%d.%s:%v" $name $i $domain $.Values.redis.sentinel.port) -}}
+{{- end -}}
+{{- join "," $hosts -}}
+{{- else -}}
+{{- if not .Values.redis.sentinel.hosts -}}
+{{- fail "redis.sentinel.hosts is required when redis.sentinel.enabled is true and redis.bundled is false (or set redis.bundled=true to run a set)" -}}
+{{- end -}}
+{{- join "," .Values.redis.sentinel.hosts -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The sentinels' password reaches the pods: the bundled set's is the Redis password. */}}
+{{- define "email-service.hasSentinelPassword" -}}
+{{- if and .Values.redis.sentinel.enabled (or (include "email-service.sentinelBundled" .) .Values.redis.sentinel.password .Values.redis.sentinel.existingSecret) -}}true{{- end -}}
+{{- end -}}
+
+{{/* The Secret and key holding the sentinels' password (see hasSentinelPassword). */}}
+{{- define "email-service.sentinelSecretFile" -}}
+{{- if include "email-service.sentinelBundled" .root -}}
+- secret:
+    name: {{ include "email-service.secretRefName" (dict "root" .root "secret" "redis") }}
+    items:
+      - key: {{ include "email-service.secretRefKey" (dict "root" .root "secret" "redis" "file" "redis_password") }}
+        path: redis_sentinel_password
+{{- else -}}
+{{- $sentinel := .root.Values.redis.sentinel -}}
+- secret:
+    name: {{ $sentinel.existingSecret | default (include "email-service.secretName" .root) }}
+    items:
+      - key: {{ ternary $sentinel.existingSecretKey "redis_sentinel_password" (not (empty $sentinel.existingSecret)) }}
+        path: redis_sentinel_password
+{{- end -}}
+{{- end -}}
+
 {{- define "email-service.redisHost" -}}
 {{- if .Values.redis.bundled -}}
 {{- include "email-service.component" (dict "root" . "component" "redis") -}}
@@ -134,7 +185,8 @@ nothing) and roll the pods each time. Give it once as a value or in an existing 
 {{/*
 Files under /run/secrets, one projected volume: the service reads /run/secrets/<lowercase
 name> (jwt_secret, smtp_password, mailtrap_api_token, redis_password). Call with
-(dict "root" $ "jwt" true ...); "smtp" true (the workers) also brings the Mailtrap token.
+(dict "root" $ "jwt" true ...); "smtp" true (the workers) also brings the Mailtrap token,
+"dkim" true (the workers) the DKIM keys as dkim/<domain>/<selector>.pem.
 */}}
 {{- define "email-service.secretsVolume" -}}
 {{- $root := .root -}}
@@ -142,9 +194,10 @@ name> (jwt_secret, smtp_password, mailtrap_api_token, redis_password). Call with
 {{- $smtp := and .smtp (include "email-service.hasSmtpPassword" $root) -}}
 {{- $redis := include "email-service.hasRedisPassword" $root -}}
 {{- $mailtrap := and .smtp (include "email-service.hasMailtrapToken" $root) -}}
+{{- $sentinel := include "email-service.hasSentinelPassword" $root -}}
 {{- $dkim := and .dkim $root.Values.dkim.keys -}}
 - name: secrets
-{{- if or $jwt $smtp $redis $mailtrap $dkim }}
+{{- if or $jwt $smtp $redis $mailtrap $sentinel $dkim }}
   projected:
     defaultMode: 0440
     sources:
@@ -159,6 +212,9 @@ name> (jwt_secret, smtp_password, mailtrap_api_token, redis_password). Call with
       {{- end }}
       {{- if $redis }}
       {{- include "email-service.secretFile" (dict "root" $root "secret" "redis" "file" "redis_password") | nindent 6 }}
+      {{- end }}
+      {{- if $sentinel }}
+      {{- include "email-service.sentinelSecretFile" (dict "root" $root) | nindent 6 }}
       {{- end }}
       {{- if $dkim }}
       {{- include "email-service.dkimKeys" $root | nindent 6 }}
