@@ -12,7 +12,7 @@ import base64
 import logging
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import dkim
@@ -58,7 +58,7 @@ class DkimKey:
     domain: str
     selector: str
     algorithm: bytes
-    private: bytes
+    private: bytes = field(repr=False)  # never in a log line or traceback
     public: str
     source: Path
 

@@ -165,6 +165,8 @@ def test_shared_key_files_serve_every_domain_without_its_own(
     assert keys["example.com"][0].source == keys_dir / "example.com" / "mail.pem"
     assert keys["shared.example"][0].dns_record == records_of(
         [("x", rsa_file)])["x"]
+    assert "PRIVATE" not in repr(keys) and keys["example.com"][1].private.decode() not in repr(
+        keys)
 
 
 def test_no_domains_means_no_signer(keys_dir: Path) -> None:
