@@ -7,7 +7,8 @@
 # BASE_IMAGE: any image with Python 3.11 and its venv module on PATH as python3. Builder and
 # runtime use the same one, so the virtualenv's interpreter link stays valid in the runtime stage.
 # Dependencies come only from the hash-pinned, wheels-only locks (scripts/lock.sh regenerates
-# them); nothing is compiled, and the runtime stage has no compiler and no pip.
+# them); nothing is compiled, and the runtime stage has no compiler and no pip. dkimpy publishes
+# no wheel: its pinned pure-Python sdist is built into a wheel here (scripts/lock.sh SOURCE_ONLY).
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 FROM ${BASE_IMAGE} AS builder
@@ -22,7 +23,8 @@ RUN python3 -m venv /opt/build \
 COPY requirements.lock ./
 RUN python3 -m venv --without-pip /opt/venv \
     && /opt/build/bin/pip --python /opt/venv/bin/python install --no-cache-dir \
-        --disable-pip-version-check --require-hashes --only-binary=:all: -r requirements.lock
+        --disable-pip-version-check --require-hashes --only-binary=:all: --no-binary=dkimpy \
+        -r requirements.lock
 # The project itself: a wheel (templates/ and operator/ included by pyproject's force-include),
 # installed for /opt/venv but staged under /staging, so the runtime stage copies it as a small
 # layer of its own and the big dependency layer stays cached when only the code changes. The

@@ -203,6 +203,9 @@ def _run_worker(args: argparse.Namespace) -> int:
     from workers.heartbeat import prepare_directory
 
     settings = Settings.from_env()  # fail here with one line rather than in every child
+    from mailcore.dkim_signing import signer_for
+
+    signer_for(settings)  # DKIM keys too (each worker process then reads them once)
     configure_logging(settings.telemetry)
     prepare_directory(settings.worker.heartbeat_dir)
     if settings.worker.metrics_port:

@@ -514,6 +514,52 @@ class TransportSettings:
                                       number(low=0.1))
 
 
+#: An RFC 6376 selector: dot-separated DNS labels (it becomes ``<selector>._domainkey.<domain>``).
+_SELECTOR = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+
+
+def _selector(raw: str) -> str:
+    if not _SELECTOR.fullmatch(raw) or len(raw) > 253:
+        raise ValueError(f"{raw!r} is not a DKIM selector (letters, digits, '-' and '.' "
+                         "between DNS labels)")
+    return raw
+
+
+@dataclass(frozen=True)
+class DkimSettings:
+    """DKIM signatures of mail sent over SMTP (and outbox files) (README: DKIM signing)."""
+
+    #: Domains whose mail is signed (the From address's domain picks the key).
+    domains: frozenset[str] = setting(
+        "DKIM_DOMAINS", "", "Comma-separated domains whose mail is signed (SMTP and outbox; "
+        "Mailtrap signs itself).", _domains, shown="— (no signing)")
+    selector: str = setting("DKIM_SELECTOR", "mail", "Default selector (RSA keys).", _selector)
+    rsa_selector: str = setting("DKIM_RSA_SELECTOR", "mail", "Selector of the RSA keys.",
+                                _selector, shown="`DKIM_SELECTOR`",
+                                fallback=lambda seen: seen["DKIM_SELECTOR"])
+    ed25519_selector: str = setting(
+        "DKIM_ED25519_SELECTOR", "mail-ed25519", "Selector of the Ed25519 keys.", _selector,
+        shown="`<DKIM_SELECTOR>-ed25519`",
+        fallback=lambda seen: f"{seen['DKIM_SELECTOR']}-ed25519")
+    keys_dir: Path = setting("DKIM_KEYS_DIR", "/run/secrets/dkim", "Per-domain keys: "
+                             "`<dir>/<domain>/<selector>.pem` (PEM, RSA-2048+ or Ed25519).", path)
+    rsa_key_file: Path | None = setting(
+        "DKIM_PRIVATE_KEY_FILE", None, "One RSA key (PEM) for every domain without its own in "
+        "`DKIM_KEYS_DIR`.", path)
+    ed25519_key_file: Path | None = setting(
+        "DKIM_ED25519_KEY_FILE", None, "One Ed25519 key (PEM) for every domain without its own "
+        "in `DKIM_KEYS_DIR`.", path)
+    #: A subdomain's mail (``news.example.com``) signed by its parent's key (``d=example.com``).
+    subdomains: bool = setting("DKIM_SUBDOMAINS", "false", "Sign mail from subdomains of a "
+                               "listed domain with that domain's keys.", flag)
+
+    def __post_init__(self) -> None:
+        if self.domains and self.rsa_selector == self.ed25519_selector:
+            raise ConfigError("DKIM_ED25519_SELECTOR: must differ from the RSA selector "
+                              f"({self.rsa_selector!r}): each key has its own DNS record")
+
+
 @dataclass(frozen=True)
 class SafeguardSettings:
     """Test mode and staging safeguards (README: Test mode and staging safeguards)."""
@@ -638,7 +684,7 @@ class Settings:
     """Every tunable of the service, in groups, read once per process with :meth:`from_env`.
 
     Parameters:
-      redis, smtp, sender, brand, auth, http, events, limits, worker, transport, safeguards,
+      redis, smtp, sender, brand, auth, http, events, limits, worker, transport, dkim, safeguards,
       templates, operator, telemetry: the groups (each documents its own fields).
     """
 
@@ -652,6 +698,7 @@ class Settings:
     limits: LimitSettings = field(default_factory=LimitSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     transport: TransportSettings = field(default_factory=TransportSettings)
+    dkim: DkimSettings = field(default_factory=DkimSettings)
     safeguards: SafeguardSettings = field(default_factory=SafeguardSettings)
     templates: TemplateSettings = field(default_factory=TemplateSettings)
     operator: OperatorSettings = field(default_factory=OperatorSettings)
@@ -744,7 +791,8 @@ def _resolve_transports(env: Environment, worker: WorkerSettings,
 GROUPS: dict[str, type[Any]] = {
     "redis": RedisSettings, "smtp": SmtpSettings, "sender": SenderSettings, "brand": Brand,
     "auth": AuthSettings, "http": HttpSettings, "events": EventSettings, "limits": LimitSettings,
-    "worker": WorkerSettings, "transport": TransportSettings, "safeguards": SafeguardSettings,
+    "worker": WorkerSettings, "transport": TransportSettings, "dkim": DkimSettings,
+    "safeguards": SafeguardSettings,
     "templates": TemplateSettings, "operator": OperatorSettings,
     "telemetry": TelemetrySettings,
 }

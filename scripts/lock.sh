@@ -2,7 +2,8 @@
 # Regenerates the hash-pinned locks the Dockerfile installs from:
 #   requirements.lock        every runtime dependency of pyproject.toml's [project].dependencies
 #   requirements-build.lock  the build backend ([build-system].requires: hatchling), builder only
-# Pinned with == and --hash for Linux x86_64 CPython 3.11, wheels only (the image compiles nothing).
+# Pinned with == and --hash for Linux x86_64 CPython 3.11, wheels only (the image compiles nothing),
+# except SOURCE_ONLY: pure-Python packages that publish no wheel (their sdist's hash is pinned).
 # uv runs from a throwaway virtualenv in .tools/ (never the project's .venv).
 #
 #   scripts/lock.sh             # keep current pins where still allowed, add what is new
@@ -23,11 +24,14 @@ if [ -z "${SSL_CERT_FILE:-}" ] && [ -s /etc/ssl/certs/ca-certificates.crt ]; the
   export SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
 fi
 
+#: Pure-Python packages with no wheel on PyPI (the Dockerfile builds them: nothing to compile).
+SOURCE_ONLY=dkimpy
+
 compile() {  # compile <output> <header line> <input...>
   local output=$1 header=$2
   shift 2
   "$TOOLS/bin/uv" pip compile "$@" --output-file "$output.tmp" \
-    --generate-hashes --only-binary :all: \
+    --generate-hashes --only-binary :all: --no-binary "$SOURCE_ONLY" \
     --python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
     --index-url https://pypi.org/simple --no-config \
     --custom-compile-command "scripts/lock.sh" --quiet ${UPGRADE:+--upgrade}

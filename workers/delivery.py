@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from mailcore.attachments import decode
 from mailcore.config import Settings
 from mailcore.content import render_content
+from mailcore.dkim_signing import DkimSigner
 from mailcore.message import (
     ACCEPTED,
     CONTENT_LABEL,
@@ -64,14 +65,17 @@ class Deliverer:
       settings: sender identity and brand values.
       registry: compiled templates (each version compiled once per process).
       transport: where messages go.
+      signer: DKIM-signs the MIME bytes after they are built (``None``: unsigned).
     """
 
     def __init__(
-        self, settings: Settings, registry: TemplateRegistry, transport: Transport
+        self, settings: Settings, registry: TemplateRegistry, transport: Transport,
+        signer: DkimSigner | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
         self.transport = transport
+        self.signer = signer
         self._brand = asdict(settings.brand)
         self._default_sender = Recipient(email=settings.sender.email, name=settings.sender.name)
 
@@ -104,6 +108,8 @@ class Deliverer:
                            content_type=a.content_type, disposition=a.disposition,
                            content_id=a.content_id) for a in request.attachments),
         )
+        if self.signer is not None:
+            envelope = self.signer.sign_envelope(envelope)
         if self.settings.telemetry.trace_recipients:
             span.set_attribute("email.recipients", list(envelope.recipients))
         started = time.perf_counter()

@@ -9,6 +9,7 @@ from dramatiq import Broker
 from dramatiq.middleware import CurrentMessage, Middleware, Retries, TimeLimit, default_middleware
 
 from mailcore.config import Settings
+from mailcore.dkim_signing import signer_for
 from mailcore.queue import holding
 from mailcore.redaction import install as install_redacting_encoder
 from mailcore.status import Holding, StatusStore
@@ -77,7 +78,9 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
         heartbeat_timeout_ms=settings.worker.queue_heartbeat_timeout_ms,
         maintenance_chance=settings.worker.queue_maintenance_chance,
     )
-    return WorkerRuntime(broker=broker, deliverer=Deliverer(settings, registry, transport),
+    deliverer = Deliverer(settings, registry, transport, signer=signer_for(settings))
+    return WorkerRuntime(broker=broker, deliverer=deliverer,
                          status=status,
                          holding=holding(settings.worker.queue_name, broker.broker_id),
                          time_limit=time_limit)
+

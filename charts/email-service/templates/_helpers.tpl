@@ -185,7 +185,8 @@ nothing) and roll the pods each time. Give it once as a value or in an existing 
 {{/*
 Files under /run/secrets, one projected volume: the service reads /run/secrets/<lowercase
 name> (jwt_secret, smtp_password, mailtrap_api_token, redis_password). Call with
-(dict "root" $ "jwt" true ...); "smtp" true (the workers) also brings the Mailtrap token.
+(dict "root" $ "jwt" true ...); "smtp" true (the workers) also brings the Mailtrap token,
+"dkim" true (the workers) the DKIM keys as dkim/<domain>/<selector>.pem.
 */}}
 {{- define "email-service.secretsVolume" -}}
 {{- $root := .root -}}
@@ -194,8 +195,9 @@ name> (jwt_secret, smtp_password, mailtrap_api_token, redis_password). Call with
 {{- $redis := include "email-service.hasRedisPassword" $root -}}
 {{- $mailtrap := and .smtp (include "email-service.hasMailtrapToken" $root) -}}
 {{- $sentinel := include "email-service.hasSentinelPassword" $root -}}
+{{- $dkim := and .dkim $root.Values.dkim.keys -}}
 - name: secrets
-{{- if or $jwt $smtp $redis $mailtrap $sentinel }}
+{{- if or $jwt $smtp $redis $mailtrap $sentinel $dkim }}
   projected:
     defaultMode: 0440
     sources:
@@ -213,6 +215,9 @@ name> (jwt_secret, smtp_password, mailtrap_api_token, redis_password). Call with
       {{- end }}
       {{- if $sentinel }}
       {{- include "email-service.sentinelSecretFile" (dict "root" $root) | nindent 6 }}
+      {{- end }}
+      {{- if $dkim }}
+      {{- include "email-service.dkimKeys" $root | nindent 6 }}
       {{- end }}
 {{- else }}
   emptyDir: {sizeLimit: 1Mi}
@@ -274,5 +279,47 @@ tolerations:
 {{- with $values.affinity }}
 affinity:
   {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+
+{{/* The Ed25519 selector: dkim.ed25519Selector, else <selector>-ed25519 (as DKIM_ED25519_SELECTOR). */}}
+{{- define "email-service.dkimEd25519Selector" -}}
+{{- .Values.dkim.ed25519Selector | default (printf "%s-ed25519" .Values.dkim.selector) -}}
+{{- end -}}
+
+{{/* The DKIM keys of dkim.existingSecret as /run/secrets/dkim/<domain>/<selector>.pem (workers). */}}
+{{- define "email-service.dkimKeys" -}}
+{{- $ed := include "email-service.dkimEd25519Selector" . -}}
+{{- if not .Values.dkim.existingSecret }}
+{{- fail "dkim.existingSecret is required when dkim.keys lists keys" }}
+{{- end }}
+- secret:
+    name: {{ .Values.dkim.existingSecret }}
+    items:
+      {{- range .Values.dkim.keys }}
+      {{- if not (or (eq .selector $.Values.dkim.selector) (eq .selector $ed)) }}
+      {{- fail (printf "dkim.keys: %s's selector %q is neither dkim.selector nor the Ed25519 selector %q" .domain .selector $ed) }}
+      {{- end }}
+      - key: {{ .secretKey | default (printf "%s.%s.pem" .domain .selector) }}
+        path: dkim/{{ lower .domain }}/{{ .selector }}.pem
+      {{- end }}
+{{- end -}}
+
+{{/* DKIM_* for the workers (the only pods with the keys). */}}
+{{- define "email-service.dkimEnv" -}}
+{{- if .Values.dkim.keys }}
+{{- $domains := list }}
+{{- range .Values.dkim.keys }}{{ $domains = append $domains (lower .domain) }}{{ end }}
+- name: DKIM_DOMAINS
+  value: {{ $domains | uniq | join "," | quote }}
+- name: DKIM_SELECTOR
+  value: {{ .Values.dkim.selector | quote }}
+- name: DKIM_ED25519_SELECTOR
+  value: {{ include "email-service.dkimEd25519Selector" . | quote }}
+- name: DKIM_KEYS_DIR
+  value: /run/secrets/dkim
+- name: DKIM_SUBDOMAINS
+  value: {{ .Values.dkim.subdomains | quote }}
 {{- end }}
 {{- end -}}
