@@ -9,7 +9,9 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Iterator
 from email.message import EmailMessage
-from typing import TypeVar
+from typing import Any, TypeVar, cast
+
+import redis
 
 from harness.env import service_env
 from harness.ports import free_port
@@ -19,12 +21,13 @@ from harness.smtp import DroppingHandler, Received, RecordingHandler, SMTPServer
 from harness.stack import ServiceStack
 from harness.waiting import ProcessExited, wait_for
 from mailcore.config import Settings
+from mailcore.status import decode_status, status_key, timeline_key
 
 __all__ = [
     "EMAIL_SERVICE", "REPO", "TEST_SECRET", "DroppingHandler", "ProcessExited", "Received",
     "RecordingHandler", "RedisServer", "SMTPServer", "ServiceProcess", "ServiceStack",
     "app_settings", "base_env", "dead_letters", "free_port", "iter_parts", "make_settings",
-    "queue_idle", "wait_for",
+    "queue_idle", "read_status", "wait_for", "wait_settled",
 ]
 
 T = TypeVar("T")
@@ -66,3 +69,22 @@ def app_settings(redis_url: str, **env: str) -> Settings:
     ``redis_url``: the test secret, and no Redis event listener unless ``env`` asks."""
     return make_settings(**{"REDIS_URL": redis_url, "JWT_SECRET": TEST_SECRET,
                             "EVENTS_ENABLED": "false", **env})
+
+
+def read_status(client: redis.Redis, prefix: str, message_id: str) -> dict[str, Any]:
+    """A message's status as the API shows it, read straight from Redis."""
+    fields = cast(dict[bytes, bytes], client.hgetall(status_key(prefix, message_id)))
+    timeline = cast(list[bytes], client.lrange(timeline_key(prefix, message_id), 0, -1))
+    return decode_status(fields, timeline)
+
+
+def wait_settled(client: redis.Redis, prefix: str, message_id: str, expected: str,
+                 *, timeout: float = 30.0) -> dict[str, Any]:
+    """Wait until the message is finished (sent, failed or dead); it must have ``expected``."""
+    def done() -> dict[str, Any] | None:
+        current = read_status(client, prefix, message_id)
+        return current if current["status"] in {"sent", "failed", "dead"} else None
+
+    final = wait_for(done, timeout=timeout, message=f"message {message_id} to settle")
+    assert final["status"] == expected, final
+    return final

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import httpx
 import pytest
@@ -26,7 +26,6 @@ from aiosmtpd.controller import Controller
 from prometheus_client.parser import text_string_to_metric_families
 
 from harness.mailtrap import MailtrapStandIn
-from mailcore.status import decode_status, status_key, timeline_key
 from mailcore.tokens import mint_token
 
 from .support import (
@@ -36,7 +35,9 @@ from .support import (
     ServiceProcess,
     base_env,
     free_port,
+    read_status,
     wait_for,
+    wait_settled,
 )
 
 pytestmark = pytest.mark.slow
@@ -103,19 +104,11 @@ def rig(redis_server: RedisServer, stand_in: MailtrapStandIn,
 
 
 def status(rig: Rig, message_id: str) -> dict[str, Any]:
-    fields = cast(dict[bytes, bytes], rig.redis.hgetall(status_key(rig.prefix, message_id)))
-    timeline = cast(list[bytes], rig.redis.lrange(timeline_key(rig.prefix, message_id), 0, -1))
-    return decode_status(fields, timeline)
+    return read_status(rig.redis, rig.prefix, message_id)
 
 
 def settled(rig: Rig, message_id: str, expected: str) -> dict[str, Any]:
-    def done() -> dict[str, Any] | None:
-        current = status(rig, message_id)
-        return current if current["status"] in {"sent", "failed", "dead"} else None
-
-    final = wait_for(done, timeout=30, message=f"message {message_id} to settle")
-    assert final["status"] == expected, final
-    return final
+    return wait_settled(rig.redis, rig.prefix, message_id, expected)
 
 
 def send(rig: Rig, to: str | list[str], **extra: Any) -> str:
