@@ -28,11 +28,12 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
     if not FAULT_TABLE:
         return
-    columns = list(FAULT_TABLE[0])
+    # Every column any scenario filled (the Sentinel ones add records lost and failover time).
+    columns = list(dict.fromkeys(column for row in FAULT_TABLE for column in row))
     terminalreporter.section("fault injection: accepted vs delivered")
     terminalreporter.write_line("  ".join(f"{c:>18}" for c in columns))
     for row in FAULT_TABLE:
-        terminalreporter.write_line("  ".join(f"{row[c]!s:>18}" for c in columns))
+        terminalreporter.write_line("  ".join(f"{row.get(c, '')!s:>18}" for c in columns))
 
 
 @pytest.fixture(scope="session")

@@ -244,8 +244,13 @@ def push(rig: Rig, scenario: str, fault: Callable[[], None], *, at: int = MESSAG
     return load
 
 
-def settle_and_count(rig: Rig, scenario: str, load: Load, timeout: float = 90) -> dict[str, Any]:
-    """Wait for every accepted message to reach sent/failed/dead and the queue to go idle."""
+def settle_and_count(rig: Rig, scenario: str, load: Load, timeout: float = 90, *,
+                     records_may_vanish: bool = False) -> dict[str, Any]:
+    """Wait for every accepted message to reach sent/failed/dead and the queue to go idle.
+
+    ``records_may_vanish``: a message whose status record is gone (lost with a failed-over
+    primary) counts as finished too, and the row says how many were (``records_lost``).
+    """
     client = rig.redis.client()
 
     def statuses() -> dict[str, str]:
@@ -256,7 +261,7 @@ def settle_and_count(rig: Rig, scenario: str, load: Load, timeout: float = 90) -
                 zip(load.accepted.values(), pipe.execute(), strict=True)}
 
     def settled() -> bool:
-        final = {"sent", "failed", "dead"}
+        final = {"sent", "failed", "dead", *([""] if records_may_vanish else [])}
         return all(s in final for s in statuses().values()) and queue_idle(client)
 
     try:
@@ -279,6 +284,9 @@ def settle_and_count(rig: Rig, scenario: str, load: Load, timeout: float = 90) -
     row = {"scenario": scenario, "accepted": len(load.accepted), "door_retries": load.refused,
            "delivered": delivered, "duplicates": duplicates, "failed_with_reason": failed,
            "lost": len(load.accepted) - delivered - failed}
+    if records_may_vanish:
+        row["records_lost"] = sum(1 for status in final.values() if status == "")
+    client.close()
     FAULT_TABLE.append(row)
     return row
 
