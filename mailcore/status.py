@@ -39,16 +39,34 @@ FAILED = "failed"
 DEAD = "dead"
 #: Rendered and recorded, never delivered (sandbox mode): ``GET /v1/messages/{id}/content``.
 SANDBOXED = "sandboxed"
-STATUSES = (QUEUED, SENDING, RETRYING, SENT, FAILED, DEAD, SANDBOXED)
-#: States after which nothing more happens to a message (a copy that turns up is dropped).
-FINISHED = frozenset({SENT, FAILED, DEAD, SANDBOXED})
+#: Waiting in the durable schedule for its ``send_at``.
+SCHEDULED = "scheduled"
+#: Cancelled while still scheduled: never sent.
+CANCELLED = "cancelled"
+#: Every recipient is on the suppression list: never sent.
+SUPPRESSED = "suppressed"
+#: Accepted by the relay, then reported undeliverable (a DSN or a provider's event).
+BOUNCED = "bounced"
+#: Delivered, then reported as spam by the recipient.
+COMPLAINED = "complained"
+STATUSES = (QUEUED, SCHEDULED, SENDING, RETRYING, SENT, FAILED, DEAD, SANDBOXED, CANCELLED,
+            SUPPRESSED, BOUNCED, COMPLAINED)
+#: States after which nothing more is sent for a message (a copy that turns up is dropped).
+FINISHED = frozenset({SENT, FAILED, DEAD, SANDBOXED, CANCELLED, SUPPRESSED, BOUNCED, COMPLAINED})
+
+
+def lua_finished_set() -> str:
+    """A Lua table literal whose keys are the finished statuses, for scripts that test
+    ``finished[status]`` (one definition, here, for Python and every script)."""
+    return "{" + ", ".join(f"['{name}'] = true" for name in sorted(FINISHED)) + "}"
+
 
 # Atomically: skip when already finished (a redelivered copy), refuse while another attempt holds
 # a live lease (answering when it ends), otherwise take the lease, count the attempt and name this
 # copy (its Redis message id) as the one carrying the message forward.
-_BEGIN_ATTEMPT = """
+_BEGIN_ATTEMPT = "local finished = " + lua_finished_set() + """
 local status = redis.call('HGET', KEYS[1], 'status')
-if status == 'sent' or status == 'failed' or status == 'dead' or status == 'sandboxed' then
+if status and finished[status] then
   return {status, 0}
 end
 local lease = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0')
@@ -89,7 +107,7 @@ redis.call('EXPIRE', KEYS[2], ARGV[1])
 # (retry, recheck), 9 the event when a dead letter is not ours to write, 10.. status fields.
 # Only the worker still holding the copy (it is in its acks set) removes its body: a copy given
 # back meanwhile (consumer restart, heartbeat timeout) is redelivered and decides for itself.
-_SETTLE = """
+_SETTLE = "local finished = " + lua_finished_set() + """
 local kind, rid = ARGV[1], ARGV[2]
 local held = redis.call('SREM', KEYS[5], rid) == 1
 local body = false
@@ -99,8 +117,7 @@ if held then
 end
 if kind == 'drop' then return held and 1 or 0 end
 local current = redis.call('HGET', KEYS[1], 'status')
-if kind ~= 'sent' and (current == 'sent' or current == 'failed' or current == 'dead'
-                       or current == 'sandboxed') then
+if kind ~= 'sent' and current and finished[current] then
   -- Finished already (this step run again after a lost reply, or another copy finished it):
   -- only 'sent' may overwrite a finished status.
   return held and 1 or 0

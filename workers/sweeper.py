@@ -30,7 +30,15 @@ from dramatiq.middleware import Middleware
 
 from mailcore.queue import fresh_copy, holding
 from mailcore.redisclient import Where, sync_client
-from mailcore.status import QUEUED, event, job_key, open_key, status_key, timeline_key
+from mailcore.status import (
+    QUEUED,
+    event,
+    job_key,
+    lua_finished_set,
+    open_key,
+    status_key,
+    timeline_key,
+)
 
 from . import metrics
 
@@ -42,10 +50,10 @@ BATCH = 500
 # KEYS: 1 status, 2 timeline, 3 job copy, 4 open index, 5 queue bodies, 6 queue, 7 delay-queue
 # bodies, 8 dead-letter bodies. ARGV: 1 message id, 2 now, 3 minimum age, 4 new Redis id,
 # 5 new body ('' when there is no copy), 6 retention, 7 timeline event.
-_RECOVER = """
+_RECOVER = "local finished = " + lua_finished_set() + """
 local id, now = ARGV[1], tonumber(ARGV[2])
 local s = redis.call('HMGET', KEYS[1], 'status', 'updated_at', 'redis_id', 'lease_until')
-if not s[1] or s[1] == 'sent' or s[1] == 'failed' or s[1] == 'dead' or s[1] == 'sandboxed' then
+if not s[1] or finished[s[1]] then
   redis.call('ZREM', KEYS[4], id)
   redis.call('DEL', KEYS[3])
   return 'finished'
