@@ -2,7 +2,8 @@
 
 Keys are read and checked once per process (:func:`load_keys`, a :class:`ConfigError` naming the
 variable when one is missing or unusable); :class:`DkimSigner` then signs each message with every
-key of its From domain, with dkimpy. Mailtrap's HTTP API builds and signs its own MIME: only
+key of its From domain: dkimpy canonicalises, ``cryptography`` signs with the key parsed at
+start-up (:mod:`mailcore.dkim_header`). Mailtrap's HTTP API builds and signs its own MIME: only
 transports that send our bytes (SMTP, outbox) carry these signatures.
 """
 
@@ -15,11 +16,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import dkim
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from .config import DkimSettings, Settings
+from .dkim_header import ED25519, RSA, PrivateKey, SigningKey, signature_fields
 from .envfields import ConfigError
 from .mime import Envelope
 
@@ -38,19 +39,16 @@ MIN_RSA_BITS = 2048
 #: relaxed/relaxed: relays that re-fold headers or trim trailing spaces do not break it.
 _CANONICALIZE = (b"relaxed", b"relaxed")
 
-RSA = b"rsa-sha256"
-ED25519 = b"ed25519-sha256"
-
 
 @dataclass(frozen=True)
 class DkimKey:
-    """One signing key, parsed and in the form dkimpy signs with.
+    """One signing key, parsed once.
 
     Parameters:
       domain: the ``d=`` domain (A-labels).
       selector: the ``s=`` selector.
       algorithm: ``rsa-sha256`` or ``ed25519-sha256``.
-      private: PKCS#1 PEM (RSA) or the base64 32-byte seed (Ed25519), as dkimpy takes them.
+      private: the parsed private key (``cryptography``).
       public: the ``p=`` value of the DNS record.
       source: the file it came from (for logs).
     """
@@ -58,9 +56,14 @@ class DkimKey:
     domain: str
     selector: str
     algorithm: bytes
-    private: bytes = field(repr=False)  # never in a log line or traceback
+    private: PrivateKey = field(repr=False)  # never in a log line or traceback
     public: str
     source: Path
+
+    @property
+    def signing(self) -> SigningKey:
+        return SigningKey(self.domain.encode("ascii"), self.selector.encode("ascii"),
+                          self.algorithm, self.private)
 
     @property
     def dns_name(self) -> str:
@@ -84,20 +87,17 @@ def read_key(path: Path, variable: str, domain: str, selector: str) -> DkimKey:
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{variable}: {str(path)!r} is not an unencrypted PEM private key "
                           f"({exc})") from None
+    private: PrivateKey
     if isinstance(key, rsa.RSAPrivateKey):
         if key.key_size < MIN_RSA_BITS:
             raise ConfigError(f"{variable}: {str(path)!r} is a {key.key_size}-bit RSA key; "
                               f"DKIM keys need at least {MIN_RSA_BITS} bits")
-        private = key.private_bytes(serialization.Encoding.PEM,
-                                    serialization.PrivateFormat.TraditionalOpenSSL,
-                                    serialization.NoEncryption())
+        private = key
         public = key.public_key().public_bytes(serialization.Encoding.DER,
                                                serialization.PublicFormat.SubjectPublicKeyInfo)
         algorithm = RSA
     elif isinstance(key, ed25519.Ed25519PrivateKey):
-        seed = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                                 serialization.NoEncryption())
-        private = base64.b64encode(seed)
+        private = key
         public = key.public_key().public_bytes(serialization.Encoding.Raw,
                                                serialization.PublicFormat.Raw)
         algorithm = ED25519
@@ -147,6 +147,15 @@ def load_keys(settings: DkimSettings) -> dict[str, tuple[DkimKey, ...]]:
     return keys
 
 
+def signed_headers(present: list[bytes]) -> list[bytes]:
+    """The ``h=`` list for a message's lower-cased header names, in order: each instance of
+    :data:`SIGNED_HEADERS` and of ours, and From once more (oversigned: a From added later
+    breaks the signature)."""
+    include = [name for name in present if name in SIGNED_HEADERS or name.startswith(_OURS)]
+    include.append(b"from")
+    return include
+
+
 def signer_for(settings: Settings) -> DkimSigner | None:
     """The DKIM signer, keys read now; ``None`` without ``DKIM_DOMAINS`` or when no transport
     sends our MIME bytes (Mailtrap's API builds and signs its own message)."""
@@ -161,12 +170,16 @@ class DkimSigner:
     Parameters:
       keys: the keys per domain (:func:`load_keys`).
       subdomains: a subdomain's mail takes the nearest listed parent's keys.
+      canonicalize: header and body canonicalisation (``relaxed``/``simple`` each).
     """
 
-    def __init__(self, keys: Mapping[str, Sequence[DkimKey]], *, subdomains: bool = False
-                 ) -> None:
+    def __init__(self, keys: Mapping[str, Sequence[DkimKey]], *, subdomains: bool = False,
+                 canonicalize: tuple[bytes, bytes] = _CANONICALIZE) -> None:
         self.keys = {domain.lower(): tuple(found) for domain, found in keys.items()}
+        self._signing = {domain: tuple(key.signing for key in found)
+                         for domain, found in self.keys.items()}
         self.subdomains = subdomains
+        self.canonicalize = canonicalize
         self._warned: set[str] = set()
         self._lock = threading.Lock()
 
@@ -178,35 +191,30 @@ class DkimSigner:
         return cls(load_keys(settings), subdomains=settings.subdomains)
 
     def keys_for(self, domain: str) -> tuple[DkimKey, ...]:
-        domain = domain.lower()
+        found = self._domain_of(domain.lower())
+        return self.keys[found] if found else ()
+
+    def _domain_of(self, domain: str) -> str | None:
+        """The listed domain whose keys sign ``domain``'s mail (lower-cased), if any."""
         if domain in self.keys:
-            return self.keys[domain]
+            return domain
         if self.subdomains:
             labels = domain.split(".")
             for start in range(1, len(labels) - 1):
                 parent = ".".join(labels[start:])
                 if parent in self.keys:
-                    return self.keys[parent]
-        return ()
+                    return parent
+        return None
 
     def sign(self, raw: bytes, from_domain: str) -> bytes:
         """``raw`` with one DKIM-Signature per key of ``from_domain`` prepended (unchanged, and
         a warning logged once per domain, when it has none)."""
-        keys = self.keys_for(from_domain)
-        if not keys:
+        domain = self._domain_of(from_domain.lower())
+        if domain is None:
             self._warn_unsigned(from_domain.lower())
             return raw
-        signer = dkim.DKIM(raw, linesep=b"\r\n")
-        present = [name.lower() for name, _ in signer.headers]
-        include = [name for name in present if name in SIGNED_HEADERS or name.startswith(_OURS)]
-        include.append(b"from")  # oversigned: a From added later breaks the signature
-        signatures = [
-            signer.sign(key.selector.encode("ascii"), key.domain.encode("ascii"), key.private,
-                        signature_algorithm=key.algorithm, canonicalize=_CANONICALIZE,
-                        include_headers=include)
-            for key in keys
-        ]
-        return b"".join(signatures) + raw
+        return signature_fields(raw, self._signing[domain], signed_headers,
+                                self.canonicalize) + raw
 
     def sign_envelope(self, envelope: Envelope) -> Envelope:
         # The From address picks the key (the envelope sender may become a bounce address).
