@@ -6,6 +6,7 @@ Help text is plain text (no RST): it is what ``--help`` prints.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -66,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     # Defaults of options that have a variable come from Settings (None here: not given).
     api.add_argument("--host", help="address to listen on (default: HOST, or 0.0.0.0)")
     api.add_argument("--port", type=int, help="port to listen on (default: PORT, or 8000)")
+    api.add_argument("--processes", type=int,
+                     help="ingress processes sharing the port (default: HTTP_PROCESSES, or 1)")
+    api.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     api.set_defaults(run=_run_api)
 
     worker = command("worker", "run Dramatiq worker processes that deliver mail")
@@ -168,31 +172,50 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Seconds an ingress process has after SIGTERM to finish the requests in flight.
+_GRACEFUL_SECONDS = 25
+
+
 def _run_api(args: argparse.Namespace) -> int:
     import uvicorn
 
     from mailcore.logs import configure_logging
     from mailcore.telemetry import configure_tracing
+    from service import processes
     from service.app import create_app
     from service.server import guarded_protocol
 
     settings = Settings.from_env()
     configure_logging(settings.telemetry)
+    host, port = args.host or settings.http.host, args.port or settings.http.port
+    count = settings.http.processes if args.processes is None else args.processes
+    if count < 1:
+        raise ConfigError(f"--processes: {count} is not a number of processes (1 or more)")
+    if count > 1 and not args.reuse_port:
+        # A supervisor of `count` copies of this command sharing the port (service/processes).
+        processes.prepare_metrics_dir()
+        return processes.Supervisor(processes.child_command(host, port), count,
+                                    grace_seconds=_GRACEFUL_SECONDS + 2).run()
     configure_tracing("api", settings.telemetry)
     app = create_app(settings)
     # Slow or greedy clients are bounded here, before the app: the head must arrive within
     # HTTP_HEADER_TIMEOUT_SECONDS and HTTP_MAX_HEADER_BYTES (the body's own timeout is the
     # app's), idle keep-alive connections close, and past HTTP_MAX_CONCURRENCY uvicorn
     # answers 503 instead of queueing without end.
-    uvicorn.run(app, host=args.host or settings.http.host, port=args.port or settings.http.port,
-                log_config=None, access_log=False,
-                timeout_graceful_shutdown=25, server_header=False,
-                http=guarded_protocol(settings.http.header_timeout_seconds,
-                                      settings.http.max_header_bytes),
-                timeout_keep_alive=settings.http.keepalive_seconds,
-                h11_max_incomplete_event_size=settings.http.max_header_bytes,
-                limit_concurrency=settings.http.max_concurrency)
-    return 0
+    config = uvicorn.Config(
+        app, host=host, port=port, log_config=None, access_log=False,
+        timeout_graceful_shutdown=_GRACEFUL_SECONDS, server_header=False,
+        http=guarded_protocol(settings.http.header_timeout_seconds,
+                              settings.http.max_header_bytes),
+        timeout_keep_alive=settings.http.keepalive_seconds,
+        h11_max_incomplete_event_size=settings.http.max_header_bytes,
+        limit_concurrency=settings.http.max_concurrency)
+    server = uvicorn.Server(config)
+    # One of several processes: its own SO_REUSEPORT socket on the shared port.
+    sockets = [processes.listening_socket(host, port)] if args.reuse_port else None
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run(sockets=sockets)
+    return 0 if server.started else 3  # 3: uvicorn's "could not start"
 
 
 def _run_worker(args: argparse.Namespace) -> int:

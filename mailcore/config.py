@@ -364,6 +364,10 @@ class HttpSettings:
     max_concurrency: int = setting(
         "HTTP_MAX_CONCURRENCY", "1000", "Connections plus requests in progress per ingress "
         "process; beyond it, 503.", integer(low=1))
+    #: Processes of `email-service api` sharing its port (SO_REUSEPORT), one core each.
+    processes: int = setting(
+        "HTTP_PROCESSES", "1", "Processes of `email-service api` sharing its port, each on a "
+        "core of its own (`--processes`; README: Ingress processes).", integer(low=1, high=64))
 
 
 @dataclass(frozen=True)
