@@ -155,7 +155,9 @@ def test_the_service_reads_the_environment_only_through_settings() -> None:
     # and copying the environment for child processes.
     allowed = {("mailcore/sandbox_process.py", "EMAIL_SERVICE_CHILD_LIMITS"),
                ("workers/exposition.py", "PROMETHEUS_MULTIPROC_DIR"),
-               ("email_service/cli.py", "PROMETHEUS_MULTIPROC_DIR")}
+               ("email_service/cli.py", "PROMETHEUS_MULTIPROC_DIR"),
+               ("service/metrics.py", "PROMETHEUS_MULTIPROC_DIR"),
+               ("service/processes.py", "PROMETHEUS_MULTIPROC_DIR")}
     for package in ("mailcore", "service", "workers", "email_service", "operator"):
         for module in (REPO / package).rglob("*.py"):
             if module.name in {"config.py", "envfields.py"} and package == "mailcore":
