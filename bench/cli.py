@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .modes import full, profile_mode, smoke, sweep_mode
+from .modes import door_mode, full, profile_mode, smoke, sweep_mode
 from .procs import machine_busy_seconds
 from .report import table
 from .run import Run, Sizes
@@ -55,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="worker processes (default: the CLI's default, 2)")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "24")),
                         help="threads per worker process (default: the CLI's default, 24)")
+    parser.add_argument("--ingress-processes", type=int, default=1,
+                        help="ingress processes (`email-service api --processes`, default 1)")
+    parser.add_argument("--door", metavar="N,...",
+                        help="only the door at saturation, with N ingress processes each time "
+                             "(e.g. 1,2,1,2: interleaved)")
     parser.add_argument("--service-root", type=Path,
                         help="run the service from this source tree (e.g. a `git archive` of a "
                              "commit) instead of the checkout; the bench code stays the same")
@@ -75,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         run = Run(args=args, workdir=workdir)
         sizes = Sizes()
         mode = (smoke if args.smoke else profile_mode if args.profile
-                else sweep_mode if args.sweep else full)
+                else sweep_mode if args.sweep else door_mode if args.door else full)
         mode(run, sizes)
         run.rss["worker_processes_mb"] = sorted(
             (round(v, 1) for v in run.worker_peaks.values()), reverse=True)[:args.processes]

@@ -28,7 +28,15 @@ from .phases import (
     phase_render,
     service_redis,
 )
-from .procs import LineProc, PostfixSink, RecordingSink, WaitTimeout, python_module, wait_for
+from .procs import (
+    LineProc,
+    PostfixSink,
+    RecordingSink,
+    WaitTimeout,
+    drop_queue,
+    python_module,
+    wait_for,
+)
 from .run import SEND_BODY, Run, Sizes, ms, pct, run_async
 from .service import Service, stopping
 
@@ -194,3 +202,28 @@ def sweep_mode(run: Run, sizes: Sizes) -> None:
     for key, value in results.items():
         print(f"{key:<20} {value['delivered_per_s']:>8.1f} /s   worker CPU "
               f"{value['worker_cpu_us']:>6} us/msg   stack CPU {value['stack_cpu_us']:>6} us/msg")
+
+
+def door_mode(run: Run, sizes: Sizes) -> None:
+    """The door at saturation (wrk, no worker) with each ingress process count of ``--door``,
+    in the order given (repeat counts to interleave them), on one Redis and smtp-sink."""
+    counts = [int(n) for n in run.args.door.split(",")]
+    redis = service_redis(run)
+    smtp_sink = PostfixSink(run.workdir / "smtp-sink.log")
+    results: dict[str, Any] = {}
+    with stopping(smtp_sink, redis):
+        for turn, count in enumerate(counts):
+            run.args.ingress_processes = count
+            service = Service(run, redis)
+            try:
+                service.start_api(smtp_sink.port, events=False)
+                phase_door_saturation(run, sizes, service)
+            finally:
+                service.stop()
+            drop_queue(redis.conn)
+            door = run.figures.pop("door_saturation")
+            results[f"{count}p_{turn}"] = door
+            print(f"{count} ingress process(es): {door['accepted_per_s']:>6} req/s  p50 "
+                  f"{door['p50_ms']} ms  p99 {door['p99_ms']} ms  ingress CPU "
+                  f"{door['cpu_per_request']['ingress_us']} us/req", flush=True)
+    run.figures["door_processes"] = results

@@ -53,9 +53,11 @@ class Service:
         return self.run.args.service_root or REPO
 
     def start_api(self, smtp_port: int, *, events: bool = True) -> None:
+        processes = self.run.args.ingress_processes
         self.port = free_port()
         api = self.api = ServiceProcess(
-            ["api", "--host", "127.0.0.1", "--port", str(self.port)],
+            ["api", "--host", "127.0.0.1", "--port", str(self.port),
+             *(["--processes", str(processes)] if processes > 1 else [])],
             self.env(smtp_port, EVENTS_ENABLED="true" if events else "false"),
             self.run.workdir / "api.log", cwd=self.cwd).start()
         api.wait_until(partial(answers_ready, f"http://127.0.0.1:{self.port}"), timeout=30,
@@ -142,7 +144,9 @@ class CpuMeter:
     def _now(self) -> dict[str, float]:
         service = self.service
         now = {
-            "ingress": cpu_seconds(service.api.pid) if service.api else 0.0,
+            # With --processes the ingress is a supervisor and its children.
+            "ingress": sum(cpu_seconds(p) for p in [service.api.pid, *children(service.api.pid)])
+            if service.api else 0.0,
             "workers": sum(cpu_seconds(p) for p in service.worker_pids())
             + (cpu_seconds(service.worker.pid) if service.worker else 0.0),
             "redis": cpu_seconds(service.redis.pid),
