@@ -38,6 +38,7 @@ from mailcore.validation import Validator
 
 from .metrics import IngressMetrics
 from .offload import OFFLOAD_MESSAGES, off_loop
+from .suppression_door import apply_suppressions, mark_suppressed
 
 log = logging.getLogger("email_service.ingress")
 
@@ -169,6 +170,10 @@ class SendService:
 
             entries, encoded = (await off_loop(build) if len(requests) > OFFLOAD_MESSAGES
                                 else build())
+            # All recipients suppressed: recorded as such, not queued (service/suppression_door).
+            mark_suppressed(body, await apply_suppressions(
+                self.client, self.settings.redis.key_prefix, entries, encoded,
+                self.acceptor.encode))
             # Pinned versions are kept while these messages may still be rendered.
             await add_references(self.client, self.settings.redis.key_prefix, [
                 (message_id, Pin(request._template_key, request.template_version))

@@ -79,10 +79,12 @@ class Deliverer:
         self._brand = asdict(settings.brand)
         self._default_sender = Recipient(email=settings.sender.email, name=settings.sender.name)
 
-    def deliver(self, job: dict[str, Any], only_via: str | None = None) -> Delivered:
+    def deliver(self, job: dict[str, Any], only_via: str | None = None,
+                withheld: tuple[str, ...] = ()) -> Delivered:
         """Raises ``TemplateError`` or ``InvalidJobError`` (permanent) or a ``DeliveryError``
-        from the transport; ``only_via`` pins a failover chain to one transport."""
-        request = parse_job(job)
+        from the transport; ``only_via`` pins a failover chain to one transport; ``withheld``
+        recipients (suppressed) are left out."""
+        request = withhold(parse_job(job), withheld)
         span = trace.get_current_span()
         rendered, name, version, template_from, template_reply_to = self._render(job, request)
         if request.sandbox:
@@ -202,6 +204,16 @@ def parse_job(job: Any) -> SendRequest:
     except ValidationError as exc:
         details = "; ".join(f"{d['field']}: {d['message']}" for d in error_details(exc)[:5])
         raise InvalidJobError(f"invalid job: request {details}") from None
+
+
+def withhold(request: SendRequest, withheld: tuple[str, ...]) -> SendRequest:
+    """``request`` without the ``withheld`` recipients (in To, Cc and Bcc)."""
+    if not withheld:
+        return request
+    gone = set(withheld)
+    return request.model_copy(update={
+        name: [r for r in getattr(request, name) if r.email not in gone]
+        for name in ("to", "cc", "bcc")})
 
 
 def job_template(job: dict[str, Any]) -> str:
