@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,7 @@ MAX_LINE_BYTES = 4096
 MAX_REPORTED = 100
 _FIELDS = ("address", "reason", "scope", "source_message_id", "created_at", "expires_at")
 _BOM = b"\xef\xbb\xbf"
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
 
 
 def entry_view(entry: Suppression) -> dict[str, Any]:
@@ -46,7 +48,7 @@ def entry_view(entry: Suppression) -> dict[str, Any]:
 
 
 def _time(value: Any, name: str) -> float:
-    if not isinstance(value, str) or len(value) > 40:
+    if not isinstance(value, str) or not _RFC3339.match(value):
         raise ValueError(f"{name}: must be an RFC 3339 time such as 2026-12-01T00:00:00Z")
     try:
         moment = datetime.datetime.fromisoformat(value)

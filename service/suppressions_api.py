@@ -72,6 +72,9 @@ def _address_scope(request: Request) -> tuple[str, str]:
     scope = request.query_params.get("scope") or GLOBAL
     try:
         validate_scope(scope)
+    except ValueError as exc:
+        raise _invalid("scope", str(exc)) from None
+    try:
         address = suppression_address(request.path_params["address"])
     except ValueError as exc:
         raise ApiError(404, "not_found", "no such suppression", details=[

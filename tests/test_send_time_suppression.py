@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
@@ -62,7 +62,8 @@ def suppress(client: redis.Redis, prefix: str, address: str, scope: str = "globa
 
 
 def events(client: redis.Redis, prefix: str) -> list[dict[str, Any]]:
-    return [decode_event(fields[b"event"]) for _, fields in client.xrange(stream_key(prefix))]
+    entries = cast(list[tuple[bytes, dict[bytes, bytes]]], client.xrange(stream_key(prefix)))
+    return [decode_event(fields[b"event"]) for _, fields in entries]
 
 
 def test_all_recipients_suppressed_ends_the_message_in_the_same_step(

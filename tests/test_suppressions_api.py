@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 import orjson
@@ -37,7 +37,9 @@ class Api:
         return self.client.post("/v1/suppressions", json=entry, headers=ADMIN)
 
     def events(self) -> list[dict[str, Any]]:
-        return [decode_event(f[b"event"]) for _, f in self.redis.xrange(stream_key(self.prefix))]
+        entries = cast(list[tuple[bytes, dict[bytes, bytes]]],
+                       self.redis.xrange(stream_key(self.prefix)))
+        return [decode_event(fields[b"event"]) for _, fields in entries]
 
 
 @pytest.fixture
