@@ -7,66 +7,62 @@ caller gets the same status record and ``suppressed`` webhook event as for a mes
 recipients were suppressed between acceptance and sending. A message with only some recipients
 suppressed is queued as usual; the worker's send-time check withholds those and records them.
 
-One ``HMGET`` per request (every recipient of every message, in both scopes) before the accept
-step; the status write and the lifecycle event then go in the accept script itself.
+The check costs no round trip: the accept script reads the list first (its entries carry the
+fields to read) and, when some message is wholly suppressed, answers ``suppressed`` without
+writing anything; those entries are then turned into ``suppressed`` records and the accept step
+runs again without the check (a second round trip only for such requests).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 
 from mailcore.lifecycle import SUPPRESSED, lifecycle_event
 from mailcore.queue import Entry
 from mailcore.send_time_suppression import job_recipients, job_stream
 from mailcore.status import event
-from mailcore.suppressions import hash_key, hits, lookup_fields
+from mailcore.suppressions import lookup_fields
 
 
-async def apply_suppressions(
-    client: aioredis.Redis, prefix: str, entries: list[Entry], encoded: list[list[Any]],
-    encode: Callable[[Entry], list[Any]],
-) -> dict[str, list[str]]:
-    """Turn the entries whose every recipient is suppressed into ``suppressed`` records (in
-    place, ``encoded`` too); returns their ids with the suppressed recipients."""
-    checked: list[tuple[int, tuple[str, ...], str]] = []
-    fields: list[str] = []
-    for index, entry in enumerate(entries):
-        request = entry.job.get("request")
-        if isinstance(request, dict) and request.get("sandbox"):
-            continue  # rendered and kept, never delivered: nothing to protect
-        recipients = job_recipients(entry.job)
-        if recipients:
-            stream = job_stream(entry.job)
-            checked.append((index, recipients, stream))
-            fields += lookup_fields(recipients, stream)
-    if not fields:
-        return {}
-    values = await client.hmget(hash_key(prefix), fields)
+def door_fields(job: dict[str, Any]) -> tuple[str, ...]:
+    """The suppression fields the accept script checks for ``job`` (none for a sandboxed
+    message: rendered and kept, never delivered, nothing to protect)."""
+    request = job.get("request")
+    if isinstance(request, dict) and request.get("sandbox"):
+        return ()
+    recipients = job_recipients(job)
+    return tuple(lookup_fields(recipients, job_stream(job))) if recipients else ()
+
+
+def suppress_entries(entries: list[Entry], encoded: list[list[Any]], positions: tuple[int, ...],
+                     encode: Callable[[Entry], list[Any]]) -> dict[str, list[str]]:
+    """Turn the entries at ``positions`` (1-based, from the accept script) into ``suppressed``
+    records, clear every entry's check (in place, ``encoded`` too); returns the suppressed
+    messages' ids with their recipients."""
     suppressed: dict[str, list[str]] = {}
-    at = 0
-    for index, recipients, stream in checked:
-        span = 2 * len(recipients)
-        found = hits(recipients, values[at:at + span])
-        at += span
-        if len(found) < len(recipients):
-            continue
+    for position in positions:
+        index = position - 1
         entry = entries[index]
         message_id = entry.job["id"]
-        names = list(recipients)
+        names = list(job_recipients(entry.job))
         status = {**entry.status_fields, "status": SUPPRESSED,
                   "suppressed_recipients": orjson.dumps(names).decode()}
         entries[index] = Entry(
             entry.job, status,
             event(SUPPRESSED, "every recipient is on the suppression list"),
             lifecycle_event(SUPPRESSED, message_id, owner=status.get("owner"),
-                            template=status.get("template"), stream=stream,
+                            template=status.get("template"), stream=job_stream(entry.job),
                             detail="on the suppression list at the door", recipients=names))
         encoded[index] = encode(entries[index])
         suppressed[message_id] = names
+    for index, entry in enumerate(entries):
+        if entry.suppression_fields:
+            entries[index] = replace(entry, suppression_fields=())
+        encoded[index][-1] = ""
     return suppressed
 
 
