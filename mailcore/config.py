@@ -722,11 +722,10 @@ class SuppressionSettings:
         return bool(self.public_base_url and self.unsubscribe_secrets)
 
     def __post_init__(self) -> None:
-        if bool(self.public_base_url) != bool(self.unsubscribe_secrets):
-            given, missing = (("PUBLIC_BASE_URL", "UNSUBSCRIBE_SECRETS") if self.public_base_url
-                              else ("UNSUBSCRIBE_SECRETS", "PUBLIC_BASE_URL"))
-            raise ConfigError(f"{missing}: required with {given} (one-click unsubscribe needs "
-                              "both)")
+        # The URL alone is fine (a process that neither signs nor verifies: the operator).
+        if self.unsubscribe_secrets and not self.public_base_url:
+            raise ConfigError("PUBLIC_BASE_URL: required with UNSUBSCRIBE_SECRETS (the base of "
+                              "one-click unsubscribe links)")
 
 
 @dataclass(frozen=True)

@@ -87,7 +87,7 @@ def test_headers_and_bad_arguments() -> None:
 
 
 @pytest.mark.parametrize("env", [
-    {"PUBLIC_BASE_URL": "https://mail.example.com"}, {"UNSUBSCRIBE_SECRETS": SECRET},
+    {"UNSUBSCRIBE_SECRETS": SECRET},
     {"PUBLIC_BASE_URL": "https://mail.example.com", "UNSUBSCRIBE_SECRETS": "short"},
     {"PUBLIC_BASE_URL": "ftp://mail.example.com", "UNSUBSCRIBE_SECRETS": SECRET},
     {"PUBLIC_BASE_URL": "https://mail.example.com/?q=1", "UNSUBSCRIBE_SECRETS": SECRET},
