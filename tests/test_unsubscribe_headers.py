@@ -88,7 +88,7 @@ def test_the_spec_field() -> None:
     assert source_from_spec("ns/a", spec).unsubscribe is False
     assert source_from_spec("ns/a", {**spec, "unsubscribe": True}).unsubscribe is True
     for bad in ("true", 1, None, [True]):
-        with pytest.raises(TemplateError, match="spec.unsubscribe"):
+        with pytest.raises(TemplateError, match=r"spec\.unsubscribe"):
             source_from_spec("ns/a", {**spec, "unsubscribe": bad})
     # Off, the version is what it was before the field existed; on, it is another version.
     off = source_from_spec("ns/a", spec)
