@@ -39,9 +39,10 @@ def deliverer(tmp_path: Path, **env: str) -> Deliverer:
 
 def sent(tmp_path: Path, deliverer: Deliverer, template: str, to: list[str],
          **request: Any) -> email.message.EmailMessage:
-    job = {"id": str(uuid.uuid4()), "request": {"template": template, "to": to, **request}}
-    deliverer.deliver(job)
-    [written] = [p for p in tmp_path.glob("*.eml") if job["id"] in p.name]
+    message_id = str(uuid.uuid4())
+    deliverer.deliver({"id": message_id,
+                       "request": {"template": template, "to": to, **request}})
+    [written] = [p for p in tmp_path.glob("*.eml") if message_id in p.name]
     parsed = email.message_from_bytes(written.read_bytes(), policy=email.policy.default)
     assert isinstance(parsed, email.message.EmailMessage)
     return parsed
