@@ -25,6 +25,7 @@ class _Out(BaseModel):
 class ErrorDetail(_Out):
     field: str
     message: str
+    line: int | None = Field(None, description="The line of a JSONL import at fault")
 
 
 #: Every ``error`` code the API answers with (README: Errors).

@@ -31,8 +31,8 @@ from .errors import ApiError, JSONResponse
 
 #: Seconds an import body may take to arrive.
 IMPORT_TIMEOUT = 60.0
-#: Largest body of a single add.
-ADD_MAX_BYTES = 8192
+#: Largest body of a single add (room for a too-long address to be refused as such, 422).
+ADD_MAX_BYTES = 65536
 
 
 def _settings(request: Request) -> Settings:
@@ -55,8 +55,9 @@ def _invalid(field: str, message: str) -> ApiError:
 
 
 def _filters(request: Request) -> tuple[str | None, str | None]:
-    reason = request.query_params.get("reason") or None
-    scope = request.query_params.get("scope") or None
+    # Present means given: an empty value is refused like any other bad one.
+    reason = request.query_params.get("reason")
+    scope = request.query_params.get("scope")
     if reason is not None and reason not in ("hard_bounce", "complaint", "unsubscribe",
                                              "manual"):
         raise _invalid("reason", "one of hard_bounce, complaint, unsubscribe, manual")
@@ -69,7 +70,7 @@ def _filters(request: Request) -> tuple[str | None, str | None]:
 
 
 def _address_scope(request: Request) -> tuple[str, str]:
-    scope = request.query_params.get("scope") or GLOBAL
+    scope = request.query_params.get("scope", GLOBAL)
     try:
         validate_scope(scope)
     except ValueError as exc:
@@ -90,8 +91,7 @@ async def list_suppressions(request: Request) -> Response:
         raise _invalid("limit", f"an integer from 1 to {MAX_PAGE}")
     try:
         entries, cursor = await _store(request).page(
-            request.query_params.get("cursor") or None, int(raw_limit), reason=reason,
-            scope=scope)
+            request.query_params.get("cursor"), int(raw_limit), reason=reason, scope=scope)
     except ValueError as exc:
         raise _invalid("cursor", str(exc)) from None
     return JSONResponse({"suppressions": [entry_view(e) for e in entries],
@@ -151,6 +151,8 @@ async def import_suppressions(request: Request) -> Response:
         raise ApiError(408, "request_timeout", f"the import did not arrive within "
                        f"{IMPORT_TIMEOUT:g} s", headers={"Connection": "close"}) from None
     reader.close()
+    if size == 0:
+        raise ApiError(400, "invalid_request", "the import body is empty; JSONL is expected")
     if reader.too_many:
         raise ApiError(413, "payload_too_large", f"more than {settings.import_max_lines} "
                        "entries; split the import (SUPPRESSION_IMPORT_MAX_LINES)")

@@ -85,7 +85,8 @@ def test_paging_with_cursors(api: Api) -> None:
 
 
 @pytest.mark.parametrize("query", ["limit=0", "limit=1001", "limit=abc", "limit=%C2%B2",
-                                   "reason=spam", "scope=BULK", "cursor=!!", "cursor=" + "A" * 900])
+                                   "reason=spam", "scope=BULK", "cursor=!!", "cursor=" + "A" * 900,
+                                   "cursor=", "scope=", "reason="])
 def test_bad_list_queries_are_422(api: Api, query: str) -> None:
     answer = api.client.get(f"/v1/suppressions?{query}", headers=READER)
     assert answer.status_code == 422 and answer.json()["error"] == "invalid_request"
@@ -189,6 +190,8 @@ def test_import_bounds(api: Api) -> None:
     assert api.client.post("/v1/suppressions/import", content=huge,
                            headers=ADMIN).status_code == 413
     assert api.client.post("/v1/suppressions/import", content=b"",
+                           headers=ADMIN).status_code == 400
+    assert api.client.post("/v1/suppressions/import", content=b"\n\n",
                            headers=ADMIN).json() == {"imported": 0}
     one_giant_line = b"{" + b" " * 60_000 + b"}"
     giant = api.client.post("/v1/suppressions/import", content=one_giant_line, headers=ADMIN)
