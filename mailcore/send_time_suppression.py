@@ -35,6 +35,7 @@ local function begin_suppression_check(now)
   local list = cjson.encode(withheld)
   local announced = cjson.decode(ARGV[8])
   announced['recipients'] = withheld
+  announced['owner'] = redis.call('HGET', KEYS[1], 'owner') or nil
   lifecycle_emit(KEYS[4], cjson.encode(announced))
   if #withheld < count then
     redis.call('HSET', KEYS[1], 'suppressed_recipients', list)

@@ -11,6 +11,8 @@ from typing import Any, cast
 import orjson
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from mailcore.lifecycle import decode_event, stream_key
 from mailcore.send_time_suppression import SendTimeCheck, job_recipients, job_stream
@@ -18,7 +20,7 @@ from mailcore.status import SUPPRESSED, StatusStore, job_key, open_key, status_k
 from mailcore.suppressions import Suppression, SyncSuppressionList, suppression_address
 from workers.hard_bounces import HardBounces, hard_bounces
 
-from .support import RedisServer, read_status
+from .support import RedisServer, free_port, read_status
 
 
 @pytest.fixture
@@ -50,7 +52,7 @@ def job(*to: str, cc: tuple[str, ...] = (), stream: str | None = None) -> dict[s
 
 def queued(client: redis.Redis, prefix: str, message_id: str) -> None:
     client.hset(status_key(prefix, message_id), mapping={"id": message_id, "status": "queued",
-                                                         "recipients": "[]"})
+                                                         "recipients": "[]", "owner": "shop"})
     client.set(job_key(prefix, message_id), b"body")
     client.zadd(open_key(prefix), {message_id: 1})
 
@@ -84,6 +86,7 @@ def test_all_recipients_suppressed_ends_the_message_in_the_same_step(
     assert announced["type"] == "message.suppressed" and announced["message_id"] == one["id"]
     assert announced["recipients"] == ["ada@example.com", "Bob+x@example.com"]
     assert announced["stream"] == "transactional" and announced["template"] == "t"
+    assert announced["owner"] == "shop"
     # A redelivered copy finds it finished; nothing more is announced.
     again = store.begin_attempt(one["id"], 30, "r2", SendTimeCheck.for_job(one))
     assert again.reason == SUPPRESSED and len(events(client, prefix)) == 1
@@ -138,7 +141,8 @@ def test_only_permanent_refusals_become_hard_bounces(client: redis.Redis, prefix
 
 
 def test_hard_bounces_survive_an_unreachable_redis(prefix: str) -> None:
-    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    dead = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.2,
+                       retry=Retry(NoBackoff(), 0))
     recorder = HardBounces(SyncSuppressionList(dead, prefix))
     assert recorder.record("m1", {"gone@example.com": "550 5.1.1 gone"}) == 0
 
