@@ -37,7 +37,7 @@ ERROR_CODES = (
     "invalid_data", "sender_not_allowed", "recipient_not_allowed", "batch_too_large",
     "render_error", "render_timeout",
     "rate_limited", "recipient_rate_limited", "unavailable", "queue_full",
-    "unknown_template_version", "store_unavailable",
+    "unknown_template_version", "store_unavailable", "invalid_import",
 )
 
 
