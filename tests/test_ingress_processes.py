@@ -62,9 +62,9 @@ class Door:
 
     def children(self, count: int = 2, without: int | None = None) -> set[int]:
         """The supervisor's ``count`` children (none of them ``without``), once it has them."""
-        def found() -> set[int] | None:
+        def found() -> set[int]:
             pids = children_of(self.process.pid)
-            return pids if len(pids) == count and without not in pids else None
+            return pids if len(pids) == count and without not in pids else set()
         return self.process.wait_until(found, message=f"{count} ingress processes")
 
     def get(self, path: str) -> httpx.Response:
