@@ -43,6 +43,7 @@ _BACKOFF = (0.5, 5.0)
 _STEADY_SECONDS = 10.0
 _POLL_SECONDS = 0.1
 _PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
 
 
 def listening_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:
@@ -71,10 +72,35 @@ def prepare_metrics_dir() -> Path:
     return path
 
 
+def _prctl(option: int, value: int) -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
+
+
 def _die_with_parent() -> None:
     """In a child before exec: SIGTERM when the supervisor dies, however it dies."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _orphans(known: set[int]) -> list[int]:
+    """Exited processes this one may reap that it did not start: the orphaned children of a
+    process that died (in a container the supervisor is PID 1, and here a subreaper)."""
+    me = os.getpid()
+    try:
+        children = Path(f"/proc/{me}/task/{me}/children").read_text().split()
+    except OSError:
+        return []
+    found = []
+    for pid in map(int, children):
+        if pid in known:
+            continue
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state == "Z":
+            found.append(pid)
+    return found
 
 
 @dataclass
@@ -103,6 +129,9 @@ class Supervisor:
         self._restart_at: dict[int, tuple[float, float]] = {}
 
     def run(self) -> int:
+        # Orphans of a dead child (e.g. its template sandbox) come to this process, which
+        # reaps them, as PID 1 of a container must.
+        _prctl(_PR_SET_CHILD_SUBREAPER, 1)
         previous = {sig: signal.signal(sig, self._on_signal)
                     for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
@@ -145,6 +174,10 @@ class Supervisor:
                         extra={"pid": child.process.pid, "exit_code": code})
             self.children[index] = None
             self._restart_at[index] = (now + delay, min(delay * 2, _BACKOFF[1]))
+        known = {child.process.pid for child in self.children if child is not None}
+        for pid in _orphans(known):
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
 
     def _shutdown(self) -> int:
         running = [child.process for child in self.children if child is not None]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -181,3 +182,27 @@ def test_a_bad_process_count_stops_the_command_in_one_line(
     finally:
         process.stop()
     assert f"email-service: configuration error: {error}" in process.output()
+
+
+def test_the_supervisor_reaps_what_a_dead_process_leaves(tmp_path: Path) -> None:
+    """A process killed with a child of its own (the ingress's template sandbox, say): the
+    orphan comes to the supervisor (PID 1 in a container, a subreaper here), which reaps it
+    when it exits instead of leaving a zombie."""
+    child = "import subprocess, time; subprocess.Popen(['sleep', '2']); time.sleep(600)"
+    supervisor = (f"import sys; from service.processes import Supervisor; "
+                  f"sys.exit(Supervisor([sys.executable, '-c', {child!r}], 1, 5).run())")
+    process = ServiceProcess(["-c", supervisor], base_env("redis://127.0.0.1:1/0", 1),
+                             tmp_path / "supervisor.log", program=(sys.executable,)).start()
+    try:
+        [worker] = process.wait_until(lambda: children_of(process.pid), message="the child")
+        [orphan] = process.wait_until(lambda: children_of(worker), message="its child")
+        os.kill(worker, signal.SIGKILL)
+        process.wait_until(lambda: orphan in children_of(process.pid),
+                           message="the orphan to come to the supervisor")
+        # `sleep 2` ends; reaped, it leaves no zombie behind.
+        process.wait_until(lambda: not Path(f"/proc/{orphan}").exists(), timeout=15,
+                           message="the orphan reaped")
+        process.wait_until(lambda: len(children_of(process.pid)) == 1,
+                           message="a replacement child")
+    finally:
+        process.stop()
