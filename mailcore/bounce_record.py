@@ -12,6 +12,8 @@ but the recipient only through its own words, which are believed only within tha
 
 from __future__ import annotations
 
+import asyncio
+import random
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +38,9 @@ _RANK = {SOFT: 1, HARD: 2, COMPLAINT: 3}
 #: Statuses a report may move on (a message still queued or retrying keeps its status: the
 #: timeline and the per-recipient field carry the report).
 _MOVABLE = {SENT, BOUNCED, COMPLAINED}
-_WATCH_TRIES = 5
+#: Tries of the WATCH/MULTI step while other writers change the status (each loser waits a
+#: little, at random, so concurrent reports of one message go through one after the other).
+_WATCH_TRIES = 100
 
 
 @dataclass(frozen=True)
@@ -78,14 +82,15 @@ async def record(where: Recording, message_id: str, report: RecipientReport, *,
     """Record ``report`` for the message ``message_id``; returns :data:`RECORDED`,
     :data:`DUPLICATE`, :data:`UNKNOWN_MESSAGE` or :data:`UNMATCHED_RECIPIENT`."""
     key = status_key(where.prefix, message_id)
-    for _ in range(_WATCH_TRIES):
+    for attempt in range(_WATCH_TRIES):
         async with where.client.pipeline(transaction=True) as pipe:
             try:
                 await pipe.watch(key)
                 outcome = await _record_watched(where, pipe, message_id, report, source)
                 return outcome
             except WatchError:
-                continue  # the status changed meanwhile (a worker, another report): again
+                pass  # the status changed meanwhile (a worker, another report): again
+        await asyncio.sleep(random.uniform(0, 0.001 * min(attempt + 1, 20)))  # noqa: S311
     raise WatchError(f"the status of {message_id} kept changing")
 
 

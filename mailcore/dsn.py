@@ -18,6 +18,7 @@ from __future__ import annotations
 import email
 import email.message
 import email.policy
+import logging
 import re
 from dataclasses import dataclass
 from email.message import Message
@@ -41,6 +42,10 @@ MAX_PARTS = 64
 MAX_DIAGNOSTIC = 300
 #: Longest address believed (RFC 5321's path limit).
 _MAX_ADDRESS = 254
+
+# flufl.bounce logs every detector it runs (INFO) and every one that trips over hostile input
+# (a traceback): a flood, from input anyone can send. What became of a report is counted instead.
+logging.getLogger("flufl.bounce").setLevel(logging.CRITICAL)
 
 _STATUS = re.compile(r"\s*([245])\.(\d{1,3})\.(\d{1,3})")
 _ADDRESS = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@[A-Za-z0-9.-]{1,253}$")
@@ -189,7 +194,10 @@ def _heuristic(message: Message, limit: int) -> Report:
     """flufl.bounce's detectors for the formats that are not RFC 3464."""
     from flufl.bounce import all_failures
 
-    temporary, permanent = all_failures(message)
+    try:
+        temporary, permanent = all_failures(message)
+    except Exception:  # a detector tripping over hostile input (they are heuristics)
+        return Report(MALFORMED)
     found: list[RecipientReport] = []
     for kind, addresses in ((HARD, permanent), (SOFT, temporary)):
         for raw in sorted(addresses):

@@ -63,6 +63,8 @@ def read_token(secret: bytes, token: str) -> str | None:
     id_bytes, mac = raw[:16], raw[16:]
     if not hmac.compare_digest(mac, _mac(secret, id_bytes)):
         return None
+    if base64.b32encode(raw).decode("ascii").rstrip("=").lower() != token.lower():
+        return None  # the last character's spare bits set: not a token we issued
     return str(uuid.UUID(bytes=id_bytes))
 
 
