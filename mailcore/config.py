@@ -560,8 +560,19 @@ class DkimSettings:
                               f"({self.rsa_selector!r}): each key has its own DNS record")
 
 
-def _optional_domain(raw: str) -> str:
-    return ascii_domain(raw)
+_HOSTNAME = re.compile(r"(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+"
+                       r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def _bounce_domain(raw: str) -> str:
+    """A domain name (A-labels, lower case); special-use names such as ``.test`` are allowed
+    (a private bounce domain behind an internal MX is fine: only relays must reach it)."""
+    domain = raw.strip().lower().rstrip(".")
+    if not domain.isascii():
+        return ascii_domain(domain)
+    if not _HOSTNAME.fullmatch(domain):
+        raise ValueError(f"{raw!r} is not a domain name (dot-separated letters, digits, '-')")
+    return domain
 
 
 def _secret_bytes(raw: str) -> str:
@@ -578,7 +589,7 @@ class BounceSettings:
     domain: str | None = setting(
         "BOUNCE_DOMAIN", None, "Domain of the VERP envelope senders (`bounces+<token>@<domain>` "
         "as SMTP `MAIL FROM`); its MX must reach `email-service bounces`. Unset: no VERP, the "
-        "envelope sender is the message's From address.", _optional_domain,
+        "envelope sender is the message's From address.", _bounce_domain,
         shown="— (off)")
     secret: str | None = setting(
         "BOUNCE_SECRET", None, "HMAC key of the envelope senders' tokens (16+ bytes; workers and "
