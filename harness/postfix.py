@@ -21,6 +21,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from .ports import free_port
 from .waiting import wait_for
 
 #: The domain whose (nonexistent) users Postfix delivers to locally, and bounces.
-LOCAL_DOMAIN = "relay.test"
+LOCAL_DOMAIN = "relay.example.net"
 POSTFIX = "/usr/sbin/postfix"
 
 
@@ -42,18 +43,20 @@ def unavailable() -> str | None:
 
 
 class PostfixRelay:
-    """A Postfix listening on ``port`` (127.0.0.1), configured in ``root``.
+    """A Postfix listening on ``port`` (127.0.0.1), configured in a folder of its own under the
+    system's temporary folder (the ``postfix`` user must reach its queue: pytest's own temporary
+    folders are private to root), removed by :meth:`stop`.
 
     Parameters:
-      root: an empty folder for its configuration, queue, data and ``maillog``.
       routes: domain -> Postfix transport (``smtp:[127.0.0.1]:2525``); these domains are relayed.
     """
 
-    def __init__(self, root: Path, routes: Mapping[str, str]) -> None:
-        self.root = root
+    def __init__(self, routes: Mapping[str, str]) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="email-service-postfix-"))
+        self.root.chmod(0o755)
         self.routes = dict(routes)
         self.port = free_port()
-        self.conf = root / "conf"
+        self.conf = self.root / "conf"
 
     def _configure(self) -> None:
         for name in ("conf", "queue", "data"):
@@ -119,3 +122,11 @@ maillog_file = {root}/maillog
     def stop(self) -> None:
         subprocess.run([POSTFIX, "-c", str(self.conf), "stop"], check=False,
                        capture_output=True, timeout=60)
+        wait_for(lambda: not (self.root / "data" / "master.lock").exists() or not self._running(),
+                 timeout=30, message="postfix to stop")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def _running(self) -> bool:
+        result = subprocess.run([POSTFIX, "-c", str(self.conf), "status"], check=False,
+                                capture_output=True, timeout=30)
+        return result.returncode == 0
