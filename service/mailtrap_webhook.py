@@ -10,6 +10,8 @@ Mailtrap retries.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter
 from starlette.requests import Request
 from starlette.routing import Route
@@ -69,3 +71,39 @@ def mailtrap_routes(settings: Settings, registry: CollectorRegistry) -> list[Rou
 #: Event names used as metric labels (anything else is ``other``: bounded cardinality).
 _KNOWN = frozenset({"delivery", "bounce", "soft bounce", "spam", "unsubscribe", "open", "click",
                     "suspension", "reject", "invalid"})
+
+
+def openapi_paths(errors: dict[str, Any]) -> dict[str, Any]:
+    """The endpoint in the OpenAPI document (``errors``: the shared error answers)."""
+    event = {"type": "object", "required": ["event"], "properties": {
+        "event": {"type": "string", "description": "`bounce`, `soft bounce` and `spam` are "
+                  "recorded; `delivery`, `open`, `click`, `unsubscribe`, `suspension`, "
+                  "`reject` are acknowledged and counted"},
+        "email": {"type": "string", "description": "The recipient"},
+        "message_id": {"type": "string", "description": "Mailtrap's own id"},
+        "event_id": {"type": "string"}, "timestamp": {"type": "integer"},
+        "custom_variables": {"type": "object", "description": "`email_service_id`: ours, as "
+                             "the Mailtrap transport sent it"},
+        "response": {"type": "string"}, "response_code": {"type": "integer"},
+        "bounce_category": {"type": "string"}}}
+    return {PATH: {"post": {
+        "summary": "Mailtrap's webhook events: bounces and spam complaints of messages sent "
+                   "through Mailtrap (enabled by MAILTRAP_WEBHOOK_SECRET)",
+        "operationId": "mailtrapEvents", "security": [],
+        "parameters": [{"name": SIGNATURE_HEADER, "in": "header", "required": True,
+                        "description": "Lower-case hex HMAC-SHA256 of the raw body under the "
+                                       "webhook's signing secret", "schema": {"type": "string"}}],
+        "requestBody": {"required": True, "content": {
+            "application/json": {"schema": {"type": "object", "required": ["events"],
+                                            "properties": {"events": {
+                                                "type": "array", "items": event}}}},
+            "application/jsonl": {"schema": {"type": "string",
+                                             "description": "One event object per line"}}}},
+        "responses": {"200": {"description": "Read: how many events, and how many recorded",
+                              "content": {"application/json": {"schema": {
+                                  "type": "object", "required": ["received", "recorded"],
+                                  "additionalProperties": False,
+                                  "properties": {"received": {"type": "integer"},
+                                                 "recorded": {"type": "integer"}}}}}},
+                      **errors},
+    }}}

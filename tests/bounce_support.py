@@ -4,7 +4,7 @@ back what was recorded about it."""
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis
@@ -23,7 +23,7 @@ def sent_message(client: redis.Redis, prefix: str, recipients: list[str], *,
     fields = initial_fields(message_id=message_id, owner="shop", template="order_confirmation",
                             recipients=recipients, source="api", metadata={"order": "A-1"})
     fields["status"] = status
-    client.hset(status_key(prefix, message_id), mapping=fields)
+    client.hset(status_key(prefix, message_id), mapping=cast(Any, fields))
     client.rpush(timeline_key(prefix, message_id), event(status))
     client.expire(status_key(prefix, message_id), 3600)
     return message_id

@@ -137,7 +137,7 @@ def test_unfinished_message_keeps_its_status(redis_server: RedisServer, client: 
     fields = status_fields(client, prefix, message_id)
     assert fields["status"] == RETRYING and fields["bounce_type"] == HARD
     assert timeline(client, prefix, message_id)[-1]["status"] == BOUNCED
-    assert SENT != fields["status"]
+    assert fields["status"] != SENT
 
 
 def test_concurrent_reports_each_count_once(redis_server: RedisServer, client: redis.Redis,

@@ -147,5 +147,5 @@ def test_remote_refusal_after_acceptance(rig: Rig) -> None:
 
 def test_postfix_report_names_the_verp_address(rig: Rig, tmp_path: Path) -> None:
     # What Postfix logged: the report went to the receiver and was accepted (250).
-    assert f"to=<bounces+" in rig.postfix.log() and "status=sent (250 2.0.0 OK)" in \
+    assert "to=<bounces+" in rig.postfix.log() and "status=sent (250 2.0.0 OK)" in \
         rig.postfix.log()
