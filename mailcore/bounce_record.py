@@ -4,7 +4,8 @@ One Redis step (``WATCH`` the status, then ``MULTI``) records, for a recipient o
 message: the status (``bounced`` or ``complained``, when the message was sent), a per-recipient
 field (``bounce:<mailbox>``, which also makes a report delivered twice count once), the timeline
 entry, the lifecycle event (:func:`mailcore.lifecycle.emit`) and, for a hard bounce or a
-complaint, the suppression entry (:func:`mailcore.suppressions.add_to`). Nothing is written for a
+complaint, a global suppression entry (``hard_bounce`` or ``complaint``, the message as its
+source: :func:`mailcore.suppressions.add_to`); a soft bounce suppresses nothing. Nothing is written for a
 message whose status is gone (expired, or never ours) or for an address that is not one of the
 message's recipients: the report names the message through a signed token (or a signed webhook),
 but the recipient only through its own words, which are believed only within that message.
@@ -22,7 +23,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
-from . import lifecycle
+from . import lifecycle, suppressions
 from .addresses import mailbox_key
 from .dsn import COMPLAINT, HARD, SOFT, RecipientReport
 from .status import BOUNCED, COMPLAINED, SENT, event, status_key, timeline_key
@@ -142,8 +143,28 @@ async def _record_watched(where: Recording, pipe: Any, message_id: str,
     pipe.expire(key, where.retention_seconds)
     pipe.expire(timeline_key(where.prefix, message_id), where.retention_seconds)
     lifecycle.emit(pipe, where.prefix, payload)
+    entry = _suppression(recipient, kind, message_id)
+    if entry is not None:
+        suppressions.add_to(pipe, where.prefix, entry)
     await pipe.execute()
     return RECORDED
+
+
+#: What a report adds to the suppression list (global: the mailbox itself is the problem); a
+#: soft bounce adds nothing (it is transient).
+SUPPRESSES = {HARD: "hard_bounce", COMPLAINT: "complaint"}
+
+
+def _suppression(recipient: str, kind: str, message_id: str) -> suppressions.Suppression | None:
+    reason = SUPPRESSES.get(kind)
+    if reason is None:
+        return None
+    try:
+        address = suppressions.suppression_address(recipient)
+    except ValueError:  # accepted at the door, so valid; kept safe all the same
+        return None
+    return suppressions.Suppression(address=address, reason=reason, scope=suppressions.GLOBAL,
+                                    source_message_id=message_id)
 
 
 def _text(value: Any) -> str | None:

@@ -11,6 +11,7 @@ import redis
 
 from mailcore.lifecycle import decode_event, stream_key
 from mailcore.status import SENT, event, initial_fields, status_key, timeline_key
+from mailcore.suppressions import Suppression, SyncSuppressionList
 
 BOUNCE_SECRET = "bounce-secret-for-tests-0123456789"
 BOUNCE_DOMAIN = "bounce.test"
@@ -43,3 +44,8 @@ def events(client: redis.Redis, prefix: str) -> list[dict[str, Any]]:
     """Every lifecycle event of ``prefix``, oldest first."""
     entries: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange(stream_key(prefix))  # type: ignore[assignment]
     return [decode_event(fields[b"event"]) for _, fields in entries]
+
+
+def suppression(client: redis.Redis, prefix: str, address: str) -> Suppression | None:
+    """The global suppression entry of ``address``, if any."""
+    return SyncSuppressionList(client, prefix).get(address)

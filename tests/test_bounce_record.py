@@ -22,7 +22,7 @@ from mailcore.bounce_record import (
 from mailcore.dsn import COMPLAINT, HARD, SOFT, RecipientReport
 from mailcore.status import BOUNCED, COMPLAINED, RETRYING, SENT
 
-from .bounce_support import events, sent_message, status_fields, timeline
+from .bounce_support import events, sent_message, status_fields, suppression, timeline
 from .support import RedisServer
 
 
@@ -65,6 +65,9 @@ def test_hard_bounce_recorded_with_its_event(redis_server: RedisServer, client: 
     assert evt["type"] == "message.bounced" and evt["message_id"] == message_id
     assert evt["recipient"] == "ada@example.org" and evt["bounce_type"] == HARD
     assert evt["owner"] == "shop" and evt["metadata"] == {"order": "A-1"}
+    entry = suppression(client, prefix, "ada@example.org")
+    assert entry is not None and entry.reason == "hard_bounce" and entry.scope == "global"
+    assert entry.source_message_id == message_id and entry.expires_at is None
     # The same report again (a relay retrying after a lost 250): nothing more.
     assert run(redis_server, prefix, message_id, report) == DUPLICATE
     assert len(events(client, prefix)) == 1 and len(timeline(client, prefix, message_id)) == 2
@@ -76,6 +79,7 @@ def test_soft_then_hard_then_soft(redis_server: RedisServer, client: redis.Redis
     assert run(redis_server, prefix, message_id,
                RecipientReport("bob@example.org", SOFT, status="4.2.2")) == RECORDED
     assert status_fields(client, prefix, message_id)["bounce_type"] == SOFT
+    assert suppression(client, prefix, "bob@example.org") is None  # soft: transient
     assert run(redis_server, prefix, message_id,
                RecipientReport("ADA+shop@Example.org", HARD)) == RECORDED  # mailbox-folded
     assert status_fields(client, prefix, message_id)["bounce_type"] == HARD
@@ -87,6 +91,9 @@ def test_soft_then_hard_then_soft(redis_server: RedisServer, client: redis.Redis
     assert fields["bounce_type"] == HARD and fields["status"] == BOUNCED
     assert [e["recipient"] for e in events(client, prefix)] == [
         "bob@example.org", "ada@example.org", "bob@example.org"]
+    for address in ("ada@example.org", "ada+other@EXAMPLE.org", "bob@example.org"):
+        entry = suppression(client, prefix, address)
+        assert entry is not None and entry.reason == "hard_bounce"
 
 
 def test_complaint_outranks_bounce(redis_server: RedisServer, client: redis.Redis,
@@ -95,6 +102,8 @@ def test_complaint_outranks_bounce(redis_server: RedisServer, client: redis.Redi
     assert run(redis_server, prefix, message_id,
                RecipientReport("ada@example.org", COMPLAINT), source="mailtrap") == RECORDED
     assert status_fields(client, prefix, message_id)["status"] == COMPLAINED
+    entry = suppression(client, prefix, "ada@example.org")
+    assert entry is not None and entry.reason == "complaint"
     assert run(redis_server, prefix, message_id,
                RecipientReport("ada@example.org", HARD)) == DUPLICATE
     assert [e["type"] for e in events(client, prefix)] == ["message.complained"]
@@ -110,6 +119,8 @@ def test_unknown_message_and_strangers(redis_server: RedisServer, client: redis.
                RecipientReport("mallory@example.org", HARD)) == UNMATCHED_RECIPIENT
     assert status_fields(client, prefix, message_id) == before
     assert events(client, prefix) == []
+    for address in ("ada@example.org", "mallory@example.org"):
+        assert suppression(client, prefix, address) is None
 
 
 def test_single_recipient_takes_a_rewritten_address(redis_server: RedisServer,

@@ -20,7 +20,7 @@ from harness.postfix import LOCAL_DOMAIN, PostfixRelay, unavailable
 from mailcore.tokens import mint_token
 from mailcore.verp import read_token, token_of
 
-from .bounce_support import BOUNCE_DOMAIN, BOUNCE_SECRET, events, status_fields
+from .bounce_support import BOUNCE_DOMAIN, BOUNCE_SECRET, events, status_fields, suppression
 from .support import (
     TEST_SECRET,
     RedisServer,
@@ -123,6 +123,10 @@ def test_local_unknown_user_is_a_hard_bounce(rig: Rig) -> None:
     status = httpx.get(f"{rig.stack.base_url}/v1/messages/{message_id}", headers=AUTH).json()
     assert status["status"] == "bounced"
     assert status["timeline"][-1]["recipient"] == recipient
+    assert status["bounce_type"] == "hard" and status["bounces"] == {recipient: "hard"}
+    entry = suppression(rig.client, rig.prefix, recipient)
+    assert entry is not None and entry.reason == "hard_bounce"
+    assert entry.source_message_id == message_id
 
 
 def test_unreachable_relay_is_a_soft_bounce(rig: Rig) -> None:
@@ -130,6 +134,7 @@ def test_unreachable_relay_is_a_soft_bounce(rig: Rig) -> None:
     message_id = send(rig, recipient)
     fields = bounced(rig, message_id, recipient)
     assert fields["bounce_type"] == "soft" and fields[f"bounce:{recipient}"] == "soft"
+    assert suppression(rig.client, rig.prefix, recipient) is None
 
 
 def test_remote_refusal_after_acceptance(rig: Rig) -> None:
@@ -138,6 +143,8 @@ def test_remote_refusal_after_acceptance(rig: Rig) -> None:
     message_id = send(rig, gone, local_gone, fine)
     fields = bounced(rig, message_id, gone, local_gone)
     assert fields["status"] == "bounced" and f"bounce:{fine}" not in fields
+    assert suppression(rig.client, rig.prefix, gone) is not None
+    assert suppression(rig.client, rig.prefix, fine) is None
     # The copy that was delivered carried the message's own signed envelope sender.
     [delivered] = wait_for(lambda: rig.remote.handler.to(fine), timeout=30,
                            message="the delivered copy")

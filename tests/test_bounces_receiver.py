@@ -17,7 +17,14 @@ import redis
 
 from mailcore.verp import envelope_sender
 
-from .bounce_support import BOUNCE_DOMAIN, BOUNCE_SECRET, events, sent_message, status_fields
+from .bounce_support import (
+    BOUNCE_DOMAIN,
+    BOUNCE_SECRET,
+    events,
+    sent_message,
+    status_fields,
+    suppression,
+)
 from .support import RedisServer, ServiceProcess, base_env, free_port, wait_for
 
 REPORTS = Path(__file__).parent / "data" / "reports"
@@ -80,8 +87,8 @@ def test_probes(receiver: Receiver) -> None:
 
 
 @pytest.mark.parametrize(("name", "recipient", "status", "kind"), [
-    ("postfix-local-5.1.1.eml", "no-such-user@relay.test", "bounced", "hard"),
-    ("postfix-deferred-4.4.1.eml", "x@soft.test", "bounced", "soft"),
+    ("postfix-local-5.1.1.eml", "no-such-user@relay.example.net", "bounced", "hard"),
+    ("postfix-deferred-4.4.1.eml", "someone@soft.example.net", "bounced", "soft"),
     ("gmail-two-recipients.eml", "ada.lovelace@example.org", "bounced", "hard"),
     ("exim.eml", "grace@example.org", "bounced", "hard"),
     ("qmail.eml", "mireille@example.org", "bounced", "hard"),
@@ -97,10 +104,17 @@ def test_real_world_reports_update_the_status(receiver: Receiver, name: str, rec
     assert fields["status"] == status
     assert fields[f"bounce:{recipient.lower()}"] == kind
     assert any(e["message_id"] == message_id for e in events(receiver.client, receiver.prefix))
+    entry = suppression(receiver.client, receiver.prefix, recipient)
+    if kind == "soft":
+        assert entry is None
+    else:
+        assert entry is not None and entry.source_message_id == message_id
+        assert entry.reason == {"hard": "hard_bounce", "complaint": "complaint"}[kind]
+    assert suppression(receiver.client, receiver.prefix, "someone-else@example.net") is None
 
 
 def test_forged_and_foreign_addresses_are_refused_at_rcpt(receiver: Receiver) -> None:
-    message_id = sent_message(receiver.client, receiver.prefix, ["no-such-user@relay.test"])
+    message_id = sent_message(receiver.client, receiver.prefix, ["no-such-user@relay.example.net"])
     genuine = receiver.verp(message_id)
     local, _, domain = genuine.partition("@")
     forged = local[:-3] + ("aaa" if not local.endswith("aaa") else "bbb") + "@" + domain
@@ -119,7 +133,7 @@ def test_forged_and_foreign_addresses_are_refused_at_rcpt(receiver: Receiver) ->
 
 
 def test_too_many_recipients_and_too_large(receiver: Receiver) -> None:
-    ids = [sent_message(receiver.client, receiver.prefix, [f"u{i}@relay.test"])
+    ids = [sent_message(receiver.client, receiver.prefix, [f"u{i}@relay.example.net"])
            for i in range(5)]
     with smtplib.SMTP("127.0.0.1", receiver.port, timeout=10) as smtp:
         smtp.ehlo()
@@ -139,12 +153,12 @@ def test_too_many_recipients_and_too_large(receiver: Receiver) -> None:
     ((b"\x00\xff\xfe" * 50 + b"\r\n") * 100, "malformed"),
     (b"Content-Type: multipart/report; boundary=B\r\n\r\n--B\r\n"
      b"Content-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; x\r\n\r\n"
-     b"Final-Recipient: rfc822; ok@relay.test\r\nAction: delivered\r\nStatus: 2.0.0\r\n"
+     b"Final-Recipient: rfc822; ok@relay.example.net\r\nAction: delivered\r\nStatus: 2.0.0\r\n"
      b"\r\n--B--\r\n", "no_failures"),
 ])
 def test_mail_that_is_no_usable_report_is_dropped(receiver: Receiver, data: bytes,
                                                   outcome: str) -> None:
-    message_id = sent_message(receiver.client, receiver.prefix, ["ok@relay.test"])
+    message_id = sent_message(receiver.client, receiver.prefix, ["ok@relay.example.net"])
     before = receiver.counted(outcome)
     receiver.send([receiver.verp(message_id)], data)  # 250: accepted, dropped
     assert receiver.counted(outcome) == before + 1
@@ -164,7 +178,7 @@ def test_unknown_message_and_stranger(receiver: Receiver) -> None:
 
 
 def test_a_report_delivered_twice_counts_once(receiver: Receiver) -> None:
-    message_id = sent_message(receiver.client, receiver.prefix, ["no-such-user@relay.test"])
+    message_id = sent_message(receiver.client, receiver.prefix, ["no-such-user@relay.example.net"])
     before = receiver.counted("duplicate")
     for _ in range(2):
         receiver.send([receiver.verp(message_id)],
@@ -182,8 +196,8 @@ def test_lmtp_answers_per_recipient(redis_server: RedisServer, tmp_path: Path) -
         process.wait_until(lambda: httpx.get(f"{http}/ready").status_code == 200, timeout=30,
                            message="the LMTP receiver")
         with redis_server.client() as client:
-            first = sent_message(client, prefix, ["no-such-user@relay.test"])
-            second = sent_message(client, prefix, ["no-such-user@relay.test"])
+            first = sent_message(client, prefix, ["no-such-user@relay.example.net"])
+            second = sent_message(client, prefix, ["no-such-user@relay.example.net"])
             receiver = Receiver(process, port, http, prefix, client)
             with smtplib.LMTP("127.0.0.1", port) as lmtp:
                 lmtp.ehlo()  # smtplib's LMTP sends LHLO

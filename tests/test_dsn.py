@@ -29,8 +29,8 @@ def sample(name: str) -> bytes:
 
 
 @pytest.mark.parametrize(("name", "kind", "expected"), [
-    ("postfix-local-5.1.1.eml", DSN, [("no-such-user@relay.test", HARD, "5.1.1")]),
-    ("postfix-deferred-4.4.1.eml", DSN, [("x@soft.test", SOFT, "4.4.1")]),
+    ("postfix-local-5.1.1.eml", DSN, [("no-such-user@relay.example.net", HARD, "5.1.1")]),
+    ("postfix-deferred-4.4.1.eml", DSN, [("someone@soft.example.net", SOFT, "4.4.1")]),
     # Upper-case domain lower-cased; "delayed" is soft; "delivered" is left out.
     ("gmail-two-recipients.eml", DSN, [("Ada.Lovelace@example.org", HARD, "5.1.1"),
                                        ("charles@example.org", SOFT, "4.2.2")]),
@@ -48,7 +48,7 @@ def test_real_world_reports(name: str, kind: str, expected: list[tuple[str, str,
 
 def test_postfix_fields() -> None:
     [entry] = parse_report(sample("postfix-local-5.1.1.eml")).recipients
-    assert entry.original == "no-such-user@relay.test"
+    assert entry.original == "no-such-user@relay.example.net"
     assert entry.diagnostic == 'X-Postfix; unknown user: "no-such-user"'
 
 

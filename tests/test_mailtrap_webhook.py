@@ -21,7 +21,7 @@ from mailcore.mime import Content
 from mailcore.transports.mailtrap import request_body
 from service.app import create_app
 
-from .bounce_support import events, sent_message, status_fields
+from .bounce_support import events, sent_message, status_fields, suppression
 from .support import RedisServer, app_settings
 
 SECRET = "mailtrap-signing-secret-0123456789abcdef"
@@ -85,6 +85,10 @@ def test_bounce_soft_bounce_and_spam(hook: Hook) -> None:
                      (spam, "message.complained", "mailtrap")}
     [last] = [e for e in events(hook.redis, hook.prefix) if e["message_id"] == hard]
     assert last["status_code"] == "5.1.1"
+    reasons = {a: getattr(suppression(hook.redis, hook.prefix, a), "reason", None)
+               for a in ("ada@example.org", "bob@example.org", "carol@example.org")}
+    assert reasons == {"ada@example.org": "hard_bounce", "bob@example.org": None,
+                       "carol@example.org": "complaint"}
     # Mailtrap retries a delivery: the same events again record nothing more.
     assert hook.post(body).json() == {"received": 5, "recorded": 0}
     metrics = hook.http.get("/metrics").text
