@@ -5,10 +5,10 @@ message: the status (``bounced`` or ``complained``, when the message was sent), 
 field (``bounce:<mailbox>``, which also makes a report delivered twice count once), the timeline
 entry, the lifecycle event (:func:`mailcore.lifecycle.emit`) and, for a hard bounce or a
 complaint, a global suppression entry (``hard_bounce`` or ``complaint``, the message as its
-source: :func:`mailcore.suppressions.add_to`); a soft bounce suppresses nothing. Nothing is written for a
-message whose status is gone (expired, or never ours) or for an address that is not one of the
-message's recipients: the report names the message through a signed token (or a signed webhook),
-but the recipient only through its own words, which are believed only within that message.
+source: :func:`mailcore.suppressions.add_to`); a soft bounce suppresses nothing. Nothing is
+written for a message whose status is gone (expired, or never ours) or for an address that is not
+one of the message's recipients: the report names the message through a signed token (or a
+signed webhook), but the recipient only through its own words, believed only within that message.
 """
 
 from __future__ import annotations
