@@ -91,6 +91,14 @@ chart's Secret under the file name the pods read. Call with
 {{- if or .Values.smtp.existingSecret .Values.smtp.password -}}true{{- end -}}
 {{- end -}}
 
+{{- define "email-service.hasBounceSecret" -}}
+{{- if and .Values.bounces.enabled (or .Values.bounces.existingSecret .Values.bounces.secret) -}}true{{- end -}}
+{{- end -}}
+
+{{- define "email-service.hasMailtrapWebhookSecret" -}}
+{{- if or .Values.mailtrapWebhook.existingSecret .Values.mailtrapWebhook.signingSecret -}}true{{- end -}}
+{{- end -}}
+
 {{- define "email-service.hasMailtrapToken" -}}
 {{- if or .Values.mailtrap.existingSecret .Values.mailtrap.apiToken -}}true{{- end -}}
 {{- end -}}
@@ -196,8 +204,10 @@ name> (jwt_secret, smtp_password, mailtrap_api_token, redis_password). Call with
 {{- $mailtrap := and .smtp (include "email-service.hasMailtrapToken" $root) -}}
 {{- $sentinel := include "email-service.hasSentinelPassword" $root -}}
 {{- $dkim := and .dkim $root.Values.dkim.keys -}}
+{{- $bounce := and .bounce (include "email-service.hasBounceSecret" $root) -}}
+{{- $webhook := and .webhook (include "email-service.hasMailtrapWebhookSecret" $root) -}}
 - name: secrets
-{{- if or $jwt $smtp $redis $mailtrap $sentinel $dkim }}
+{{- if or $jwt $smtp $redis $mailtrap $sentinel $dkim $bounce $webhook }}
   projected:
     defaultMode: 0440
     sources:
@@ -218,6 +228,12 @@ name> (jwt_secret, smtp_password, mailtrap_api_token, redis_password). Call with
       {{- end }}
       {{- if $dkim }}
       {{- include "email-service.dkimKeys" $root | nindent 6 }}
+      {{- end }}
+      {{- if $bounce }}
+      {{- include "email-service.secretFile" (dict "root" $root "secret" "bounces" "file" "bounce_secret") | nindent 6 }}
+      {{- end }}
+      {{- if $webhook }}
+      {{- include "email-service.secretFile" (dict "root" $root "secret" "mailtrapWebhook" "file" "mailtrap_webhook_secret") | nindent 6 }}
       {{- end }}
 {{- else }}
   emptyDir: {sizeLimit: 1Mi}
