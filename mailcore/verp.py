@@ -22,7 +22,6 @@ comparison and the residual risk).
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import uuid
 
@@ -37,7 +36,7 @@ TOKEN_LENGTH = len(base64.b32encode(bytes(16 + MAC_BYTES)).rstrip(b"="))
 
 
 def _mac(secret: bytes, id_bytes: bytes) -> bytes:
-    return hmac.new(secret, _DOMAIN_TAG + id_bytes, hashlib.sha256).digest()[:MAC_BYTES]
+    return hmac.digest(secret, _DOMAIN_TAG + id_bytes, "sha256")[:MAC_BYTES]
 
 
 def make_token(secret: bytes, message_id: str) -> str | None:
