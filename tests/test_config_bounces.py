@@ -31,14 +31,14 @@ def test_domains(domain: str, expected: str) -> None:
 @pytest.mark.parametrize("domain", ["localhost", "a b.example", "-x.example", "x..example",
                                     "bounces@example.com", "x" * 64 + ".example", "a.b_c.example"])
 def test_bad_domains(domain: str) -> None:
-    with pytest.raises(ConfigError, match="^BOUNCE_DOMAIN: "):
+    with pytest.raises(ConfigError, match=r"^BOUNCE_DOMAIN: "):
         make_settings(BOUNCE_DOMAIN=domain, BOUNCE_SECRET=KEY)
 
 
 def test_a_domain_needs_a_key_of_16_bytes() -> None:
-    with pytest.raises(ConfigError, match="^BOUNCE_SECRET: required when BOUNCE_DOMAIN"):
+    with pytest.raises(ConfigError, match=r"^BOUNCE_SECRET: required when BOUNCE_DOMAIN"):
         make_settings(BOUNCE_DOMAIN="bounces.example.com")
-    with pytest.raises(ConfigError, match="^BOUNCE_SECRET: must be at least 16 bytes"):
+    with pytest.raises(ConfigError, match=r"^BOUNCE_SECRET: must be at least 16 bytes"):
         make_settings(BOUNCE_DOMAIN="bounces.example.com", BOUNCE_SECRET="short")
 
 
