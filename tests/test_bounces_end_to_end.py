@@ -56,9 +56,12 @@ def send(base_url: str, recipient: str) -> str:
     return message_id
 
 
+#: The stack, its relay, the receiver's SMTP port, the key prefix.
+SmtpRig = tuple[ServiceStack, SMTPServer, int, str]
+
+
 @pytest.fixture
-def smtp_rig(redis_server: RedisServer, tmp_path: Path) -> Iterator[tuple[ServiceStack, SMTPServer,
-                                                                           int, str]]:
+def smtp_rig(redis_server: RedisServer, tmp_path: Path) -> Iterator[SmtpRig]:
     prefix = f"e2eb-{uuid.uuid4().hex[:8]}"
     relay = SMTPServer()
     port, http_port = free_port(), free_port()
@@ -75,7 +78,7 @@ def smtp_rig(redis_server: RedisServer, tmp_path: Path) -> Iterator[tuple[Servic
         yield stack, relay, port, prefix
 
 
-def test_smtp_bounce_through_the_verp_address(smtp_rig: tuple[ServiceStack, SMTPServer, int, str],
+def test_smtp_bounce_through_the_verp_address(smtp_rig: SmtpRig,
                                               redis_server: RedisServer) -> None:
     stack, relay, port, prefix = smtp_rig
     recipient = "grace@example.org"
