@@ -2,7 +2,7 @@
 
 One Redis step (``WATCH`` the status, then ``MULTI``) records, for a recipient of a known
 message: the status (``bounced`` or ``complained``, when the message was sent), a per-recipient
-field (``bounce:<mailbox>``, which also makes a report delivered twice count once), the timeline
+field (``bounce:<recipient>``, which also makes a report delivered twice count once), the timeline
 entry, the lifecycle event (:func:`mailcore.lifecycle.emit`) and, for a hard bounce or a
 complaint, a global suppression entry (``hard_bounce`` or ``complaint``, the message as its
 source: :func:`mailcore.suppressions.add_to`); a soft bounce suppresses nothing. Nothing is
@@ -60,8 +60,9 @@ class Recording:
 
 
 def recipient_field(address: str) -> str:
-    """The status hash field holding what was reported about one recipient."""
-    return f"bounce:{mailbox_key(address)}"
+    """The status hash field holding what was reported about one of the message's recipients
+    (``address`` exactly as the message names it, so the status shows it as sent)."""
+    return f"bounce:{address}"
 
 
 def _match(report: RecipientReport, recipients: list[str]) -> str | None:
