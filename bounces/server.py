@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 import uvicorn
 from aiosmtpd.lmtp import LMTP
@@ -28,6 +29,43 @@ log = logging.getLogger("email_service.bounces")
 SERVICE = "email-service-bounces"
 #: Seconds an SMTP client may stay silent before it is disconnected.
 IDLE_TIMEOUT = 60.0
+
+
+class _Sessions:
+    """Open SMTP/LMTP sessions of this process, against ``limit``."""
+
+    def __init__(self, limit: int, metrics: BounceMetrics) -> None:
+        self.limit = limit
+        self.open = 0
+        self.metrics = metrics
+
+
+def bounded(protocol: type[Any], sessions: _Sessions) -> type[Any]:
+    """``protocol`` (aiosmtpd's SMTP or LMTP) admitting at most ``sessions.limit`` sessions at
+    once: one more is told ``421`` (the relay tries again later) and closed before a greeting."""
+
+    class Bounded(protocol):  # type: ignore[misc]
+        _admitted = False
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            if sessions.open >= sessions.limit:
+                sessions.metrics.reports.labels("too_busy").inc()
+                assert isinstance(transport, asyncio.WriteTransport)
+                transport.write(b"421 4.3.2 Too many connections, try again later\r\n")
+                transport.close()
+                return
+            self._admitted = True
+            sessions.open += 1
+            super().connection_made(transport)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if not self._admitted:
+                return
+            self._admitted = False
+            sessions.open -= 1
+            super().connection_lost(exc)
+
+    return Bounded
 
 
 def probe_app(client: Redis, metrics: BounceMetrics) -> Starlette:
@@ -64,7 +102,8 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
     handler = BounceHandler(bounces, Recording(client, settings.redis.key_prefix,
                                                settings.limits.status_retention_seconds),
                             metrics, lmtp=bounces.lmtp)
-    protocol = LMTP if bounces.lmtp else SMTP
+    protocol = bounded(LMTP if bounces.lmtp else SMTP,
+                       _Sessions(bounces.max_connections, metrics))
     loop = asyncio.get_running_loop()
     smtp_server = await loop.create_server(
         lambda: protocol(handler, data_size_limit=bounces.max_message_bytes,

@@ -607,6 +607,9 @@ class BounceSettings:
     max_recipients: int = setting(
         "BOUNCES_MAX_RECIPIENTS", "16", "Recipients per SMTP transaction (452 beyond).",
         integer(low=1, high=1000))
+    max_connections: int = setting(
+        "BOUNCES_MAX_CONNECTIONS", "100", "SMTP/LMTP sessions at once per receiver process; one "
+        "more is answered `421` and closed.", integer(low=1, high=100_000))
     max_reports: int = setting(
         "BOUNCES_MAX_REPORTED_RECIPIENTS", "50", "Per-recipient entries read from one report "
         "(the rest are ignored).", integer(low=1, high=1000))

@@ -239,3 +239,29 @@ def test_needs_a_bounce_domain(redis_server: RedisServer, tmp_path: Path) -> Non
         assert "BOUNCE_DOMAIN" in process.output()
     finally:
         process.stop()
+
+
+def test_sessions_beyond_the_limit_are_told_to_come_back(redis_server: RedisServer,
+                                                         tmp_path: Path) -> None:
+    process, port, http = start_receiver(redis_server.url, tmp_path,
+                                         KEY_PREFIX=f"conn-{uuid.uuid4().hex[:8]}",
+                                         BOUNCES_MAX_CONNECTIONS="2")
+    try:
+        process.wait_until(lambda: httpx.get(f"{http}/ready").status_code == 200, timeout=30,
+                           message="the receiver")
+        first, second = (smtplib.SMTP("127.0.0.1", port, timeout=10) for _ in range(2))
+        with pytest.raises(smtplib.SMTPConnectError) as refused:
+            smtplib.SMTP("127.0.0.1", port, timeout=10)
+        assert refused.value.smtp_code == 421
+        first.quit()
+        third = wait_for(lambda: smtplib.SMTP("127.0.0.1", port, timeout=10), timeout=10,
+                         message="a session once one closed")
+        assert third.noop()[0] == 250 and second.noop()[0] == 250
+        third.quit()
+        second.quit()
+        # At least the one refused above (waiting for a free session may meet more).
+        found = re.search(r'email_bounce_reports_total\{outcome="too_busy"\} ([0-9.]+)',
+                          httpx.get(f"{http}/metrics").text)
+        assert found is not None and float(found.group(1)) >= 1
+    finally:
+        process.stop()
