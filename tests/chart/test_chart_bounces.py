@@ -76,6 +76,7 @@ def test_the_receiver_and_its_configuration(helm_binary: str, tmp_path: Path) ->
     settings = Settings.from_env({**configmap, **env, "SECRETS_DIR": str(tmp_path)})
     assert settings.bounces.domain == "bounces.example.com"
     assert settings.bounces.secret == KEY and settings.bounces.lmtp is False
+    assert settings.bounces.max_connections == 100 and settings.bounces.max_recipients == 16
 
 
 def test_allowed_networks_existing_secret_and_lmtp(helm_binary: str) -> None:
