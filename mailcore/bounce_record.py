@@ -136,7 +136,7 @@ async def _record_watched(where: Recording, pipe: Any, message_id: str,
         lifecycle.COMPLAINED if kind == COMPLAINT else lifecycle.BOUNCED, message_id,
         owner=_text(owner), template=_text(template), recipient=recipient,
         stream=_text(stream), detail=detail, metadata=metadata,
-        bounce_type=kind if kind != COMPLAINT else None, status_code=report.status,
+        bounce_type=kind if kind != COMPLAINT else None, dsn_status=report.status,
         source=source)
     pipe.multi()
     pipe.hset(key, mapping=fields)

@@ -119,7 +119,7 @@ def test_local_unknown_user_is_a_hard_bounce(rig: Rig) -> None:
     fields = bounced(rig, message_id, recipient)
     assert fields["status"] == "bounced" and fields["bounce_type"] == "hard"
     [evt] = [e for e in events(rig.client, rig.prefix) if e["message_id"] == message_id]
-    assert evt["type"] == "message.bounced" and evt["status_code"] == "5.1.1"
+    assert evt["type"] == "message.bounced" and evt["dsn_status"] == "5.1.1"
     status = httpx.get(f"{rig.stack.base_url}/v1/messages/{message_id}", headers=AUTH).json()
     assert status["status"] == "bounced"
     assert status["timeline"][-1]["recipient"] == recipient

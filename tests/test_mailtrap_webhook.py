@@ -84,7 +84,7 @@ def test_bounce_soft_bounce_and_spam(hook: Hook) -> None:
     assert kinds == {(hard, "message.bounced", "mailtrap"), (soft, "message.bounced", "mailtrap"),
                      (spam, "message.complained", "mailtrap")}
     [last] = [e for e in events(hook.redis, hook.prefix) if e["message_id"] == hard]
-    assert last["status_code"] == "5.1.1"
+    assert last["dsn_status"] == "5.1.1"
     reasons = {a: getattr(suppression(hook.redis, hook.prefix, a), "reason", None)
                for a in ("ada@example.org", "bob@example.org", "carol@example.org")}
     assert reasons == {"ada@example.org": "hard_bounce", "bob@example.org": None,
