@@ -32,6 +32,8 @@ from .mailtrap_webhook import mailtrap_routes
 from .metrics import IngressMetrics, MetricsMiddleware, count_rejection, metrics_endpoint
 from .routes import routes
 from .sending import SendService
+from .suppressions_api import suppression_routes
+from .unsubscribe_page import unsubscribe_routes
 
 log = logging.getLogger("email_service.ingress")
 
@@ -112,7 +114,8 @@ def create_app(settings: Settings, *, dev_secret: str | None = None) -> Starlett
 
     metrics = IngressMetrics()
     app = Starlette(
-        routes=[*routes, *docs_routes(), Route("/metrics", metrics_endpoint, methods=["GET"]),
+        routes=[*routes, *suppression_routes(), *unsubscribe_routes(), *docs_routes(),
+                Route("/metrics", metrics_endpoint, methods=["GET"]),
                 *mailtrap_routes(settings, metrics.registry)],
         lifespan=lifespan,
         middleware=[*_tracing_middleware(), Middleware(MetricsMiddleware, metrics=metrics)],

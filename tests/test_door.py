@@ -300,7 +300,9 @@ def test_openapi_and_offline_docs(redis_server: RedisServer) -> None:
                      "/v1/dead-letters",
                      "/v1/dead-letters/retry", "/v1/dead-letters/{id}",
                      "/v1/dead-letters/{id}/retry", "/email-service/send-reset-code",
-                     "/api/order-confirmation", "/health", "/ready"}
+                     "/api/order-confirmation", "/health", "/ready",
+                     "/v1/suppressions", "/v1/suppressions/import", "/v1/suppressions/export",
+                     "/v1/suppressions/{address}", "/u/{token}"}
         assert set(document["paths"]) == app_paths
         assert "SendRequest" in document["components"]["schemas"]
         page = client.get("/docs")
