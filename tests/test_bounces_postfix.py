@@ -6,6 +6,7 @@ event; a multi-recipient message records each failed recipient and not the deliv
 
 from __future__ import annotations
 
+import smtplib
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,9 +19,16 @@ import redis
 
 from harness.postfix import LOCAL_DOMAIN, PostfixRelay, unavailable
 from mailcore.tokens import mint_token
-from mailcore.verp import read_token, token_of
+from mailcore.verp import envelope_sender, read_token, token_of
 
-from .bounce_support import BOUNCE_DOMAIN, BOUNCE_SECRET, events, status_fields, suppression
+from .bounce_support import (
+    BOUNCE_DOMAIN,
+    BOUNCE_SECRET,
+    events,
+    sent_message,
+    status_fields,
+    suppression,
+)
 from .support import (
     TEST_SECRET,
     RedisServer,
@@ -156,3 +164,37 @@ def test_postfix_report_names_the_verp_address(rig: Rig, tmp_path: Path) -> None
     # What Postfix logged: the report went to the receiver and was accepted (250).
     assert "to=<bounces+" in rig.postfix.log() and "status=sent (250 2.0.0 OK)" in \
         rig.postfix.log()
+
+
+def test_postfix_hands_reports_over_by_lmtp(redis_server: RedisServer, tmp_path: Path) -> None:
+    """The receiver behind an MTA speaking LMTP (``BOUNCES_LMTP=true``), as when an inbound
+    Postfix relays the bounce domain to it (``lmtp:inet:[host]:port``)."""
+    prefix = f"lmtp-{uuid.uuid4().hex[:8]}"
+    port, http_port = free_port(), free_port()
+    env = base_env(redis_server.url, 1, KEY_PREFIX=prefix, BOUNCE_DOMAIN=BOUNCE_DOMAIN,
+                   BOUNCE_SECRET=BOUNCE_SECRET, BOUNCES_HOST="127.0.0.1",
+                   BOUNCES_PORT=str(port), BOUNCES_HTTP_PORT=str(http_port), BOUNCES_LMTP="true")
+    receiver = ServiceProcess(["bounces"], env, tmp_path / "bounces.log").start()
+    postfix = PostfixRelay({BOUNCE_DOMAIN: f"lmtp:inet:[127.0.0.1]:{port}"})
+    try:
+        receiver.wait_until(
+            lambda: httpx.get(f"http://127.0.0.1:{http_port}/ready").status_code == 200,
+            timeout=30, message="the LMTP receiver")
+        postfix.start()
+        recipient = f"no-such-user@{LOCAL_DOMAIN}"
+        with redis_server.client() as client:
+            message_id = sent_message(client, prefix, [recipient])
+            sender = envelope_sender(BOUNCE_SECRET.encode(), BOUNCE_DOMAIN, message_id)
+            assert sender is not None
+            with smtplib.SMTP("127.0.0.1", postfix.port, timeout=10) as smtp:
+                smtp.sendmail(sender, [recipient],
+                              b"From: shop@example.com\r\nTo: " + recipient.encode() +
+                              b"\r\nSubject: Your order\r\n\r\nThanks.\r\n")
+            wait_for(lambda: status_fields(client, prefix, message_id).get(
+                f"bounce:{recipient}"), timeout=60,
+                message=f"the report by LMTP (postfix log: {postfix.log()[-1500:]})")
+            assert status_fields(client, prefix, message_id)["status"] == "bounced"
+        assert "relay=127.0.0.1[127.0.0.1]:" in postfix.log()
+    finally:
+        postfix.stop()
+        receiver.stop()
