@@ -27,11 +27,13 @@ from .mime import Envelope
 log = logging.getLogger("email_service.dkim")
 
 #: Headers signed when present (each instance of each). Signing List-Unsubscribe(-Post) keeps a
-#: forwarder from swapping the unsubscribe target; X-Email-Service-* are ours.
+#: forwarder from swapping the unsubscribe target; Gmail's feedback loop counts Feedback-ID only
+#: when it is signed; X-Email-Service-* are ours.
 SIGNED_HEADERS = (
     b"from", b"to", b"cc", b"subject", b"date", b"message-id", b"reply-to", b"mime-version",
     b"content-type", b"list-unsubscribe", b"list-unsubscribe-post", b"in-reply-to",
-    b"references",
+    b"references", b"list-id", b"list-help", b"list-subscribe", b"list-post", b"list-owner",
+    b"list-archive", b"feedback-id", b"auto-submitted", b"precedence",
 )
 _OURS = b"x-email-service-"
 #: RFC 8301: verifiers must reject RSA keys under 1024 bits; under 2048 is weak today.

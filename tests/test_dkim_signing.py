@@ -51,7 +51,10 @@ def message(sender: str = "shop@example.com") -> bytes:
         cc=[Recipient(email="orders@example.org")],
         reply_to=Recipient(email="help@example.com"),
         headers={"List-Unsubscribe": "<https://shop.example.com/u/1>",
-                 "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"},
+                 "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+                 "List-Id": "Shop orders <orders.shop.example.com>",
+                 "Feedback-ID": "orders:shop:esp", "Auto-Submitted": "auto-generated",
+                 "X-Campaign": "none"},
         tags=["orders"],
     )
     return envelope.raw
@@ -118,8 +121,11 @@ def test_the_header_set_includes_ours_and_list_unsubscribe_and_oversigns_from(
     assert signed.count(b"from") == 2
     for name in (b"to", b"cc", b"subject", b"date", b"message-id", b"reply-to", b"mime-version",
                  b"content-type", b"list-unsubscribe", b"list-unsubscribe-post",
-                 b"x-email-service-id", b"x-email-service-tags"):
+                 b"x-email-service-id", b"x-email-service-tags", b"list-id", b"feedback-id",
+                 b"auto-submitted"):
         assert name in signed, name
+    # A caller's own X-* header is not ours to vouch for.
+    assert b"x-campaign" not in signed
     assert rsa_sig[b"c"] == b"relaxed/relaxed"
 
 
