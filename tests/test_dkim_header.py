@@ -170,3 +170,16 @@ def test_hostile_heads_fare_as_with_dkimpy(raw: bytes, monkeypatch: pytest.Monke
         assert dkim.rfc822_parse(raw)[0] == []
     else:
         assert ours == theirs
+
+
+def test_one_signer_serves_many_threads_at_once() -> None:
+    """A worker's threads share the keys parsed at start-up: signatures made concurrently are
+    the ones made alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    raws = [raw for _, raw in _MESSAGES]
+    alone = [_ours(raw, [_rsa(), _ed()], (b"relaxed", b"relaxed")) for raw in raws]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        together = list(pool.map(
+            lambda raw: _ours(raw, [_rsa(), _ed()], (b"relaxed", b"relaxed")), raws * 4))
+    assert together == alone * 4
