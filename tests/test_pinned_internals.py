@@ -15,9 +15,14 @@ What relies on them:
 - mailcore/rendering.py builds Jinja's ``Context`` directly (as ``new_context(shared=True)``
   would) and swaps the ``escape`` a compiled template looks up in its module namespace for one
   that calls markupsafe's C escaper.
+- mailcore/dkim_header.py follows dkimpy's ``DKIM.sign`` and ``gen_header`` step by step (and
+  ``hash_headers``), calling its parser, header selection, folding, b= pattern and
+  canonicalisation, to write the same DKIM-Signature with a key parsed once
+  (tests/test_dkim_header.py compares the bytes).
 
 On a failure: read the upstream change, carry it into our copy (or drop the patch), run
-tests/test_broker.py and tests/test_rendering.py, then update the fingerprint here.
+tests/test_broker.py, tests/test_rendering.py and tests/test_dkim_header.py, then update the
+fingerprint here.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import dkim
+import dkim.canonicalization
 import dramatiq.brokers.redis as dramatiq_redis
 import dramatiq.middleware.time_limit as dramatiq_time_limit
 import dramatiq.worker as dramatiq_worker
@@ -41,7 +48,8 @@ from dramatiq.common import compute_backoff
 from packaging.version import Version
 
 #: Versions whose internals were read and matched (low inclusive, high exclusive).
-CHECKED = {"dramatiq": ("2.2", "2.3"), "jinja2": ("3.1", "3.2"), "markupsafe": ("3.0", "3.1")}
+CHECKED = {"dramatiq": ("2.2", "2.3"), "jinja2": ("3.1", "3.2"), "markupsafe": ("3.0", "3.1"),
+           "dkimpy": ("1.1.8", "1.1.9")}
 
 
 def fingerprint(source: str | bytes) -> str:
@@ -87,9 +95,18 @@ def test_installed_versions_are_the_checked_ones(package: str) -> None:
      lambda: source_of(jinja2.runtime.Context.__init__), "58d8435955e09020"),
     ("jinja2 Template._from_namespace (root_render_func, blocks, globals)",
      lambda: source_of(jinja2.environment.Template._from_namespace), "fdce36aa99d87a24"),
+    ("dkimpy DKIM.sign (its signature fields, in mailcore/dkim_header.py)",
+     lambda: source_of(dkim.DKIM.sign), "427b6d31fef46a04"),
+    ("dkimpy DomainSigner.gen_header (its folding and hashing steps)",
+     lambda: source_of(dkim.DomainSigner.gen_header), "e86f61152fe59398"),
+    ("dkimpy hash_headers", lambda: source_of(dkim.hash_headers), "216b8155ca91b6f8"),
+    ("dkimpy canonicalization.py (its relaxed body steps called directly)",
+     lambda: Path(dkim.canonicalization.__file__).read_bytes(), "86c85952ac069fcf"),
+    ("dkimpy RE_BTAG", lambda: dkim.RE_BTAG.pattern, "9462d3ccdeee123a"),
 ], ids=["consumer-next", "consumer-init", "broker-dispatch", "delayed-promotion",
         "post-process", "time-limit-disarm", "dispatch-lua", "new-context", "context-init",
-        "template-namespace"])
+        "template-namespace", "dkim-sign", "dkim-gen-header", "dkim-hash-headers",
+        "dkim-canonicalization", "dkim-btag"])
 def test_the_code_we_copy_or_patch_is_unchanged(what: str, source: Callable[[], str | bytes],
                                                 expected: str) -> None:
     assert fingerprint(source()) == expected, f"{what} changed upstream: read the docstring"
