@@ -42,6 +42,7 @@ from .envfields import (
 from .ratelimit import Rate, parse_rate
 from .render_budget import RenderLimits
 from .sentinel import SentinelSettings, parse_master, parse_sentinels
+from .webhook_settings import WebhookSettings
 
 __all__ = ["ALIASES", "SECRET_NAMES", "Brand", "ConfigError", "Settings", "redis_configured"]
 
@@ -685,7 +686,7 @@ class Settings:
 
     Parameters:
       redis, smtp, sender, brand, auth, http, events, limits, worker, transport, dkim, safeguards,
-      templates, operator, telemetry: the groups (each documents its own fields).
+      templates, operator, telemetry, webhooks: the groups (each documents its own fields).
     """
 
     redis: RedisSettings = field(default_factory=RedisSettings)
@@ -703,6 +704,7 @@ class Settings:
     templates: TemplateSettings = field(default_factory=TemplateSettings)
     operator: OperatorSettings = field(default_factory=OperatorSettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
 
     def __post_init__(self) -> None:
         fits = _attachments_fit(self.http.max_body_bytes)
@@ -795,6 +797,7 @@ GROUPS: dict[str, type[Any]] = {
     "safeguards": SafeguardSettings,
     "templates": TemplateSettings, "operator": OperatorSettings,
     "telemetry": TelemetrySettings,
+    "webhooks": WebhookSettings,
 }
 
 #: Variables that hold secrets; each may also be read from a file.

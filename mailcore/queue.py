@@ -20,6 +20,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from .lifecycle import EMIT_LUA, QUEUED, lifecycle_event, stream_key
 from .ratelimit import BUCKET_LUA, Rate
 from .status import Holding, job_key, open_key, status_key, timeline_key
 
@@ -29,14 +30,15 @@ SEND_ACTOR = "send_email"
 NAMESPACE = "dramatiq"
 
 # KEYS: 1 idempotency record, 2 <queue>.msgs, 3 <queue>, then the B token buckets, then the
-#   status, timeline and job-copy keys of each of the M messages, then the open index.
+#   status, timeline and job-copy keys of each of the M messages, then the open index, then the
+#   lifecycle stream.
 # ARGV: 1 idempotent ('1'/'0'), 2 idempotency record, 3 its ttl, 4 max queue depth,
 #   5 status retention, 6 whether the first bucket is the caller's ('1'/'0'), 7 B, 8 M,
 #   then capacity, refill per second and tokens needed of each bucket, then for each message:
 #   redis message id, message body, timeline event, the status hash's fields as one JSON
-#   object (one argument instead of ~18: redis-py packs each argument in Python) and the
-#   message id.
-_ACCEPT = BUCKET_LUA + """
+#   object (one argument instead of ~18: redis-py packs each argument in Python), the
+#   message id and its ``queued`` lifecycle event ('' when webhooks are off).
+_ACCEPT = BUCKET_LUA + EMIT_LUA + """
 local callers, buckets, count = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local now = 0
 if buckets > 0 then now = now_seconds() end
@@ -86,10 +88,11 @@ for i = 1, count do
   redis.call('EXPIRE', timeline, ARGV[5])
   -- The sweeper's safety net: a copy of the body while the message is unfinished.
   redis.call('SET', KEYS[3 + buckets + 3 * i], ARGV[at + 1], 'EX', ARGV[5])
-  redis.call('ZADD', KEYS[#KEYS], created, ARGV[at + 4])
+  redis.call('ZADD', KEYS[#KEYS - 1], created, ARGV[at + 4])
   redis.call('HSET', KEYS[2], ARGV[at], ARGV[at + 1])
   redis.call('RPUSH', KEYS[3], ARGV[at])
-  at = at + 5
+  lifecycle_emit(KEYS[#KEYS], ARGV[at + 5])
+  at = at + 6
 end
 return {'queued', ''}
 """
@@ -188,12 +191,15 @@ class Acceptor:
       wait_replicas: answer only once this many replicas have the accepted messages (Redis
         ``WAIT``, on the same connection as the write); 0: do not wait.
       wait_timeout_ms: how long to wait for them before :class:`ReplicationTimeout`.
+      emit_events: write each message's ``queued`` lifecycle event (``WEBHOOKS_ENABLED``).
     """
 
     def __init__(
         self, client: aioredis.Redis, *, queue_name: str, prefix: str, retention_seconds: int,
         max_queue_depth: int, wait_replicas: int = 0, wait_timeout_ms: int = 100,
+        emit_events: bool = False,
     ) -> None:
+        self.emit_events = emit_events
         self.client = client
         self.wait_replicas = wait_replicas
         self.wait_timeout_ms = wait_timeout_ms
@@ -229,7 +235,7 @@ class Acceptor:
             keys += [status_key(self.prefix, message_id), timeline_key(self.prefix, message_id),
                      job_key(self.prefix, message_id)]
             args += encoded[index] if encoded is not None else self.encode(entry)
-        keys.append(open_key(self.prefix))
+        keys += [open_key(self.prefix), stream_key(self.prefix)]
         if self.wait_replicas:
             outcome, detail = await self._accept_replicated(keys, args)
         else:
@@ -254,7 +260,16 @@ class Acceptor:
     def encode(self, entry: Entry) -> list[Any]:
         """The accept script's arguments for one entry (the CPU part of accepting it)."""
         return [*encode_message(entry.job, self.queue_name), entry.timeline_event,
-                orjson.dumps(entry.status_fields), entry.job["id"]]
+                orjson.dumps(entry.status_fields), entry.job["id"],
+                self._queued_event(entry) if self.emit_events else b""]
+
+    @staticmethod
+    def _queued_event(entry: Entry) -> bytes:
+        fields = entry.status_fields
+        return lifecycle_event(
+            QUEUED, entry.job["id"], owner=fields.get("owner"), template=fields.get("template"),
+            recipients=orjson.Fragment(fields.get("recipients", "[]")),
+            metadata=orjson.Fragment(fields["metadata"]) if fields.get("metadata") else None)
 
     async def queue_depth(self) -> int:
         return int(await self.client.llen(queue_key(self.queue_name)))

@@ -31,6 +31,8 @@ from .events import EventListener
 from .metrics import IngressMetrics, MetricsMiddleware, count_rejection, metrics_endpoint
 from .routes import routes
 from .sending import SendService
+from .webhooks_api import WebhookState
+from .webhooks_api import routes as webhook_routes
 
 log = logging.getLogger("email_service.ingress")
 
@@ -90,6 +92,7 @@ def create_app(settings: Settings, *, dev_secret: str | None = None) -> Starlett
         app.state.dead_letters = DeadLetters(admin_client, settings.worker.queue_name,
                                              settings.redis.key_prefix,
                                              settings.limits.status_retention_seconds)
+        app.state.webhooks = WebhookState(settings, admin_client)
         listener_task = None
         app.state.event_listener = None
         if settings.events.enabled:
@@ -111,7 +114,8 @@ def create_app(settings: Settings, *, dev_secret: str | None = None) -> Starlett
 
     metrics = IngressMetrics()
     app = Starlette(
-        routes=[*routes, *docs_routes(), Route("/metrics", metrics_endpoint, methods=["GET"])],
+        routes=[*routes, *webhook_routes, *docs_routes(),
+                Route("/metrics", metrics_endpoint, methods=["GET"])],
         lifespan=lifespan,
         middleware=[*_tracing_middleware(), Middleware(MetricsMiddleware, metrics=metrics)],
         exception_handlers={ApiError: handle_error, EmailServiceError: handle_error,
