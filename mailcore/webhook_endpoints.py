@@ -57,8 +57,8 @@ class EndpointSpec(BaseModel):
 
     @field_validator("events")
     @classmethod
-    def _distinct(cls, events: list[str]) -> list[str]:
-        if len(set(events)) != len(events):
+    def _distinct(cls, events: list[str] | None) -> list[str] | None:
+        if events is not None and len(set(events)) != len(events):
             raise ValueError("events must not repeat")
         return events
 
