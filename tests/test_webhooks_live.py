@@ -29,7 +29,6 @@ from .support import (
     SMTPServer,
     base_env,
     free_port,
-    wait_for,
 )
 
 pytestmark = pytest.mark.slow
@@ -75,7 +74,7 @@ class Receiver:
 
 def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("content-length", "0")))
             headers = {key: value for key, value in self.headers.items()}
             verified_by, payload = [], None
@@ -175,6 +174,7 @@ def test_a_send_is_announced_signed_and_retried_until_accepted(live: Live) -> No
         return hits if len(hits) == 2 else None
 
     hits = live.webhooks.wait_until(both, timeout=60, message="queued and sent, delivered")
+    assert hits is not None
     by_type = {hit.payload["type"]: hit for hit in hits if hit.payload}
     assert set(by_type) == {"message.queued", "message.sent"}
     sent = by_type["message.sent"]
@@ -222,6 +222,7 @@ def test_rotation_keeps_both_secrets_valid(live: Live) -> None:
         lambda: next((h for h in live.receiver.delivered("/rotating")
                       if h.payload and h.payload["data"]["message_id"] == message_id), None),
         timeout=60, message="the delivery after the rotation")
+    assert hit is not None
     assert sorted(hit.verified_by) == ["/rotating", "new"]  # the old secret, and the new
 
 
@@ -235,7 +236,9 @@ def test_a_receiver_that_keeps_failing_ends_in_the_dead_letters(live: Live) -> N
                    if d["event"]["message_id"] == message_id]
         return letters or None
 
-    [letter] = live.webhooks.wait_until(dead, timeout=60, message="the dead letter")
+    letters = live.webhooks.wait_until(dead, timeout=60, message="the dead letter")
+    assert letters is not None
+    [letter] = letters
     assert letter["endpoint_id"] == endpoint["id"] and "500" in letter["last_error"]
     assert letter["attempts"] >= 3  # retried for WEBHOOKS_RETRY_FOR_SECONDS first
     attempts = live.receiver.attempts(letter["event"]["id"])
@@ -245,14 +248,18 @@ def test_a_receiver_that_keeps_failing_ends_in_the_dead_letters(live: Live) -> N
                                                            scope="email:admin")}
     others = httpx.get(f"{live.stack.base_url}/v1/webhooks/dead-letters", headers=other_admin)
     assert message_id not in others.text
+
     # And counted for Prometheus.
     def scraped() -> str:
-        with urllib.request.urlopen(  # noqa: S310 (a local port)
+        with urllib.request.urlopen(
                 f"http://127.0.0.1:{live.metrics_port}/metrics", timeout=5) as response:
             return str(response.read().decode())
 
-    metrics = live.webhooks.wait_until(
-        lambda: (text := scraped()) and "email_webhook_dead_letters_total 1.0" in text and text,
-        timeout=30, message="the dead-letter metric")
+    def counted() -> str | None:
+        text = scraped()
+        return text if "email_webhook_dead_letters_total 1.0" in text else None
+
+    metrics = live.webhooks.wait_until(counted, timeout=30, message="the dead-letter metric")
+    assert metrics is not None
     assert "email_webhook_dead_letter_size 1.0" in metrics
     assert 'email_webhook_deliveries_total{outcome="retry"}' in metrics
