@@ -14,6 +14,8 @@ from mailcore.message import BatchRequest, SendRequest
 from mailcore.status import STATUSES
 
 from .legacy import OrderConfirmation, ResetCodeRequest
+from .webhooks_openapi import MODELS as WEBHOOK_MODELS
+from .webhooks_openapi import receiver_webhooks, webhook_paths
 
 
 class _Out(BaseModel):
@@ -35,6 +37,7 @@ ERROR_CODES = (
     "render_error", "render_timeout",
     "rate_limited", "recipient_rate_limited", "unavailable", "queue_full",
     "unknown_template_version", "store_unavailable",
+    "invalid_webhook_url", "too_many_endpoints",
 )
 
 
@@ -215,7 +218,7 @@ _MODELS: list[type[BaseModel]] = [
     ResetCodeSent,
     OrderConfirmationSent, Health, Ready, MessageStatus, MessageContent, TemplateList,
     TemplateDetail, PreviewRequest, Preview, TemplateVersions, TemplateVersionDetail,
-    DeadLetterList, DeadLetterDetail, RetryAll, Purged,
+    DeadLetterList, DeadLetterDetail, RetryAll, Purged, *WEBHOOK_MODELS,
 ]
 
 
@@ -231,7 +234,8 @@ def _errors(*codes: int) -> dict[str, Any]:
     texts = {400: "Malformed request", 401: "Missing or invalid token",
              403: "Token lacks the required scope", 404: "Not found",
              408: "The body did not arrive in time (HTTP_BODY_TIMEOUT_SECONDS)",
-             409: "Idempotency-Key reused with a different body", 413: "Body too large",
+             409: "Idempotency-Key reused with a different body, or a limit reached",
+             413: "Body too large",
              422: "Invalid field (details name it)", 429: "Rate limited (see Retry-After)",
              503: "Redis unavailable or queue full (see Retry-After)"}
     return {str(code): _json(Error, texts[code]) for code in codes}
@@ -355,12 +359,14 @@ def openapi_document() -> dict[str, Any]:
             "responses": {"200": _json(OrderConfirmationSent, "Queued"),
                           **_errors(*_SEND_ERRORS)},
         }},
+        **webhook_paths(_json, _errors, _body, _path_param),
     }
     return {
         "openapi": "3.1.0",
         "info": {"title": "email-service", "version": "1",
                  "description": "Transactional email: authenticated sends, queued delivery."},
         "paths": paths,
+        "webhooks": receiver_webhooks(_body),
         "security": secured,
         "components": {
             "schemas": components,
