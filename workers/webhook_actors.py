@@ -34,6 +34,7 @@ from mailcore.webhook_endpoints import Endpoint, WebhookStore, load_declared
 from mailcore.webhook_signing import signed_headers
 
 from .broker import make_broker, mark_settled
+from .heartbeat import Heartbeat
 from .webhook_fanout import DELIVER_ACTOR, Endpoints, Fanout, FanoutThread
 from .webhook_http import post
 
@@ -83,6 +84,8 @@ def _fanout() -> Fanout:
 broker = make_broker(
     settings.redis.where,
     middleware=[*(m() for m in default_middleware if m is not Retries), CurrentMessage(),
+                # Heartbeat files: the chart probes these pods with `email-service probe worker`.
+                Heartbeat(settings.worker.heartbeat_dir, settings.worker.heartbeat_seconds),
                 FanoutThread(_fanout)],
     heartbeat_timeout_ms=settings.worker.queue_heartbeat_timeout_ms,
     maintenance_chance=settings.worker.queue_maintenance_chance)

@@ -18,11 +18,14 @@ def run_webhooks(processes: int | None, threads: int | None) -> int:
     from mailcore.logs import configure_logging
     from mailcore.webhook_endpoints import load_declared
 
+    from .heartbeat import prepare_directory
+
     settings = Settings.from_env()  # fail here with one line rather than in every child
     hooks = settings.webhooks
     if hooks.endpoints_file:
         load_declared(hooks.endpoints_file, hooks.policy)  # and the endpoints file too
     configure_logging(settings.telemetry)
+    prepare_directory(settings.worker.heartbeat_dir)
     if settings.worker.metrics_port:
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", "/tmp/email-service-webhook-metrics")
         _serve_metrics(settings)
