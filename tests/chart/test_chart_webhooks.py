@@ -28,7 +28,8 @@ NAME = "mail-email-service-webhooks"
 
 def _container(docs: list[dict[str, Any]]) -> dict[str, Any]:
     [container] = pod_specs(docs)[NAME]["containers"]
-    return container
+    found: dict[str, Any] = container
+    return found
 
 
 def test_off_by_default(helm_binary: str) -> None:
