@@ -215,3 +215,21 @@ def test_a_silent_receiver_times_out_quickly() -> None:
         assert time.monotonic() - started < 5
     finally:
         listener.close()
+
+
+def test_a_real_name_for_the_loopback_is_refused_after_resolving(
+        receiver: ThreadingHTTPServer) -> None:
+    # Even allow-listed as a cluster host, `localhost` resolves (through the real resolver,
+    # /etc/hosts) to loopback, which only WEBHOOKS_ALLOWED_NETWORKS could admit.
+    policy = TargetPolicy(("localhost",), ("localhost",))
+    result = post(policy, f"http://localhost:{receiver.server_address[1]}/", b"{}", {},
+                  connect_timeout=1, read_timeout=1)
+    assert not result.delivered and result.permanent and "loopback" in result.error
+    assert _Receiver.hits == []
+
+
+def test_an_unresolvable_name_is_a_failed_attempt_not_a_refusal() -> None:
+    policy = TargetPolicy(("*.invalid",), ("*.invalid",))
+    result = post(policy, "http://hooks.example.invalid/", b"{}", {}, connect_timeout=1,
+                  read_timeout=1)
+    assert not result.delivered and not result.permanent and "resolve" in result.error
