@@ -199,3 +199,22 @@ def test_a_dead_consumers_entries_are_taken_over(redis_server: RedisServer) -> N
     assert delivery["args"][0]["event"]["id"] == event_id
     assert delivery["args"][0]["endpoint_id"] == endpoint.id
     assert client.xpending(stream_key(prefix), GROUP)["pending"] == 0
+
+
+def test_consumers_of_past_processes_are_forgotten(redis_server: RedisServer,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from workers import webhook_fanout
+
+    client = redis_server.client()
+    prefix = f"fo-{uuid.uuid4().hex[:8]}"
+    fanout = Fanout(redis_server.client(), prefix, prefix,
+                    Endpoints(WebhookStore(client, prefix), []), consumer="alive", block_ms=10)
+    fanout.ensure_group()
+    _emit(client, prefix, "sent", "jwt::shop")
+    client.xreadgroup(GROUP, "gone-busy", {stream_key(prefix): ">"}, count=1)  # holds an entry
+    client.xgroup_createconsumer(stream_key(prefix), GROUP, "gone-idle")  # holds nothing
+    assert fanout.forget_gone_consumers() == 0  # nobody idle for a day
+    monkeypatch.setattr(webhook_fanout, "GONE_AFTER_MS", -1)
+    assert fanout.forget_gone_consumers() == 1
+    names = {info["name"] for info in client.xinfo_consumers(stream_key(prefix), GROUP)}
+    assert names == {b"gone-busy"} or names == {"gone-busy"}  # its entry awaits XAUTOCLAIM

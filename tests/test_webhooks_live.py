@@ -109,6 +109,8 @@ class Live:
     webhooks: ServiceProcess
     receiver: Receiver
     metrics_port: int
+    redis: RedisServer
+    queue: str
 
     def register(self, path: str, events: list[str], headers: dict[str, str] = ADMIN
                  ) -> dict[str, Any]:
@@ -157,7 +159,8 @@ def live(redis_server: RedisServer, smtp_server: SMTPServer,
         try:
             webhooks.wait_until(lambda: ServiceStack.WORKER_READY in webhooks.output(),
                                 timeout=60, message="the webhooks worker to start")
-            yield Live(stack, webhooks, receiver, metrics_port)
+            yield Live(stack, webhooks, receiver, metrics_port, redis_server,
+                       f"dramatiq:{prefix}-hooks")
         finally:
             webhooks.stop()
             server.shutdown()
@@ -263,3 +266,26 @@ def test_a_receiver_that_keeps_failing_ends_in_the_dead_letters(live: Live) -> N
     assert metrics is not None
     assert "email_webhook_dead_letter_size 1.0" in metrics
     assert 'email_webhook_deliveries_total{outcome="retry"}' in metrics
+
+
+@pytest.mark.parametrize("args", [["junk"], [{"event": {}}], [{"endpoint_id": 1, "event": None}],
+                                  [], [1, 2], [{"endpoint_id": "ep_x", "attempt": "1",
+                                        "event": {"id": "e", "type": "t", "timestamp": "x"}}]])
+def test_a_malformed_delivery_message_is_dropped_not_retried_forever(
+        live: Live, args: list[object]) -> None:
+    client = live.redis.client()
+    redis_id = str(uuid.uuid4())
+    message = {"queue_name": live.queue.removeprefix("dramatiq:"), "actor_name": "deliver_webhook",
+               "args": args, "kwargs": {}, "options": {"redis_message_id": redis_id},
+               "message_id": str(uuid.uuid4()), "message_timestamp": 0}
+    client.hset(f"{live.queue}.msgs", redis_id, json.dumps(message))
+    client.rpush(live.queue, redis_id)
+    live.webhooks.wait_until(lambda: not client.hexists(f"{live.queue}.msgs", redis_id)
+                             and not client.lrange(live.queue, 0, -1), timeout=30,
+                             message="the malformed message to be dropped")
+    # Whatever it was, the worker is still delivering.
+    message_id = live.send()
+    live.webhooks.wait_until(
+        lambda: any(h.payload and h.payload["data"]["message_id"] == message_id
+                    for h in live.receiver.delivered("/declared")),
+        timeout=30, message="a delivery after the malformed message")

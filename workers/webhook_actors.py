@@ -111,9 +111,16 @@ def _endpoint(endpoint_id: str) -> Endpoint | None:
 
 @dramatiq.actor(actor_name=DELIVER_ACTOR, queue_name=hooks.queue_name,
                 time_limit=int((hooks.connect_timeout + hooks.read_timeout) * 1000 + 30_000))
-def deliver_webhook(delivery: dict[str, Any]) -> str:
+def deliver_webhook(*args: Any, **kwargs: Any) -> str:
     # The CurrentMessage middleware hands over the proxy the worker acks (typed as a Message).
     message = cast(MessageProxy, CurrentMessage.get_current_message())
+    # Any arguments at all (a message not written by the fan-out must not crash the call).
+    delivery: Any = args[0] if len(args) == 1 and not kwargs else None
+    if not _well_formed(delivery):
+        # Not ours to retry (nothing would change): dropped rather than given back forever.
+        log.error("dropped a webhook delivery message that is not one",
+                  extra={"redis_id": message.options.get("redis_message_id")})
+        return _settle(message, "done", "dropped")
     event = delivery["event"]
     context = {"event_id": event["id"], "endpoint_id": delivery["endpoint_id"],
                "attempt": delivery["attempt"], "message_id": event.get("message_id")}
@@ -140,6 +147,16 @@ def deliver_webhook(delivery: dict[str, Any]) -> str:
     log.warning("webhook attempt failed, retrying in %.1f s: %s", delay, result.error,
                 extra=context)
     return _settle(message, "retry", "retry", next_copy=_next_copy(message, delivery, delay))
+
+
+def _well_formed(delivery: object) -> bool:
+    return (isinstance(delivery, dict) and isinstance(delivery.get("endpoint_id"), str)
+            and isinstance(delivery.get("event"), dict)
+            and isinstance(delivery["event"].get("id"), str)
+            and isinstance(delivery["event"].get("type"), str)
+            and isinstance(delivery["event"].get("timestamp"), str)
+            and isinstance(delivery.get("attempt"), int)
+            and isinstance(delivery.get("first_attempt_at"), int | float))
 
 
 def _next_copy(message: MessageProxy, delivery: dict[str, Any],

@@ -36,6 +36,10 @@ log = logging.getLogger("email_service.webhooks")
 GROUP = "webhooks"
 #: The actor that delivers one event to one endpoint.
 DELIVER_ACTOR = "deliver_webhook"
+#: How often a consumer looks for consumers of past processes to remove from the group.
+CLEANUP_INTERVAL_SECONDS = 600
+#: A consumer idle this long with nothing pending belonged to a process that is gone.
+GONE_AFTER_MS = 24 * 3600 * 1000
 
 
 def delivery_message(queue_name: str, endpoint: Endpoint, event: dict[str, Any],
@@ -95,6 +99,7 @@ class Fanout:
         self.claim_idle_ms = claim_idle_ms
         self.batch = batch
         self._claim_cursor = "0-0"
+        self._next_cleanup = 0.0
         #: Events fanned out and deliveries queued by this consumer (for tests and logs).
         self.events = 0
         self.deliveries = 0
@@ -108,6 +113,9 @@ class Fanout:
 
     def step(self) -> int:
         """Take over stale entries, read new ones, fan them all out; returns how many."""
+        if time.monotonic() >= self._next_cleanup:
+            self._next_cleanup = time.monotonic() + CLEANUP_INTERVAL_SECONDS
+            self.forget_gone_consumers()
         client: Any = self.client
         self._claim_cursor, claimed, *_ = client.xautoclaim(
             self.stream, GROUP, self.consumer, self.claim_idle_ms, self._claim_cursor,
@@ -124,6 +132,17 @@ class Fanout:
             for entry_id, fields in entries:
                 self._fan(entry_id, fields, endpoints)
         return len(entries)
+
+    def forget_gone_consumers(self) -> int:
+        """Remove consumers of past processes (idle for ``GONE_AFTER_MS``, nothing pending) from
+        the group, so replicas that come and go do not pile up there."""
+        client: Any = self.client
+        gone = [info["name"] for info in client.xinfo_consumers(self.stream, GROUP)
+                if info["pending"] == 0 and info["idle"] > GONE_AFTER_MS
+                and info["name"] != self.consumer.encode()]
+        for name in gone:
+            client.xgroup_delconsumer(self.stream, GROUP, name)
+        return len(gone)
 
     def _fan(self, entry_id: bytes, fields: dict[bytes, bytes],
              endpoints: list[Endpoint]) -> None:
