@@ -103,6 +103,12 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class _Server(ThreadingHTTPServer):
+    # http.server's backlog of 5 resets connections under a burst: an attempt that never
+    # reaches the handler would be a retry the receiver did not see.
+    request_queue_size = 128
+
+
 @dataclass
 class Live:
     stack: ServiceStack
@@ -134,7 +140,7 @@ class Live:
 def live(redis_server: RedisServer, smtp_server: SMTPServer,
          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     receiver = Receiver(secrets={"declared": DECLARED_SECRET})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(receiver))
+    server = _Server(("127.0.0.1", 0), _handler(receiver))
     receiver.port = server.server_address[1]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
