@@ -30,7 +30,7 @@ class _Count(BaseHTTPRequestHandler):
     received = 0
     lock = threading.Lock()
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+    def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("content-length", "0")))
         self.send_response(200)
         self.send_header("Content-Length", "0")
