@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal
 import orjson
 import redis
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -42,6 +43,17 @@ EventType = Literal["queued", "scheduled", "sent", "failed", "dead", "bounced", 
 assert set(EventType.__args__) == set(EVENT_TYPES)  # type: ignore[attr-defined]
 
 _Description = Annotated[str, StringConstraints(max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")]
+
+
+def _distinct(events: list[str]) -> list[str]:
+    if len(set(events)) != len(events):
+        raise ValueError("events must not repeat")
+    return events
+
+
+#: An event filter: at least one event, each once.
+_Events = Annotated[list[EventType], Field(min_length=1, max_length=len(EVENT_TYPES)),
+                    AfterValidator(_distinct)]
 _ENDPOINT_ID = "ep_"
 
 
@@ -51,16 +63,9 @@ class EndpointSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     url: str = Field(max_length=2048)
-    events: list[EventType] = Field(min_length=1, max_length=len(EVENT_TYPES))
+    events: _Events
     description: _Description = ""
     enabled: bool = True
-
-    @field_validator("events")
-    @classmethod
-    def _distinct(cls, events: list[str] | None) -> list[str] | None:
-        if events is not None and len(set(events)) != len(events):
-            raise ValueError("events must not repeat")
-        return events
 
 
 class EndpointChange(BaseModel):
@@ -69,11 +74,9 @@ class EndpointChange(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     url: str | None = Field(None, max_length=2048)
-    events: list[EventType] | None = Field(None, min_length=1, max_length=len(EVENT_TYPES))
+    events: _Events | None = None
     description: _Description | None = None
     enabled: bool | None = None
-
-    _distinct = field_validator("events")(EndpointSpec._distinct.__func__)  # type: ignore[attr-defined]
 
 
 class DeclaredEndpoint(EndpointSpec):
