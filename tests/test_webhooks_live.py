@@ -157,7 +157,8 @@ def live(redis_server: RedisServer, smtp_server: SMTPServer,
                    WEBHOOKS_MIN_BACKOFF_SECONDS="0.05", WEBHOOKS_MAX_BACKOFF_SECONDS="0.2",
                    WEBHOOKS_RETRY_FOR_SECONDS="2", WEBHOOKS_ENDPOINTS_FILE=str(declared))
     metrics_port = free_port()
-    webhooks = ServiceProcess(["webhooks", "--processes", "1", "--threads", "4"],
+    # Two processes: two fan-out consumers of one group, as two replicas would be.
+    webhooks = ServiceProcess(["webhooks", "--processes", "2", "--threads", "2"],
                               {**env, "WORKER_METRICS_PORT": str(metrics_port)},
                               Path(logs / "webhooks.log"))
     with ServiceStack(env, logs) as stack:
@@ -218,6 +219,9 @@ def test_other_owners_events_do_not_reach_an_endpoint(live: Live) -> None:
     scoped = {h.payload["data"]["message_id"] for h in live.receiver.delivered("/scoped")
               if h.payload}
     assert theirs not in scoped  # both were fanned out before the global one got them
+    # Two consumers share the stream: each event was fanned out once (no crash, no duplicate).
+    declared = [h.webhook_id for h in live.receiver.delivered("/declared")]
+    assert len(declared) == len(set(declared))
 
 
 def test_rotation_keeps_both_secrets_valid(live: Live) -> None:
