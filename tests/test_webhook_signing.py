@@ -39,3 +39,25 @@ def test_during_a_rotation_either_secret_verifies() -> None:
 def test_malformed_secrets_are_refused(secret: str) -> None:
     with pytest.raises(ValueError):
         secret_key(secret)
+
+
+def test_the_readmes_verification_by_hand_accepts_ours_and_refuses_forgeries() -> None:
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Webhooks"):]
+    snippet = re.search(r"or by hand:\n\n```python\n(.*?)```", section, re.S)
+    assert snippet, "the README's hand-written verification snippet"
+    namespace: dict[str, object] = {}
+    exec(snippet.group(1), namespace)  # noqa: S102 (our own README's example)
+    verify = namespace["verify"]
+    assert callable(verify)
+    old, new = new_secret(), new_secret()
+    body = b'{"type":"message.sent"}'
+    headers = signed_headers([new, old], "evt_1", int(time.time()), body)
+    assert verify(old, body, headers) and verify(new, body, headers)
+    assert not verify(new_secret(), body, headers)
+    assert not verify(new, body + b" ", headers)
+    stale = signed_headers([new], "evt_1", int(time.time()) - 3600, body)
+    assert not verify(new, body, stale)
