@@ -15,6 +15,18 @@ import orjson
 import redis
 
 from .timestamps import rfc3339
+from .webhook_queue import delivery_message, queue_keys
+
+# A dead letter back on the queue as a fresh delivery, only if it is still dead (two retries of
+# one letter queue it once). KEYS: 1 dead set, 2 records, 3 queue bodies, 4 queue.
+# ARGV: 1 dead id, 2 Redis id, 3 body.
+_RETRY = """
+if redis.call('HDEL', KEYS[2], ARGV[1]) == 0 then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
+redis.call('RPUSH', KEYS[4], ARGV[2])
+return 1
+"""
 
 
 def dead_key(prefix: str) -> str:
@@ -41,6 +53,20 @@ class WebhookDeadLetters:
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self.client: Any = client
         self.prefix = prefix
+
+    def get(self, dead_id: str) -> dict[str, Any] | None:
+        raw = self.client.hget(records_key(self.prefix), dead_id)
+        return orjson.loads(raw) if raw else None
+
+    def retry(self, record: dict[str, Any], queue_name: str) -> bool:
+        """Deliver a dead letter's event again, as a first attempt (a full retry schedule);
+        False when it is no longer there."""
+        redis_id, body = delivery_message(queue_name, record["endpoint_id"], record.get("owner"),
+                                          record["event"])
+        bodies, queue = queue_keys(queue_name)
+        script = self.client.register_script(_RETRY)
+        return bool(script(keys=[dead_key(self.prefix), records_key(self.prefix), bodies, queue],
+                           args=[record["id"], redis_id, body]))
 
     def count(self) -> int:
         return int(self.client.zcard(dead_key(self.prefix)))

@@ -37,6 +37,7 @@ from .errors import ApiError, JSONResponse
 #: Largest registration body (a URL, a filter and a description fit in far less).
 MAX_BODY_BYTES = 16 * 1024
 _ENDPOINT_ID = re.compile(r"ep_[0-9a-f]{32}")
+_DEAD_ID = re.compile(r"evt_[0-9a-f]{32}:[A-Za-z0-9_.-]{1,64}")
 
 
 class WebhookState:
@@ -148,10 +149,30 @@ async def list_dead_letters(request: Request) -> JSONResponse:
     return JSONResponse({"dead_letters": letters})
 
 
+async def retry_dead_letter(request: Request) -> JSONResponse:
+    """Deliver a dead-lettered event to its endpoint again, with a fresh retry schedule."""
+    state, caller = await _caller(request, admin=True)
+    dead_id = request.path_params["id"]
+    record = None
+    if _DEAD_ID.fullmatch(dead_id):
+        record = await anyio.to_thread.run_sync(state.dead.get, dead_id)
+    if record is not None:
+        own = await anyio.to_thread.run_sync(state.store.owned, caller.owner)
+        allowed = {endpoint.id for endpoint in own} | {
+            endpoint.id for endpoint in state.declared if endpoint.owner in (None, caller.owner)}
+        if record["endpoint_id"] not in allowed:
+            record = None
+    if record is None or not await anyio.to_thread.run_sync(
+            state.dead.retry, record, state.settings.webhooks.queue_name):
+        raise ApiError(404, "not_found", "no such webhook dead letter for this caller")
+    return JSONResponse({"id": dead_id, "status": "queued"}, status_code=202)
+
+
 routes = [
     Route("/v1/webhooks", create_endpoint, methods=["POST"]),
     Route("/v1/webhooks", list_endpoints, methods=["GET"]),
     Route("/v1/webhooks/dead-letters", list_dead_letters, methods=["GET"]),
+    Route("/v1/webhooks/dead-letters/{id}/retry", retry_dead_letter, methods=["POST"]),
     Route("/v1/webhooks/{id}", get_endpoint, methods=["GET"]),
     Route("/v1/webhooks/{id}", change_endpoint, methods=["PATCH"]),
     Route("/v1/webhooks/{id}", delete_endpoint, methods=["DELETE"]),

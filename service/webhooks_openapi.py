@@ -90,9 +90,14 @@ class WebhookDeadLetterList(_Out):
     dead_letters: list[WebhookDeadLetter]
 
 
+class WebhookRequeued(_Out):
+    id: str
+    status: str = Field(description="`queued`: delivered again with a fresh retry schedule.")
+
+
 MODELS: list[type[BaseModel]] = [
     EndpointSpec, EndpointChange, WebhookEndpoint, WebhookEndpointCreated, WebhookSecretRotated,
-    WebhookEndpointList, WebhookPayload, WebhookDeadLetterList,
+    WebhookEndpointList, WebhookPayload, WebhookDeadLetterList, WebhookRequeued,
 ]
 
 Helper = Callable[..., dict[str, Any]]
@@ -121,6 +126,11 @@ def webhook_paths(json: Helper, errors: Helper, body: Helper, path_param: Helper
                             "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}],
             "responses": {"200": json(WebhookDeadLetterList, "Dead letters"),
                           **errors(401, 403, 422)}}},
+        "/v1/webhooks/dead-letters/{id}/retry": {"post": {
+            "summary": "Deliver a dead-lettered event to its endpoint again (admin scope)",
+            "operationId": "retryWebhookDeadLetter", "parameters": one,
+            "responses": {"202": json(WebhookRequeued, "Queued again"),
+                          **errors(401, 403, 404)}}},
         "/v1/webhooks/{id}": {
             "get": {"summary": "One of the caller's endpoints", "operationId": "getWebhook",
                     "parameters": one,

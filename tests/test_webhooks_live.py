@@ -5,6 +5,7 @@ every signature with the reference ``standardwebhooks`` package and fails at fir
 from __future__ import annotations
 
 import json
+import re
 import threading
 import urllib.request
 import uuid
@@ -58,6 +59,8 @@ class Receiver:
     port: int = 0
     secrets: dict[str, str] = field(default_factory=dict)
     hits: list[Hit] = field(default_factory=list)
+    #: Paths answered 500 for now.
+    down: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def url(self, path: str) -> str:
@@ -88,7 +91,7 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
             with receiver.lock:
                 earlier = sum(1 for hit in receiver.hits if hit.webhook_id == webhook_id
                               and hit.path == self.path)
-                fail = self.path == "/always-fail" or (self.path == "/flaky"
+                fail = self.path in receiver.down or (self.path == "/flaky"
                                                       and earlier < FAILURES)
                 answer = 500 if fail or not verified_by else 200
                 receiver.hits.append(Hit(self.path, webhook_id, verified_by, payload, answer))
@@ -240,6 +243,7 @@ def test_rotation_keeps_both_secrets_valid(live: Live) -> None:
 
 
 def test_a_receiver_that_keeps_failing_ends_in_the_dead_letters(live: Live) -> None:
+    live.receiver.down.add("/always-fail")
     endpoint = live.register("/always-fail", ["sent"])
     message_id = live.send()
 
@@ -270,11 +274,13 @@ def test_a_receiver_that_keeps_failing_ends_in_the_dead_letters(live: Live) -> N
 
     def counted() -> str | None:
         text = scraped()
-        return text if "email_webhook_dead_letters_total 1.0" in text else None
+        # At least this one (other tests of the module may have dead-lettered theirs).
+        return text if re.search(r"^email_webhook_dead_letters_total [1-9]", text, re.M) \
+            else None
 
     metrics = live.webhooks.wait_until(counted, timeout=30, message="the dead-letter metric")
     assert metrics is not None
-    assert "email_webhook_dead_letter_size 1.0" in metrics
+    assert re.search(r"^email_webhook_dead_letter_size [1-9]", metrics, re.M)
     assert 'email_webhook_deliveries_total{outcome="retry"}' in metrics
 
 
@@ -299,3 +305,36 @@ def test_a_malformed_delivery_message_is_dropped_not_retried_forever(
         lambda: any(h.payload and h.payload["data"]["message_id"] == message_id
                     for h in live.receiver.delivered("/declared")),
         timeout=30, message="a delivery after the malformed message")
+
+
+def test_a_dead_letter_can_be_delivered_again(live: Live) -> None:
+    live.receiver.down.add("/down-then-up")
+    endpoint = live.register("/down-then-up", ["sent"])
+    message_id = live.send()
+
+    def dead() -> dict[str, Any] | None:
+        answer = httpx.get(f"{live.stack.base_url}/v1/webhooks/dead-letters", headers=ADMIN)
+        return next((d for d in answer.json()["dead_letters"]
+                     if d["event"]["message_id"] == message_id
+                     and d["endpoint_id"] == endpoint["id"]), None)
+
+    letter = live.webhooks.wait_until(dead, timeout=60, message="the dead letter")
+    assert letter is not None
+    url = f"{live.stack.base_url}/v1/webhooks/dead-letters/{letter['id']}/retry"
+    other_admin = {"Authorization": "Bearer " + mint_token(TEST_SECRET, subject="billing",
+                                                           scope="email:admin")}
+    assert httpx.post(url, headers=other_admin).status_code == 404
+    assert httpx.post(url, headers=SENDER).status_code == 403
+    live.receiver.down.discard("/down-then-up")  # the receiver is back
+    answer = httpx.post(url, headers=ADMIN)
+    assert answer.status_code == 202 and answer.json() == {"id": letter["id"], "status": "queued"}
+    assert httpx.post(url, headers=ADMIN).status_code == 404  # queued once, no longer dead
+    hit = live.webhooks.wait_until(
+        lambda: next((h for h in live.receiver.delivered("/down-then-up")
+                      if h.webhook_id == letter["event"]["id"]), None),
+        timeout=30, message="the redelivery")
+    assert hit is not None and hit.verified_by == ["/down-then-up"]
+    assert dead() is None
+    for bad in ("x", "evt_1:ep", letter["id"] + "x" * 70, "..%2F..%2Fv1"):
+        assert httpx.post(f"{live.stack.base_url}/v1/webhooks/dead-letters/{bad}/retry",
+                          headers=ADMIN).status_code == 404

@@ -23,35 +23,22 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import dramatiq
-import orjson
 import redis
 from dramatiq.middleware import Middleware
 
 from mailcore.lifecycle import decode_event, stream_key
-from mailcore.queue import NAMESPACE
 from mailcore.webhook_endpoints import Endpoint, WebhookStore
+from mailcore.webhook_queue import DELIVER_ACTOR, delivery_message, queue_keys
+
+__all__ = ["DELIVER_ACTOR", "GROUP", "Endpoints", "Fanout", "FanoutThread"]
 
 log = logging.getLogger("email_service.webhooks")
 
 GROUP = "webhooks"
-#: The actor that delivers one event to one endpoint.
-DELIVER_ACTOR = "deliver_webhook"
 #: How often a consumer looks for consumers of past processes to remove from the group.
 CLEANUP_INTERVAL_SECONDS = 600
 #: A consumer idle this long with nothing pending belonged to a process that is gone.
 GONE_AFTER_MS = 24 * 3600 * 1000
-
-
-def delivery_message(queue_name: str, endpoint: Endpoint, event: dict[str, Any],
-                     now: float) -> tuple[str, bytes]:
-    """The Dramatiq message delivering ``event`` to ``endpoint``: (Redis id, body)."""
-    redis_id = str(uuid.uuid4())
-    delivery = {"endpoint_id": endpoint.id, "owner": endpoint.owner, "event": event,
-                "first_attempt_at": now, "attempt": 1}
-    message: dramatiq.Message[Any] = dramatiq.Message(
-        queue_name=queue_name, actor_name=DELIVER_ACTOR, args=(delivery,), kwargs={},
-        options={"redis_message_id": redis_id}, message_id=str(uuid.uuid4()))
-    return redis_id, orjson.dumps(message._asdict())
 
 
 class Endpoints:
@@ -92,7 +79,7 @@ class Fanout:
         self.client = client
         self.stream = stream_key(prefix)
         self.queue_name = queue_name
-        self.queue = f"{NAMESPACE}:{queue_name}"
+        self.bodies, self.queue = queue_keys(queue_name)
         self.endpoints = endpoints
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.block_ms = block_ms
@@ -159,8 +146,9 @@ class Fanout:
         targets = [endpoint for endpoint in endpoints if endpoint.wants(kind, owner)]
         with self.client.pipeline(transaction=True) as pipe:
             for endpoint in targets:
-                redis_id, body = delivery_message(self.queue_name, endpoint, event, now)
-                pipe.hset(f"{self.queue}.msgs", redis_id, body)
+                redis_id, body = delivery_message(self.queue_name, endpoint.id, endpoint.owner,
+                                                  event, now)
+                pipe.hset(self.bodies, redis_id, body)
                 pipe.rpush(self.queue, redis_id)
             pipe.xack(self.stream, GROUP, entry_id)
             pipe.execute()
