@@ -20,9 +20,12 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from .lifecycle import EMIT_LUA, QUEUED, lifecycle_event, stream_key
+from .lifecycle import EMIT_LUA, QUEUED, lifecycle_event
+from .lifecycle import stream_key as lifecycle_stream
 from .ratelimit import BUCKET_LUA, Rate
 from .status import Holding, job_key, open_key, status_key, timeline_key
+from .suppressions import LOOKUP_LUA
+from .suppressions import hash_key as suppressions_key
 
 #: The Dramatiq actor that renders and delivers one message.
 SEND_ACTOR = "send_email"
@@ -30,16 +33,37 @@ SEND_ACTOR = "send_email"
 NAMESPACE = "dramatiq"
 
 # KEYS: 1 idempotency record, 2 <queue>.msgs, 3 <queue>, then the B token buckets, then the
-#   status, timeline and job-copy keys of each of the M messages, then the open index, then the
-#   lifecycle stream.
+#   status, timeline and job-copy keys of each of the M messages, then the open index, then
+#   the lifecycle stream.
 # ARGV: 1 idempotent ('1'/'0'), 2 idempotency record, 3 its ttl, 4 max queue depth,
 #   5 status retention, 6 whether the first bucket is the caller's ('1'/'0'), 7 B, 8 M,
 #   then capacity, refill per second and tokens needed of each bucket, then for each message:
 #   redis message id, message body, timeline event, the status hash's fields as one JSON
 #   object (one argument instead of ~18: redis-py packs each argument in Python), the
-#   message id and its ``queued`` lifecycle event ('' when webhooks are off).
-_ACCEPT = BUCKET_LUA + EMIT_LUA + """
+#   message id, its lifecycle event ('' for none) and its suppression fields ('' for no
+#   check; mailcore.suppressions.lookup_fields joined by newlines). A message whose status
+#   field is 'suppressed' is recorded (and announced) but not queued. The suppression
+#   hash is the last key.
+# Before anything else, read only: when every recipient of some message is suppressed, answer
+# 'suppressed' with their positions; the caller turns those into 'suppressed' records and asks
+# again without the check (service/suppression_door.py). No extra round trip otherwise.
+_ACCEPT = BUCKET_LUA + EMIT_LUA + LOOKUP_LUA + """
 local callers, buckets, count = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local wholly = {}
+for i = 1, count do
+  local list = ARGV[9 + 3 * buckets + 7 * (i - 1) + 6]
+  if list ~= '' then
+    local fields = {}
+    for field in string.gmatch(list, '[^\\n]+') do fields[#fields + 1] = field end
+    local hit = suppression_hits(KEYS[#KEYS], fields, 1, #fields, now_seconds())
+    local all = true
+    for j = 1, #fields / 2 do
+      if not hit[j] then all = false break end
+    end
+    if all then wholly[#wholly + 1] = i end
+  end
+end
+if #wholly > 0 then return {'suppressed', cjson.encode(wholly)} end
 local now = 0
 if buckets > 0 then now = now_seconds() end
 local capacity, rate, need, tokens = {}, {}, {}, {}
@@ -76,23 +100,26 @@ local at = 9 + 3 * buckets
 for i = 1, count do
   local status, timeline = KEYS[1 + buckets + 3 * i], KEYS[2 + buckets + 3 * i]
   local hash_args = {'redis_id', ARGV[at]}
-  local created = 0
+  local created, status_value = 0, ''
   for field, value in pairs(cjson.decode(ARGV[at + 3])) do
     hash_args[#hash_args + 1] = field
     hash_args[#hash_args + 1] = value
     if field == 'created_at' then created = value end
+    if field == 'status' then status_value = value end
   end
   redis.call('HSET', status, unpack(hash_args))
   redis.call('EXPIRE', status, ARGV[5])
   redis.call('RPUSH', timeline, ARGV[at + 2])
   redis.call('EXPIRE', timeline, ARGV[5])
-  -- The sweeper's safety net: a copy of the body while the message is unfinished.
-  redis.call('SET', KEYS[3 + buckets + 3 * i], ARGV[at + 1], 'EX', ARGV[5])
-  redis.call('ZADD', KEYS[#KEYS - 1], created, ARGV[at + 4])
-  redis.call('HSET', KEYS[2], ARGV[at], ARGV[at + 1])
-  redis.call('RPUSH', KEYS[3], ARGV[at])
-  lifecycle_emit(KEYS[#KEYS], ARGV[at + 5])
-  at = at + 6
+  lifecycle_emit(KEYS[#KEYS - 1], ARGV[at + 5])
+  if status_value ~= 'suppressed' then
+    -- The sweeper's safety net: a copy of the body while the message is unfinished.
+    redis.call('SET', KEYS[3 + buckets + 3 * i], ARGV[at + 1], 'EX', ARGV[5])
+    redis.call('ZADD', KEYS[#KEYS - 2], created, ARGV[at + 4])
+    redis.call('HSET', KEYS[2], ARGV[at], ARGV[at + 1])
+    redis.call('RPUSH', KEYS[3], ARGV[at])
+  end
+  at = at + 7
 end
 return {'queued', ''}
 """
@@ -114,6 +141,10 @@ class Entry:
     job: dict[str, Any]
     status_fields: dict[str, str]
     timeline_event: bytes
+    #: The lifecycle event announced in the same step (b"" for none).
+    lifecycle_event: bytes = b""
+    #: Its recipients' suppression fields (``lookup_fields``), checked first; () for none.
+    suppression_fields: tuple[str, ...] = ()
 
 
 def send_job(message_id: str, request: dict[str, Any], *, source: str) -> dict[str, Any]:
@@ -164,13 +195,17 @@ def fresh_copy(body: bytes, *, retries: int = 0) -> tuple[str, bytes]:
 
 @dataclass(frozen=True)
 class AcceptResult:
-    """``outcome`` is ``queued``, ``existing`` (idempotent replay: ``stored`` holds the record),
+    """``outcome`` is ``queued``, ``suppressed`` (nothing written: the messages at positions
+    ``suppressed`` have only suppressed recipients), ``existing`` (idempotent replay: ``stored``
+    holds the record),
     ``full`` (the queue-depth ceiling was reached), ``rate_limited`` (the caller's bucket is
     empty) or ``recipient_limited``; for the last two ``wait`` is the seconds until a token."""
 
     outcome: str
     stored: bytes = b""
     wait: float = 0.0
+    #: With ``suppressed``: positions (1-based) of the messages whose recipients all are.
+    suppressed: tuple[int, ...] = ()
 
 
 class ReplicationTimeout(RedisError):
@@ -191,7 +226,8 @@ class Acceptor:
       wait_replicas: answer only once this many replicas have the accepted messages (Redis
         ``WAIT``, on the same connection as the write); 0: do not wait.
       wait_timeout_ms: how long to wait for them before :class:`ReplicationTimeout`.
-      emit_events: write each message's ``queued`` lifecycle event (``WEBHOOKS_ENABLED``).
+      emit_events: announce each queued message's ``queued`` lifecycle event
+        (``WEBHOOKS_ENABLED``; an entry's own ``lifecycle_event`` is announced regardless).
     """
 
     def __init__(
@@ -235,12 +271,15 @@ class Acceptor:
             keys += [status_key(self.prefix, message_id), timeline_key(self.prefix, message_id),
                      job_key(self.prefix, message_id)]
             args += encoded[index] if encoded is not None else self.encode(entry)
-        keys += [open_key(self.prefix), stream_key(self.prefix)]
+        keys += [open_key(self.prefix), lifecycle_stream(self.prefix),
+                 suppressions_key(self.prefix)]
         if self.wait_replicas:
             outcome, detail = await self._accept_replicated(keys, args)
         else:
             outcome, detail = await self._script(keys=keys, args=args)
         outcome = outcome.decode()
+        if outcome == "suppressed":
+            return AcceptResult(outcome=outcome, suppressed=tuple(orjson.loads(detail)))
         if outcome.endswith("limited"):
             return AcceptResult(outcome=outcome, wait=max(float(detail), 0.001))
         return AcceptResult(outcome=outcome, stored=detail)
@@ -261,11 +300,14 @@ class Acceptor:
         """The accept script's arguments for one entry (the CPU part of accepting it)."""
         return [*encode_message(entry.job, self.queue_name), entry.timeline_event,
                 orjson.dumps(entry.status_fields), entry.job["id"],
-                self._queued_event(entry) if self.emit_events else b""]
+                entry.lifecycle_event or self._queued_event(entry),
+                "\n".join(entry.suppression_fields)]
 
-    @staticmethod
-    def _queued_event(entry: Entry) -> bytes:
+    def _queued_event(self, entry: Entry) -> bytes:
+        """The ``queued`` event of an entry that is queued, when webhooks are on."""
         fields = entry.status_fields
+        if not self.emit_events or fields.get("status") != QUEUED:
+            return b""
         return lifecycle_event(
             QUEUED, entry.job["id"], owner=fields.get("owner"), template=fields.get("template"),
             recipients=orjson.Fragment(fields.get("recipients", "[]")),

@@ -89,6 +89,9 @@ def source_from_spec(key: str, spec: Mapping[str, Any]) -> TemplateSource:
         if fallback not in locales:
             raise TemplateError("InvalidTemplate",
                                 f"spec.fallbackLocale: {fallback!r} is not one of spec.locales")
+    unsubscribe = spec.get("unsubscribe", False)
+    if not isinstance(unsubscribe, bool):
+        raise TemplateError("InvalidTemplate", "spec.unsubscribe must be true or false")
     return TemplateSource(
         name=key,
         subject=subject.strip(),
@@ -101,6 +104,7 @@ def source_from_spec(key: str, spec: Mapping[str, Any]) -> TemplateSource:
         sample_data=dict(sample) if isinstance(sample, Mapping) else {},
         locales=locales,
         fallback_locale=fallback,
+        unsubscribe=unsubscribe,
     )
 
 

@@ -31,6 +31,8 @@ from .events import EventListener
 from .metrics import IngressMetrics, MetricsMiddleware, count_rejection, metrics_endpoint
 from .routes import routes
 from .sending import SendService
+from .suppressions_api import suppression_routes
+from .unsubscribe_page import unsubscribe_routes
 from .webhooks_api import WebhookState
 from .webhooks_api import routes as webhook_routes
 
@@ -114,7 +116,8 @@ def create_app(settings: Settings, *, dev_secret: str | None = None) -> Starlett
 
     metrics = IngressMetrics()
     app = Starlette(
-        routes=[*routes, *webhook_routes, *docs_routes(),
+        routes=[*routes, *suppression_routes(), *unsubscribe_routes(), *webhook_routes,
+                *docs_routes(),
                 Route("/metrics", metrics_endpoint, methods=["GET"])],
         lifespan=lifespan,
         middleware=[*_tracing_middleware(), Middleware(MetricsMiddleware, metrics=metrics)],

@@ -14,6 +14,8 @@ from mailcore.message import BatchRequest, SendRequest
 from mailcore.status import STATUSES
 
 from .legacy import OrderConfirmation, ResetCodeRequest
+from .suppressions_openapi import MODELS as SUPPRESSION_MODELS
+from .suppressions_openapi import suppression_paths
 from .webhooks_openapi import MODELS as WEBHOOK_MODELS
 from .webhooks_openapi import receiver_webhooks, webhook_paths
 
@@ -25,6 +27,7 @@ class _Out(BaseModel):
 class ErrorDetail(_Out):
     field: str
     message: str
+    line: int | None = Field(None, description="The line of a JSONL import at fault")
 
 
 #: Every ``error`` code the API answers with (README: Errors).
@@ -36,7 +39,7 @@ ERROR_CODES = (
     "invalid_data", "sender_not_allowed", "recipient_not_allowed", "batch_too_large",
     "render_error", "render_timeout",
     "rate_limited", "recipient_rate_limited", "unavailable", "queue_full",
-    "unknown_template_version", "store_unavailable",
+    "unknown_template_version", "store_unavailable", "invalid_import",
     "invalid_webhook_url", "too_many_endpoints",
 )
 
@@ -52,7 +55,10 @@ class Error(_Out):
 
 class Queued(_Out):
     id: str = Field(description="The message id; also sent as X-Email-Service-Id.")
-    status: Literal["queued"]
+    status: Literal["queued", "suppressed"] = Field(description=(
+        "`suppressed`: every recipient is on the suppression list; recorded, never sent"))
+    suppressed_recipients: list[str] | None = Field(
+        None, description="With `suppressed`: the recipients on the list")
 
 
 class BatchQueued(_Out):
@@ -116,6 +122,8 @@ class MessageStatus(_Out):
     withheld_recipients: list[str] = Field(
         description="Not on RECIPIENT_ALLOWLIST: not sent to")
     redirected_from: list[str] = Field(description="The recipients REDIRECT_ALL_TO replaced")
+    suppressed_recipients: list[str] = Field(
+        description="On the suppression list (at the door or at send time): not sent to")
     source: str | None
     last_error: LastError | None
     response: str | None
@@ -218,7 +226,7 @@ _MODELS: list[type[BaseModel]] = [
     ResetCodeSent,
     OrderConfirmationSent, Health, Ready, MessageStatus, MessageContent, TemplateList,
     TemplateDetail, PreviewRequest, Preview, TemplateVersions, TemplateVersionDetail,
-    DeadLetterList, DeadLetterDetail, RetryAll, Purged, *WEBHOOK_MODELS,
+    DeadLetterList, DeadLetterDetail, RetryAll, Purged, *SUPPRESSION_MODELS, *WEBHOOK_MODELS,
 ]
 
 
@@ -361,6 +369,7 @@ def openapi_document() -> dict[str, Any]:
         }},
         **webhook_paths(_json, _errors, _body, _path_param),
     }
+    paths.update(suppression_paths(_json, _errors, _ref))
     return {
         "openapi": "3.1.0",
         "info": {"title": "email-service", "version": "1",

@@ -12,14 +12,17 @@ from mailcore.config import Settings
 from mailcore.dkim_signing import signer_for
 from mailcore.queue import holding
 from mailcore.redaction import install as install_redacting_encoder
+from mailcore.redisclient import sync_client
 from mailcore.status import Holding, StatusStore
 from mailcore.store import template_store_from_settings
+from mailcore.suppressions import SyncSuppressionList
 from mailcore.telemetry import shutdown_tracing
 from mailcore.templates import TemplateRegistry, builtin_templates_dir
 from mailcore.transports import Transport, transport_from_settings
 
 from .broker import RecoveringRedisBroker, make_broker
 from .delivery import Deliverer
+from .hard_bounces import HardBounces
 from .heartbeat import Heartbeat
 from .sweeper import Sweeper, SweeperThread
 
@@ -46,6 +49,8 @@ class WorkerRuntime:
     #: Where this process holds the messages it works on (its acks set and the queue's keys).
     holding: Holding
     time_limit: TimeLimit
+    #: Permanent recipient refusals → the suppression list.
+    bounces: HardBounces
 
     def disarm_time_limit(self) -> None:
         """The relay accepted the message: recording that must not be interrupted by
@@ -83,5 +88,8 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
     return WorkerRuntime(broker=broker, deliverer=deliverer,
                          status=status,
                          holding=holding(settings.worker.queue_name, broker.broker_id),
-                         time_limit=time_limit)
+                         time_limit=time_limit,
+                         bounces=HardBounces(SyncSuppressionList(
+                             sync_client(settings.redis.where, "worker"),
+                             settings.redis.key_prefix)))
 
