@@ -24,7 +24,6 @@ import orjson
 from dramatiq.broker import MessageProxy
 from dramatiq.common import current_millis, dq_name
 from dramatiq.middleware import CurrentMessage, Retries, default_middleware
-from prometheus_client import Counter
 
 from mailcore.config import Settings
 from mailcore.logs import configure_logging
@@ -37,12 +36,10 @@ from .broker import make_broker, mark_settled
 from .heartbeat import Heartbeat
 from .webhook_fanout import DELIVER_ACTOR, Endpoints, Fanout, FanoutThread
 from .webhook_http import post
+from .webhook_metrics import DEAD_LETTERS, DELIVERIES
 
 log = logging.getLogger("email_service.webhooks")
 
-DELIVERIES = Counter("email_webhook_deliveries", "Webhook delivery attempts, by outcome "
-                     "(delivered | retry | dead | dropped)", ["outcome"])
-WEBHOOK_DEAD_LETTERS = Counter("email_webhook_dead_letters", "Webhook deliveries given up on")
 
 # KEYS: 1 this worker's acks set of the queue, 2 queue bodies, 3 delay queue, 4 its bodies,
 # 5 dead letters (sorted set), 6 their records. ARGV: 1 kind (done | retry | dead), 2 the
@@ -187,5 +184,5 @@ def _settle(message: MessageProxy, kind: str, outcome: str, *,
         return "given back"  # redelivered meanwhile: that copy decides
     DELIVERIES.labels(outcome).inc()
     if kind == "dead":
-        WEBHOOK_DEAD_LETTERS.inc()
+        DEAD_LETTERS.inc()
     return outcome

@@ -48,6 +48,7 @@ def _serve_metrics(settings: Settings) -> None:
     from mailcore.webhook_deadletters import WebhookDeadLetters
 
     from .exposition import prepare_multiprocess_dir
+    from .webhook_metrics import DEAD_LETTER_SIZE
 
     class DeadLetterGauge(Collector):
         def __init__(self) -> None:
@@ -59,7 +60,7 @@ def _serve_metrics(settings: Settings) -> None:
                 count = self.dead.count()
             except RedisError:
                 return
-            yield GaugeMetricFamily("email_webhook_dead_letter_size",
+            yield GaugeMetricFamily(DEAD_LETTER_SIZE,
                                     "Webhook deliveries given up on, still listed",
                                     value=float(count))
 

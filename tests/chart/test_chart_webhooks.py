@@ -107,3 +107,15 @@ def test_bad_webhook_values_are_refused(helm_binary: str, args: tuple[str, ...],
                                         complaint: str) -> None:
     result = helm(helm_binary, "template", "mail", str(CHART), *REQUIRED, *args, check=False)
     assert result.returncode != 0 and complaint in result.stderr, result.stderr
+
+
+def test_scraped_and_drained_like_the_workers(helm_binary: str) -> None:
+    monitored = ("--set", "metrics.serviceMonitor.enabled=true")
+    docs = render(helm_binary, *REQUIRED, *ENABLED, *monitored, "--set", "webhooks.replicas=2")
+    assert NAME in by_kind(docs, "PodMonitor")
+    assert NAME in by_kind(docs, "PodDisruptionBudget")
+    single = render(helm_binary, *REQUIRED, *ENABLED, *monitored)
+    assert NAME not in by_kind(single, "PodDisruptionBudget")  # one replica: no PDB
+    off = render(helm_binary, *REQUIRED, *monitored)
+    assert NAME not in by_kind(off, "PodMonitor")
+    assert NAME not in by_kind(off, "PodDisruptionBudget")
