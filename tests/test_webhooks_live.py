@@ -338,3 +338,24 @@ def test_a_dead_letter_can_be_delivered_again(live: Live) -> None:
     for bad in ("x", "evt_1:ep", letter["id"] + "x" * 70, "..%2F..%2Fv1"):
         assert httpx.post(f"{live.stack.base_url}/v1/webhooks/dead-letters/{bad}/retry",
                           headers=ADMIN).status_code == 404
+
+
+def test_other_features_events_reach_their_subscribers(live: Live) -> None:
+    # The suppression list's `suppressed` event (written by the door) goes the same way.
+    live.register("/suppressed", ["suppressed"])
+    to = f"blocked-{uuid.uuid4().hex[:8]}@example.org"
+    added = httpx.post(f"{live.stack.base_url}/v1/suppressions", headers=ADMIN,
+                       json={"address": to, "reason": "manual"})
+    assert added.status_code == 201, added.text
+    answer = httpx.post(f"{live.stack.base_url}/v1/messages", headers=SENDER,
+                        json={"template": "password_reset", "to": to,
+                              "data": {"email": to, "code": "1"}})
+    assert answer.status_code == 202, answer.text
+    message_id = answer.json()["id"]
+    hit = live.webhooks.wait_until(
+        lambda: next((h for h in live.receiver.delivered("/suppressed")
+                      if h.payload and h.payload["data"]["message_id"] == message_id), None),
+        timeout=30, message="the suppressed event")
+    assert hit is not None and hit.payload is not None
+    assert hit.payload["type"] == "message.suppressed"
+    assert hit.payload["data"]["owner"] == "jwt::shop"
