@@ -66,7 +66,7 @@ def tls_receiver(tmp_path: Path) -> Iterator[tuple[ThreadingHTTPServer, Path]]:
     context.load_cert_chain(cert, key)
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
 
-    def remember(sock: ssl.SSLSocket, name: str | None, ctx: ssl.SSLContext) -> None:
+    def remember(sock: ssl.SSLObject, name: str, ctx: ssl.SSLContext) -> None:
         server.last_sni = name  # type: ignore[attr-defined]
 
     context.sni_callback = remember
