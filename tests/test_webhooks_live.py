@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import threading
 import urllib.request
 import uuid
@@ -161,8 +163,10 @@ def live(redis_server: RedisServer, smtp_server: SMTPServer,
                    WEBHOOKS_RETRY_FOR_SECONDS="2", WEBHOOKS_ENDPOINTS_FILE=str(declared))
     metrics_port = free_port()
     # Two processes: two fan-out consumers of one group, as two replicas would be.
-    webhooks = ServiceProcess(["webhooks", "--processes", "2", "--threads", "2"],
-                              {**env, "WORKER_METRICS_PORT": str(metrics_port)},
+    webhooks_env = {**env, "WORKER_METRICS_PORT": str(metrics_port),
+                    # Its own heartbeat folder (each command clears its folder on start).
+                    "WORKER_HEARTBEAT_DIR": str(logs / "heartbeat")}
+    webhooks = ServiceProcess(["webhooks", "--processes", "2", "--threads", "2"], webhooks_env,
                               Path(logs / "webhooks.log"))
     with ServiceStack(env, logs) as stack:
         webhooks.start()
@@ -359,3 +363,16 @@ def test_other_features_events_reach_their_subscribers(live: Live) -> None:
     assert hit is not None and hit.payload is not None
     assert hit.payload["type"] == "message.suppressed"
     assert hit.payload["data"]["owner"] == "jwt::shop"
+
+
+def test_the_worker_probe_judges_the_webhooks_processes(live: Live) -> None:
+    # The chart probes the webhooks pods with `email-service probe worker`.
+    def probe(*flags: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "email_service", "probe", "worker", *flags],
+                              env=live.webhooks.env, capture_output=True, text=True, timeout=30,
+                              check=False)
+
+    ready = live.webhooks.wait_until(lambda: (r := probe("--ready")).returncode == 0 and r,
+                                     timeout=30, message="a ready probe")
+    assert ready
+    assert probe().returncode == 0
