@@ -218,3 +218,33 @@ def test_consumers_of_past_processes_are_forgotten(redis_server: RedisServer,
     assert fanout.forget_gone_consumers() == 1
     names = {info["name"] for info in client.xinfo_consumers(stream_key(prefix), GROUP)}
     assert names == {b"gone-busy"} or names == {"gone-busy"}  # its entry awaits XAUTOCLAIM
+
+
+def test_the_fanout_thread_outlives_redis_errors_and_stops_on_shutdown(
+        redis_server: RedisServer) -> None:
+    from workers.webhook_fanout import FanoutThread
+
+    client = redis_server.client()
+    prefix = f"fo-{uuid.uuid4().hex[:8]}"
+    store = WebhookStore(client, prefix)
+    store.create("jwt::shop", EndpointSpec(url="https://a.example.com/", events=["sent"]))
+    made: list[Fanout] = []
+
+    def make() -> Fanout:
+        if not made:
+            made.append(None)  # type: ignore[arg-type]
+            raise redis.ConnectionError("Redis is restarting")  # the first attempt fails
+        fanout = Fanout(redis_server.client(), prefix, prefix, Endpoints(store, []),
+                        block_ms=20)
+        made.append(fanout)
+        return fanout
+
+    thread = FanoutThread(make, pause=0.05)
+    thread.after_worker_boot(None, None)  # type: ignore[arg-type]
+    try:
+        _emit(client, prefix, "sent", "jwt::shop")
+        wait_for(lambda: len(_queued(client, prefix)) == 1, timeout=10,
+                 message="the event fanned out after the error")
+    finally:
+        thread.before_worker_shutdown(None, None)  # type: ignore[arg-type]
+    assert thread._thread is not None and not thread._thread.is_alive()

@@ -185,8 +185,12 @@ class FanoutThread(Middleware):
                 fanout.step()
             except redis.RedisError as exc:
                 log.warning("webhook fan-out paused: %s", exc)
+                if fanout is not None:
+                    fanout.client.close()  # a fresh connection next time
                 fanout = None
                 self._stop.wait(self.pause)
             except Exception:  # a bug must not end the fan-out for good
                 log.exception("webhook fan-out failed; going on")
                 self._stop.wait(self.pause)
+        if fanout is not None:
+            fanout.client.close()
