@@ -83,6 +83,14 @@ def _parser() -> argparse.ArgumentParser:
                        help="delivery threads per process (default: WEBHOOKS_THREADS, or 16)")
     hooks.set_defaults(run=_run_webhooks)
 
+    bounces = command("bounces", "receive delivery reports (bounces, complaints) for "
+                      "BOUNCE_DOMAIN by SMTP or LMTP")
+    bounces.add_argument("--host", help="address to listen on (default: BOUNCES_HOST)")
+    bounces.add_argument("--port", type=int, help="SMTP/LMTP port (default: BOUNCES_PORT)")
+    bounces.add_argument("--http-port", type=int,
+                         help="port of /health, /ready and /metrics (default: BOUNCES_HTTP_PORT)")
+    bounces.set_defaults(run=_run_bounces)
+
     dev = command("dev", "run the whole stack locally, catching mail in a folder")
     dev.add_argument("--port", type=int, default=8000, help="port of the local ingress")
     dev.add_argument("--outbox", type=Path, default=Path("outbox"),
@@ -199,6 +207,18 @@ def _run_api(args: argparse.Namespace) -> int:
                 timeout_keep_alive=settings.http.keepalive_seconds,
                 h11_max_incomplete_event_size=settings.http.max_header_bytes,
                 limit_concurrency=settings.http.max_concurrency)
+    return 0
+
+
+def _run_bounces(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from bounces.server import serve
+    from mailcore.logs import configure_logging
+
+    settings = Settings.from_env()
+    configure_logging(settings.telemetry)
+    asyncio.run(serve(settings, host=args.host, port=args.port, http_port=args.http_port))
     return 0
 
 

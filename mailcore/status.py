@@ -450,6 +450,10 @@ def decode_status(fields: dict[bytes, bytes], timeline: list[bytes]) -> dict[str
         "source": raw.get("source"),
         "last_error": last_error,
         "response": raw.get("response") or None,
+        # Bounces and complaints after acceptance (mailcore/bounce_record.py).
+        "bounce_type": raw.get("bounce_type") or None,
+        "bounces": {key[len("bounce:"):]: value for key, value in raw.items()
+                    if key.startswith("bounce:")},
         # Stored as epoch seconds; the API speaks RFC 3339 (mailcore/timestamps.py).
         "created_at": rfc3339(float(raw.get("created_at", "0"))),
         "updated_at": rfc3339(float(raw.get("updated_at", "0"))),

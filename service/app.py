@@ -28,6 +28,7 @@ from mailcore.tokens import JWKSKeys, TokenVerifier
 from .docs import docs_routes
 from .errors import ApiError, error_response, handle_http_exception, http_error
 from .events import EventListener
+from .mailtrap_webhook import mailtrap_routes
 from .metrics import IngressMetrics, MetricsMiddleware, count_rejection, metrics_endpoint
 from .routes import routes
 from .sending import SendService
@@ -118,7 +119,8 @@ def create_app(settings: Settings, *, dev_secret: str | None = None) -> Starlett
     app = Starlette(
         routes=[*routes, *suppression_routes(), *unsubscribe_routes(), *webhook_routes,
                 *docs_routes(),
-                Route("/metrics", metrics_endpoint, methods=["GET"])],
+                Route("/metrics", metrics_endpoint, methods=["GET"]),
+                *mailtrap_routes(settings, metrics.registry)],
         lifespan=lifespan,
         middleware=[*_tracing_middleware(), Middleware(MetricsMiddleware, metrics=metrics)],
         exception_handlers={ApiError: handle_error, EmailServiceError: handle_error,

@@ -14,6 +14,7 @@ from mailcore.message import BatchRequest, SendRequest
 from mailcore.status import STATUSES
 
 from .legacy import OrderConfirmation, ResetCodeRequest
+from .mailtrap_webhook import openapi_paths as mailtrap_openapi_paths
 from .suppressions_openapi import MODELS as SUPPRESSION_MODELS
 from .suppressions_openapi import suppression_paths
 from .webhooks_openapi import MODELS as WEBHOOK_MODELS
@@ -96,6 +97,11 @@ class TimelineEvent(BaseModel):
     code: str | None = None
     transport: str | None = None
     attempt: str | None = None
+    recipient: str | None = Field(None, description="Bounces and complaints: about whom")
+    bounce_type: Literal["hard", "soft"] | None = None
+    source: Literal["dsn", "mailtrap"] | None = Field(
+        None, description="Bounces and complaints: a delivery report received by "
+                          "`email-service bounces`, or a Mailtrap webhook event")
 
 
 class MessageContent(_Out):
@@ -127,6 +133,11 @@ class MessageStatus(_Out):
     source: str | None
     last_error: LastError | None
     response: str | None
+    bounce_type: Literal["hard", "soft"] | None = Field(
+        description="Reported undeliverable after acceptance: `hard` when any recipient "
+                    "failed permanently (5.x.x), else `soft` (README: Bounces)")
+    bounces: dict[str, Literal["hard", "soft", "complaint"]] = Field(
+        description="What was reported per recipient, after the relay accepted the message")
     created_at: Timestamp
     updated_at: Timestamp
     timeline: list[TimelineEvent]
@@ -368,6 +379,7 @@ def openapi_document() -> dict[str, Any]:
                           **_errors(*_SEND_ERRORS)},
         }},
         **webhook_paths(_json, _errors, _body, _path_param),
+        **mailtrap_openapi_paths(_errors(400, 401, 404, 408, 413, 503)),
     }
     paths.update(suppression_paths(_json, _errors, _ref))
     return {
