@@ -90,6 +90,11 @@ class SendTimeCheck:
 
     @classmethod
     def for_job(cls, job: dict[str, Any], template: str = "") -> SendTimeCheck | None:
+        """The check for ``job``; ``None`` when there is nothing to check (no recipients, or a
+        sandboxed message: rendered and kept, never delivered)."""
+        request = job.get("request")
+        if isinstance(request, dict) and request.get("sandbox"):
+            return None
         addresses = job_recipients(job)
         if not addresses:
             return None

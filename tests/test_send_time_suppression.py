@@ -121,6 +121,8 @@ def test_nothing_suppressed_or_expired_costs_nothing_visible(
 def test_a_job_without_recipients_needs_no_check() -> None:
     assert SendTimeCheck.for_job({"id": "x", "request": {"to": []}}) is None
     assert SendTimeCheck.for_job({"id": "x", "request": "nonsense"}) is None
+    assert SendTimeCheck.for_job({"id": "x", "request": {"to": ["a@example.com"],
+                                                         "sandbox": True}}) is None
     assert job_recipients({"request": {"to": "a@example.com", "bcc": [{"email": 3}, None]}}) == (
         "a@example.com",)
     assert job_stream({"request": {"stream": ""}}) == "transactional"

@@ -256,3 +256,15 @@ def test_an_idempotent_retry_replays_suppressed(api: Api) -> None:
     second = api.client.post("/v1/messages", json=reset("ada@example.com"), headers=headers)
     assert first.json() == second.json() and second.json()["status"] == "suppressed"
     assert len(api.events()) == 1
+
+
+def test_sandboxed_messages_are_not_checked(redis_server: RedisServer) -> None:
+    prefix = f"sapi-{uuid.uuid4().hex[:8]}"
+    settings = app_settings(redis_server.url, KEY_PREFIX=prefix, SANDBOX_SUBJECTS="tester",
+                            QUEUE_NAME=f"sapi-{uuid.uuid4().hex[:8]}")
+    tester = {"Authorization": f"Bearer {mint_token(TEST_SECRET, subject='tester')}"}
+    with TestClient(create_app(settings)) as client:
+        assert client.post("/v1/suppressions", json={"address": "ada@example.com"},
+                           headers=ADMIN).status_code == 201
+        answer = client.post("/v1/messages", json=reset("ada@example.com"), headers=tester)
+        assert answer.json()["status"] == "queued"  # rendered and kept, never delivered
