@@ -268,3 +268,12 @@ def test_sandboxed_messages_are_not_checked(redis_server: RedisServer) -> None:
                            headers=ADMIN).status_code == 201
         answer = client.post("/v1/messages", json=reset("ada@example.com"), headers=tester)
         assert answer.json()["status"] == "queued"  # rendered and kept, never delivered
+
+
+def test_an_idn_recipient_matches_its_entry_at_the_door(api: Api) -> None:
+    api.add(address="Kim@straße.de")
+    answer = api.client.post("/v1/messages", json=reset("kim+promo@xn--strae-oqa.de"),
+                             headers=READER)
+    assert answer.json()["status"] == "suppressed"
+    other = api.client.post("/v1/messages", json=reset("kim@strasse.de"), headers=READER)
+    assert other.json()["status"] == "queued"  # another domain (IDNA 2003 would have folded it)
