@@ -277,3 +277,23 @@ def test_an_idn_recipient_matches_its_entry_at_the_door(api: Api) -> None:
     assert answer.json()["status"] == "suppressed"
     other = api.client.post("/v1/messages", json=reset("kim@strasse.de"), headers=READER)
     assert other.json()["status"] == "queued"  # another domain (IDNA 2003 would have folded it)
+
+
+def test_a_large_import_is_validated_off_the_loop_and_written_whole(
+        redis_server: RedisServer) -> None:
+    prefix = f"sapi-{uuid.uuid4().hex[:8]}"
+    settings = app_settings(redis_server.url, KEY_PREFIX=prefix)
+    body = jsonl(*({"address": f"bulk{n:05d}@example.com", "reason": "hard_bounce"}
+                   for n in range(3000)))
+    assert len(body) > 100_000  # several hand-offs to the worker thread
+
+    def chunks() -> Iterator[bytes]:
+        for start in range(0, len(body), 4096):
+            yield body[start:start + 4096]
+
+    with TestClient(create_app(settings)) as client:
+        answer = client.post("/v1/suppressions/import", content=chunks(), headers=ADMIN)
+        assert answer.json() == {"imported": 3000}
+        exported = client.get("/v1/suppressions/export?reason=hard_bounce", headers=READER)
+        lines = exported.content.splitlines()
+        assert len(lines) == 3000 and orjson.loads(lines[-1])["address"] == "bulk02999@example.com"
