@@ -149,10 +149,11 @@ def test_hard_bounces_survive_an_unreachable_redis(prefix: str) -> None:
     assert recorder.record("m1", {"gone@example.com": "550 5.1.1 gone"}) == 0
 
 
-def test_the_check_arguments_are_small(prefix: str) -> None:
+def test_the_check_arguments_are_small_and_the_event_built_only_when_needed() -> None:
     one = job("ada@example.com", "bob@example.com")
     check = SendTimeCheck.for_job(one)
     assert check is not None
     count, announced, *rest = check.args
-    assert count == 4 and rest[4:] == ["ada@example.com", "bob@example.com"]
-    assert orjson.loads(announced)["type"] == "message.suppressed"
+    assert count == 4 and announced == b"" and rest[4:] == ["ada@example.com", "bob@example.com"]
+    event = orjson.loads(check.announcing().args[1])
+    assert event["type"] == "message.suppressed" and event["message_id"] == one["id"]
