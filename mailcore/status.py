@@ -84,6 +84,7 @@ if status == 'sending' and lease > tonumber(ARGV[1]) then
 end
 local withheld = begin_suppression_check(tonumber(ARGV[1]))
 if withheld == 'all' then return {'suppressed', 0} end
+if withheld == 'announce' then return {'announce', 0} end
 local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('HSET', KEYS[1], 'status', 'sending', 'updated_at', ARGV[1],
            'lease_until', tonumber(ARGV[1]) + tonumber(ARGV[2]), 'lease_owner', ARGV[6])
@@ -347,9 +348,14 @@ class StatusStore:
         if check is not None:
             keys += [suppressions_key(self.prefix), lifecycle_stream(self.prefix),
                      job_key(self.prefix, message_id), open_key(self.prefix)]
-            args += check.args
-        previous, detail, *rest = self._scripts().begin(keys=keys, args=args)
-        previous = previous.decode() if isinstance(previous, bytes) else str(previous)
+        while True:
+            previous, detail, *rest = self._scripts().begin(
+                keys=keys, args=args + (check.args if check is not None else []))
+            previous = previous.decode() if isinstance(previous, bytes) else str(previous)
+            if previous != "announce" or check is None or check.announced:
+                break
+            # Some recipients are suppressed (nothing was written): again, with the event.
+            check = check.announcing()
         if previous == SUPPRESSED and check is not None:
             return Attempt(proceed=False, reason=previous, attempt=0,
                            withheld=check.addresses)

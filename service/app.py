@@ -91,6 +91,7 @@ def create_app(settings: Settings, *, dev_secret: str | None = None) -> Starlett
         admin_client = sync_client(settings.redis.where, "admin")
         service = SendService(settings, registry, client, metrics=app.state.metrics)
         app.state.redis = client
+        app.state.admin_redis = admin_client  # synchronous: admin work in the worker thread
         app.state.send_service = service
         app.state.dead_letters = DeadLetters(admin_client, settings.worker.queue_name,
                                              settings.redis.key_prefix,
