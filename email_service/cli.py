@@ -80,6 +80,13 @@ def _parser() -> argparse.ArgumentParser:
                              "distant relay needs many (default: WORKER_THREADS, or 24)")
     worker.set_defaults(run=_run_worker)
 
+    hooks = command("webhooks", "run the webhook fan-out and delivery processes")
+    hooks.add_argument("--processes", type=int,
+                       help="processes (default: WEBHOOKS_PROCESSES, or 1)")
+    hooks.add_argument("--threads", type=int,
+                       help="delivery threads per process (default: WEBHOOKS_THREADS, or 16)")
+    hooks.set_defaults(run=_run_webhooks)
+
     bounces = command("bounces", "receive delivery reports (bounces, complaints) for "
                       "BOUNCE_DOMAIN by SMTP or LMTP")
     bounces.add_argument("--host", help="address to listen on (default: BOUNCES_HOST)")
@@ -267,6 +274,12 @@ def _run_worker(args: argparse.Namespace) -> int:
     ])
     code = dramatiq_main(dramatiq_args)  # type: ignore[no-untyped-call]
     return int(code or 0)
+
+
+def _run_webhooks(args: argparse.Namespace) -> int:
+    from workers.webhook_command import run_webhooks
+
+    return run_webhooks(args.processes, args.threads)
 
 
 def _run_dev(args: argparse.Namespace) -> int:

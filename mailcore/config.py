@@ -42,6 +42,7 @@ from .envfields import (
 from .ratelimit import Rate, parse_rate
 from .render_budget import RenderLimits
 from .sentinel import SentinelSettings, parse_master, parse_sentinels
+from .webhook_settings import WebhookSettings
 
 __all__ = ["ALIASES", "SECRET_NAMES", "Brand", "ConfigError", "Settings", "redis_configured"]
 
@@ -806,8 +807,8 @@ class Settings:
 
     Parameters:
       redis, smtp, sender, brand, auth, http, events, limits, worker, transport, dkim, bounces,
-      safeguards, templates, operator, telemetry, suppressions: the groups (each documents its
-      own fields).
+      safeguards, templates, operator, telemetry, suppressions, webhooks: the groups (each
+      documents its own fields).
     """
 
     redis: RedisSettings = field(default_factory=RedisSettings)
@@ -827,6 +828,7 @@ class Settings:
     operator: OperatorSettings = field(default_factory=OperatorSettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     suppressions: SuppressionSettings = field(default_factory=SuppressionSettings)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
 
     def __post_init__(self) -> None:
         fits = _attachments_fit(self.http.max_body_bytes)
@@ -919,6 +921,7 @@ GROUPS: dict[str, type[Any]] = {
     "bounces": BounceSettings, "safeguards": SafeguardSettings,
     "templates": TemplateSettings, "operator": OperatorSettings,
     "telemetry": TelemetrySettings, "suppressions": SuppressionSettings,
+    "webhooks": WebhookSettings,
 }
 
 #: Variables that hold secrets; each may also be read from a file.

@@ -34,6 +34,8 @@ from .routes import routes
 from .sending import SendService
 from .suppressions_api import suppression_routes
 from .unsubscribe_page import unsubscribe_routes
+from .webhooks_api import WebhookState
+from .webhooks_api import routes as webhook_routes
 
 log = logging.getLogger("email_service.ingress")
 
@@ -89,10 +91,12 @@ def create_app(settings: Settings, *, dev_secret: str | None = None) -> Starlett
         admin_client = sync_client(settings.redis.where, "admin")
         service = SendService(settings, registry, client, metrics=app.state.metrics)
         app.state.redis = client
+        app.state.admin_redis = admin_client  # synchronous: admin work in the worker thread
         app.state.send_service = service
         app.state.dead_letters = DeadLetters(admin_client, settings.worker.queue_name,
                                              settings.redis.key_prefix,
                                              settings.limits.status_retention_seconds)
+        app.state.webhooks = WebhookState(settings, admin_client)
         listener_task = None
         app.state.event_listener = None
         if settings.events.enabled:
@@ -114,7 +118,8 @@ def create_app(settings: Settings, *, dev_secret: str | None = None) -> Starlett
 
     metrics = IngressMetrics()
     app = Starlette(
-        routes=[*routes, *suppression_routes(), *unsubscribe_routes(), *docs_routes(),
+        routes=[*routes, *suppression_routes(), *unsubscribe_routes(), *webhook_routes,
+                *docs_routes(),
                 Route("/metrics", metrics_endpoint, methods=["GET"]),
                 *mailtrap_routes(settings, metrics.registry)],
         lifespan=lifespan,

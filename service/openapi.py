@@ -17,6 +17,8 @@ from .legacy import OrderConfirmation, ResetCodeRequest
 from .mailtrap_webhook import openapi_paths as mailtrap_openapi_paths
 from .suppressions_openapi import MODELS as SUPPRESSION_MODELS
 from .suppressions_openapi import suppression_paths
+from .webhooks_openapi import MODELS as WEBHOOK_MODELS
+from .webhooks_openapi import receiver_webhooks, webhook_paths
 
 
 class _Out(BaseModel):
@@ -39,6 +41,7 @@ ERROR_CODES = (
     "render_error", "render_timeout",
     "rate_limited", "recipient_rate_limited", "unavailable", "queue_full",
     "unknown_template_version", "store_unavailable", "invalid_import",
+    "invalid_webhook_url", "too_many_endpoints",
 )
 
 
@@ -234,7 +237,7 @@ _MODELS: list[type[BaseModel]] = [
     ResetCodeSent,
     OrderConfirmationSent, Health, Ready, MessageStatus, MessageContent, TemplateList,
     TemplateDetail, PreviewRequest, Preview, TemplateVersions, TemplateVersionDetail,
-    DeadLetterList, DeadLetterDetail, RetryAll, Purged, *SUPPRESSION_MODELS,
+    DeadLetterList, DeadLetterDetail, RetryAll, Purged, *SUPPRESSION_MODELS, *WEBHOOK_MODELS,
 ]
 
 
@@ -250,7 +253,8 @@ def _errors(*codes: int) -> dict[str, Any]:
     texts = {400: "Malformed request", 401: "Missing or invalid token",
              403: "Token lacks the required scope", 404: "Not found",
              408: "The body did not arrive in time (HTTP_BODY_TIMEOUT_SECONDS)",
-             409: "Idempotency-Key reused with a different body", 413: "Body too large",
+             409: "Idempotency-Key reused with a different body, or a limit reached",
+             413: "Body too large",
              422: "Invalid field (details name it)", 429: "Rate limited (see Retry-After)",
              503: "Redis unavailable or queue full (see Retry-After)"}
     return {str(code): _json(Error, texts[code]) for code in codes}
@@ -374,6 +378,7 @@ def openapi_document() -> dict[str, Any]:
             "responses": {"200": _json(OrderConfirmationSent, "Queued"),
                           **_errors(*_SEND_ERRORS)},
         }},
+        **webhook_paths(_json, _errors, _body, _path_param),
         **mailtrap_openapi_paths(_errors(400, 401, 404, 408, 413, 503)),
     }
     paths.update(suppression_paths(_json, _errors, _ref))
@@ -382,6 +387,7 @@ def openapi_document() -> dict[str, Any]:
         "info": {"title": "email-service", "version": "1",
                  "description": "Transactional email: authenticated sends, queued delivery."},
         "paths": paths,
+        "webhooks": receiver_webhooks(_body),
         "security": secured,
         "components": {
             "schemas": components,

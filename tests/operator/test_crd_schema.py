@@ -207,6 +207,8 @@ def broken(change: Any) -> dict[str, Any]:
     (lambda s: s.update(pinnedVersion="0" * 100_000), ("spec.pinnedVersion", "maxLength")),
     (lambda s: s.update(pinnedVersion="../../etc/passwd"), ("spec.pinnedVersion", "pattern")),
     (lambda s: s.update(pinnedVersion="0123456789abcde\x00"), ("spec.pinnedVersion", "pattern")),
+    (lambda s: s.update(unsubscribe="yes"), ("spec.unsubscribe", "type")),
+    (lambda s: s.update(unsubscribe=1), ("spec.unsubscribe", "type")),
 ])
 def test_broken_objects_fail_for_the_right_reason(change: Any, expected: tuple[str, str]) -> None:
     assert expected in errors(broken(change))
