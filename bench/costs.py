@@ -58,7 +58,7 @@ class Meter:
     """CPU per call of this process and of Redis over ``calls`` calls."""
 
     def __init__(self, url: str) -> None:
-        self.client = redis.Redis.from_url(url)
+        self.client = redis.Redis.from_url(url, socket_timeout=60, socket_connect_timeout=60)
 
     def sync(self, step: Callable[[int], object], calls: int) -> tuple[float, float]:
         step(-1)  # warm: connections, scripts, caches
@@ -159,7 +159,7 @@ def lifecycle_costs(url: str, messages: int) -> dict[str, float]:
         return {}
     from mailcore import lifecycle
 
-    client = redis.Redis.from_url(url)
+    client = redis.Redis.from_url(url, socket_timeout=60, socket_connect_timeout=60)
     meter = Meter(url)
     body = "redis.call('HSET', KEYS[1], 'status', 'sent')\n"
     plain = client.register_script(body)
