@@ -221,6 +221,8 @@ def _run_worker(args: argparse.Namespace) -> int:
         "workers.actors", "--processes", str(args.processes or settings.worker.processes),
         "--threads", str(args.threads or settings.worker.threads),
         "--skip-logging", "--worker-shutdown-timeout", str(settings.worker.shutdown_timeout_ms),
+        # Only the queues of this worker's streams (the chart runs one Deployment per stream).
+        "--queues", *[settings.queues[stream] for stream in settings.streams.worker_streams],
     ])
     code = dramatiq_main(dramatiq_args)  # type: ignore[no-untyped-call]
     return int(code or 0)

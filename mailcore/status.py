@@ -406,6 +406,8 @@ def decode_status(fields: dict[bytes, bytes], timeline: list[bytes]) -> dict[str
         "withheld_recipients": orjson.loads(raw.get("withheld_recipients", "[]")),
         "redirected_from": orjson.loads(raw.get("redirected_from", "[]")),
         "source": raw.get("source"),
+        "stream": raw.get("stream") or "transactional",
+        "send_at": rfc3339(float(raw["send_at"])) if raw.get("send_at") else None,
         "last_error": last_error,
         "response": raw.get("response") or None,
         # Stored as epoch seconds; the API speaks RFC 3339 (mailcore/timestamps.py).

@@ -30,6 +30,7 @@ from .errors import ApiError, error_response, handle_http_exception, http_error
 from .events import EventListener
 from .metrics import IngressMetrics, MetricsMiddleware, count_rejection, metrics_endpoint
 from .routes import routes
+from .scheduling import routes as scheduling_routes
 from .sending import SendService
 
 log = logging.getLogger("email_service.ingress")
@@ -111,7 +112,8 @@ def create_app(settings: Settings, *, dev_secret: str | None = None) -> Starlett
 
     metrics = IngressMetrics()
     app = Starlette(
-        routes=[*routes, *docs_routes(), Route("/metrics", metrics_endpoint, methods=["GET"])],
+        routes=[*routes, *scheduling_routes, *docs_routes(),
+                Route("/metrics", metrics_endpoint, methods=["GET"])],
         lifespan=lifespan,
         middleware=[*_tracing_middleware(), Middleware(MetricsMiddleware, metrics=metrics)],
         exception_handlers={ApiError: handle_error, EmailServiceError: handle_error,

@@ -158,24 +158,27 @@ def _parse_order(validator: Validator, body: dict[str, Any]) -> list[SendRequest
 
 async def send_message(request: Request) -> JSONResponse:
     return await _send(request, _parse_message, source="api",
-                       respond=lambda ids: (202, {"id": ids[0], "status": "queued"}))
+                       respond=lambda ids, statuses: (202, {"id": ids[0],
+                                                             "status": statuses[0]}))
 
 
 async def send_batch(request: Request) -> JSONResponse:
-    return await _send(request, _parse_batch, source="api", batch=True, respond=lambda ids: (
-        202, {"messages": [{"id": mid, "status": "queued"} for mid in ids]}))
+    return await _send(request, _parse_batch, source="api", batch=True,
+                       respond=lambda ids, statuses: (202, {"messages": [
+                           {"id": mid, "status": status}
+                           for mid, status in zip(ids, statuses, strict=True)]}))
 
 
 async def send_reset_code(request: Request) -> JSONResponse:
     return await _send(request, _parse_reset, source="reset-code", invalid_status=400,
                        accept_language=True,
-                       respond=lambda _: (200, {"message":
+                       respond=lambda _, __: (200, {"message":
                                                 "Password reset code sent successfully"}))
 
 
 async def order_confirmation(request: Request) -> JSONResponse:
     return await _send(request, _parse_order, source="order-confirmation", accept_language=True,
-                       respond=lambda _: (200, {"status": "success",
+                       respond=lambda _, __: (200, {"status": "success",
                                                 "message": "Order confirmation email sent"}))
 
 

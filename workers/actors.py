@@ -129,7 +129,8 @@ def _record_sent(job: dict[str, Any], message: MessageProxy, delivered: Delivere
                 runtime.status.keep_content(job["id"], delivered.sandboxed.subject,
                                             delivered.sandboxed.html, delivered.sandboxed.text)
             runtime.status.settle(
-                job["id"], "sent", message.options["redis_message_id"], runtime.holding,
+                job["id"], "sent", message.options["redis_message_id"],
+                runtime.holding_for(message.queue_name),
                 status=outcome, detail=_sent_detail(result), transport=result.transport,
                 version=delivered.version, response=result.response,
                 code=result.response[:3] or None)
@@ -228,7 +229,7 @@ def _settle(message: MessageProxy, job: dict[str, Any], kind: str, label: str,
     unsettled (given back to the queue by the broker) when Redis cannot be reached."""
     try:
         held = runtime.status.settle(job["id"], kind, message.options["redis_message_id"],
-                                     runtime.holding, **record)
+                                     runtime.holding_for(message.queue_name), **record)
     except REDIS_DOWN as exc:
         log.warning("could not record the attempt's outcome (%s); the message goes back to "
                     "the queue: %s", label, exc, extra={"message_id": job["id"]})

@@ -44,6 +44,8 @@ MISCONFIGURED = Counter("email_transport_misconfigured", "Sends refused for the 
                         "configuration (API token, relay credentials, TLS)", ["transport"])
 RECOVERED = Counter("email_recovered",
                     "Unfinished messages that no queue held, re-queued by the sweeper")
+DISPATCHED = Counter("email_scheduled_dispatched",
+                     "Scheduled messages moved from the schedule to their queue")
 SENT_RECORD_SECONDS = Histogram(
     "email_sent_record_seconds",
     "From the relay's acceptance to the sent record in Redis (the duplicate window)",

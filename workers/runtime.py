@@ -6,12 +6,14 @@ import threading
 from dataclasses import dataclass
 
 from dramatiq import Broker
+from dramatiq.common import q_name
 from dramatiq.middleware import CurrentMessage, Middleware, Retries, TimeLimit, default_middleware
 
 from mailcore.config import Settings
 from mailcore.dkim_signing import signer_for
 from mailcore.queue import holding
 from mailcore.redaction import install as install_redacting_encoder
+from mailcore.schedule import Dispatcher
 from mailcore.status import Holding, StatusStore
 from mailcore.store import template_store_from_settings
 from mailcore.telemetry import shutdown_tracing
@@ -20,6 +22,7 @@ from mailcore.transports import Transport, transport_from_settings
 
 from .broker import RecoveringRedisBroker, make_broker
 from .delivery import Deliverer
+from .dispatcher import DispatcherThread
 from .heartbeat import Heartbeat
 from .sweeper import Sweeper, SweeperThread
 
@@ -43,9 +46,16 @@ class WorkerRuntime:
     broker: RecoveringRedisBroker
     deliverer: Deliverer
     status: StatusStore
-    #: Where this process holds the messages it works on (its acks set and the queue's keys).
-    holding: Holding
+    #: Where this process holds the messages it works on (its acks set and the queue's keys),
+    #: by queue (one per stream: mailcore/streams.py).
+    holdings: dict[str, Holding]
     time_limit: TimeLimit
+
+    def holding_for(self, queue_name: str) -> Holding:
+        """Where this process holds a message of ``queue_name`` (or of its delay queue)."""
+        canonical = q_name(queue_name)
+        found = self.holdings.get(canonical)
+        return found if found is not None else holding(canonical, self.broker.broker_id)
 
     def disarm_time_limit(self) -> None:
         """The relay accepted the message: recording that must not be interrupted by
@@ -72,15 +82,20 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
                                retention_seconds=settings.limits.status_retention_seconds)
     middleware += [CurrentMessage(), CloseConnections(transport, status),
                    Heartbeat(settings.worker.heartbeat_dir, settings.worker.heartbeat_seconds),
-                   SweeperThread(sweeper, settings.worker.recovery_interval_seconds)]
+                   SweeperThread(sweeper, settings.worker.recovery_interval_seconds),
+                   DispatcherThread(Dispatcher.from_settings(settings),
+                                    settings.schedule.poll_seconds)]
     broker = make_broker(
         settings.redis.where, middleware=middleware,
         heartbeat_timeout_ms=settings.worker.queue_heartbeat_timeout_ms,
         maintenance_chance=settings.worker.queue_maintenance_chance,
     )
+    for queue in settings.queues.values():  # every stream's; WORKER_STREAMS picks (cli.py)
+        broker.declare_queue(queue)
     deliverer = Deliverer(settings, registry, transport, signer=signer_for(settings))
     return WorkerRuntime(broker=broker, deliverer=deliverer,
                          status=status,
-                         holding=holding(settings.worker.queue_name, broker.broker_id),
+                         holdings={queue: holding(queue, broker.broker_id)
+                                   for queue in settings.queues.values()},
                          time_limit=time_limit)
 
