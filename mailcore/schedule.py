@@ -198,10 +198,10 @@ class Dispatcher:
         return [_text(raw) for raw in self.client.zrangebyscore(
             schedule_key(self.prefix), "-inf", int(now * 1000), start=0, num=limit)]
 
-    def dispatch_due(self, now: float | None = None) -> Dispatched:
-        """One pass: every message due by ``now`` (at most :data:`DISPATCH_BATCH`) queued."""
+    def dispatch_due(self, now: float | None = None, limit: int = DISPATCH_BATCH) -> Dispatched:
+        """One pass: every message due by ``now`` (at most ``limit``) queued."""
         now = time.time() if now is None else now
-        ids = self.due(now)
+        ids = self.due(now, limit)
         if not ids:
             return Dispatched()
         pipe = self.client.pipeline(transaction=False)
