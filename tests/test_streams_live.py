@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from harness.mailtrap import MailtrapStandIn
 from mailcore.store import TemplateStoreWriter
 from mailcore.template_resources import source_from_spec
 from mailcore.tokens import mint_token
@@ -23,6 +24,7 @@ from .support import (
     ServiceStack,
     SMTPServer,
     base_env,
+    free_port,
     read_status,
     wait_for,
     wait_settled,
@@ -92,3 +94,36 @@ def test_each_stream_goes_on_its_own_queue_to_its_own_workers(
         assert r.llen(f"dramatiq:{bulk_queue}") == 0
     for label in ("plain", "asked-bulk", "template-bulk", "override", "legacy"):
         assert len(smtp_server.handler.to(to(label))) == 1, label
+
+
+def test_the_bulk_stream_goes_to_mailtraps_bulk_host(
+        redis_server: RedisServer, tmp_path: Path) -> None:
+    """Two stand-ins for Mailtrap's hosts (send.api… and bulk.api…): each stream's messages
+    reach their own, from one worker consuming both streams."""
+    transactional, bulk = MailtrapStandIn().start(), MailtrapStandIn().start()
+    prefix = f"live-mtbulk-{uuid.uuid4().hex[:8]}"
+    r: Any = redis_server.client()
+    env = base_env(redis_server.url, free_port(), KEY_PREFIX=prefix, QUEUE_NAME=prefix,
+                   BULK_QUEUE_NAME=f"{prefix}-bulk", TRANSPORT="mailtrap",
+                   MAILTRAP_API_TOKEN=transactional.token, MAILTRAP_BASE_URL=transactional.url,
+                   MAILTRAP_BULK_BASE_URL=bulk.url, RESET_LIMIT_PER_RECIPIENT="off")
+    tag = uuid.uuid4().hex[:8]
+    try:
+        with ServiceStack(env, tmp_path) as stack:
+            ids = {}
+            for stream in ("transactional", "bulk"):
+                response = httpx.post(f"{stack.base_url}/v1/messages", headers=AUTH, json={
+                    "subject": "Hello", "text": "Hello", "to": f"{stream}-{tag}@example.com",
+                    "stream": stream})
+                assert response.status_code == 202, response.text
+                ids[stream] = response.json()["id"]
+            for message_id in ids.values():
+                wait_settled(r, prefix, message_id, "sent", timeout=60)
+    finally:
+        transactional.stop()
+        bulk.stop()
+    assert len(transactional.delivered(f"transactional-{tag}@example.com")) == 1
+    assert not transactional.seen(f"bulk-{tag}@example.com")
+    assert len(bulk.delivered(f"bulk-{tag}@example.com")) == 1
+    assert not bulk.seen(f"transactional-{tag}@example.com")
+    assert not transactional.violations and not bulk.violations

@@ -106,7 +106,8 @@ def _send(job: dict[str, Any], message: MessageProxy) -> str:
     delivered: Delivered | None = None
     try:
         # An earlier attempt left unconfirmed pins the message to that transport.
-        delivered = runtime.deliverer.deliver(job, only_via=attempt.pinned)
+        delivered = runtime.deliverer_for(message.queue_name).deliver(
+            job, only_via=attempt.pinned)
         runtime.disarm_time_limit()
     except BaseException as exc:  # every way an attempt ends is recorded, interrupts too
         if delivered is None:

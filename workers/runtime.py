@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from dramatiq import Broker
 from dramatiq.common import q_name
@@ -14,6 +14,7 @@ from mailcore.dkim_signing import signer_for
 from mailcore.queue import holding
 from mailcore.redaction import install as install_redacting_encoder
 from mailcore.schedule import Dispatcher
+from mailcore.streams import BULK
 from mailcore.status import Holding, StatusStore
 from mailcore.store import template_store_from_settings
 from mailcore.telemetry import shutdown_tracing
@@ -31,12 +32,16 @@ class CloseConnections(Middleware):
     """Quit SMTP sessions politely and close the status connections once the worker threads
     have finished their sends."""
 
-    def __init__(self, transport: Transport, status: StatusStore) -> None:
+    def __init__(self, transport: Transport, status: StatusStore, *,
+                 also: Transport | None = None) -> None:
         self.transport = transport
         self.status = status
+        self.also = also  # the bulk stream's transport, when it has its own
 
     def after_worker_shutdown(self, broker: Broker, worker: object) -> None:
         self.transport.close()
+        if self.also is not None:
+            self.also.close()
         self.status.close()
         shutdown_tracing()  # flush spans still buffered
 
@@ -50,6 +55,13 @@ class WorkerRuntime:
     #: by queue (one per stream: mailcore/streams.py).
     holdings: dict[str, Holding]
     time_limit: TimeLimit
+    #: The deliverer of each queue whose stream delivers differently (Mailtrap's bulk host for
+    #: the bulk stream); the others use :attr:`deliverer`.
+    stream_deliverers: dict[str, Deliverer]
+
+    def deliverer_for(self, queue_name: str) -> Deliverer:
+        """Who delivers a message of ``queue_name`` (or of its delay queue)."""
+        return self.stream_deliverers.get(q_name(queue_name), self.deliverer)
 
     def holding_for(self, queue_name: str) -> Holding:
         """Where this process holds a message of ``queue_name`` (or of its delay queue)."""
@@ -62,6 +74,18 @@ class WorkerRuntime:
         Dramatiq's time limit (an interrupted record would have the message sent again)."""
         self.time_limit.manager.remove_timeout(  # type: ignore[no-untyped-call]
             threading.get_ident())
+
+
+def bulk_settings(settings: Settings) -> Settings | None:
+    """The settings the bulk stream delivers with when they differ: Mailtrap's bulk host
+    (``MAILTRAP_BULK_BASE_URL``) when a Mailtrap transport is used (not into a sandbox inbox,
+    which has no bulk host; not when ``MAILTRAP_BULK`` sends everything there already)."""
+    transport = settings.transport
+    if ("mailtrap" not in settings.transports or transport.mailtrap_sandbox_inbox_id
+            or transport.mailtrap_bulk or BULK not in settings.streams.worker_streams):
+        return None
+    return replace(settings, transport=replace(
+        transport, mailtrap_base_url=settings.streams.mailtrap_bulk_url))
 
 
 def build_runtime(settings: Settings) -> WorkerRuntime:
@@ -80,7 +104,9 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
                                prefix=settings.redis.key_prefix,
                                min_age_seconds=settings.worker.recovery_age_seconds,
                                retention_seconds=settings.limits.status_retention_seconds)
-    middleware += [CurrentMessage(), CloseConnections(transport, status),
+    bulk = bulk_settings(settings)
+    bulk_transport = transport_from_settings(bulk) if bulk is not None else None
+    middleware += [CurrentMessage(), CloseConnections(transport, status, also=bulk_transport),
                    Heartbeat(settings.worker.heartbeat_dir, settings.worker.heartbeat_seconds),
                    SweeperThread(sweeper, settings.worker.recovery_interval_seconds),
                    DispatcherThread(Dispatcher.from_settings(settings),
@@ -92,8 +118,14 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
     )
     for queue in settings.queues.values():  # every stream's; WORKER_STREAMS picks (cli.py)
         broker.declare_queue(queue)
-    deliverer = Deliverer(settings, registry, transport, signer=signer_for(settings))
+    signer = signer_for(settings)
+    deliverer = Deliverer(settings, registry, transport, signer=signer)
+    stream_deliverers = {}
+    if bulk is not None and bulk_transport is not None:
+        stream_deliverers[settings.queues[BULK]] = Deliverer(bulk, registry, bulk_transport,
+                                                             signer=signer)
     return WorkerRuntime(broker=broker, deliverer=deliverer,
+                         stream_deliverers=stream_deliverers,
                          status=status,
                          holdings={queue: holding(queue, broker.broker_id)
                                    for queue in settings.queues.values()},
