@@ -14,9 +14,9 @@ from mailcore.dkim_signing import signer_for
 from mailcore.queue import holding
 from mailcore.redaction import install as install_redacting_encoder
 from mailcore.schedule import Dispatcher
-from mailcore.streams import BULK
 from mailcore.status import Holding, StatusStore
 from mailcore.store import template_store_from_settings
+from mailcore.streams import BULK
 from mailcore.telemetry import shutdown_tracing
 from mailcore.templates import TemplateRegistry, builtin_templates_dir
 from mailcore.transports import Transport, transport_from_settings
