@@ -88,9 +88,11 @@ def create_app(settings: Settings, *, dev_secret: str | None = None) -> Starlett
         service = SendService(settings, registry, client, metrics=app.state.metrics)
         app.state.redis = client
         app.state.send_service = service
-        app.state.dead_letters = DeadLetters(admin_client, settings.worker.queue_name,
-                                             settings.redis.key_prefix,
-                                             settings.limits.status_retention_seconds)
+        # Each stream's queue has its own dead letters (``?stream=`` on the endpoints).
+        app.state.dead_letters = {
+            stream: DeadLetters(admin_client, queue, settings.redis.key_prefix,
+                                settings.limits.status_retention_seconds)
+            for stream, queue in settings.queues.items()}
         listener_task = None
         app.state.event_listener = None
         if settings.events.enabled:

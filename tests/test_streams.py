@@ -105,3 +105,26 @@ def test_worker_streams_are_read_in_order() -> None:
     assert make_settings(WORKER_STREAMS="bulk, transactional").streams.worker_streams == (
         "bulk", "transactional")
     assert make_settings().queues == {"transactional": "email", "bulk": "email-bulk"}
+
+
+def test_each_stream_has_its_own_dead_letters(door: tuple[TestClient, str],
+                                              redis_server: RedisServer) -> None:
+    client, queue = door
+    r: Any = redis_server.client()
+    admin = {"Authorization": f"Bearer {mint_token(TEST_SECRET, subject='ops', scope='email:admin')}"}
+    message_id = send(client, stream="bulk").json()["id"]
+    # What a worker does with a message that failed for good: its copy to the dead letters.
+    (rid,) = r.lrange(f"dramatiq:{queue}-bulk", 0, -1)
+    body = r.hget(f"dramatiq:{queue}-bulk.msgs", rid)
+    r.zadd(f"dramatiq:{queue}-bulk.XQ", {rid: 1})
+    r.hset(f"dramatiq:{queue}-bulk.XQ.msgs", rid, body)
+    r.delete(f"dramatiq:{queue}-bulk", f"dramatiq:{queue}-bulk.msgs")
+    assert client.get("/v1/dead-letters", headers=admin).json() == {"dead_letters": []}
+    listed = client.get("/v1/dead-letters?stream=bulk", headers=admin).json()["dead_letters"]
+    assert [letter["id"] for letter in listed] == [message_id]
+    retried = client.post(f"/v1/dead-letters/{message_id}/retry?stream=bulk", headers=admin)
+    assert retried.status_code == 202
+    assert r.llen(f"dramatiq:{queue}-bulk") == 1 and r.llen(f"dramatiq:{queue}") == 0
+    for bad in ("marketing", "", "BULK", "bulk%00", "x" * 5000):
+        refused = client.get(f"/v1/dead-letters?stream={bad}", headers=admin)
+        assert refused.status_code == 422 and refused.json()["details"][0]["field"] == "stream"
