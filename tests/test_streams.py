@@ -111,7 +111,8 @@ def test_each_stream_has_its_own_dead_letters(door: tuple[TestClient, str],
                                               redis_server: RedisServer) -> None:
     client, queue = door
     r: Any = redis_server.client()
-    admin = {"Authorization": f"Bearer {mint_token(TEST_SECRET, subject='ops', scope='email:admin')}"}
+    token = mint_token(TEST_SECRET, subject="ops", scope="email:admin")
+    admin = {"Authorization": f"Bearer {token}"}
     message_id = send(client, stream="bulk").json()["id"]
     # What a worker does with a message that failed for good: its copy to the dead letters.
     (rid,) = r.lrange(f"dramatiq:{queue}-bulk", 0, -1)
