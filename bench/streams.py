@@ -8,7 +8,7 @@ Real processes: redis-server, an aiosmtpd sink, one ingress, a transactional wor
 worker (``WORKER_STREAMS``), the same sizes for both. A figure, not a test: the machine's other
 load moves it.
 
-    python -m bench.streams [--flood 3000] [--messages 200] [--rate 20]
+    python -m bench.streams [--flood 8000] [--messages 200] [--rate 20]
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def _figures(name: str, values: list[float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--flood", type=int, default=3000, help="bulk messages queued ahead")
+    parser.add_argument("--flood", type=int, default=8000, help="bulk messages queued ahead")
     parser.add_argument("--messages", type=int, default=200,
                         help="transactional messages measured per scenario")
     parser.add_argument("--rate", type=float, default=20.0,
@@ -99,7 +99,7 @@ def main() -> None:
     env = service_env(redis_server.url, smtp.port, SECRET, KEY_PREFIX=PREFIX,
                       WORKER_STREAMS="transactional", RATE_LIMIT="off",
                       RESET_LIMIT_PER_RECIPIENT="off", EVENTS_ENABLED="false",
-                      WORKER_METRICS_PORT="0", LOG_LEVEL="WARNING",
+                      WORKER_METRICS_PORT="0",
                       WORKER_HEARTBEAT_DIR=str(work / "heartbeat"))
     bulk = ServiceProcess(["worker", "--processes", "1", "--threads", "8"],
                           {**env, "WORKER_STREAMS": "bulk",
