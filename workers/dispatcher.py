@@ -54,6 +54,9 @@ class DispatcherThread(Middleware):
             except redis.RedisError as exc:  # Redis away: the next interval tries again
                 log.debug("dispatch skipped: %s", exc)
                 continue
+            except Exception:  # a bug must not end scheduled sending for this process
+                log.exception("dispatch failed; trying again next interval")
+                continue
             if done.queued:
                 metrics.DISPATCHED.inc(done.queued)
             if done.queued + done.lost_races + done.broken >= DISPATCH_BATCH:
