@@ -109,3 +109,17 @@ def test_the_crd_names_the_streams_a_template_may_default_to() -> None:
     crd = yaml.safe_load((CHART / "crds" / "emailtemplates.yaml").read_text())
     spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     assert spec["properties"]["stream"]["enum"] == ["transactional", "bulk"]
+
+
+def test_a_bulk_backlog_has_its_own_alert(helm_binary: str) -> None:
+    docs = render(helm_binary, *REQUIRED, "--set", "metrics.prometheusRule.enabled=true",
+                  "--set", "config.extraEnv.BULK_QUEUE_NAME=campaigns")
+    rules = {r["alert"]: r for group in by_kind(docs, "PrometheusRule")["mail-email-service"][
+        "spec"]["groups"] for r in group["rules"]}
+    assert 'queue!="campaigns"' in rules["EmailQueueFallingBehind"]["expr"]
+    assert 'queue="campaigns"' in rules["EmailBulkQueueFallingBehind"]["expr"]
+    without = render(helm_binary, *REQUIRED, "--set", "metrics.prometheusRule.enabled=true",
+                     "--set", "worker.streams.bulk=null")
+    names = {r["alert"] for group in by_kind(without, "PrometheusRule")["mail-email-service"][
+        "spec"]["groups"] for r in group["rules"]}
+    assert "EmailBulkQueueFallingBehind" not in names and "EmailQueueFallingBehind" in names
