@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import orjson
 import redis
 import redis.asyncio as aioredis
 
@@ -112,20 +113,22 @@ def _invalid(message: str) -> InvalidSendAt:
 
 # KEYS: 1 schedule, 2 status, 3 timeline, 4 job copy, 5 open index, 6 queue bodies, 7 queue,
 # 8 lifecycle stream. ARGV: 1 message id, 2 now (s), 3 retention, 4 timeline event,
-# 5 lifecycle event.
+# 5 lifecycle event, 6 the body as queued now ('' when there is no copy).
 _DISPATCH = EMIT_LUA + """
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return {'gone', ''} end
 local s = redis.call('HMGET', KEYS[2], 'status', 'redis_id')
 if s[1] ~= 'scheduled' then return {'not_scheduled', s[1] or ''} end
-local body = redis.call('GET', KEYS[4])
-if not body or not s[2] then return {'no_copy', ''} end
+if ARGV[6] == '' or not s[2] or redis.call('EXISTS', KEYS[4]) == 0 then
+  return {'no_copy', ''}
+end
+local body = ARGV[6]
+redis.call('SET', KEYS[4], body, 'EX', ARGV[3])
 redis.call('HSET', KEYS[6], s[2], body)
 redis.call('RPUSH', KEYS[7], s[2])
 redis.call('HSET', KEYS[2], 'status', 'queued', 'updated_at', ARGV[2])
 redis.call('RPUSH', KEYS[3], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('EXPIRE', KEYS[3], ARGV[3])
-redis.call('EXPIRE', KEYS[4], ARGV[3])
 -- From now on the sweeper's safety net covers it, like any queued message.
 redis.call('ZADD', KEYS[5], ARGV[2], ARGV[1])
 lifecycle_emit(KEYS[8], ARGV[5])
@@ -148,6 +151,14 @@ redis.call('EXPIRE', KEYS[3], ARGV[3])
 lifecycle_emit(KEYS[5], ARGV[5])
 return {'cancelled', ''}
 """
+
+
+def enqueued_now(body: bytes, now: float) -> bytes:
+    """The accepted Dramatiq message ``body`` as enqueued at ``now``: its timestamp is when it
+    joined the queue (the queue's age gauge and alert read it), not when it was accepted."""
+    message = orjson.loads(body)
+    message["message_timestamp"] = int(now * 1000)
+    return orjson.dumps(message)
 
 
 def _text(value: Any) -> str:
@@ -207,9 +218,11 @@ class Dispatcher:
         pipe = self.client.pipeline(transaction=False)
         for message_id in ids:
             pipe.hmget(status_key(self.prefix, message_id), "stream", "owner", "template")
-        described = pipe.execute()
+            pipe.get(job_key(self.prefix, message_id))
+        found = pipe.execute()
         pipe = self.client.pipeline(transaction=False)
-        for message_id, (stream, owner, template) in zip(ids, described, strict=True):
+        for index, message_id in enumerate(ids):
+            (stream, owner, template), body = found[2 * index], found[2 * index + 1]
             queue = self.queues.get(_text(stream), self.default_queue)
             payload = lifecycle_event(QUEUED_EVENT, message_id, owner=_text(owner) or None,
                                       template=_text(template) or None,
@@ -219,7 +232,8 @@ class Dispatcher:
                 timeline_key(self.prefix, message_id), job_key(self.prefix, message_id),
                 open_key(self.prefix), f"{queue}.msgs", queue, stream_key(self.prefix)],
                 args=[message_id, now, self.retention,
-                      event(QUEUED, "dispatched from the schedule"), payload], client=pipe)
+                      event(QUEUED, "dispatched from the schedule"), payload,
+                      enqueued_now(body, now) if body else b""], client=pipe)
         queued = lost = broken = 0
         for message_id, (outcome, _) in zip(ids, pipe.execute(), strict=True):
             outcome = _text(outcome)

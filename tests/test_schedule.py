@@ -373,3 +373,22 @@ def test_a_dispatched_body_is_the_accepted_job_on_its_streams_queue(
     assert body["queue_name"] == f"{queue}-bulk" and body["message_id"] == message_id
     assert body["args"][0]["request"]["send_at"]
     assert read_status(r, prefix, message_id)["stream"] == "bulk"
+
+
+def test_a_dispatched_message_is_timestamped_when_it_joins_its_queue(
+        door: tuple[TestClient, str, str], redis_server: RedisServer) -> None:
+    """The queue's oldest-age gauge (and its alert) must not see a message accepted days ago
+    as days behind."""
+    client, prefix, queue = door
+    r: Any = redis_server.client()
+    (message_id,) = _accept_due(client, 1)
+    accepted = orjson.loads(r.get(f"{prefix}:msg:{message_id}:job"))
+    later = time.time() + 3600
+    assert _dispatcher(redis_server, prefix, queue).dispatch_due(later).queued == 1
+    (rid,) = r.lrange(f"dramatiq:{queue}", 0, -1)
+    queued = orjson.loads(r.hget(f"dramatiq:{queue}.msgs", rid))
+    assert queued["message_timestamp"] == int(later * 1000)
+    assert accepted["message_timestamp"] < queued["message_timestamp"]
+    assert {k: v for k, v in queued.items() if k != "message_timestamp"} == {
+        k: v for k, v in accepted.items() if k != "message_timestamp"}
+    assert orjson.loads(r.get(f"{prefix}:msg:{message_id}:job")) == queued  # the sweeper's copy
