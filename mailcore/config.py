@@ -723,14 +723,63 @@ class TelemetrySettings:
         "(wins over the previous one).", text)
 
 
+def _public_base_url(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("https", "http") or not parts.netloc or parts.query or \
+            parts.fragment or any(c in raw for c in " <>\"\r\n"):
+        raise ValueError(f"must be an absolute http(s) URL without query, got {raw!r}")
+    return raw.rstrip("/")
+
+
+def _secrets(raw: str) -> tuple[str, ...]:
+    found = names(raw)
+    if any(len(secret) < 32 for secret in found):
+        raise ValueError("every secret must be at least 32 characters")
+    return found
+
+
+@dataclass(frozen=True)
+class SuppressionSettings:
+    """The suppression list and one-click unsubscribe (README: Suppressions and unsubscribe)."""
+
+    #: Where recipients reach this service from outside: the base of ``/u/<token>`` links.
+    public_base_url: str | None = setting(
+        "PUBLIC_BASE_URL", None, "Public https base URL of the service, for one-click "
+        "unsubscribe links (`<url>/u/<token>`).", _public_base_url, shown="— (no links)")
+    #: The first signs new tokens; all verify (rotation: prepend the new one, drop the old later).
+    unsubscribe_secrets: tuple[str, ...] = setting(
+        "UNSUBSCRIBE_SECRETS", "", "Comma-separated HMAC secrets of unsubscribe tokens (at least "
+        "32 characters each): the first signs, every one verifies (rotation).", _secrets,
+        secret=True, shown="— (no links)")
+    unsubscribe_streams: tuple[str, ...] = setting(
+        "UNSUBSCRIBE_STREAMS", "bulk", "Streams whose messages always carry one-click "
+        "unsubscribe headers (templates opt in with `spec.unsubscribe`).", names)
+    import_max_bytes: int = setting(
+        "SUPPRESSION_IMPORT_MAX_BYTES", "8388608", "Largest JSONL body of a suppression import.",
+        integer(low=1024, high=1 << 30))
+    import_max_lines: int = setting(
+        "SUPPRESSION_IMPORT_MAX_LINES", "10000", "Most entries in one suppression import (all "
+        "are written in one Redis transaction).", integer(low=1, high=100_000))
+
+    @property
+    def unsubscribe_enabled(self) -> bool:
+        return bool(self.public_base_url and self.unsubscribe_secrets)
+
+    def __post_init__(self) -> None:
+        # The URL alone is fine (a process that neither signs nor verifies: the operator).
+        if self.unsubscribe_secrets and not self.public_base_url:
+            raise ConfigError("PUBLIC_BASE_URL: required with UNSUBSCRIBE_SECRETS (the base of "
+                              "one-click unsubscribe links)")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every tunable of the service, in groups, read once per process with :meth:`from_env`.
 
     Parameters:
       redis, smtp, sender, brand, auth, http, events, limits, worker, streams, schedule,
-      transport, dkim, safeguards, templates, operator, telemetry: the groups (each documents
-      its own fields).
+      transport, dkim, safeguards, templates, operator, telemetry, suppressions: the groups
+      (each documents its own fields).
     """
 
     redis: RedisSettings = field(default_factory=RedisSettings)
@@ -750,6 +799,7 @@ class Settings:
     templates: TemplateSettings = field(default_factory=TemplateSettings)
     operator: OperatorSettings = field(default_factory=OperatorSettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+    suppressions: SuppressionSettings = field(default_factory=SuppressionSettings)
 
     def __post_init__(self) -> None:
         fits = _attachments_fit(self.http.max_body_bytes)
@@ -847,7 +897,7 @@ GROUPS: dict[str, type[Any]] = {
     "transport": TransportSettings, "dkim": DkimSettings,
     "safeguards": SafeguardSettings,
     "templates": TemplateSettings, "operator": OperatorSettings,
-    "telemetry": TelemetrySettings,
+    "telemetry": TelemetrySettings, "suppressions": SuppressionSettings,
 }
 
 #: Variables that hold secrets; each may also be read from a file.

@@ -197,6 +197,8 @@ class DeliveryError(EmailServiceError):
         self.failures: tuple[tuple[str, DeliveryError], ...] = ()
         #: The transport that raised it, when a chain knows (see ``Envelope.only_via``).
         self.via: str | None = None
+        #: Recipients the server refused, each with its reply (``550 5.1.1 ...``), when known.
+        self.refused: dict[str, str] = {}
 
     def __str__(self) -> str:
         return f"{self.smtp_code} {self.text}" if self.smtp_code else self.text

@@ -20,10 +20,13 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from .lifecycle import EMIT_LUA, stream_key
+from .lifecycle import EMIT_LUA
+from .lifecycle import stream_key as lifecycle_stream
 from .ratelimit import BUCKET_LUA, Rate
 from .schedule import schedule_key
 from .status import Holding, job_key, open_key, status_key, timeline_key
+from .suppressions import LOOKUP_LUA
+from .suppressions import hash_key as suppressions_key
 
 #: The Dramatiq actor that renders and delivers one message.
 SEND_ACTOR = "send_email"
@@ -32,17 +35,39 @@ NAMESPACE = "dramatiq"
 
 # KEYS: 1 idempotency record, 2 the schedule, 3 the lifecycle stream, then the B token
 #   buckets, then the status, timeline, job-copy, queue-bodies and queue keys of each of the M
-#   messages, then the open index.
+#   messages (each on its stream's queue: mailcore/streams.py), then the open index, then the
+#   suppression hash.
 # ARGV: 1 idempotent ('1'/'0'), 2 idempotency record, 3 its ttl, 4 max queue depth,
 #   5 status retention, 6 whether the first bucket is the caller's ('1'/'0'), 7 B, 8 M,
 #   then capacity, refill per second and tokens needed of each bucket, then for each message:
 #   redis message id, message body, timeline event, the status hash's fields as one JSON
 #   object (one argument instead of ~18: redis-py packs each argument in Python), the
-#   message id, its due time in ms ('' to queue it now: a scheduled message goes to the
-#   schedule instead, mailcore/schedule.py), its lifecycle event ('' for none) and how long
-#   its records live (the retention, plus the wait of a scheduled message).
-_ACCEPT = BUCKET_LUA + EMIT_LUA + """
+#   message id, its lifecycle event ('' for none), its due time in ms ('' to queue it now: a
+#   scheduled message goes to the schedule instead, mailcore/schedule.py), how long its
+#   records live (the retention, plus the wait of a scheduled message) and, last, its
+#   suppression fields ('' for no check; mailcore.suppressions.lookup_fields joined by
+#   newlines). A message whose status field is 'suppressed' is recorded (and announced) but
+#   neither queued nor scheduled.
+# Before anything else, read only: when every recipient of some message is suppressed, answer
+# 'suppressed' with their positions; the caller turns those into 'suppressed' records and asks
+# again without the check (service/suppression_door.py). No extra round trip otherwise.
+_ACCEPT = BUCKET_LUA + EMIT_LUA + LOOKUP_LUA + """
 local callers, buckets, count = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local wholly = {}
+for i = 1, count do
+  local list = ARGV[9 + 3 * buckets + 9 * (i - 1) + 8]
+  if list ~= '' then
+    local fields = {}
+    for field in string.gmatch(list, '[^\\n]+') do fields[#fields + 1] = field end
+    local hit = suppression_hits(KEYS[#KEYS], fields, 1, #fields, now_seconds())
+    local all = true
+    for j = 1, #fields / 2 do
+      if not hit[j] then all = false break end
+    end
+    if all then wholly[#wholly + 1] = i end
+  end
+end
+if #wholly > 0 then return {'suppressed', cjson.encode(wholly)} end
 local now = 0
 if buckets > 0 then now = now_seconds() end
 local capacity, rate, need, tokens = {}, {}, {}, {}
@@ -69,7 +94,7 @@ if max_depth > 0 then
   -- Each queue's ceiling (a stream's queue: mailcore/streams.py) counts its own messages.
   local adding = {}
   for i = 1, count do
-    if ARGV[at + 8 * (i - 1) + 5] == '' then
+    if ARGV[at + 9 * (i - 1) + 6] == '' then
       local queue = KEYS[3 + buckets + 5 * i]
       adding[queue] = (adding[queue] or 0) + 1
     end
@@ -93,27 +118,30 @@ for i = 1, count do
   local status, timeline, copy = KEYS[base + 1], KEYS[base + 2], KEYS[base + 3]
   local ttl = ARGV[at + 7]
   local hash_args = {'redis_id', ARGV[at]}
-  local created = 0
+  local created, status_value = 0, ''
   for field, value in pairs(cjson.decode(ARGV[at + 3])) do
     hash_args[#hash_args + 1] = field
     hash_args[#hash_args + 1] = value
     if field == 'created_at' then created = value end
+    if field == 'status' then status_value = value end
   end
   redis.call('HSET', status, unpack(hash_args))
   redis.call('EXPIRE', status, ttl)
   redis.call('RPUSH', timeline, ARGV[at + 2])
   redis.call('EXPIRE', timeline, ttl)
-  -- The sweeper's safety net (and a scheduled message's body): a copy while unfinished.
-  redis.call('SET', copy, ARGV[at + 1], 'EX', ttl)
-  if ARGV[at + 5] ~= '' then
-    redis.call('ZADD', KEYS[2], ARGV[at + 5], ARGV[at + 4])
-  else
-    redis.call('ZADD', KEYS[#KEYS], created, ARGV[at + 4])
-    redis.call('HSET', KEYS[base + 4], ARGV[at], ARGV[at + 1])
-    redis.call('RPUSH', KEYS[base + 5], ARGV[at])
+  lifecycle_emit(KEYS[3], ARGV[at + 5])
+  if status_value ~= 'suppressed' then
+    -- The sweeper's safety net (and a scheduled message's body): a copy while unfinished.
+    redis.call('SET', copy, ARGV[at + 1], 'EX', ttl)
+    if ARGV[at + 6] ~= '' then
+      redis.call('ZADD', KEYS[2], ARGV[at + 6], ARGV[at + 4])
+    else
+      redis.call('ZADD', KEYS[#KEYS - 1], created, ARGV[at + 4])
+      redis.call('HSET', KEYS[base + 4], ARGV[at], ARGV[at + 1])
+      redis.call('RPUSH', KEYS[base + 5], ARGV[at])
+    end
   end
-  lifecycle_emit(KEYS[3], ARGV[at + 6])
-  at = at + 8
+  at = at + 9
 end
 return {'queued', ''}
 """
@@ -130,20 +158,19 @@ class Charge:
 
 @dataclass(frozen=True)
 class Entry:
-    """One message to accept: its job, its first status record and timeline event.
-
-    Parameters:
-      queue_name: its stream's queue (``None``: the acceptor's).
-      due: when a scheduled message is due (epoch seconds); ``None``: queue it now.
-      lifecycle: its lifecycle event (:func:`mailcore.lifecycle.lifecycle_event`), if any.
-    """
+    """One message to accept: its job, its first status record and timeline event."""
 
     job: dict[str, Any]
     status_fields: dict[str, str]
     timeline_event: bytes
+    #: The lifecycle event announced in the same step (b"" for none).
+    lifecycle_event: bytes = b""
+    #: Its recipients' suppression fields (``lookup_fields``), checked first; () for none.
+    suppression_fields: tuple[str, ...] = ()
+    #: Its stream's queue (``None``: the acceptor's).
     queue_name: str | None = None
+    #: When a scheduled message is due (epoch seconds); ``None``: queue it now.
     due: float | None = None
-    lifecycle: bytes = b""
 
 
 def send_job(message_id: str, request: dict[str, Any], *, source: str) -> dict[str, Any]:
@@ -194,13 +221,17 @@ def fresh_copy(body: bytes, *, retries: int = 0) -> tuple[str, bytes]:
 
 @dataclass(frozen=True)
 class AcceptResult:
-    """``outcome`` is ``queued``, ``existing`` (idempotent replay: ``stored`` holds the record),
+    """``outcome`` is ``queued``, ``suppressed`` (nothing written: the messages at positions
+    ``suppressed`` have only suppressed recipients), ``existing`` (idempotent replay: ``stored``
+    holds the record),
     ``full`` (the queue-depth ceiling was reached), ``rate_limited`` (the caller's bucket is
     empty) or ``recipient_limited``; for the last two ``wait`` is the seconds until a token."""
 
     outcome: str
     stored: bytes = b""
     wait: float = 0.0
+    #: With ``suppressed``: positions (1-based) of the messages whose recipients all are.
+    suppressed: tuple[int, ...] = ()
 
 
 class ReplicationTimeout(RedisError):
@@ -248,7 +279,7 @@ class Acceptor:
         (off the event loop, for large batches)."""
         charges = (caller, *recipients) if caller else recipients
         keys = [idempotency_key or f"{self.prefix}:idem:-", schedule_key(self.prefix),
-                stream_key(self.prefix)]
+                lifecycle_stream(self.prefix)]
         keys += [charge.key for charge in charges]
         args: list[Any] = [
             "1" if idempotency_key else "0", idempotency_record, idempotency_ttl,
@@ -263,12 +294,14 @@ class Acceptor:
             keys += [status_key(self.prefix, message_id), timeline_key(self.prefix, message_id),
                      job_key(self.prefix, message_id), f"{queue}.msgs", queue]
             args += encoded[index] if encoded is not None else self.encode(entry)
-        keys.append(open_key(self.prefix))
+        keys += [open_key(self.prefix), suppressions_key(self.prefix)]
         if self.wait_replicas:
             outcome, detail = await self._accept_replicated(keys, args)
         else:
             outcome, detail = await self._script(keys=keys, args=args)
         outcome = outcome.decode()
+        if outcome == "suppressed":
+            return AcceptResult(outcome=outcome, suppressed=tuple(orjson.loads(detail)))
         if outcome.endswith("limited"):
             return AcceptResult(outcome=outcome, wait=max(float(detail), 0.001))
         return AcceptResult(outcome=outcome, stored=detail)
@@ -286,13 +319,15 @@ class Acceptor:
         return result
 
     def encode(self, entry: Entry) -> list[Any]:
-        """The accept script's arguments for one entry (the CPU part of accepting it)."""
+        """The accept script's arguments for one entry (the CPU part of accepting it); the
+        suppression fields come last (service/suppression_door.py clears them there)."""
         ttl = self.retention
         if entry.due is not None:  # kept through the wait, then for the retention
             ttl += max(int(entry.due - time.time()), 0) + 1
         return [*encode_message(entry.job, entry.queue_name or self.queue_name),
                 entry.timeline_event, orjson.dumps(entry.status_fields), entry.job["id"],
-                "" if entry.due is None else int(entry.due * 1000), entry.lifecycle, ttl]
+                entry.lifecycle_event, "" if entry.due is None else int(entry.due * 1000), ttl,
+                "\n".join(entry.suppression_fields)]
 
     async def queue_depth(self) -> int:
         return int(await self.client.llen(queue_key(self.queue_name)))

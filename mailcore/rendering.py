@@ -110,6 +110,8 @@ class TemplateSource:
     fallback_locale: str | None = None
     #: The stream its messages go on unless a request names one (README: Streams).
     stream: str | None = None
+    #: Messages carry one-click unsubscribe headers (RFC 8058; ``spec.unsubscribe``).
+    unsubscribe: bool = False
 
     @cached_property
     def version(self) -> str:
@@ -124,6 +126,8 @@ class TemplateSource:
             content["fallback_locale"] = self.fallback_locale
         if self.stream is not None:  # likewise
             content["stream"] = self.stream
+        if self.unsubscribe:  # likewise
+            content["unsubscribe"] = True
         canonical = orjson.dumps(content, option=orjson.OPT_SORT_KEYS)
         return hashlib.sha256(canonical).hexdigest()[:16]
 

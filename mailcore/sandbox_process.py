@@ -77,6 +77,7 @@ def source_to_dict(source: TemplateSource) -> dict[str, Any]:
         "locales": {key: value.content() for key, value in source.locales.items()},
         "fallback_locale": source.fallback_locale,
         "stream": source.stream,
+        "unsubscribe": source.unsubscribe,
     }
 
 

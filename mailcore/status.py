@@ -28,7 +28,10 @@ import orjson
 import redis
 from redis.commands.core import Script
 
+from .lifecycle import stream_key as lifecycle_stream
 from .redisclient import Where, sync_client
+from .send_time_suppression import SEND_TIME_CHECK_LUA, SendTimeCheck
+from .suppressions import hash_key as suppressions_key
 from .timestamps import rfc3339
 
 QUEUED = "queued"
@@ -64,7 +67,7 @@ def lua_finished_set() -> str:
 # Atomically: skip when already finished (a redelivered copy), refuse while another attempt holds
 # a live lease (answering when it ends), otherwise take the lease, count the attempt and name this
 # copy (its Redis message id) as the one carrying the message forward.
-_BEGIN_ATTEMPT = "local finished = " + lua_finished_set() + """
+_BEGIN_ATTEMPT = "local finished = " + lua_finished_set() + SEND_TIME_CHECK_LUA + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status and finished[status] then
   return {status, 0}
@@ -78,6 +81,8 @@ if status == 'sending' and lease > tonumber(ARGV[1]) then
   end
   return {'busy', tostring(lease)}
 end
+local withheld = begin_suppression_check(tonumber(ARGV[1]))
+if withheld == 'all' then return {'suppressed', 0} end
 local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('HSET', KEYS[1], 'status', 'sending', 'updated_at', ARGV[1],
            'lease_until', tonumber(ARGV[1]) + tonumber(ARGV[2]), 'lease_owner', ARGV[6])
@@ -85,7 +90,8 @@ if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'redis_id', ARGV[5]) end
 redis.call('RPUSH', KEYS[2], ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
-return {status or '', attempts, redis.call('HGET', KEYS[1], 'pinned_transport') or ''}
+return {status or '', attempts, redis.call('HGET', KEYS[1], 'pinned_transport') or '',
+        withheld}
 """
 
 
@@ -227,6 +233,7 @@ class Attempt:
       lease_until: when ``busy``, when the other attempt's lease ends (epoch seconds).
       pinned: the transport an earlier attempt left unconfirmed (it may have the message):
         retries go there only, never to another transport.
+      withheld: recipients withheld because they are on the suppression list.
     """
 
     proceed: bool
@@ -234,6 +241,9 @@ class Attempt:
     attempt: int
     lease_until: float = 0.0
     pinned: str | None = None
+    #: Recipients on the suppression list at send time: not sent to (all of them when
+    #: ``reason`` is ``suppressed``).
+    withheld: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -310,22 +320,33 @@ class StatusStore:
             client.close()
 
     def begin_attempt(self, message_id: str, lease_seconds: float,
-                      redis_id: str = "") -> Attempt:
-        """Take the send lease for the copy ``redis_id`` (which then carries the message)."""
+                      redis_id: str = "", check: SendTimeCheck | None = None) -> Attempt:
+        """Take the send lease for the copy ``redis_id`` (which then carries the message).
+
+        With ``check``, the recipients on the suppression list are withheld in the same step
+        (``Attempt.withheld``); when that is all of them the message ends ``suppressed``."""
         keys = [status_key(self.prefix, message_id), timeline_key(self.prefix, message_id)]
         now = time.time()
-        previous, detail, *rest = self._scripts().begin(
-            keys=keys, args=[now, lease_seconds, event(SENDING), self.retention, redis_id,
-                             uuid.uuid4().hex])
+        args: list[Any] = [now, lease_seconds, event(SENDING), self.retention, redis_id,
+                           uuid.uuid4().hex]
+        if check is not None:
+            keys += [suppressions_key(self.prefix), lifecycle_stream(self.prefix),
+                     job_key(self.prefix, message_id), open_key(self.prefix)]
+            args += check.args
+        previous, detail, *rest = self._scripts().begin(keys=keys, args=args)
         previous = previous.decode() if isinstance(previous, bytes) else str(previous)
+        if previous == SUPPRESSED and check is not None:
+            return Attempt(proceed=False, reason=previous, attempt=0,
+                           withheld=check.addresses)
         if previous == "busy":
             return Attempt(proceed=False, reason=previous, attempt=0,
                            lease_until=float(detail))
         if previous in FINISHED:
             return Attempt(proceed=False, reason=previous, attempt=0)
         pinned = rest[0].decode() if rest and isinstance(rest[0], bytes) else None
+        withheld = check.withheld(rest[1]) if check is not None and len(rest) > 1 else ()
         return Attempt(proceed=True, reason=previous, attempt=int(detail),
-                       pinned=pinned or None)
+                       pinned=pinned or None, withheld=withheld)
 
     def record(self, message_id: str, status: str, detail: str = "", **fields: Any) -> None:
         """Set the status (and extra fields) and append a timeline event, in one round trip."""
@@ -404,6 +425,7 @@ def decode_status(fields: dict[bytes, bytes], timeline: list[bytes]) -> dict[str
         "metadata": orjson.loads(raw.get("metadata", "{}")),
         "sandbox": raw.get("sandbox") == "true",
         "withheld_recipients": orjson.loads(raw.get("withheld_recipients", "[]")),
+        "suppressed_recipients": orjson.loads(raw.get("suppressed_recipients", "[]")),
         "redirected_from": orjson.loads(raw.get("redirected_from", "[]")),
         "source": raw.get("source"),
         "stream": raw.get("stream") or "transactional",

@@ -90,6 +90,9 @@ def source_from_spec(key: str, spec: Mapping[str, Any]) -> TemplateSource:
         if fallback not in locales:
             raise TemplateError("InvalidTemplate",
                                 f"spec.fallbackLocale: {fallback!r} is not one of spec.locales")
+    unsubscribe = spec.get("unsubscribe", False)
+    if not isinstance(unsubscribe, bool):
+        raise TemplateError("InvalidTemplate", "spec.unsubscribe must be true or false")
     return TemplateSource(
         name=key,
         subject=subject.strip(),
@@ -103,6 +106,7 @@ def source_from_spec(key: str, spec: Mapping[str, Any]) -> TemplateSource:
         locales=locales,
         fallback_locale=fallback,
         stream=_stream(spec.get("stream")),
+        unsubscribe=unsubscribe,
     )
 
 

@@ -32,6 +32,8 @@ from .metrics import IngressMetrics, MetricsMiddleware, count_rejection, metrics
 from .routes import routes
 from .scheduling import routes as scheduling_routes
 from .sending import SendService
+from .suppressions_api import suppression_routes
+from .unsubscribe_page import unsubscribe_routes
 
 log = logging.getLogger("email_service.ingress")
 
@@ -114,7 +116,8 @@ def create_app(settings: Settings, *, dev_secret: str | None = None) -> Starlett
 
     metrics = IngressMetrics()
     app = Starlette(
-        routes=[*routes, *scheduling_routes, *docs_routes(),
+        routes=[*routes, *scheduling_routes, *suppression_routes(), *unsubscribe_routes(),
+                *docs_routes(),
                 Route("/metrics", metrics_endpoint, methods=["GET"])],
         lifespan=lifespan,
         middleware=[*_tracing_middleware(), Middleware(MetricsMiddleware, metrics=metrics)],

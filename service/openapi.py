@@ -14,6 +14,8 @@ from mailcore.message import BatchRequest, SendRequest
 from mailcore.status import STATUSES
 
 from .legacy import OrderConfirmation, ResetCodeRequest
+from .suppressions_openapi import MODELS as SUPPRESSION_MODELS
+from .suppressions_openapi import suppression_paths
 
 
 class _Out(BaseModel):
@@ -23,6 +25,7 @@ class _Out(BaseModel):
 class ErrorDetail(_Out):
     field: str
     message: str
+    line: int | None = Field(None, description="The line of a JSONL import at fault")
 
 
 #: Every ``error`` code the API answers with (README: Errors).
@@ -34,7 +37,7 @@ ERROR_CODES = (
     "invalid_data", "sender_not_allowed", "recipient_not_allowed", "batch_too_large",
     "render_error", "render_timeout",
     "rate_limited", "recipient_rate_limited", "unavailable", "queue_full",
-    "unknown_template_version", "store_unavailable",
+    "unknown_template_version", "store_unavailable", "invalid_import",
     "invalid_send_at", "send_at_out_of_range", "not_cancellable",
 )
 
@@ -50,8 +53,11 @@ class Error(_Out):
 
 class Queued(_Out):
     id: str = Field(description="The message id; also sent as X-Email-Service-Id.")
-    status: Literal["queued", "scheduled"] = Field(
-        description="`scheduled` when the message has `send_at` (README: Scheduled sends)")
+    status: Literal["queued", "scheduled", "suppressed"] = Field(description=(
+        "`scheduled`: the message has `send_at` (README: Scheduled sends); `suppressed`: every "
+        "recipient is on the suppression list; recorded, never sent"))
+    suppressed_recipients: list[str] | None = Field(
+        None, description="With `suppressed`: the recipients on the list")
 
 
 class Cancelled(_Out):
@@ -120,6 +126,8 @@ class MessageStatus(_Out):
     withheld_recipients: list[str] = Field(
         description="Not on RECIPIENT_ALLOWLIST: not sent to")
     redirected_from: list[str] = Field(description="The recipients REDIRECT_ALL_TO replaced")
+    suppressed_recipients: list[str] = Field(
+        description="On the suppression list (at the door or at send time): not sent to")
     source: str | None
     stream: Literal["transactional", "bulk"] = Field(
         description="The delivery stream (README: Streams)")
@@ -225,7 +233,7 @@ _MODELS: list[type[BaseModel]] = [
     ResetCodeSent,
     OrderConfirmationSent, Health, Ready, MessageStatus, MessageContent, TemplateList,
     TemplateDetail, PreviewRequest, Preview, TemplateVersions, TemplateVersionDetail,
-    DeadLetterList, DeadLetterDetail, RetryAll, Purged, Cancelled,
+    DeadLetterList, DeadLetterDetail, RetryAll, Purged, Cancelled, *SUPPRESSION_MODELS,
 ]
 
 
@@ -388,6 +396,7 @@ def openapi_document() -> dict[str, Any]:
                           **_errors(*_SEND_ERRORS)},
         }},
     }
+    paths.update(suppression_paths(_json, _errors, _ref))
     return {
         "openapi": "3.1.0",
         "info": {"title": "email-service", "version": "1",

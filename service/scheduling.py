@@ -21,33 +21,40 @@ from mailcore.owners import owns
 from mailcore.queue import Entry
 from mailcore.schedule import cancel
 from mailcore.status import CANCELLED, QUEUED, SCHEDULED, event, status_key
-from mailcore.streams import stream_of
+from mailcore.streams import TRANSACTIONAL, stream_of
 from mailcore.timestamps import rfc3339
 
 from .auth import authenticate
 from .errors import ApiError, JSONResponse, http_error
+from .suppression_door import door_fields
 
 _MESSAGE_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def accept_entry(job: dict[str, Any], fields: dict[str, str], request: SendRequest,
                  settings: Settings) -> Entry:
-    """The accept step's entry for ``request``: on its stream's queue, or in the schedule."""
+    """The accept step's entry for ``request``: on its stream's queue, or in the schedule, its
+    recipients checked against the suppression list (service/suppression_door.py)."""
     stream = stream_of(request.stream, job["source"])
     fields["stream"] = stream
+    # The job names the stream it travels on (send-time suppression reads it there).
+    if stream != TRANSACTIONAL:
+        job["request"]["stream"] = stream
+    else:
+        job["request"].pop("stream", None)
     queue = settings.queues[stream]
     due = request._due
     if due is None:
         return Entry(job, fields, event(QUEUED, f"accepted via {job['source']}"),
-                     queue_name=queue)
+                     suppression_fields=door_fields(job), queue_name=queue)
     fields["status"] = SCHEDULED
     fields["send_at"] = str(due)
     return Entry(job, fields, event(SCHEDULED, f"accepted via {job['source']}; due at "
                                                f"{rfc3339(due)}"),
-                 queue_name=queue, due=due,
-                 lifecycle=lifecycle_event(SCHEDULED_EVENT, job["id"], owner=fields["owner"],
-                                           template=fields["template"], stream=stream,
-                                           send_at=rfc3339(due)))
+                 lifecycle_event(SCHEDULED_EVENT, job["id"], owner=fields["owner"],
+                                 template=fields["template"], stream=stream,
+                                 send_at=rfc3339(due)),
+                 suppression_fields=door_fields(job), queue_name=queue, due=due)
 
 
 async def cancel_message(request: Request) -> JSONResponse:

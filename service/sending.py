@@ -39,6 +39,7 @@ from mailcore.validation import Validator
 from .metrics import IngressMetrics
 from .offload import OFFLOAD_MESSAGES, off_loop
 from .scheduling import accept_entry
+from .suppression_door import mark_suppressed, suppress_entries
 
 log = logging.getLogger("email_service.ingress")
 
@@ -197,17 +198,24 @@ class SendService:
     ) -> tuple[int, dict[str, Any]] | None:
         """Queue the entries; returns the stored answer instead when this is a replay."""
         rate = self.settings.limits.rate_for(caller.subject) if caller else None
-        result = await self.acceptor.accept(
-            entries, encoded=encoded,
-            idempotency_key=self._idem_key(idempotency) if idempotency else None,
-            idempotency_record=orjson.dumps({
-                "fingerprint": idempotency.fingerprint if idempotency else "",
-                "status": status_code, "body": body}),
-            idempotency_ttl=self.settings.limits.idempotency_ttl_seconds,
-            caller=(Charge(self.limiter.key(f"caller:{owner}"), rate, len(entries))
-                    if rate else None),
-            recipients=self._recipient_charges(requests),
-        )
+        while True:
+            result = await self.acceptor.accept(
+                entries, encoded=encoded,
+                idempotency_key=self._idem_key(idempotency) if idempotency else None,
+                idempotency_record=orjson.dumps({
+                    "fingerprint": idempotency.fingerprint if idempotency else "",
+                    "status": status_code, "body": body}),
+                idempotency_ttl=self.settings.limits.idempotency_ttl_seconds,
+                caller=(Charge(self.limiter.key(f"caller:{owner}"), rate, len(entries))
+                        if rate else None),
+                recipients=self._recipient_charges(requests),
+            )
+            if result.outcome != "suppressed":
+                break
+            # Every recipient of some messages is suppressed (nothing was written): record
+            # those as such, not queued, and accept again (service/suppression_door.py).
+            mark_suppressed(body, suppress_entries(entries, encoded, result.suppressed,
+                                                   self.acceptor.encode))
         if result.outcome == "rate_limited":
             assert caller is not None and rate is not None
             # ``wait`` is until the whole batch fits; the bucket is empty until one token is.

@@ -116,7 +116,7 @@ def test_each_variable_is_declared_once_with_its_default() -> None:
     declared = [var.name for group in GROUPS.values() for _, var in variables(group)]
     assert len(declared) == len(set(declared))
     secrets = {"JWT_SECRET", "SMTP_PASSWORD", "SMTP_USERNAME", "REDIS_PASSWORD", "REDIS_URL",
-               "MAILTRAP_API_TOKEN", "REDIS_SENTINEL_PASSWORD"}
+               "MAILTRAP_API_TOKEN", "REDIS_SENTINEL_PASSWORD", "UNSUBSCRIBE_SECRETS"}
     assert secrets == SECRET_NAMES
     # The dataclasses' defaults are the declared defaults read as if from the environment.
     assert Settings() == Settings.from_env(BASE)

@@ -294,13 +294,15 @@ def test_openapi_and_offline_docs(redis_server: RedisServer) -> None:
         document = client.get("/openapi.json").json()
         assert document["openapi"].startswith("3.")
         app_paths = {"/v1/messages", "/v1/messages/batch", "/v1/messages/{id}",
-                     "/v1/messages/{id}/content", "/v1/templates",
+                     "/v1/messages/{id}/content", "/v1/messages/{id}/cancel", "/v1/templates",
                      "/v1/templates/{name}", "/v1/templates/{name}/render",
                      "/v1/templates/{name}/versions", "/v1/templates/{name}/versions/{version}",
                      "/v1/dead-letters",
                      "/v1/dead-letters/retry", "/v1/dead-letters/{id}",
                      "/v1/dead-letters/{id}/retry", "/email-service/send-reset-code",
-                     "/api/order-confirmation", "/health", "/ready"}
+                     "/api/order-confirmation", "/health", "/ready",
+                     "/v1/suppressions", "/v1/suppressions/import", "/v1/suppressions/export",
+                     "/v1/suppressions/{address}", "/u/{token}"}
         assert set(document["paths"]) == app_paths
         assert "SendRequest" in document["components"]["schemas"]
         page = client.get("/docs")

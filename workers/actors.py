@@ -31,7 +31,17 @@ from mailcore.config import Settings
 from mailcore.logs import configure_logging
 from mailcore.queue import SEND_ACTOR
 from mailcore.rendering import TemplateError
-from mailcore.status import DEAD, FAILED, FINISHED, RETRYING, SANDBOXED, SENT, Attempt
+from mailcore.send_time_suppression import SendTimeCheck
+from mailcore.status import (
+    DEAD,
+    FAILED,
+    FINISHED,
+    RETRYING,
+    SANDBOXED,
+    SENT,
+    SUPPRESSED,
+    Attempt,
+)
 from mailcore.telemetry import configure_tracing, extract_context, tracer
 from mailcore.transports import (
     ConfigurationDeliveryError,
@@ -89,14 +99,16 @@ def _send(job: dict[str, Any], message: MessageProxy) -> str:
     lease = settings.worker.send_time_limit_ms / 1000
     try:
         # The guard that makes redelivery safe: never send what the relay already accepted.
-        attempt = runtime.status.begin_attempt(message_id, lease, redis_id)
+        # ... nor anyone on the suppression list (checked in the same step: withheld).
+        attempt = runtime.status.begin_attempt(
+            message_id, lease, redis_id, SendTimeCheck.for_job(job, job_template(job)))
     except REDIS_DOWN as exc:
         log.warning("Redis unreachable before the attempt; the message goes back to the queue: "
                     "%s", exc, extra={"message_id": message_id})
         return "unsettled"
     lease_end = time.monotonic() + lease
     if attempt.reason in FINISHED:
-        return _settle(message, job, "drop", "duplicate")
+        return _settle(message, job, "drop", SUPPRESSED if attempt.withheld else "duplicate")
     if not attempt.proceed:  # another attempt holds the lease: look again when it ends
         wait_ms = (attempt.lease_until - time.time()) * 1000
         delay = int(min(max(wait_ms, settings.worker.retry_min_backoff_ms),
@@ -107,7 +119,7 @@ def _send(job: dict[str, Any], message: MessageProxy) -> str:
     try:
         # An earlier attempt left unconfirmed pins the message to that transport.
         delivered = runtime.deliverer_for(message.queue_name).deliver(
-            job, only_via=attempt.pinned)
+            job, only_via=attempt.pinned, withheld=attempt.withheld)
         runtime.disarm_time_limit()
     except BaseException as exc:  # every way an attempt ends is recorded, interrupts too
         if delivered is None:
@@ -147,6 +159,7 @@ def _record_sent(job: dict[str, Any], message: MessageProxy, delivered: Delivere
             continue
     mark_settled(message)
     metrics.SENT_RECORD_SECONDS.observe(time.perf_counter() - relay_accepted)
+    runtime.bounces.record(job["id"], result.refused)
     runtime.deliverer.report(job["id"], delivered)
     metrics.MESSAGES.labels(delivered.template, result.transport, outcome).inc()
     for failed, _ in result.failures:
@@ -168,6 +181,8 @@ def _failed(job: dict[str, Any], message: MessageProxy, attempt: Attempt,
         _report_misconfigured(exc.failures or [(runtime.deliverer.transport.name, exc)],
                               context)
     if isinstance(exc, (PermanentDeliveryError, TemplateError)):
+        if isinstance(exc, DeliveryError):
+            runtime.bounces.record(message_id, exc.refused)
         log.error("dead-lettered: permanent failure: %s", exc, extra=context)
         return _settle(message, job, "dead", "failed", status=FAILED, detail=str(exc),
                        last_error=getattr(exc, "text", str(exc)),

@@ -26,6 +26,7 @@ from mailcore.message import (
 )
 from mailcore.mime import Attachment, build_envelope
 from mailcore.rendering import CompiledTemplate, RenderedEmail, TemplateError
+from mailcore.send_time_suppression import job_stream
 from mailcore.telemetry import detail_span
 from mailcore.templates import Pin, TemplateRegistry
 from mailcore.transports import (
@@ -36,6 +37,7 @@ from mailcore.transports import (
     Transport,
     UnconfirmedDeliveryError,
 )
+from mailcore.unsubscribe import unsubscribe_headers
 
 from . import metrics
 
@@ -79,12 +81,15 @@ class Deliverer:
         self._brand = asdict(settings.brand)
         self._default_sender = Recipient(email=settings.sender.email, name=settings.sender.name)
 
-    def deliver(self, job: dict[str, Any], only_via: str | None = None) -> Delivered:
+    def deliver(self, job: dict[str, Any], only_via: str | None = None,
+                withheld: tuple[str, ...] = ()) -> Delivered:
         """Raises ``TemplateError`` or ``InvalidJobError`` (permanent) or a ``DeliveryError``
-        from the transport; ``only_via`` pins a failover chain to one transport."""
-        request = parse_job(job)
+        from the transport; ``only_via`` pins a failover chain to one transport; ``withheld``
+        recipients (suppressed) are left out."""
+        request = withhold(parse_job(job), withheld)
         span = trace.get_current_span()
-        rendered, name, version, template_from, template_reply_to = self._render(job, request)
+        rendered, name, version, template_from, template_reply_to, unsubscribe = self._render(
+            job, request)
         if request.sandbox:
             # Rendered like any message, handed to no transport.
             return Delivered(result=DeliveryResult(transport="sandbox",
@@ -99,7 +104,7 @@ class Deliverer:
             cc=request.cc,
             bcc=request.bcc,
             reply_to=request.reply_to or _override("replyTo", template_reply_to),
-            headers=request.headers,
+            headers=self._list_headers(job, request, unsubscribe),
             tags=request.tags,
             only_via=only_via,
             metadata=request.metadata,
@@ -134,11 +139,29 @@ class Deliverer:
         return Delivered(result=result, template=name, version=version,
                          send_seconds=time.perf_counter() - started)
 
+    def _list_headers(self, job: dict[str, Any], request: SendRequest,
+                      template_wants: bool) -> dict[str, str]:
+        """The request's headers, plus RFC 8058 one-click unsubscribe headers when its template
+        or stream asks for them (README: Suppressions and unsubscribe)."""
+        config = self.settings.suppressions
+        stream = job_stream(job)
+        if not (template_wants or stream in config.unsubscribe_streams) or \
+                not config.unsubscribe_enabled or not config.public_base_url:
+            return request.headers
+        if any(name.lower() == "list-unsubscribe" for name in request.headers):
+            return request.headers  # the caller runs its own list
+        recipients = {r.email for r in [*request.to, *request.cc, *request.bcc]}
+        if len(recipients) != 1:
+            return request.headers  # a token names one address
+        return {**request.headers, **unsubscribe_headers(
+            config.public_base_url, config.unsubscribe_secrets[0], recipients.pop(), stream,
+            job["id"])}
+
     def _render(self, job: dict[str, Any], request: SendRequest
-                ) -> tuple[RenderedEmail, str, str, str | None, str | None]:
-        """The rendered message, its template's name and version, and the template's
-        ``from``/``replyTo`` overrides; a message with its own content is not a template
-        (never evaluated, only its MJML compiled)."""
+                ) -> tuple[RenderedEmail, str, str, str | None, str | None, bool]:
+        """The rendered message, its template's name and version, the template's
+        ``from``/``replyTo`` overrides and whether it wants unsubscribe headers; a message with
+        its own content is not a template (never evaluated, only its MJML compiled)."""
         span = trace.get_current_span()
         started = time.perf_counter()
         if request.template is None:
@@ -146,7 +169,7 @@ class Deliverer:
                 rendered = render_content(request.subject or "", html=request.html,
                                           text=request.text, mjml=request.mjml)
             metrics.RENDER_SECONDS.labels(CONTENT_LABEL).observe(time.perf_counter() - started)
-            return rendered, CONTENT_LABEL, "", None, None
+            return rendered, CONTENT_LABEL, "", None, None, False
         template = self._template(job, request)
         span.set_attribute("email.template", template.name)
         span.set_attribute("email.template_version", template.version)
@@ -159,7 +182,7 @@ class Deliverer:
             rendered = type(rendered)(subject=request.subject, html=rendered.html,
                                       text=rendered.text)
         return (rendered, template.name, template.version, template.source.sender,
-                template.source.reply_to)
+                template.source.reply_to, template.source.unsubscribe)
 
     def report(self, message_id: str, delivered: Delivered) -> None:
         """Log and measure a delivery, once it is recorded as sent."""
@@ -202,6 +225,16 @@ def parse_job(job: Any) -> SendRequest:
     except ValidationError as exc:
         details = "; ".join(f"{d['field']}: {d['message']}" for d in error_details(exc)[:5])
         raise InvalidJobError(f"invalid job: request {details}") from None
+
+
+def withhold(request: SendRequest, withheld: tuple[str, ...]) -> SendRequest:
+    """``request`` without the ``withheld`` recipients (in To, Cc and Bcc)."""
+    if not withheld:
+        return request
+    gone = set(withheld)
+    return request.model_copy(update={
+        name: [r for r in getattr(request, name) if r.email not in gone]
+        for name in ("to", "cc", "bcc")})
 
 
 def job_template(job: dict[str, Any]) -> str:

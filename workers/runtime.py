@@ -13,10 +13,12 @@ from mailcore.config import Settings
 from mailcore.dkim_signing import signer_for
 from mailcore.queue import holding
 from mailcore.redaction import install as install_redacting_encoder
+from mailcore.redisclient import sync_client
 from mailcore.schedule import Dispatcher
 from mailcore.status import Holding, StatusStore
 from mailcore.store import template_store_from_settings
 from mailcore.streams import BULK
+from mailcore.suppressions import SyncSuppressionList
 from mailcore.telemetry import shutdown_tracing
 from mailcore.templates import TemplateRegistry, builtin_templates_dir
 from mailcore.transports import Transport, transport_from_settings
@@ -24,6 +26,7 @@ from mailcore.transports import Transport, transport_from_settings
 from .broker import RecoveringRedisBroker, make_broker
 from .delivery import Deliverer
 from .dispatcher import DispatcherThread
+from .hard_bounces import HardBounces
 from .heartbeat import Heartbeat
 from .sweeper import Sweeper, SweeperThread
 
@@ -55,6 +58,8 @@ class WorkerRuntime:
     #: by queue (one per stream: mailcore/streams.py).
     holdings: dict[str, Holding]
     time_limit: TimeLimit
+    #: Permanent recipient refusals → the suppression list.
+    bounces: HardBounces
     #: The deliverer of each queue whose stream delivers differently (Mailtrap's bulk host for
     #: the bulk stream); the others use :attr:`deliverer`.
     stream_deliverers: dict[str, Deliverer]
@@ -129,5 +134,8 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
                          status=status,
                          holdings={queue: holding(queue, broker.broker_id)
                                    for queue in settings.queues.values()},
-                         time_limit=time_limit)
+                         time_limit=time_limit,
+                         bounces=HardBounces(SyncSuppressionList(
+                             sync_client(settings.redis.where, "worker"),
+                             settings.redis.key_prefix)))
 

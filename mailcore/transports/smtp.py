@@ -88,7 +88,9 @@ class SMTPTransport(Transport):
             if all(400 <= code < 500 for code, _ in exc.recipients.values()):
                 raise TransientDeliveryError(f"all recipients refused: {detail}", first,
                                              before_accept=True) from exc
-            raise PermanentDeliveryError(f"all recipients refused: {detail}", first) from exc
+            refused_error = PermanentDeliveryError(f"all recipients refused: {detail}", first)
+            refused_error.refused = codes
+            raise refused_error from exc
         except BodyUnconfirmed as exc:
             self._drop()
             raise UnconfirmedDeliveryError(str(exc)) from exc

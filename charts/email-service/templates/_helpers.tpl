@@ -186,7 +186,8 @@ nothing) and roll the pods each time. Give it once as a value or in an existing 
 Files under /run/secrets, one projected volume: the service reads /run/secrets/<lowercase
 name> (jwt_secret, smtp_password, mailtrap_api_token, redis_password). Call with
 (dict "root" $ "jwt" true ...); "smtp" true (the workers) also brings the Mailtrap token,
-"dkim" true (the workers) the DKIM keys as dkim/<domain>/<selector>.pem.
+"dkim" true (the workers) the DKIM keys as dkim/<domain>/<selector>.pem, "unsubscribe" true
+(ingress and workers) the unsubscribe token secrets.
 */}}
 {{- define "email-service.secretsVolume" -}}
 {{- $root := .root -}}
@@ -196,8 +197,9 @@ name> (jwt_secret, smtp_password, mailtrap_api_token, redis_password). Call with
 {{- $mailtrap := and .smtp (include "email-service.hasMailtrapToken" $root) -}}
 {{- $sentinel := include "email-service.hasSentinelPassword" $root -}}
 {{- $dkim := and .dkim $root.Values.dkim.keys -}}
+{{- $unsubscribe := and .unsubscribe $root.Values.unsubscribe.publicBaseUrl (or $root.Values.unsubscribe.secrets $root.Values.unsubscribe.existingSecret) -}}
 - name: secrets
-{{- if or $jwt $smtp $redis $mailtrap $sentinel $dkim }}
+{{- if or $jwt $smtp $redis $mailtrap $sentinel $dkim $unsubscribe }}
   projected:
     defaultMode: 0440
     sources:
@@ -218,6 +220,9 @@ name> (jwt_secret, smtp_password, mailtrap_api_token, redis_password). Call with
       {{- end }}
       {{- if $dkim }}
       {{- include "email-service.dkimKeys" $root | nindent 6 }}
+      {{- end }}
+      {{- if $unsubscribe }}
+      {{- include "email-service.secretFile" (dict "root" $root "secret" "unsubscribe" "file" "unsubscribe_secrets") | nindent 6 }}
       {{- end }}
 {{- else }}
   emptyDir: {sizeLimit: 1Mi}
