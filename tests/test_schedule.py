@@ -392,3 +392,26 @@ def test_a_dispatched_message_is_timestamped_when_it_joins_its_queue(
     assert {k: v for k, v in queued.items() if k != "message_timestamp"} == {
         k: v for k, v in accepted.items() if k != "message_timestamp"}
     assert orjson.loads(r.get(f"{prefix}:msg:{message_id}:job")) == queued  # the sweeper's copy
+
+
+def test_a_scheduled_send_to_suppressed_recipients_is_suppressed_not_scheduled(
+        door: tuple[TestClient, str, str], redis_server: RedisServer) -> None:
+    client, prefix, queue = door
+    r: Any = redis_server.client()
+    admin = {"Authorization": "Bearer " + mint_token(TEST_SECRET, subject="ops",
+                                                     scope="email:admin")}
+    added = client.post("/v1/suppressions", headers=admin,
+                        json={"address": "gone@example.com", "reason": "hard_bounce",
+                              "scope": "bulk"})
+    assert added.status_code == 201, added.text
+    batch = client.post("/v1/messages/batch", headers=GOOD, json={"messages": [
+        message(to="gone@example.com", send_at=future(600), stream="bulk"),
+        message(to="gone@example.com", send_at=future(600)),  # transactional: not suppressed
+    ]})
+    assert batch.status_code == 202, batch.text
+    assert [m["status"] for m in batch.json()["messages"]] == ["suppressed", "scheduled"]
+    suppressed, scheduled = (m["id"] for m in batch.json()["messages"])
+    assert r.zscore(schedule_key(prefix), suppressed) is None
+    assert r.zscore(schedule_key(prefix), scheduled) is not None
+    assert read_status(r, prefix, suppressed)["status"] == "suppressed"
+    assert r.llen(f"dramatiq:{queue}-bulk") == 0
