@@ -34,6 +34,7 @@ COPY pyproject.toml README.md ./
 COPY mailcore/ mailcore/
 COPY service/ service/
 COPY workers/ workers/
+COPY bounces/ bounces/
 COPY email_service/ email_service/
 COPY templates/ templates/
 COPY operator/ operator/

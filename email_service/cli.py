@@ -77,6 +77,21 @@ def _parser() -> argparse.ArgumentParser:
                              "distant relay needs many (default: WORKER_THREADS, or 24)")
     worker.set_defaults(run=_run_worker)
 
+    hooks = command("webhooks", "run the webhook fan-out and delivery processes")
+    hooks.add_argument("--processes", type=int,
+                       help="processes (default: WEBHOOKS_PROCESSES, or 1)")
+    hooks.add_argument("--threads", type=int,
+                       help="delivery threads per process (default: WEBHOOKS_THREADS, or 16)")
+    hooks.set_defaults(run=_run_webhooks)
+
+    bounces = command("bounces", "receive delivery reports (bounces, complaints) for "
+                      "BOUNCE_DOMAIN by SMTP or LMTP")
+    bounces.add_argument("--host", help="address to listen on (default: BOUNCES_HOST)")
+    bounces.add_argument("--port", type=int, help="SMTP/LMTP port (default: BOUNCES_PORT)")
+    bounces.add_argument("--http-port", type=int,
+                         help="port of /health, /ready and /metrics (default: BOUNCES_HTTP_PORT)")
+    bounces.set_defaults(run=_run_bounces)
+
     dev = command("dev", "run the whole stack locally, catching mail in a folder")
     dev.add_argument("--port", type=int, default=8000, help="port of the local ingress")
     dev.add_argument("--outbox", type=Path, default=Path("outbox"),
@@ -198,6 +213,18 @@ def _run_api(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_bounces(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from bounces.server import serve
+    from mailcore.logs import configure_logging
+
+    settings = Settings.from_env()
+    configure_logging(settings.telemetry)
+    asyncio.run(serve(settings, host=args.host, port=args.port, http_port=args.http_port))
+    return 0
+
+
 def _run_worker(args: argparse.Namespace) -> int:
     from dramatiq.cli import main as dramatiq_main
     from dramatiq.cli import make_argument_parser
@@ -230,6 +257,12 @@ def _run_worker(args: argparse.Namespace) -> int:
     ])
     code = dramatiq_main(dramatiq_args)  # type: ignore[no-untyped-call]
     return int(code or 0)
+
+
+def _run_webhooks(args: argparse.Namespace) -> int:
+    from workers.webhook_command import run_webhooks
+
+    return run_webhooks(args.processes, args.threads)
 
 
 def _run_dev(args: argparse.Namespace) -> int:

@@ -6,8 +6,9 @@ import os
 
 #: Variables of the calling shell that must not leak into a service under test.
 _FOREIGN = ("REDIS_", "SMTP_", "JWT_", "SENDER_", "EMAIL_SERVICE_", "MAILTRAP_", "TRANSPORT",
+            "WEBHOOKS_",
             "DKIM_", "FAILOVER_", "EMAIL_SENDER", "COMPANY_NAME", "SUPPORT_EMAIL", "SANDBOX_",
-            "RECIPIENT_ALLOWLIST", "REDIRECT_ALL_TO", "SCHEDULE_", "WORKER_STREAMS",
+            "RECIPIENT_ALLOWLIST", "REDIRECT_ALL_TO", "BOUNCE", "SCHEDULE_", "WORKER_STREAMS",
             "BULK_QUEUE_NAME")
 
 

@@ -43,6 +43,7 @@ from .ratelimit import Rate, parse_rate
 from .render_budget import RenderLimits
 from .sentinel import SentinelSettings, parse_master, parse_sentinels
 from .streams import STREAM_NAMES, stream_queues
+from .webhook_settings import WebhookSettings
 
 __all__ = ["ALIASES", "SECRET_NAMES", "Brand", "ConfigError", "Settings", "redis_configured"]
 
@@ -604,6 +605,74 @@ class DkimSettings:
                               f"({self.rsa_selector!r}): each key has its own DNS record")
 
 
+_HOSTNAME = re.compile(r"(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+"
+                       r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def _bounce_domain(raw: str) -> str:
+    """A domain name (A-labels, lower case); special-use names such as ``.test`` are allowed
+    (a private bounce domain behind an internal MX is fine: only relays must reach it)."""
+    domain = raw.strip().lower().rstrip(".")
+    if not domain.isascii():
+        return ascii_domain(domain)
+    if not _HOSTNAME.fullmatch(domain):
+        raise ValueError(f"{raw!r} is not a domain name (dot-separated letters, digits, '-')")
+    return domain
+
+
+def _secret_bytes(raw: str) -> str:
+    if len(raw.encode()) < 16:
+        raise ValueError("must be at least 16 bytes (it signs every envelope sender)")
+    return raw
+
+
+@dataclass(frozen=True)
+class BounceSettings:
+    """VERP envelope senders, the bounce receiver and Mailtrap's webhook events (README:
+    Bounces)."""
+
+    domain: str | None = setting(
+        "BOUNCE_DOMAIN", None, "Domain of the VERP envelope senders (`bounces+<token>@<domain>` "
+        "as SMTP `MAIL FROM`); its MX must reach `email-service bounces`. Unset: no VERP, the "
+        "envelope sender is the message's From address.", _bounce_domain,
+        shown="— (off)")
+    secret: str | None = setting(
+        "BOUNCE_SECRET", None, "HMAC key of the envelope senders' tokens (16+ bytes; workers and "
+        "the receiver share it). Required with `BOUNCE_DOMAIN`.", _secret_bytes, secret=True)
+    host: str = setting("BOUNCES_HOST", "0.0.0.0", "Address `email-service bounces` listens on "
+                        "for SMTP (or LMTP).", text)
+    port: int = setting("BOUNCES_PORT", "2525", "Its SMTP/LMTP port.", _port)
+    lmtp: bool = setting("BOUNCES_LMTP", "false", "Speak LMTP instead of SMTP (behind an MTA "
+                         "that hands reports over by LMTP).", flag)
+    http_port: int = setting("BOUNCES_HTTP_PORT", "9193", "Its `/health`, `/ready` and "
+                             "`/metrics` port.", _port)
+    max_message_bytes: int = setting(
+        "BOUNCES_MAX_MESSAGE_BYTES", "524288", "Largest report accepted (552 beyond).",
+        integer(low=4096, high=64 * 1024 * 1024))
+    max_recipients: int = setting(
+        "BOUNCES_MAX_RECIPIENTS", "16", "Recipients per SMTP transaction (452 beyond).",
+        integer(low=1, high=1000))
+    max_connections: int = setting(
+        "BOUNCES_MAX_CONNECTIONS", "100", "SMTP/LMTP sessions at once per receiver process; one "
+        "more is answered `421` and closed.", integer(low=1, high=100_000))
+    max_reports: int = setting(
+        "BOUNCES_MAX_REPORTED_RECIPIENTS", "50", "Per-recipient entries read from one report "
+        "(the rest are ignored).", integer(low=1, high=1000))
+    mailtrap_webhook_secret: str | None = setting(
+        "MAILTRAP_WEBHOOK_SECRET", None, "The signing secret of Mailtrap's webhook: enables "
+        "`POST /v1/webhooks/mailtrap` (each request's `Mailtrap-Signature` is verified).", text,
+        secret=True)
+
+    def __post_init__(self) -> None:
+        if self.domain and not self.secret:
+            raise ConfigError("BOUNCE_SECRET: required when BOUNCE_DOMAIN is set (or "
+                              "BOUNCE_SECRET_FILE, or /run/secrets/bounce_secret)")
+
+    @property
+    def secret_bytes(self) -> bytes:
+        return (self.secret or "").encode()
+
+
 @dataclass(frozen=True)
 class SafeguardSettings:
     """Test mode and staging safeguards (README: Test mode and staging safeguards)."""
@@ -778,8 +847,8 @@ class Settings:
 
     Parameters:
       redis, smtp, sender, brand, auth, http, events, limits, worker, streams, schedule,
-      transport, dkim, safeguards, templates, operator, telemetry, suppressions: the groups
-      (each documents its own fields).
+      transport, dkim, bounces, safeguards, templates, operator, telemetry, suppressions,
+      webhooks: the groups (each documents its own fields).
     """
 
     redis: RedisSettings = field(default_factory=RedisSettings)
@@ -795,11 +864,13 @@ class Settings:
     schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
     transport: TransportSettings = field(default_factory=TransportSettings)
     dkim: DkimSettings = field(default_factory=DkimSettings)
+    bounces: BounceSettings = field(default_factory=BounceSettings)
     safeguards: SafeguardSettings = field(default_factory=SafeguardSettings)
     templates: TemplateSettings = field(default_factory=TemplateSettings)
     operator: OperatorSettings = field(default_factory=OperatorSettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     suppressions: SuppressionSettings = field(default_factory=SuppressionSettings)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
 
     def __post_init__(self) -> None:
         fits = _attachments_fit(self.http.max_body_bytes)
@@ -895,9 +966,10 @@ GROUPS: dict[str, type[Any]] = {
     "auth": AuthSettings, "http": HttpSettings, "events": EventSettings, "limits": LimitSettings,
     "worker": WorkerSettings, "streams": StreamSettings, "schedule": ScheduleSettings,
     "transport": TransportSettings, "dkim": DkimSettings,
-    "safeguards": SafeguardSettings,
+    "bounces": BounceSettings, "safeguards": SafeguardSettings,
     "templates": TemplateSettings, "operator": OperatorSettings,
     "telemetry": TelemetrySettings, "suppressions": SuppressionSettings,
+    "webhooks": WebhookSettings,
 }
 
 #: Variables that hold secrets; each may also be read from a file.

@@ -57,7 +57,8 @@ def stream_key(prefix: str) -> str:
 def lifecycle_event(
     kind: str, message_id: str | None, *, owner: str | None = None, template: str | None = None,
     recipient: str | None = None, stream: str | None = None, detail: str | None = None,
-    metadata: dict[str, str] | None = None, at: float | None = None, **data: Any,
+    metadata: dict[str, str] | orjson.Fragment | None = None, at: float | None = None,
+    **data: Any,
 ) -> bytes:
     """One event as the stream (and, unchanged, a webhook's payload ``data``) carries it.
 

@@ -20,7 +20,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from .lifecycle import EMIT_LUA
+from .lifecycle import EMIT_LUA, QUEUED, lifecycle_event
 from .lifecycle import stream_key as lifecycle_stream
 from .ratelimit import BUCKET_LUA, Rate
 from .schedule import schedule_key
@@ -252,12 +252,16 @@ class Acceptor:
       wait_replicas: answer only once this many replicas have the accepted messages (Redis
         ``WAIT``, on the same connection as the write); 0: do not wait.
       wait_timeout_ms: how long to wait for them before :class:`ReplicationTimeout`.
+      emit_events: announce each queued message's ``queued`` lifecycle event
+        (``WEBHOOKS_ENABLED``; an entry's own ``lifecycle_event`` is announced regardless).
     """
 
     def __init__(
         self, client: aioredis.Redis, *, queue_name: str, prefix: str, retention_seconds: int,
         max_queue_depth: int, wait_replicas: int = 0, wait_timeout_ms: int = 100,
+        emit_events: bool = False,
     ) -> None:
+        self.emit_events = emit_events
         self.client = client
         self.wait_replicas = wait_replicas
         self.wait_timeout_ms = wait_timeout_ms
@@ -326,8 +330,19 @@ class Acceptor:
             ttl += max(int(entry.due - time.time()), 0) + 1
         return [*encode_message(entry.job, entry.queue_name or self.queue_name),
                 entry.timeline_event, orjson.dumps(entry.status_fields), entry.job["id"],
-                entry.lifecycle_event, "" if entry.due is None else int(entry.due * 1000), ttl,
+                entry.lifecycle_event or self._queued_event(entry),
+                "" if entry.due is None else int(entry.due * 1000), ttl,
                 "\n".join(entry.suppression_fields)]
+
+    def _queued_event(self, entry: Entry) -> bytes:
+        """The ``queued`` event of an entry that is queued, when webhooks are on."""
+        fields = entry.status_fields
+        if not self.emit_events or fields.get("status") != QUEUED:
+            return b""
+        return lifecycle_event(
+            QUEUED, entry.job["id"], owner=fields.get("owner"), template=fields.get("template"),
+            stream=fields.get("stream"), recipients=orjson.Fragment(fields.get("recipients", "[]")),
+            metadata=orjson.Fragment(fields["metadata"]) if fields.get("metadata") else None)
 
     async def queue_depth(self) -> int:
         return int(await self.client.llen(queue_key(self.queue_name)))

@@ -185,11 +185,14 @@ class Dispatcher:
       queues: the Dramatiq queue key (``dramatiq:<name>``) of each stream.
       default_queue: the queue of a message whose status names no (known) stream.
       retention_seconds: status retention, from dispatch on.
+      emit_events: append the ``queued`` lifecycle event of each dispatched message (when
+        webhooks are on, as for messages queued at once).
     """
 
     def __init__(self, client: redis.Redis, *, prefix: str, queues: dict[str, str],
-                 default_queue: str, retention_seconds: int) -> None:
+                 default_queue: str, retention_seconds: int, emit_events: bool = False) -> None:
         self.client: Any = client
+        self.emit_events = emit_events
         self.prefix = prefix
         self.queues = queues
         self.default_queue = default_queue
@@ -202,7 +205,8 @@ class Dispatcher:
                    queues={stream: f"dramatiq:{queue}"
                            for stream, queue in settings.queues.items()},
                    default_queue=f"dramatiq:{settings.worker.queue_name}",
-                   retention_seconds=settings.limits.status_retention_seconds)
+                   retention_seconds=settings.limits.status_retention_seconds,
+                   emit_events=settings.webhooks.enabled)
 
     def due(self, now: float, limit: int = DISPATCH_BATCH) -> list[str]:
         """Ids due by ``now``, the earliest first."""
@@ -226,7 +230,8 @@ class Dispatcher:
             queue = self.queues.get(_text(stream), self.default_queue)
             payload = lifecycle_event(QUEUED_EVENT, message_id, owner=_text(owner) or None,
                                       template=_text(template) or None,
-                                      stream=_text(stream) or None, detail="dispatched")
+                                      stream=_text(stream) or None,
+                                      detail="dispatched") if self.emit_events else b""
             self._dispatch(keys=[
                 schedule_key(self.prefix), status_key(self.prefix, message_id),
                 timeline_key(self.prefix, message_id), job_key(self.prefix, message_id),

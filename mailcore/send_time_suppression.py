@@ -5,15 +5,19 @@ The worker passes the recipients' suppression fields to the script that takes th
 recipient is suppressed the same step ends the message ``suppressed`` (status, timeline, the
 ``suppressed`` lifecycle event, out of the open index); when some are, it records them in
 ``suppressed_recipients``, emits the event naming them, and the worker sends to the others.
+The event is built only when needed: a check without one that finds suppressed recipients
+writes nothing and answers ``announce``; the worker then runs it again with the event (a second
+round trip only for such messages; none for the others).
 
 Script layout (after ``begin_attempt``'s own): KEYS 3 the suppression hash, 4 the lifecycle
 stream, 5 the message's job copy, 6 the open index; ARGV 7 the number of fields (two per
-recipient), 8 the lifecycle event without ``recipients``, then the fields, then the recipients.
+recipient), 8 the lifecycle event without ``recipients`` ('' for none yet), then the fields, then
+the recipients.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -32,6 +36,7 @@ local function begin_suppression_check(now)
     if hit[i] then withheld[#withheld + 1] = ARGV[8 + nfields + i] end
   end
   if #withheld == 0 then return '' end
+  if ARGV[8] == '' then return 'announce' end
   local list = cjson.encode(withheld)
   local announced = cjson.decode(ARGV[8])
   announced['recipients'] = withheld
@@ -78,27 +83,47 @@ def job_stream(job: dict[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class SendTimeCheck:
-    """The arguments ``begin_attempt`` passes to its script for one job.
+    """What ``begin_attempt`` passes to its script for one job.
 
     Parameters:
       addresses: the job's recipients, in order.
-      args: ARGV 7 onward of the script.
+      fields: their suppression fields (:func:`mailcore.suppressions.lookup_fields`).
+      message_id, template, stream: for the ``suppressed`` event.
+      announced: that event, once needed (:meth:`announcing`); b"" before.
     """
 
     addresses: tuple[str, ...]
-    args: list[Any]
+    fields: tuple[str, ...]
+    message_id: str
+    template: str
+    stream: str
+    announced: bytes = b""
+
+    @property
+    def args(self) -> list[Any]:
+        """ARGV 7 onward of the script."""
+        return [len(self.fields), self.announced, *self.fields, *self.addresses]
+
+    def announcing(self) -> SendTimeCheck:
+        """The same check with its ``suppressed`` event (without ``recipients``: the script
+        adds the ones it withholds)."""
+        return replace(self, announced=lifecycle_event(
+            SUPPRESSED, self.message_id, template=self.template or None, stream=self.stream,
+            detail="on the suppression list at send time"))
 
     @classmethod
     def for_job(cls, job: dict[str, Any], template: str = "") -> SendTimeCheck | None:
+        """The check for ``job``; ``None`` when there is nothing to check (no recipients, or a
+        sandboxed message: rendered and kept, never delivered)."""
+        request = job.get("request")
+        if isinstance(request, dict) and request.get("sandbox"):
+            return None
         addresses = job_recipients(job)
         if not addresses:
             return None
         stream = job_stream(job)
-        fields = lookup_fields(addresses, stream)
-        announced = lifecycle_event(
-            SUPPRESSED, str(job.get("id")), template=template or None, stream=stream,
-            detail="on the suppression list at send time")
-        return cls(addresses=addresses, args=[len(fields), announced, *fields, *addresses])
+        return cls(addresses=addresses, fields=tuple(lookup_fields(addresses, stream)),
+                   message_id=str(job.get("id")), template=template, stream=stream)
 
     def withheld(self, raw: Any) -> tuple[str, ...]:
         """The recipients the script withheld, from its answer."""

@@ -28,6 +28,7 @@ import orjson
 import redis
 from redis.commands.core import Script
 
+from .lifecycle import EMIT_LUA, lifecycle_event, stream_key
 from .lifecycle import stream_key as lifecycle_stream
 from .redisclient import Where, sync_client
 from .send_time_suppression import SEND_TIME_CHECK_LUA, SendTimeCheck
@@ -83,6 +84,7 @@ if status == 'sending' and lease > tonumber(ARGV[1]) then
 end
 local withheld = begin_suppression_check(tonumber(ARGV[1]))
 if withheld == 'all' then return {'suppressed', 0} end
+if withheld == 'announce' then return {'announce', 0} end
 local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('HSET', KEYS[1], 'status', 'sending', 'updated_at', ARGV[1],
            'lease_until', tonumber(ARGV[1]) + tonumber(ARGV[2]), 'lease_owner', ARGV[6])
@@ -108,12 +110,14 @@ redis.call('EXPIRE', KEYS[2], ARGV[1])
 # a message is never removed from Redis before what happens to it next is recorded (and a
 # recorded outcome never waits on a separate ack). KEYS: 1 status, 2 timeline, 3 job copy,
 # 4 open index, 5 this worker's acks set, 6 queue bodies, 7 delay queue, 8 its bodies,
-# 9 dead-letter set, 10 its bodies. ARGV: 1 kind, 2 the copy's Redis id, 3 retention,
-# 4 timeline event ('' for none), 5 now (ms), 6 message id, 7 id and 8 body of the next copy
-# (retry, recheck), 9 the event when a dead letter is not ours to write, 10.. status fields.
+# 9 dead-letter set, 10 its bodies, 11 the lifecycle stream. ARGV: 1 kind, 2 the copy's Redis
+# id, 3 retention, 4 timeline event ('' for none), 5 now (ms), 6 message id, 7 id and 8 body of
+# the next copy (retry, recheck), 9 the event when a dead letter is not ours to write, 10 the
+# lifecycle event ('' for none; owner, template, recipients and metadata are added here from the
+# status hash), 11.. status fields.
 # Only the worker still holding the copy (it is in its acks set) removes its body: a copy given
 # back meanwhile (consumer restart, heartbeat timeout) is redelivered and decides for itself.
-_SETTLE = "local finished = " + lua_finished_set() + """
+_SETTLE = EMIT_LUA + "local finished = " + lua_finished_set() + """
 local kind, rid = ARGV[1], ARGV[2]
 local held = redis.call('SREM', KEYS[5], rid) == 1
 local body = false
@@ -139,7 +143,7 @@ if kind == 'recheck' or kind == 'retry' then
   if kind == 'recheck' then return held and 1 or 0 end
 end
 local fields = {}
-for i = 10, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 11, #ARGV do fields[#fields + 1] = ARGV[i] end
 local event = ARGV[4]
 if kind == 'retry' and held then
   fields[#fields + 1] = 'redis_id'
@@ -161,6 +165,14 @@ if kind == 'sent' or body then
 end
 redis.call('HSET', KEYS[1], unpack(fields))
 if event ~= '' then redis.call('RPUSH', KEYS[2], event) end
+if ARGV[10] ~= '' and (kind == 'sent' or body) then
+  local lifecycle = cjson.decode(ARGV[10])
+  local known = redis.call('HMGET', KEYS[1], 'owner', 'template', 'recipients', 'metadata')
+  lifecycle['owner'], lifecycle['template'] = known[1] or nil, known[2] or nil
+  if known[3] then lifecycle['recipients'] = cjson.decode(known[3]) end
+  if known[4] then lifecycle['metadata'] = cjson.decode(known[4]) end
+  lifecycle_emit(KEYS[11], cjson.encode(lifecycle))
+end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 return held and 1 or 0
@@ -284,10 +296,13 @@ class StatusStore:
       connect: makes a Redis client; called once per thread.
       prefix: key prefix.
       retention_seconds: how long statuses are kept after their last change.
+      emit_events: write the ``sent``, ``failed`` and ``dead`` lifecycle events
+        (``WEBHOOKS_ENABLED``).
     """
 
     def __init__(self, connect: Callable[[], redis.Redis], prefix: str,
-                 retention_seconds: int) -> None:
+                 retention_seconds: int, *, emit_events: bool = False) -> None:
+        self.emit_events = emit_events
         self.connect = connect
         self.prefix = prefix
         self.retention = retention_seconds
@@ -296,9 +311,10 @@ class StatusStore:
         self._clients_lock = threading.Lock()
 
     @classmethod
-    def from_url(cls, url: Where, prefix: str, retention_seconds: int) -> StatusStore:
+    def from_url(cls, url: Where, prefix: str, retention_seconds: int, *,
+                 emit_events: bool = False) -> StatusStore:
         return cls(lambda: sync_client(url, "worker", single_connection=True), prefix,
-                   retention_seconds)
+                   retention_seconds, emit_events=emit_events)
 
     def _scripts(self) -> _Scripts:
         """This thread's scripts, on its own connection (made on first use)."""
@@ -332,9 +348,14 @@ class StatusStore:
         if check is not None:
             keys += [suppressions_key(self.prefix), lifecycle_stream(self.prefix),
                      job_key(self.prefix, message_id), open_key(self.prefix)]
-            args += check.args
-        previous, detail, *rest = self._scripts().begin(keys=keys, args=args)
-        previous = previous.decode() if isinstance(previous, bytes) else str(previous)
+        while True:
+            previous, detail, *rest = self._scripts().begin(
+                keys=keys, args=args + (check.args if check is not None else []))
+            previous = previous.decode() if isinstance(previous, bytes) else str(previous)
+            if previous != "announce" or check is None or check.announced:
+                break
+            # Some recipients are suppressed (nothing was written): again, with the event.
+            check = check.announcing()
         if previous == SUPPRESSED and check is not None:
             return Attempt(proceed=False, reason=previous, attempt=0,
                            withheld=check.addresses)
@@ -385,12 +406,17 @@ class StatusStore:
             if kind == "dead":
                 args[8] = event(RETRYING, f"{detail} (the message was given back meanwhile: "
                                           "its redelivered copy decides)")
+            args.append(lifecycle_event(status, message_id, detail=detail[:1000] or None,
+                                        transport=fields.get("transport"))
+                        if self.emit_events and status in (SENT, FAILED, DEAD) else b"")
             args += pairs
+        else:
+            args.append(b"")
         held = self._scripts().settle(keys=[
             status_key(self.prefix, message_id), timeline_key(self.prefix, message_id),
             job_key(self.prefix, message_id), open_key(self.prefix), holding.acks,
             holding.messages, holding.delayed, holding.delayed_messages, holding.dead,
-            holding.dead_messages], args=args)
+            holding.dead_messages, stream_key(self.prefix)], args=args)
         return bool(held)
 
     @staticmethod
@@ -432,6 +458,10 @@ def decode_status(fields: dict[bytes, bytes], timeline: list[bytes]) -> dict[str
         "send_at": rfc3339(float(raw["send_at"])) if raw.get("send_at") else None,
         "last_error": last_error,
         "response": raw.get("response") or None,
+        # Bounces and complaints after acceptance (mailcore/bounce_record.py).
+        "bounce_type": raw.get("bounce_type") or None,
+        "bounces": {key[len("bounce:"):]: value for key, value in raw.items()
+                    if key.startswith("bounce:")},
         # Stored as epoch seconds; the API speaks RFC 3339 (mailcore/timestamps.py).
         "created_at": rfc3339(float(raw.get("created_at", "0"))),
         "updated_at": rfc3339(float(raw.get("updated_at", "0"))),

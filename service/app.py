@@ -28,12 +28,15 @@ from mailcore.tokens import JWKSKeys, TokenVerifier
 from .docs import docs_routes
 from .errors import ApiError, error_response, handle_http_exception, http_error
 from .events import EventListener
+from .mailtrap_webhook import mailtrap_routes
 from .metrics import IngressMetrics, MetricsMiddleware, count_rejection, metrics_endpoint
 from .routes import routes
 from .scheduling import routes as scheduling_routes
 from .sending import SendService
 from .suppressions_api import suppression_routes
 from .unsubscribe_page import unsubscribe_routes
+from .webhooks_api import WebhookState
+from .webhooks_api import routes as webhook_routes
 
 log = logging.getLogger("email_service.ingress")
 
@@ -89,12 +92,14 @@ def create_app(settings: Settings, *, dev_secret: str | None = None) -> Starlett
         admin_client = sync_client(settings.redis.where, "admin")
         service = SendService(settings, registry, client, metrics=app.state.metrics)
         app.state.redis = client
+        app.state.admin_redis = admin_client  # synchronous: admin work in the worker thread
         app.state.send_service = service
         # Each stream's queue has its own dead letters (``?stream=`` on the endpoints).
         app.state.dead_letters = {
             stream: DeadLetters(admin_client, queue, settings.redis.key_prefix,
                                 settings.limits.status_retention_seconds)
             for stream, queue in settings.queues.items()}
+        app.state.webhooks = WebhookState(settings, admin_client)
         listener_task = None
         app.state.event_listener = None
         if settings.events.enabled:
@@ -117,8 +122,9 @@ def create_app(settings: Settings, *, dev_secret: str | None = None) -> Starlett
     metrics = IngressMetrics()
     app = Starlette(
         routes=[*routes, *scheduling_routes, *suppression_routes(), *unsubscribe_routes(),
-                *docs_routes(),
-                Route("/metrics", metrics_endpoint, methods=["GET"])],
+                *webhook_routes, *docs_routes(),
+                Route("/metrics", metrics_endpoint, methods=["GET"]),
+                *mailtrap_routes(settings, metrics.registry)],
         lifespan=lifespan,
         middleware=[*_tracing_middleware(), Middleware(MetricsMiddleware, metrics=metrics)],
         exception_handlers={ApiError: handle_error, EmailServiceError: handle_error,

@@ -14,8 +14,11 @@ from mailcore.message import BatchRequest, SendRequest
 from mailcore.status import STATUSES
 
 from .legacy import OrderConfirmation, ResetCodeRequest
+from .mailtrap_webhook import openapi_paths as mailtrap_openapi_paths
 from .suppressions_openapi import MODELS as SUPPRESSION_MODELS
 from .suppressions_openapi import suppression_paths
+from .webhooks_openapi import MODELS as WEBHOOK_MODELS
+from .webhooks_openapi import receiver_webhooks, webhook_paths
 
 
 class _Out(BaseModel):
@@ -39,6 +42,7 @@ ERROR_CODES = (
     "rate_limited", "recipient_rate_limited", "unavailable", "queue_full",
     "unknown_template_version", "store_unavailable", "invalid_import",
     "invalid_send_at", "send_at_out_of_range", "not_cancellable",
+    "invalid_webhook_url", "too_many_endpoints",
 )
 
 
@@ -100,6 +104,11 @@ class TimelineEvent(BaseModel):
     code: str | None = None
     transport: str | None = None
     attempt: str | None = None
+    recipient: str | None = Field(None, description="Bounces and complaints: about whom")
+    bounce_type: Literal["hard", "soft"] | None = None
+    source: Literal["dsn", "mailtrap"] | None = Field(
+        None, description="Bounces and complaints: a delivery report received by "
+                          "`email-service bounces`, or a Mailtrap webhook event")
 
 
 class MessageContent(_Out):
@@ -134,6 +143,11 @@ class MessageStatus(_Out):
     send_at: Timestamp | None = Field(description="When a scheduled message is due")
     last_error: LastError | None
     response: str | None
+    bounce_type: Literal["hard", "soft"] | None = Field(
+        description="Reported undeliverable after acceptance: `hard` when any recipient "
+                    "failed permanently (5.x.x), else `soft` (README: Bounces)")
+    bounces: dict[str, Literal["hard", "soft", "complaint"]] = Field(
+        description="What was reported per recipient, after the relay accepted the message")
     created_at: Timestamp
     updated_at: Timestamp
     timeline: list[TimelineEvent]
@@ -234,6 +248,7 @@ _MODELS: list[type[BaseModel]] = [
     OrderConfirmationSent, Health, Ready, MessageStatus, MessageContent, TemplateList,
     TemplateDetail, PreviewRequest, Preview, TemplateVersions, TemplateVersionDetail,
     DeadLetterList, DeadLetterDetail, RetryAll, Purged, Cancelled, *SUPPRESSION_MODELS,
+    *WEBHOOK_MODELS,
 ]
 
 
@@ -249,7 +264,8 @@ def _errors(*codes: int) -> dict[str, Any]:
     texts = {400: "Malformed request", 401: "Missing or invalid token",
              403: "Token lacks the required scope", 404: "Not found",
              408: "The body did not arrive in time (HTTP_BODY_TIMEOUT_SECONDS)",
-             409: "Idempotency-Key reused with a different body", 413: "Body too large",
+             409: "Idempotency-Key reused with a different body, or a limit reached",
+             413: "Body too large",
              422: "Invalid field (details name it)", 429: "Rate limited (see Retry-After)",
              503: "Redis unavailable or queue full (see Retry-After)"}
     return {str(code): _json(Error, texts[code]) for code in codes}
@@ -395,6 +411,8 @@ def openapi_document() -> dict[str, Any]:
             "responses": {"200": _json(OrderConfirmationSent, "Queued"),
                           **_errors(*_SEND_ERRORS)},
         }},
+        **webhook_paths(_json, _errors, _body, _path_param),
+        **mailtrap_openapi_paths(_errors(400, 401, 404, 408, 413, 503)),
     }
     paths.update(suppression_paths(_json, _errors, _ref))
     return {
@@ -402,6 +420,7 @@ def openapi_document() -> dict[str, Any]:
         "info": {"title": "email-service", "version": "1",
                  "description": "Transactional email: authenticated sends, queued delivery."},
         "paths": paths,
+        "webhooks": receiver_webhooks(_body),
         "security": secured,
         "components": {
             "schemas": components,

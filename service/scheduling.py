@@ -49,11 +49,13 @@ def accept_entry(job: dict[str, Any], fields: dict[str, str], request: SendReque
                      suppression_fields=door_fields(job), queue_name=queue)
     fields["status"] = SCHEDULED
     fields["send_at"] = str(due)
+    # Like ``queued``, announced only when webhooks are on (no per-message cost otherwise).
+    announced = lifecycle_event(
+        SCHEDULED_EVENT, job["id"], owner=fields["owner"], template=fields["template"],
+        stream=stream, send_at=rfc3339(due)) if settings.webhooks.enabled else b""
     return Entry(job, fields, event(SCHEDULED, f"accepted via {job['source']}; due at "
                                                f"{rfc3339(due)}"),
-                 lifecycle_event(SCHEDULED_EVENT, job["id"], owner=fields["owner"],
-                                 template=fields["template"], stream=stream,
-                                 send_at=rfc3339(due)),
+                 announced,
                  suppression_fields=door_fields(job), queue_name=queue, due=due)
 
 

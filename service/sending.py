@@ -77,6 +77,7 @@ class SendService:
             max_queue_depth=settings.limits.max_queue_depth,
             wait_replicas=settings.redis.wait_replicas,
             wait_timeout_ms=settings.redis.wait_timeout_ms,
+            emit_events=settings.webhooks.enabled,
         )
         self.limiter = RateLimiter(client, settings.redis.key_prefix)
         #: Callers' buckets known to be empty: their requests are refused before any work.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 from starlette.requests import Request
@@ -20,6 +21,7 @@ from mailcore.suppressions import (
     GLOBAL,
     MAX_PAGE,
     SuppressionList,
+    SyncSuppressionList,
     add_to,
     suppression_address,
     validate_scope,
@@ -28,6 +30,7 @@ from mailcore.suppressions import (
 from .auth import authenticate
 from .body import read_json_object
 from .errors import ApiError, JSONResponse
+from .offload import OFFLOAD_BYTES, off_loop
 
 #: Seconds an import body may take to arrive.
 IMPORT_TIMEOUT = 60.0
@@ -140,16 +143,21 @@ async def import_suppressions(request: Request) -> Response:
         raise _too_large(settings.import_max_bytes)
     reader = JsonlImport(max_lines=settings.import_max_lines)
     size = 0
+    pending = bytearray()
     try:
         async with asyncio.timeout(IMPORT_TIMEOUT):
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > settings.import_max_bytes:
                     raise _too_large(settings.import_max_bytes)
-                reader.feed(chunk)
+                pending += chunk
+                if len(pending) >= OFFLOAD_BYTES:  # validating lines is CPU: off the loop
+                    await off_loop(partial(reader.feed, bytes(pending)))
+                    pending.clear()
     except TimeoutError:
         raise ApiError(408, "request_timeout", f"the import did not arrive within "
                        f"{IMPORT_TIMEOUT:g} s", headers={"Connection": "close"}) from None
+    reader.feed(bytes(pending))
     reader.close()
     if size == 0:
         raise ApiError(400, "invalid_request", "the import body is empty; JSONL is expected")
@@ -163,11 +171,16 @@ async def import_suppressions(request: Request) -> Response:
             details=[{"field": f"line {line}", "line": line, "message": message}
                      for line, message in reader.errors])
     if reader.entries:
-        prefix = _settings(request).redis.key_prefix
-        async with request.app.state.redis.pipeline(transaction=True) as pipe:
-            for entry in reader.entries:
-                add_to(pipe, prefix, entry)
-            await pipe.execute()
+        store = SyncSuppressionList(request.app.state.admin_redis,
+                                    _settings(request).redis.key_prefix)
+
+        def write() -> None:  # one transaction; packing its commands is CPU: off the loop
+            with store.client.pipeline(transaction=True) as pipe:
+                for entry in reader.entries:
+                    add_to(pipe, store.prefix, entry)
+                pipe.execute()
+
+        await off_loop(write)
     return JSONResponse({"imported": len(reader.entries)})
 
 

@@ -116,7 +116,8 @@ def test_each_variable_is_declared_once_with_its_default() -> None:
     declared = [var.name for group in GROUPS.values() for _, var in variables(group)]
     assert len(declared) == len(set(declared))
     secrets = {"JWT_SECRET", "SMTP_PASSWORD", "SMTP_USERNAME", "REDIS_PASSWORD", "REDIS_URL",
-               "MAILTRAP_API_TOKEN", "REDIS_SENTINEL_PASSWORD", "UNSUBSCRIBE_SECRETS"}
+               "MAILTRAP_API_TOKEN", "REDIS_SENTINEL_PASSWORD", "UNSUBSCRIBE_SECRETS",
+               "BOUNCE_SECRET", "MAILTRAP_WEBHOOK_SECRET"}
     assert secrets == SECRET_NAMES
     # The dataclasses' defaults are the declared defaults read as if from the environment.
     assert Settings() == Settings.from_env(BASE)

@@ -302,7 +302,10 @@ def test_openapi_and_offline_docs(redis_server: RedisServer) -> None:
                      "/v1/dead-letters/{id}/retry", "/email-service/send-reset-code",
                      "/api/order-confirmation", "/health", "/ready",
                      "/v1/suppressions", "/v1/suppressions/import", "/v1/suppressions/export",
-                     "/v1/suppressions/{address}", "/u/{token}"}
+                     "/v1/suppressions/{address}", "/u/{token}",
+                     "/v1/webhooks", "/v1/webhooks/{id}", "/v1/webhooks/{id}/rotate-secret",
+                     "/v1/webhooks/dead-letters", "/v1/webhooks/dead-letters/{id}/retry",
+                     "/v1/webhooks/mailtrap"}
         assert set(document["paths"]) == app_paths
         assert "SendRequest" in document["components"]["schemas"]
         page = client.get("/docs")

@@ -208,7 +208,8 @@ def test_runtime_stage_has_no_build_tools(rootfs: Path, container: str) -> None:
     found = subprocess.run(
         ["buildah", "run", "--isolation", "chroot", container, "--", "sh", "-c",
          "for tool in gcc cc c++ g++ clang make; do command -v $tool; done; "
-         "python -c 'import email_service, mailcore, service, workers, kopf, dramatiq'"],
+         "python -c 'import email_service, mailcore, service, workers, bounces, "
+         "flufl.bounce, kopf, dramatiq'"],
         capture_output=True, text=True, timeout=120, check=False)
     assert found.returncode == 0, found.stderr
     assert found.stdout.strip() == "", f"build tools on PATH: {found.stdout}"

@@ -100,7 +100,7 @@ def door(redis_server: RedisServer) -> Iterator[tuple[TestClient, str, str]]:
     prefix, queue = f"sched-{uuid.uuid4().hex[:8]}", f"sq-{uuid.uuid4().hex[:8]}"
     settings = app_settings(redis_server.url, KEY_PREFIX=prefix, QUEUE_NAME=queue,
                             BULK_QUEUE_NAME=f"{queue}-bulk", RESET_LIMIT_PER_RECIPIENT="off",
-                            SCHEDULE_HORIZON_SECONDS="86400")
+                            SCHEDULE_HORIZON_SECONDS="86400", WEBHOOKS_ENABLED="true")
     with TestClient(create_app(settings)) as client:
         yield client, prefix, queue
 
@@ -223,7 +223,8 @@ def _dispatcher(redis_server: RedisServer, prefix: str, queue: str) -> Dispatche
     return Dispatcher(redis_server.client(), prefix=prefix,
                       queues={"transactional": f"dramatiq:{queue}",
                               "bulk": f"dramatiq:{queue}-bulk"},
-                      default_queue=f"dramatiq:{queue}", retention_seconds=3600)
+                      default_queue=f"dramatiq:{queue}", retention_seconds=3600,
+                      emit_events=True)
 
 
 def _accept_due(client: TestClient, count: int) -> list[str]:

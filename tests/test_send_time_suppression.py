@@ -121,6 +121,8 @@ def test_nothing_suppressed_or_expired_costs_nothing_visible(
 def test_a_job_without_recipients_needs_no_check() -> None:
     assert SendTimeCheck.for_job({"id": "x", "request": {"to": []}}) is None
     assert SendTimeCheck.for_job({"id": "x", "request": "nonsense"}) is None
+    assert SendTimeCheck.for_job({"id": "x", "request": {"to": ["a@example.com"],
+                                                         "sandbox": True}}) is None
     assert job_recipients({"request": {"to": "a@example.com", "bcc": [{"email": 3}, None]}}) == (
         "a@example.com",)
     assert job_stream({"request": {"stream": ""}}) == "transactional"
@@ -147,10 +149,11 @@ def test_hard_bounces_survive_an_unreachable_redis(prefix: str) -> None:
     assert recorder.record("m1", {"gone@example.com": "550 5.1.1 gone"}) == 0
 
 
-def test_the_check_arguments_are_small(prefix: str) -> None:
+def test_the_check_arguments_are_small_and_the_event_built_only_when_needed() -> None:
     one = job("ada@example.com", "bob@example.com")
     check = SendTimeCheck.for_job(one)
     assert check is not None
     count, announced, *rest = check.args
-    assert count == 4 and rest[4:] == ["ada@example.com", "bob@example.com"]
-    assert orjson.loads(announced)["type"] == "message.suppressed"
+    assert count == 4 and announced == b"" and rest[4:] == ["ada@example.com", "bob@example.com"]
+    event = orjson.loads(check.announcing().args[1])
+    assert event["type"] == "message.suppressed" and event["message_id"] == one["id"]

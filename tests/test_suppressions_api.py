@@ -256,3 +256,44 @@ def test_an_idempotent_retry_replays_suppressed(api: Api) -> None:
     second = api.client.post("/v1/messages", json=reset("ada@example.com"), headers=headers)
     assert first.json() == second.json() and second.json()["status"] == "suppressed"
     assert len(api.events()) == 1
+
+
+def test_sandboxed_messages_are_not_checked(redis_server: RedisServer) -> None:
+    prefix = f"sapi-{uuid.uuid4().hex[:8]}"
+    settings = app_settings(redis_server.url, KEY_PREFIX=prefix, SANDBOX_SUBJECTS="tester",
+                            QUEUE_NAME=f"sapi-{uuid.uuid4().hex[:8]}")
+    tester = {"Authorization": f"Bearer {mint_token(TEST_SECRET, subject='tester')}"}
+    with TestClient(create_app(settings)) as client:
+        assert client.post("/v1/suppressions", json={"address": "ada@example.com"},
+                           headers=ADMIN).status_code == 201
+        answer = client.post("/v1/messages", json=reset("ada@example.com"), headers=tester)
+        assert answer.json()["status"] == "queued"  # rendered and kept, never delivered
+
+
+def test_an_idn_recipient_matches_its_entry_at_the_door(api: Api) -> None:
+    api.add(address="Kim@straße.de")
+    answer = api.client.post("/v1/messages", json=reset("kim+promo@xn--strae-oqa.de"),
+                             headers=READER)
+    assert answer.json()["status"] == "suppressed"
+    other = api.client.post("/v1/messages", json=reset("kim@strasse.de"), headers=READER)
+    assert other.json()["status"] == "queued"  # another domain (IDNA 2003 would have folded it)
+
+
+def test_a_large_import_is_validated_off_the_loop_and_written_whole(
+        redis_server: RedisServer) -> None:
+    prefix = f"sapi-{uuid.uuid4().hex[:8]}"
+    settings = app_settings(redis_server.url, KEY_PREFIX=prefix)
+    body = jsonl(*({"address": f"bulk{n:05d}@example.com", "reason": "hard_bounce"}
+                   for n in range(3000)))
+    assert len(body) > 100_000  # several hand-offs to the worker thread
+
+    def chunks() -> Iterator[bytes]:
+        for start in range(0, len(body), 4096):
+            yield body[start:start + 4096]
+
+    with TestClient(create_app(settings)) as client:
+        answer = client.post("/v1/suppressions/import", content=chunks(), headers=ADMIN)
+        assert answer.json() == {"imported": 3000}
+        exported = client.get("/v1/suppressions/export?reason=hard_bounce", headers=READER)
+        lines = exported.content.splitlines()
+        assert len(lines) == 3000 and orjson.loads(lines[-1])["address"] == "bulk02999@example.com"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
@@ -38,6 +39,7 @@ from mailcore.transports import (
     UnconfirmedDeliveryError,
 )
 from mailcore.unsubscribe import unsubscribe_headers
+from mailcore.verp import envelope_sender
 
 from . import metrics
 
@@ -80,6 +82,9 @@ class Deliverer:
         self.signer = signer
         self._brand = asdict(settings.brand)
         self._default_sender = Recipient(email=settings.sender.email, name=settings.sender.name)
+        bounces = settings.bounces
+        #: (key, domain) of VERP envelope senders; None: the From address is the envelope's.
+        self._verp = (bounces.secret_bytes, bounces.domain) if bounces.domain else None
 
     def deliver(self, job: dict[str, Any], only_via: str | None = None,
                 withheld: tuple[str, ...] = ()) -> Delivered:
@@ -115,6 +120,11 @@ class Deliverer:
         )
         if self.signer is not None:
             envelope = self.signer.sign_envelope(envelope)
+        if self._verp is not None:
+            # Bounces come back to a per-message, signed address (README: Bounces).
+            verp = envelope_sender(*self._verp, job["id"])
+            if verp is not None:
+                envelope = dataclasses.replace(envelope, sender=verp)
         if self.settings.telemetry.trace_recipients:
             span.set_attribute("email.recipients", list(envelope.recipients))
         started = time.perf_counter()

@@ -625,14 +625,16 @@ def exported_metrics() -> set[str]:
     """Every metric name the service exports (ingress, workers, queue and operator gauges)."""
     from prometheus_client import REGISTRY
 
-    import workers.metrics  # noqa: F401 - registers the worker metrics
+    import workers.metrics  # registers the worker metrics
+    import workers.webhook_metrics  # and the webhook ones
     from service.metrics import IngressMetrics
 
     exported = {metric.name for metric in IngressMetrics().registry.collect()}
     exported |= {metric.name for metric in REGISTRY.collect()}
     exported |= {"email_queue_depth", "email_queue_delayed", "email_queue_in_flight",
                  "email_queue_oldest_age_seconds", "email_dead_letter_queue_size",
-                 "email_operator_reconciles", "email_operator_templates"}
+                 "email_operator_reconciles", "email_operator_templates",
+                 workers.webhook_metrics.DEAD_LETTER_SIZE}
     return exported
 
 

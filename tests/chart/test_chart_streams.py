@@ -83,7 +83,7 @@ def test_network_policy_and_monitoring_cover_every_stream_s_workers(helm_binary:
                   "--set", "metrics.serviceMonitor.enabled=true")
     internal = by_kind(docs, "NetworkPolicy")["mail-email-service-internal"]
     expression = internal["spec"]["podSelector"]["matchExpressions"][1]
-    assert set(expression["values"]) == {"worker", "worker-bulk", "operator"}
+    assert set(expression["values"]) == {"worker", "worker-bulk", "operator", "webhooks"}
     assert {WORKER, BULK} <= set(by_kind(docs, "PodMonitor"))
     for version in KUBERNETES_VERSIONS:
         for doc in docs:

@@ -211,6 +211,8 @@ def broken(change: Any) -> dict[str, Any]:
     (lambda s: s.update(stream="Bulk"), ("spec.stream", "enum")),
     (lambda s: s.update(stream=["bulk"]), ("spec.stream", "type")),
     (lambda s: s.update(stream=1), ("spec.stream", "type")),
+    (lambda s: s.update(unsubscribe="yes"), ("spec.unsubscribe", "type")),
+    (lambda s: s.update(unsubscribe=1), ("spec.unsubscribe", "type")),
 ])
 def test_broken_objects_fail_for_the_right_reason(change: Any, expected: tuple[str, str]) -> None:
     assert expected in errors(broken(change))

@@ -91,6 +91,14 @@ chart's Secret under the file name the pods read. Call with
 {{- if or .Values.smtp.existingSecret .Values.smtp.password -}}true{{- end -}}
 {{- end -}}
 
+{{- define "email-service.hasBounceSecret" -}}
+{{- if and .Values.bounces.enabled (or .Values.bounces.existingSecret .Values.bounces.secret) -}}true{{- end -}}
+{{- end -}}
+
+{{- define "email-service.hasMailtrapWebhookSecret" -}}
+{{- if or .Values.mailtrapWebhook.existingSecret .Values.mailtrapWebhook.signingSecret -}}true{{- end -}}
+{{- end -}}
+
 {{- define "email-service.hasMailtrapToken" -}}
 {{- if or .Values.mailtrap.existingSecret .Values.mailtrap.apiToken -}}true{{- end -}}
 {{- end -}}
@@ -198,8 +206,10 @@ name> (jwt_secret, smtp_password, mailtrap_api_token, redis_password). Call with
 {{- $sentinel := include "email-service.hasSentinelPassword" $root -}}
 {{- $dkim := and .dkim $root.Values.dkim.keys -}}
 {{- $unsubscribe := and .unsubscribe $root.Values.unsubscribe.publicBaseUrl (or $root.Values.unsubscribe.secrets $root.Values.unsubscribe.existingSecret) -}}
+{{- $bounce := and .bounce (include "email-service.hasBounceSecret" $root) -}}
+{{- $webhook := and .webhook (include "email-service.hasMailtrapWebhookSecret" $root) -}}
 - name: secrets
-{{- if or $jwt $smtp $redis $mailtrap $sentinel $dkim $unsubscribe }}
+{{- if or $jwt $smtp $redis $mailtrap $sentinel $dkim $unsubscribe $bounce $webhook }}
   projected:
     defaultMode: 0440
     sources:
@@ -223,6 +233,12 @@ name> (jwt_secret, smtp_password, mailtrap_api_token, redis_password). Call with
       {{- end }}
       {{- if $unsubscribe }}
       {{- include "email-service.secretFile" (dict "root" $root "secret" "unsubscribe" "file" "unsubscribe_secrets") | nindent 6 }}
+      {{- end }}
+      {{- if $bounce }}
+      {{- include "email-service.secretFile" (dict "root" $root "secret" "bounces" "file" "bounce_secret") | nindent 6 }}
+      {{- end }}
+      {{- if $webhook }}
+      {{- include "email-service.secretFile" (dict "root" $root "secret" "mailtrapWebhook" "file" "mailtrap_webhook_secret") | nindent 6 }}
       {{- end }}
 {{- else }}
   emptyDir: {sizeLimit: 1Mi}
