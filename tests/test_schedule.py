@@ -416,3 +416,23 @@ def test_a_scheduled_send_to_suppressed_recipients_is_suppressed_not_scheduled(
     assert r.zscore(schedule_key(prefix), scheduled) is not None
     assert read_status(r, prefix, suppressed)["status"] == "suppressed"
     assert r.llen(f"dramatiq:{queue}-bulk") == 0
+
+
+def test_without_webhooks_scheduling_writes_no_events_but_cancel_does(
+        redis_server: RedisServer) -> None:
+    """Per-message events (``scheduled``, ``queued`` at dispatch) cost nothing when webhooks are
+    off; a cancel is rare and always announced (as a suppression is)."""
+    prefix, queue = f"sched-{uuid.uuid4().hex[:8]}", f"sq-{uuid.uuid4().hex[:8]}"
+    settings = app_settings(redis_server.url, KEY_PREFIX=prefix, QUEUE_NAME=queue,
+                            RESET_LIMIT_PER_RECIPIENT="off")
+    r: Any = redis_server.client()
+    with TestClient(create_app(settings)) as client:
+        due = _accept_due(client, 2)
+        Dispatcher.from_settings(settings).dispatch_due()
+        assert r.xlen(stream_key(prefix)) == 0
+        later = client.post("/v1/messages", json=message(send_at=future(600)),
+                            headers=GOOD).json()["id"]
+        assert client.delete(f"/v1/messages/{later}", headers=GOOD).status_code == 200
+    kinds = [decode_event(f[b"event"])["type"] for _, f in r.xrange(stream_key(prefix))]
+    assert kinds == ["message.cancelled"]
+    assert {read_status(r, prefix, mid)["status"] for mid in due} == {"queued"}
