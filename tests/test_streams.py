@@ -4,6 +4,8 @@ live routing is in test_streams_live.py)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -19,7 +21,7 @@ from mailcore.template_resources import source_from_spec
 from mailcore.tokens import mint_token
 from service.app import create_app
 
-from .support import TEST_SECRET, RedisServer, app_settings, make_settings
+from .support import REPO, TEST_SECRET, RedisServer, app_settings, base_env, make_settings
 
 AUTH = {"Authorization": f"Bearer {mint_token(TEST_SECRET, subject='streams')}"}
 SPEC = {"subject": "News", "html": "<p>News</p>", "text": "News"}
@@ -129,3 +131,26 @@ def test_each_stream_has_its_own_dead_letters(door: tuple[TestClient, str],
     for bad in ("marketing", "", "BULK", "bulk%00", "x" * 5000):
         refused = client.get(f"/v1/dead-letters?stream={bad}", headers=admin)
         assert refused.status_code == 422 and refused.json()["details"][0]["field"] == "stream"
+
+
+def test_the_dlq_command_names_a_stream(door: tuple[TestClient, str],
+                                        redis_server: RedisServer) -> None:
+    client, queue = door
+    r: Any = redis_server.client()
+    message_id = send(client, stream="bulk").json()["id"]
+    (rid,) = r.lrange(f"dramatiq:{queue}-bulk", 0, -1)
+    r.zadd(f"dramatiq:{queue}-bulk.XQ", {rid: 1})
+    r.hset(f"dramatiq:{queue}-bulk.XQ.msgs", rid, r.hget(f"dramatiq:{queue}-bulk.msgs", rid))
+    prefix = client.app.state.send_service.settings.redis.key_prefix  # type: ignore[attr-defined]
+    env = base_env(redis_server.url, 2525, KEY_PREFIX=prefix, QUEUE_NAME=queue,
+                   BULK_QUEUE_NAME=f"{queue}-bulk")
+
+    def dlq(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "email_service", "dlq", *args], env=env,
+                              cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+
+    assert dlq("list").stdout == "no dead letters\n"
+    listed = dlq("--stream", "bulk", "list")
+    assert listed.returncode == 0 and message_id in listed.stdout, listed.stderr
+    refused = dlq("--stream", "marketing", "list")
+    assert refused.returncode == 2 and "invalid choice" in refused.stderr
