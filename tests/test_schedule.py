@@ -20,12 +20,15 @@ from mailcore.errors import InvalidSendAt, NotCancellable, SendAtOutOfRange
 from mailcore.lifecycle import decode_event, stream_key
 from mailcore.schedule import Dispatcher, cancel, due_time, parse_send_at, schedule_key
 from mailcore.status import open_key, status_key
+from mailcore.store import StoreKeys, TemplateStoreWriter
+from mailcore.template_history import collect_garbage
+from mailcore.template_resources import source_from_spec
 from mailcore.timestamps import rfc3339
 from mailcore.tokens import mint_token
 from service.app import create_app
 from workers.sweeper import Sweeper
 
-from .support import TEST_SECRET, RedisServer, app_settings, read_status
+from .support import TEST_SECRET, RedisServer, app_settings, read_status, wait_for
 
 GOOD = {"Authorization": f"Bearer {mint_token(TEST_SECRET, subject='billing')}"}
 OTHER = {"Authorization": f"Bearer {mint_token(TEST_SECRET, subject='intruder')}"}
@@ -436,3 +439,31 @@ def test_without_webhooks_scheduling_writes_no_events_but_cancel_does(
     kinds = [decode_event(f[b"event"])["type"] for _, f in r.xrange(stream_key(prefix))]
     assert kinds == ["message.cancelled"]
     assert {read_status(r, prefix, mid)["status"] for mid in due} == {"queued"}
+
+
+def test_a_scheduled_message_keeps_its_pinned_template_version_until_it_is_done(
+        door: tuple[TestClient, str, str], redis_server: RedisServer) -> None:
+    client, prefix, _ = door
+    r: Any = redis_server.client()
+    writer = TemplateStoreWriter(r, prefix)
+    name = f"promo-{uuid.uuid4().hex[:6]}"
+    key = f"default/{name}"
+
+    def version(subject: str) -> str:
+        source = source_from_spec(key, {"subject": subject, "html": "<p>x</p>", "text": "x"})
+        writer.put(key, source, {"kind": "test"})
+        return source.version
+
+    first = version("one")
+    wait_for(lambda: client.get(f"/v1/templates/{name}", headers=GOOD).json().get("version")
+             == first, message="the ingress to serve the template")
+    message_id = client.post("/v1/messages", headers=GOOD, json={
+        "template": name, "to": "a@example.org", "send_at": future(3600)}).json()["id"]
+    assert r.hget(status_key(prefix, message_id), "version").decode() == first
+    version("two")
+    version("three")
+    archive = StoreKeys(prefix).archive
+    collect_garbage(r, prefix, keep=1)
+    assert r.hexists(archive, f"{key}@{first}")  # the waiting message still needs it
+    assert client.delete(f"/v1/messages/{message_id}", headers=GOOD).status_code == 200
+    assert f"{key}@{first}" in collect_garbage(r, prefix, keep=1)  # cancelled: released
