@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mailcore.config import ConfigError, Settings
+from mailcore.streams import STREAM_NAMES, TRANSACTIONAL
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -128,6 +129,8 @@ def _parser() -> argparse.ArgumentParser:
     render.set_defaults(run=_run_render)
 
     dlq = command("dlq", "inspect and act on dead letters")
+    dlq.add_argument("--stream", choices=STREAM_NAMES, default=TRANSACTIONAL,
+                     help="whose queue's dead letters (default: transactional)")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
     dlq_list = command("list", "list dead letters, newest first", dlq_sub)
     dlq_list.add_argument("--limit", type=int, default=100, help="list at most this many")
@@ -266,11 +269,14 @@ def _run_worker(args: argparse.Namespace) -> int:
 
         prepare_multiprocess_dir()
         serve_worker_metrics(settings.worker.metrics_port, settings.redis.where,
-                             settings.worker.queue_name, host=settings.worker.metrics_host)
+                             list(settings.queues.values()),
+                             host=settings.worker.metrics_host)
     dramatiq_args = make_argument_parser().parse_args([  # type: ignore[no-untyped-call]
         "workers.actors", "--processes", str(args.processes or settings.worker.processes),
         "--threads", str(args.threads or settings.worker.threads),
         "--skip-logging", "--worker-shutdown-timeout", str(settings.worker.shutdown_timeout_ms),
+        # Only the queues of this worker's streams (the chart runs one Deployment per stream).
+        "--queues", *[settings.queues[stream] for stream in settings.streams.worker_streams],
     ])
     code = dramatiq_main(dramatiq_args)  # type: ignore[no-untyped-call]
     return int(code or 0)
@@ -381,7 +387,7 @@ def _run_dlq(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     dead = DeadLetters(sync_client(settings.redis.where, "admin"),
-                       settings.worker.queue_name, settings.redis.key_prefix,
+                       settings.queues[args.stream], settings.redis.key_prefix,
                        settings.limits.status_retention_seconds)
     if args.dlq_command == "list":
         letters = dead.list(args.limit)

@@ -8,7 +8,8 @@ import os
 _FOREIGN = ("REDIS_", "SMTP_", "JWT_", "SENDER_", "EMAIL_SERVICE_", "MAILTRAP_", "TRANSPORT",
             "WEBHOOKS_",
             "DKIM_", "FAILOVER_", "EMAIL_SENDER", "COMPANY_NAME", "SUPPORT_EMAIL", "SANDBOX_",
-            "RECIPIENT_ALLOWLIST", "REDIRECT_ALL_TO", "BOUNCE")
+            "RECIPIENT_ALLOWLIST", "REDIRECT_ALL_TO", "BOUNCE", "SCHEDULE_", "WORKER_STREAMS",
+            "BULK_QUEUE_NAME")
 
 
 def service_env(redis_url: str, smtp_port: int, secret: str, **overrides: str) -> dict[str, str]:

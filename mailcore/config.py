@@ -42,6 +42,7 @@ from .envfields import (
 from .ratelimit import Rate, parse_rate
 from .render_budget import RenderLimits
 from .sentinel import SentinelSettings, parse_master, parse_sentinels
+from .streams import STREAM_NAMES, stream_queues
 from .webhook_settings import WebhookSettings
 
 __all__ = ["ALIASES", "SECRET_NAMES", "Brand", "ConfigError", "Settings", "redis_configured"]
@@ -490,6 +491,49 @@ class WorkerSettings:
             )
 
 
+def _stream_names(raw: str) -> tuple[str, ...]:
+    found = names(raw)
+    unknown = [name for name in found if name not in STREAM_NAMES]
+    if unknown or not found:
+        raise ValueError(f"streams are {', '.join(STREAM_NAMES)}; got {raw!r}")
+    return found
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """Transactional and bulk traffic on separate queues and workers (README: Streams)."""
+
+    #: The bulk stream's Dramatiq queue (the transactional stream's is ``QUEUE_NAME``).
+    bulk_queue_name: str = setting("BULK_QUEUE_NAME", "email-bulk", "Dramatiq queue of the "
+                                   "`bulk` stream (`transactional` uses `QUEUE_NAME`).", text)
+    #: The streams ``email-service worker`` consumes (the chart runs one Deployment per stream).
+    worker_streams: tuple[str, ...] = setting(
+        "WORKER_STREAMS", "transactional,bulk", "Streams a worker process consumes.",
+        _stream_names)
+    #: Where the ``bulk`` stream goes when the Mailtrap transport is used.
+    mailtrap_bulk_url: str = setting(
+        "MAILTRAP_BULK_BASE_URL", MAILTRAP_BULK_URL, "Mailtrap host of the `bulk` stream.",
+        _http_url)
+
+
+@dataclass(frozen=True)
+class ScheduleSettings:
+    """Scheduled sends: ``send_at`` and the dispatcher (README: Scheduled sends)."""
+
+    #: How far ahead ``send_at`` may be.
+    horizon_seconds: int = setting("SCHEDULE_HORIZON_SECONDS", "604800", "How far ahead "
+                                   "`send_at` may be (default 7 days).",
+                                   integer(low=60, high=366 * 24 * 3600))
+    #: How far in the past ``send_at`` may be (the caller's clock is a little behind): sent now.
+    clock_skew_seconds: int = setting("SCHEDULE_CLOCK_SKEW_SECONDS", "60", "How far in the "
+                                      "past `send_at` is still accepted (clock skew); such a "
+                                      "message is dispatched at once.", integer(low=0, high=3600))
+    #: How often each worker process's dispatcher looks for due messages.
+    poll_seconds: float = setting("SCHEDULE_POLL_SECONDS", "1", "How often each worker "
+                                  "process's dispatcher moves due messages to their queue.",
+                                  number(low=0.01))
+
+
 @dataclass(frozen=True)
 class TransportSettings:
     """Mailtrap's sending API and failover between transports (README: Transports)."""
@@ -806,9 +850,9 @@ class Settings:
     """Every tunable of the service, in groups, read once per process with :meth:`from_env`.
 
     Parameters:
-      redis, smtp, sender, brand, auth, http, events, limits, worker, transport, dkim, bounces,
-      safeguards, templates, operator, telemetry, suppressions, webhooks: the groups (each
-      documents its own fields).
+      redis, smtp, sender, brand, auth, http, events, limits, worker, streams, schedule,
+      transport, dkim, bounces, safeguards, templates, operator, telemetry, suppressions,
+      webhooks: the groups (each documents its own fields).
     """
 
     redis: RedisSettings = field(default_factory=RedisSettings)
@@ -820,6 +864,8 @@ class Settings:
     events: EventSettings = field(default_factory=EventSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
+    streams: StreamSettings = field(default_factory=StreamSettings)
+    schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
     transport: TransportSettings = field(default_factory=TransportSettings)
     dkim: DkimSettings = field(default_factory=DkimSettings)
     bounces: BounceSettings = field(default_factory=BounceSettings)
@@ -838,6 +884,11 @@ class Settings:
                 f"ATTACHMENTS_MAX_TOTAL_BYTES: {total} bytes of files are {total * 4 // 3} in "
                 f"base64, more than MAX_BODY_BYTES ({self.http.max_body_bytes}) leaves room for "
                 f"(at most {fits}); raise MAX_BODY_BYTES too")
+
+    @property
+    def queues(self) -> dict[str, str]:
+        """Each stream's Dramatiq queue name (README: Streams)."""
+        return stream_queues(self.worker.queue_name, self.streams.bulk_queue_name)
 
     @property
     def transports(self) -> tuple[str, ...]:
@@ -917,7 +968,8 @@ def _resolve_transports(env: Environment, worker: WorkerSettings,
 GROUPS: dict[str, type[Any]] = {
     "redis": RedisSettings, "smtp": SmtpSettings, "sender": SenderSettings, "brand": Brand,
     "auth": AuthSettings, "http": HttpSettings, "events": EventSettings, "limits": LimitSettings,
-    "worker": WorkerSettings, "transport": TransportSettings, "dkim": DkimSettings,
+    "worker": WorkerSettings, "streams": StreamSettings, "schedule": ScheduleSettings,
+    "transport": TransportSettings, "dkim": DkimSettings,
     "bounces": BounceSettings, "safeguards": SafeguardSettings,
     "templates": TemplateSettings, "operator": OperatorSettings,
     "telemetry": TelemetrySettings, "suppressions": SuppressionSettings,

@@ -80,6 +80,18 @@ class BatchTooLarge(InvalidRequest):
     code = "batch_too_large"
 
 
+class InvalidSendAt(InvalidRequest):
+    """``send_at`` is not an RFC 3339 date-time with a UTC offset."""
+
+    code = "invalid_send_at"
+
+
+class SendAtOutOfRange(InvalidRequest):
+    """``send_at`` is in the past (beyond the allowed clock skew) or beyond the horizon."""
+
+    code = "send_at_out_of_range"
+
+
 class InvalidIdempotencyKey(InvalidRequest):
     """The ``Idempotency-Key`` is not 1-255 printable ASCII characters."""
 
@@ -90,6 +102,21 @@ class IdempotencyConflict(EmailServiceError):
     """The idempotency key was used before with a different request."""
 
     code = "idempotency_conflict"
+
+
+class NotCancellable(EmailServiceError):
+    """The message is no longer scheduled (dispatched, sent, cancelled already): ``status``
+    says what it is now.
+
+    Parameters:
+      status: the message's current status.
+    """
+
+    code = "not_cancellable"
+
+    def __init__(self, message: str, *, status: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 # --- who is asking ------------------------------------------------------------------------------

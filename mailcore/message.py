@@ -28,6 +28,8 @@ from .addresses import normalize_address, parse_mailbox
 from .attachments import MAX_ATTACHMENTS, AttachmentIn
 from .headers import ALLOWED, MAX_HEADERS, MAX_VALUE, check_headers
 from .locales import MAX_TAG, check_locale
+from .schedule import MAX_SEND_AT
+from .streams import StreamName
 
 __all__ = [
     "ACCEPTED", "CONTENT_LABEL", "MAX_BATCH", "MAX_HEADERS", "MAX_RECIPIENTS", "BatchRequest",
@@ -155,9 +157,16 @@ class SendRequest(BaseModel):
     attachments: list[AttachmentIn] = Field(
         default_factory=list, max_length=MAX_ATTACHMENTS,
         description="Files and inline images (README: Attachments)")
+    #: When to send (README: Scheduled sends); checked against the clock by the validator.
+    send_at: Annotated[str, Field(max_length=MAX_SEND_AT)] | None = Field(
+        default=None, description="RFC 3339 date-time with an offset: send then, not now")
+    #: ``transactional`` or ``bulk`` (README: Streams); else the template's, else transactional.
+    stream: StreamName | None = None
 
     #: The store key of the pinned version (set by the validator; the job carries it).
     _template_key: str | None = PrivateAttr(default=None)
+    #: When a scheduled message is due (epoch seconds; set by the validator from ``send_at``).
+    _due: float | None = PrivateAttr(default=None)
 
     @field_validator("headers")
     @classmethod

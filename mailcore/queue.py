@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 from .lifecycle import EMIT_LUA, QUEUED, lifecycle_event
 from .lifecycle import stream_key as lifecycle_stream
 from .ratelimit import BUCKET_LUA, Rate
+from .schedule import schedule_key
 from .status import Holding, job_key, open_key, status_key, timeline_key
 from .suppressions import LOOKUP_LUA
 from .suppressions import hash_key as suppressions_key
@@ -32,18 +33,21 @@ SEND_ACTOR = "send_email"
 #: Dramatiq's Redis namespace (its default).
 NAMESPACE = "dramatiq"
 
-# KEYS: 1 idempotency record, 2 <queue>.msgs, 3 <queue>, then the B token buckets, then the
-#   status, timeline and job-copy keys of each of the M messages, then the open index, then
-#   the lifecycle stream.
+# KEYS: 1 idempotency record, 2 the schedule, 3 the lifecycle stream, then the B token
+#   buckets, then the status, timeline, job-copy, queue-bodies and queue keys of each of the M
+#   messages (each on its stream's queue: mailcore/streams.py), then the open index, then the
+#   suppression hash.
 # ARGV: 1 idempotent ('1'/'0'), 2 idempotency record, 3 its ttl, 4 max queue depth,
 #   5 status retention, 6 whether the first bucket is the caller's ('1'/'0'), 7 B, 8 M,
 #   then capacity, refill per second and tokens needed of each bucket, then for each message:
 #   redis message id, message body, timeline event, the status hash's fields as one JSON
 #   object (one argument instead of ~18: redis-py packs each argument in Python), the
-#   message id, its lifecycle event ('' for none) and its suppression fields ('' for no
-#   check; mailcore.suppressions.lookup_fields joined by newlines). A message whose status
-#   field is 'suppressed' is recorded (and announced) but not queued. The suppression
-#   hash is the last key.
+#   message id, its lifecycle event ('' for none), its due time in ms ('' to queue it now: a
+#   scheduled message goes to the schedule instead, mailcore/schedule.py), how long its
+#   records live (the retention, plus the wait of a scheduled message) and, last, its
+#   suppression fields ('' for no check; mailcore.suppressions.lookup_fields joined by
+#   newlines). A message whose status field is 'suppressed' is recorded (and announced) but
+#   neither queued nor scheduled.
 # Before anything else, read only: when every recipient of some message is suppressed, answer
 # 'suppressed' with their positions; the caller turns those into 'suppressed' records and asks
 # again without the check (service/suppression_door.py). No extra round trip otherwise.
@@ -51,7 +55,7 @@ _ACCEPT = BUCKET_LUA + EMIT_LUA + LOOKUP_LUA + """
 local callers, buckets, count = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local wholly = {}
 for i = 1, count do
-  local list = ARGV[9 + 3 * buckets + 7 * (i - 1) + 6]
+  local list = ARGV[9 + 3 * buckets + 9 * (i - 1) + 8]
   if list ~= '' then
     local fields = {}
     for field in string.gmatch(list, '[^\\n]+') do fields[#fields + 1] = field end
@@ -85,7 +89,20 @@ if ARGV[1] == '1' then
   if existing then return {'existing', existing} end
 end
 local max_depth = tonumber(ARGV[4])
-if max_depth > 0 and redis.call('LLEN', KEYS[3]) + count > max_depth then return {'full', ''} end
+local at = 9 + 3 * buckets
+if max_depth > 0 then
+  -- Each queue's ceiling (a stream's queue: mailcore/streams.py) counts its own messages.
+  local adding = {}
+  for i = 1, count do
+    if ARGV[at + 9 * (i - 1) + 6] == '' then
+      local queue = KEYS[3 + buckets + 5 * i]
+      adding[queue] = (adding[queue] or 0) + 1
+    end
+  end
+  for queue, added in pairs(adding) do
+    if redis.call('LLEN', queue) + added > max_depth then return {'full', ''} end
+  end
+end
 -- The recipients' buckets: every one must have its tokens, then all are charged.
 for j = callers + 1, buckets do
   if tokens[j] < need[j] then
@@ -96,9 +113,10 @@ for j = callers + 1, buckets do
   bucket_store(KEYS[3 + j], tokens[j] - need[j], capacity[j], rate[j], now)
 end
 if ARGV[1] == '1' then redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3]) end
-local at = 9 + 3 * buckets
 for i = 1, count do
-  local status, timeline = KEYS[1 + buckets + 3 * i], KEYS[2 + buckets + 3 * i]
+  local base = 3 + buckets + 5 * (i - 1)
+  local status, timeline, copy = KEYS[base + 1], KEYS[base + 2], KEYS[base + 3]
+  local ttl = ARGV[at + 7]
   local hash_args = {'redis_id', ARGV[at]}
   local created, status_value = 0, ''
   for field, value in pairs(cjson.decode(ARGV[at + 3])) do
@@ -108,18 +126,22 @@ for i = 1, count do
     if field == 'status' then status_value = value end
   end
   redis.call('HSET', status, unpack(hash_args))
-  redis.call('EXPIRE', status, ARGV[5])
+  redis.call('EXPIRE', status, ttl)
   redis.call('RPUSH', timeline, ARGV[at + 2])
-  redis.call('EXPIRE', timeline, ARGV[5])
-  lifecycle_emit(KEYS[#KEYS - 1], ARGV[at + 5])
+  redis.call('EXPIRE', timeline, ttl)
+  lifecycle_emit(KEYS[3], ARGV[at + 5])
   if status_value ~= 'suppressed' then
-    -- The sweeper's safety net: a copy of the body while the message is unfinished.
-    redis.call('SET', KEYS[3 + buckets + 3 * i], ARGV[at + 1], 'EX', ARGV[5])
-    redis.call('ZADD', KEYS[#KEYS - 2], created, ARGV[at + 4])
-    redis.call('HSET', KEYS[2], ARGV[at], ARGV[at + 1])
-    redis.call('RPUSH', KEYS[3], ARGV[at])
+    -- The sweeper's safety net (and a scheduled message's body): a copy while unfinished.
+    redis.call('SET', copy, ARGV[at + 1], 'EX', ttl)
+    if ARGV[at + 6] ~= '' then
+      redis.call('ZADD', KEYS[2], ARGV[at + 6], ARGV[at + 4])
+    else
+      redis.call('ZADD', KEYS[#KEYS - 1], created, ARGV[at + 4])
+      redis.call('HSET', KEYS[base + 4], ARGV[at], ARGV[at + 1])
+      redis.call('RPUSH', KEYS[base + 5], ARGV[at])
+    end
   end
-  at = at + 7
+  at = at + 9
 end
 return {'queued', ''}
 """
@@ -145,6 +167,10 @@ class Entry:
     lifecycle_event: bytes = b""
     #: Its recipients' suppression fields (``lookup_fields``), checked first; () for none.
     suppression_fields: tuple[str, ...] = ()
+    #: Its stream's queue (``None``: the acceptor's).
+    queue_name: str | None = None
+    #: When a scheduled message is due (epoch seconds); ``None``: queue it now.
+    due: float | None = None
 
 
 def send_job(message_id: str, request: dict[str, Any], *, source: str) -> dict[str, Any]:
@@ -255,9 +281,9 @@ class Acceptor:
 
         ``encoded`` holds :meth:`encode` of each entry when the caller prepared them already
         (off the event loop, for large batches)."""
-        queue = queue_key(self.queue_name)
         charges = (caller, *recipients) if caller else recipients
-        keys = [idempotency_key or f"{self.prefix}:idem:-", f"{queue}.msgs", queue]
+        keys = [idempotency_key or f"{self.prefix}:idem:-", schedule_key(self.prefix),
+                lifecycle_stream(self.prefix)]
         keys += [charge.key for charge in charges]
         args: list[Any] = [
             "1" if idempotency_key else "0", idempotency_record, idempotency_ttl,
@@ -268,11 +294,11 @@ class Acceptor:
             args += [charge.rate.count, charge.rate.per_second, charge.tokens]
         for index, entry in enumerate(entries):
             message_id = entry.job["id"]
+            queue = queue_key(entry.queue_name or self.queue_name)
             keys += [status_key(self.prefix, message_id), timeline_key(self.prefix, message_id),
-                     job_key(self.prefix, message_id)]
+                     job_key(self.prefix, message_id), f"{queue}.msgs", queue]
             args += encoded[index] if encoded is not None else self.encode(entry)
-        keys += [open_key(self.prefix), lifecycle_stream(self.prefix),
-                 suppressions_key(self.prefix)]
+        keys += [open_key(self.prefix), suppressions_key(self.prefix)]
         if self.wait_replicas:
             outcome, detail = await self._accept_replicated(keys, args)
         else:
@@ -297,10 +323,15 @@ class Acceptor:
         return result
 
     def encode(self, entry: Entry) -> list[Any]:
-        """The accept script's arguments for one entry (the CPU part of accepting it)."""
-        return [*encode_message(entry.job, self.queue_name), entry.timeline_event,
-                orjson.dumps(entry.status_fields), entry.job["id"],
+        """The accept script's arguments for one entry (the CPU part of accepting it); the
+        suppression fields come last (service/suppression_door.py clears them there)."""
+        ttl = self.retention
+        if entry.due is not None:  # kept through the wait, then for the retention
+            ttl += max(int(entry.due - time.time()), 0) + 1
+        return [*encode_message(entry.job, entry.queue_name or self.queue_name),
+                entry.timeline_event, orjson.dumps(entry.status_fields), entry.job["id"],
                 entry.lifecycle_event or self._queued_event(entry),
+                "" if entry.due is None else int(entry.due * 1000), ttl,
                 "\n".join(entry.suppression_fields)]
 
     def _queued_event(self, entry: Entry) -> bytes:
@@ -310,7 +341,7 @@ class Acceptor:
             return b""
         return lifecycle_event(
             QUEUED, entry.job["id"], owner=fields.get("owner"), template=fields.get("template"),
-            recipients=orjson.Fragment(fields.get("recipients", "[]")),
+            stream=fields.get("stream"), recipients=orjson.Fragment(fields.get("recipients", "[]")),
             metadata=orjson.Fragment(fields["metadata"]) if fields.get("metadata") else None)
 
     async def queue_depth(self) -> int:

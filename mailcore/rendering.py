@@ -108,6 +108,8 @@ class TemplateSource:
     locales: Mapping[str, LocaleOverride] = field(default_factory=dict)
     #: The locale whose entry serves a request whose own locale has none (before the default).
     fallback_locale: str | None = None
+    #: The stream its messages go on unless a request names one (README: Streams).
+    stream: str | None = None
     #: Messages carry one-click unsubscribe headers (RFC 8058; ``spec.unsubscribe``).
     unsubscribe: bool = False
 
@@ -122,6 +124,8 @@ class TemplateSource:
         }
         if self.fallback_locale is not None:  # absent: versions stay what they were
             content["fallback_locale"] = self.fallback_locale
+        if self.stream is not None:  # likewise
+            content["stream"] = self.stream
         if self.unsubscribe:  # likewise
             content["unsubscribe"] = True
         canonical = orjson.dumps(content, option=orjson.OPT_SORT_KEYS)

@@ -76,6 +76,7 @@ def source_to_dict(source: TemplateSource) -> dict[str, Any]:
         "sample_data": dict(source.sample_data),
         "locales": {key: value.content() for key, value in source.locales.items()},
         "fallback_locale": source.fallback_locale,
+        "stream": source.stream,
         "unsubscribe": source.unsubscribe,
     }
 

@@ -454,6 +454,8 @@ def decode_status(fields: dict[bytes, bytes], timeline: list[bytes]) -> dict[str
         "suppressed_recipients": orjson.loads(raw.get("suppressed_recipients", "[]")),
         "redirected_from": orjson.loads(raw.get("redirected_from", "[]")),
         "source": raw.get("source"),
+        "stream": raw.get("stream") or "transactional",
+        "send_at": rfc3339(float(raw["send_at"])) if raw.get("send_at") else None,
         "last_error": last_error,
         "response": raw.get("response") or None,
         # Bounces and complaints after acceptance (mailcore/bounce_record.py).

@@ -143,6 +143,7 @@ def encode_record(key: str, source: TemplateSource, origin: Mapping[str, Any]) -
             "variables": source.variables, "sample_data": source.sample_data,
             "locales": {locale: override.content() for locale, override in source.locales.items()},
             "fallback_locale": source.fallback_locale,
+            "stream": source.stream,
             "unsubscribe": source.unsubscribe,
         },
     })
@@ -159,6 +160,7 @@ def decode_record(raw: bytes | str) -> StoredTemplate:
         locales={locale: LocaleOverride(**fields)
                  for locale, fields in (body.get("locales") or {}).items()},
         fallback_locale=body.get("fallback_locale"),
+        stream=body.get("stream"),
         unsubscribe=body.get("unsubscribe") is True,
     )
     return StoredTemplate(key=record["key"], version=record["version"], source=source,

@@ -33,7 +33,7 @@ import orjson
 import redis
 import redis.asyncio as aioredis
 
-from .status import FAILED, SENT, status_key
+from .status import CANCELLED, FAILED, SENT, status_key
 from .store import StoreKeys, archive_field, decode_record
 from .templates import Pin
 from .timestamps import rfc3339, rfc3339_from_iso
@@ -41,7 +41,7 @@ from .timestamps import rfc3339, rfc3339_from_iso
 #: A reference without a status record is kept this long (the status is written just after it).
 PIN_GRACE_SECONDS = 300.0
 #: Statuses after which a message is never rendered again.
-FINAL = frozenset({SENT.encode(), FAILED.encode()})
+FINAL = frozenset({SENT.encode(), FAILED.encode(), CANCELLED.encode()})
 
 
 async def add_references(client: aioredis.Redis, prefix: str,

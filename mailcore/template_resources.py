@@ -15,7 +15,7 @@ import dataclasses
 import datetime
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from .locales import check_locale
 from .rendering import (
@@ -25,6 +25,7 @@ from .rendering import (
     TemplateSource,
     compile_template,
 )
+from .streams import STREAM_NAMES
 from .template_parts import TEMPLATE as TEMPLATE_KIND
 from .template_parts import Composer, Part, PartLookup, compose, part_from_spec, spec_kind
 
@@ -104,8 +105,17 @@ def source_from_spec(key: str, spec: Mapping[str, Any]) -> TemplateSource:
         sample_data=dict(sample) if isinstance(sample, Mapping) else {},
         locales=locales,
         fallback_locale=fallback,
+        stream=_stream(spec.get("stream")),
         unsubscribe=unsubscribe,
     )
+
+
+def _stream(value: Any) -> str | None:
+    """``spec.stream``: the template's default stream (README: Streams)."""
+    if value is None or value in STREAM_NAMES:
+        return cast("str | None", value)
+    raise TemplateError("InvalidTemplate", f"spec.stream must be one of "
+                        f"{', '.join(STREAM_NAMES)}, got {repr(value)[:40]}")
 
 
 def _locale(value: Any, field: str) -> str:

@@ -7,7 +7,7 @@ allowed sender. Every refusal is a typed :mod:`mailcore.errors` error; adapters 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import redis
 from pydantic import ValidationError
@@ -26,6 +26,8 @@ from .errors import (
 from .jsonlimits import check_json
 from .message import BatchRequest, SendRequest, error_details
 from .rendering import TemplateError
+from .schedule import due_time
+from .streams import STREAM_NAMES, StreamName
 from .templates import TemplateRegistry
 
 
@@ -67,6 +69,7 @@ class Validator:
         version it was validated against (``template_version`` and the store key); a message
         with its own content has no template."""
         self.check_attachments(request)
+        self.check_schedule(request)
         if request.template is None:
             if request.template_version is not None:
                 raise InvalidRequest("template_version: only with a template", details=[
@@ -86,6 +89,8 @@ class Validator:
             raise UnknownTemplate(f"no template named {request.template!r}",
                                   details=[{"field": "template", "message": "unknown template"}])
         template = resolved.template
+        if request.stream is None and template.source.stream in STREAM_NAMES:
+            request.stream = cast(StreamName, template.source.stream)  # the template's default
         if resolved.pin is not None:
             request.template_version = resolved.pin.version
             request._template_key = resolved.pin.key
@@ -97,6 +102,13 @@ class Validator:
             raise InvalidData(f"data does not match template {request.template!r}: "
                               f"{exc.message}", details=details) from None
         self.check_sender(request)
+
+    def check_schedule(self, request: SendRequest) -> None:
+        """``send_at``: RFC 3339 with an offset, not in the past, within the horizon."""
+        if request.send_at is not None:
+            schedule = self.settings.schedule
+            request._due = due_time(request.send_at, horizon_seconds=schedule.horizon_seconds,
+                                    clock_skew_seconds=schedule.clock_skew_seconds)
 
     def check_sender(self, request: SendRequest) -> None:
         """``from`` uses the sender's domain or an allowed one."""

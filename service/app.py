@@ -31,6 +31,7 @@ from .events import EventListener
 from .mailtrap_webhook import mailtrap_routes
 from .metrics import IngressMetrics, MetricsMiddleware, count_rejection, metrics_endpoint
 from .routes import routes
+from .scheduling import routes as scheduling_routes
 from .sending import SendService
 from .suppressions_api import suppression_routes
 from .unsubscribe_page import unsubscribe_routes
@@ -93,9 +94,11 @@ def create_app(settings: Settings, *, dev_secret: str | None = None) -> Starlett
         app.state.redis = client
         app.state.admin_redis = admin_client  # synchronous: admin work in the worker thread
         app.state.send_service = service
-        app.state.dead_letters = DeadLetters(admin_client, settings.worker.queue_name,
-                                             settings.redis.key_prefix,
-                                             settings.limits.status_retention_seconds)
+        # Each stream's queue has its own dead letters (``?stream=`` on the endpoints).
+        app.state.dead_letters = {
+            stream: DeadLetters(admin_client, queue, settings.redis.key_prefix,
+                                settings.limits.status_retention_seconds)
+            for stream, queue in settings.queues.items()}
         app.state.webhooks = WebhookState(settings, admin_client)
         listener_task = None
         app.state.event_listener = None
@@ -118,8 +121,8 @@ def create_app(settings: Settings, *, dev_secret: str | None = None) -> Starlett
 
     metrics = IngressMetrics()
     app = Starlette(
-        routes=[*routes, *suppression_routes(), *unsubscribe_routes(), *webhook_routes,
-                *docs_routes(),
+        routes=[*routes, *scheduling_routes, *suppression_routes(), *unsubscribe_routes(),
+                *webhook_routes, *docs_routes(),
                 Route("/metrics", metrics_endpoint, methods=["GET"]),
                 *mailtrap_routes(settings, metrics.registry)],
         lifespan=lifespan,

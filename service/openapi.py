@@ -41,6 +41,7 @@ ERROR_CODES = (
     "render_error", "render_timeout",
     "rate_limited", "recipient_rate_limited", "unavailable", "queue_full",
     "unknown_template_version", "store_unavailable", "invalid_import",
+    "invalid_send_at", "send_at_out_of_range", "not_cancellable",
     "invalid_webhook_url", "too_many_endpoints",
 )
 
@@ -56,10 +57,16 @@ class Error(_Out):
 
 class Queued(_Out):
     id: str = Field(description="The message id; also sent as X-Email-Service-Id.")
-    status: Literal["queued", "suppressed"] = Field(description=(
-        "`suppressed`: every recipient is on the suppression list; recorded, never sent"))
+    status: Literal["queued", "scheduled", "suppressed"] = Field(description=(
+        "`scheduled`: the message has `send_at` (README: Scheduled sends); `suppressed`: every "
+        "recipient is on the suppression list; recorded, never sent"))
     suppressed_recipients: list[str] | None = Field(
         None, description="With `suppressed`: the recipients on the list")
+
+
+class Cancelled(_Out):
+    id: str
+    status: Literal["cancelled"]
 
 
 class BatchQueued(_Out):
@@ -131,6 +138,9 @@ class MessageStatus(_Out):
     suppressed_recipients: list[str] = Field(
         description="On the suppression list (at the door or at send time): not sent to")
     source: str | None
+    stream: Literal["transactional", "bulk"] = Field(
+        description="The delivery stream (README: Streams)")
+    send_at: Timestamp | None = Field(description="When a scheduled message is due")
     last_error: LastError | None
     response: str | None
     bounce_type: Literal["hard", "soft"] | None = Field(
@@ -237,7 +247,8 @@ _MODELS: list[type[BaseModel]] = [
     ResetCodeSent,
     OrderConfirmationSent, Health, Ready, MessageStatus, MessageContent, TemplateList,
     TemplateDetail, PreviewRequest, Preview, TemplateVersions, TemplateVersionDetail,
-    DeadLetterList, DeadLetterDetail, RetryAll, Purged, *SUPPRESSION_MODELS, *WEBHOOK_MODELS,
+    DeadLetterList, DeadLetterDetail, RetryAll, Purged, Cancelled, *SUPPRESSION_MODELS,
+    *WEBHOOK_MODELS,
 ]
 
 
@@ -272,6 +283,24 @@ def _body(model: type[BaseModel]) -> dict[str, Any]:
     return {"required": True, "content": {"application/json": {"schema": _ref(model)}}}
 
 
+#: ``?stream=`` of the dead-letter endpoints: each stream's queue has its own dead letters.
+_STREAM = {"name": "stream", "in": "query", "required": False,
+           "description": "Whose dead letters (README: Streams); default transactional",
+           "schema": {"enum": ["transactional", "bulk"], "default": "transactional"}}
+
+
+def _cancel(operation_id: str) -> dict[str, Any]:
+    return {
+        "summary": "Cancel a scheduled message (its owner only) while it is still scheduled",
+        "operationId": operation_id, "parameters": [_path_param("id")],
+        "responses": {"200": _json(Cancelled, "Cancelled: it will never be sent"),
+                      "409": _json(Error, "`not_cancellable`: no longer scheduled (dispatched, "
+                                          "sent or cancelled already); details[0] (field "
+                                          "`status`) gives its current status"),
+                      **_errors(401, 403, 404, 503)},
+    }
+
+
 def _path_param(name: str) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
 
@@ -292,7 +321,8 @@ def openapi_document() -> dict[str, Any]:
         "/v1/messages": {"post": {
             "summary": "Send a template to one or more recipients", "operationId": "send",
             "parameters": [_IDEMPOTENCY], "requestBody": _body(SendRequest),
-            "responses": {"202": _json(Queued, "Accepted and queued"), **_errors(*_SEND_ERRORS)},
+            "responses": {"202": _json(Queued, "Accepted and queued (or scheduled)"),
+                          **_errors(*_SEND_ERRORS)},
         }},
         "/v1/messages/batch": {"post": {
             "summary": "Send up to 100 messages in one request: all are queued, or none",
@@ -305,7 +335,8 @@ def openapi_document() -> dict[str, Any]:
             "summary": "Status and timeline of a message sent under the caller's subject",
             "operationId": "getMessage", "parameters": [_path_param("id")],
             "responses": {"200": _json(MessageStatus, "The status"), **_errors(401, 404)},
-        }},
+        }, "delete": _cancel("cancelMessage")},
+        "/v1/messages/{id}/cancel": {"post": _cancel("cancelMessagePost")},
         "/v1/messages/{id}/content": {"get": {
             "summary": "What a sandboxed message would have been (sandboxed messages only)",
             "operationId": "getMessageContent", "parameters": [_path_param("id")],
@@ -344,26 +375,28 @@ def openapi_document() -> dict[str, Any]:
             "get": {"summary": "List dead letters (admin scope)", "operationId": "listDead",
                     "parameters": [{"name": "limit", "in": "query", "required": False,
                                     "schema": {"type": "integer", "minimum": 1,
-                                               "maximum": 1000}}],
+                                               "maximum": 1000}}, _STREAM],
                     "responses": {"200": _json(DeadLetterList, "Dead letters"),
                                   **_errors(401, 403, 422)}},
             "delete": {"summary": "Purge dead letters (admin scope)", "operationId": "purgeDead",
-                       "responses": {"200": _json(Purged, "Purged"), **_errors(401, 403)}},
+                       "parameters": [_STREAM], "responses": {"200": _json(Purged, "Purged"),
+                                                              **_errors(401, 403, 422)}},
         },
         "/v1/dead-letters/retry": {"post": {
             "summary": "Retry every dead letter (admin scope)", "operationId": "retryAllDead",
-            "responses": {"202": _json(RetryAll, "Requeued"), **_errors(401, 403)},
+            "parameters": [_STREAM], "responses": {"202": _json(RetryAll, "Requeued"),
+                                                   **_errors(401, 403, 422)},
         }},
         "/v1/dead-letters/{id}": {"get": {
             "summary": "A dead letter with its history (admin scope)", "operationId": "showDead",
-            "parameters": [_path_param("id")],
+            "parameters": [_path_param("id"), _STREAM],
             "responses": {"200": _json(DeadLetterDetail, "The dead letter"),
-                          **_errors(401, 403, 404)},
+                          **_errors(401, 403, 404, 422)},
         }},
         "/v1/dead-letters/{id}/retry": {"post": {
             "summary": "Retry one dead letter, keeping its id (admin scope)",
-            "operationId": "retryDead", "parameters": [_path_param("id")],
-            "responses": {"202": _json(Queued, "Requeued"), **_errors(401, 403, 404)},
+            "operationId": "retryDead", "parameters": [_path_param("id"), _STREAM],
+            "responses": {"202": _json(Queued, "Requeued"), **_errors(401, 403, 404, 422)},
         }},
         "/email-service/send-reset-code": {"post": {
             "summary": "Original contract: send a password-reset code",

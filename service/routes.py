@@ -27,6 +27,7 @@ from mailcore.owners import owns
 from mailcore.rendering import RenderedEmail, TemplateError
 from mailcore.sandbox_process import ProcessLimits, TemplateSandbox
 from mailcore.status import SANDBOXED, content_key, decode_status, status_key, timeline_key
+from mailcore.streams import TRANSACTIONAL
 from mailcore.template_history import get_version, list_versions
 from mailcore.timestamps import rfc3339_from_iso
 from mailcore.validation import Validator
@@ -158,24 +159,27 @@ def _parse_order(validator: Validator, body: dict[str, Any]) -> list[SendRequest
 
 async def send_message(request: Request) -> JSONResponse:
     return await _send(request, _parse_message, source="api",
-                       respond=lambda ids: (202, {"id": ids[0], "status": "queued"}))
+                       respond=lambda ids, statuses: (202, {"id": ids[0],
+                                                             "status": statuses[0]}))
 
 
 async def send_batch(request: Request) -> JSONResponse:
-    return await _send(request, _parse_batch, source="api", batch=True, respond=lambda ids: (
-        202, {"messages": [{"id": mid, "status": "queued"} for mid in ids]}))
+    return await _send(request, _parse_batch, source="api", batch=True,
+                       respond=lambda ids, statuses: (202, {"messages": [
+                           {"id": mid, "status": status}
+                           for mid, status in zip(ids, statuses, strict=True)]}))
 
 
 async def send_reset_code(request: Request) -> JSONResponse:
     return await _send(request, _parse_reset, source="reset-code", invalid_status=400,
                        accept_language=True,
-                       respond=lambda _: (200, {"message":
+                       respond=lambda _, __: (200, {"message":
                                                 "Password reset code sent successfully"}))
 
 
 async def order_confirmation(request: Request) -> JSONResponse:
     return await _send(request, _parse_order, source="order-confirmation", accept_language=True,
-                       respond=lambda _: (200, {"status": "success",
+                       respond=lambda _, __: (200, {"status": "success",
                                                 "message": "Order confirmation email sent"}))
 
 
@@ -369,10 +373,15 @@ async def render_template(request: Request) -> JSONResponse:
 # --- dead letters (admin scope) ---------------------------------------------------------------
 
 async def _dead_letters(request: Request) -> DeadLetters:
+    """The dead letters of the stream ``?stream=`` names (default: transactional)."""
     service = _service(request)
     await authenticate(request, scope=service.settings.auth.admin_scope)
-    dead: DeadLetters = request.app.state.dead_letters
-    return dead
+    by_stream: dict[str, DeadLetters] = request.app.state.dead_letters
+    stream = request.query_params.get("stream", TRANSACTIONAL)
+    if stream not in by_stream:
+        raise ApiError(422, "invalid_request", f"stream must be one of {', '.join(by_stream)}",
+                       details=[{"field": "stream", "message": "unknown stream"}])
+    return by_stream[stream]
 
 
 async def list_dead_letters(request: Request) -> JSONResponse:

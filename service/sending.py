@@ -29,7 +29,7 @@ from mailcore.message import SendRequest
 from mailcore.queue import Acceptor, Charge, Entry, send_job
 from mailcore.ratelimit import EmptyBuckets, RateLimiter
 from mailcore.safeguards import Safeguards
-from mailcore.status import QUEUED, event, initial_fields
+from mailcore.status import QUEUED, SCHEDULED, initial_fields
 from mailcore.telemetry import inject_context, tracer
 from mailcore.template_history import add_references
 from mailcore.templates import Pin, TemplateRegistry
@@ -38,14 +38,16 @@ from mailcore.validation import Validator
 
 from .metrics import IngressMetrics
 from .offload import OFFLOAD_MESSAGES, off_loop
-from .suppression_door import door_fields, mark_suppressed, suppress_entries
+from .scheduling import accept_entry
+from .suppression_door import mark_suppressed, suppress_entries
 
 log = logging.getLogger("email_service.ingress")
 
 #: Builds the endpoint's success answer from the new message id: (status code, body).
 Responder = Callable[[str], tuple[int, dict[str, Any]]]
-#: The same from the ids of all the messages a request queued.
-BatchResponder = Callable[[list[str]], tuple[int, dict[str, Any]]]
+#: The same from the ids of all the messages a request accepted and their first statuses
+#: (``queued``, or ``scheduled`` for a message with ``send_at``).
+BatchResponder = Callable[[list[str], list[str]], tuple[int, dict[str, Any]]]
 
 
 class SendService:
@@ -130,7 +132,7 @@ class SendService:
         request with the same idempotency key.
         """
         return await self.submit_many(
-            [request], owner=owner, source=source, respond=lambda ids: respond(ids[0]),
+            [request], owner=owner, source=source, respond=lambda ids, _: respond(ids[0]),
             idempotency=idempotency, message_ids=[message_id] if message_id else None,
             caller=caller)
 
@@ -142,7 +144,8 @@ class SendService:
         """Record and queue all of ``requests`` or none of them (one token each from the
         owner's limit); otherwise like :meth:`submit`."""
         ids = message_ids or [str(uuid.uuid4()) for _ in requests]
-        status_code, body = respond(ids)
+        status_code, body = respond(ids, [SCHEDULED if r._due is not None else QUEUED
+                                          for r in requests])
         with tracer().start_as_current_span(
             "enqueue", kind=trace.SpanKind.PRODUCER,
             attributes={"email.message_id": ids[0] if len(ids) == 1 else ids,
@@ -166,8 +169,7 @@ class SendService:
                                             template=request.label, recipients=recipients,
                                             source=source, metadata=request.metadata,
                                             extra=extra, version=request.template_version)
-                    entries.append(Entry(job, fields, event(QUEUED, f"accepted via {source}"),
-                                         suppression_fields=door_fields(job)))
+                    entries.append(accept_entry(job, fields, asked, self.settings))
                 return entries, [self.acceptor.encode(entry) for entry in entries]
 
             entries, encoded = (await off_loop(build) if len(requests) > OFFLOAD_MESSAGES

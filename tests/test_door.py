@@ -294,7 +294,7 @@ def test_openapi_and_offline_docs(redis_server: RedisServer) -> None:
         document = client.get("/openapi.json").json()
         assert document["openapi"].startswith("3.")
         app_paths = {"/v1/messages", "/v1/messages/batch", "/v1/messages/{id}",
-                     "/v1/messages/{id}/content", "/v1/templates",
+                     "/v1/messages/{id}/content", "/v1/messages/{id}/cancel", "/v1/templates",
                      "/v1/templates/{name}", "/v1/templates/{name}/render",
                      "/v1/templates/{name}/versions", "/v1/templates/{name}/versions/{version}",
                      "/v1/dead-letters",

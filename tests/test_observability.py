@@ -233,8 +233,10 @@ def test_metrics_move_by_exactly_the_traffic(observed: Observed,
     assert _delta(worker_before, worker_after, "email_render_seconds_count",
                   template="password_reset") == 3
     assert _delta(worker_before, worker_after, "email_send_seconds_count", transport="smtp") == 3
-    assert ("email_queue_depth", ()) in worker_after
-    assert ("email_queue_oldest_age_seconds", ()) in worker_after
+    # One series per stream's queue (README: Streams).
+    for queue in (QUEUE, "email-bulk"):
+        assert ("email_queue_depth", (("queue", queue),)) in worker_after
+        assert ("email_queue_oldest_age_seconds", (("queue", queue),)) in worker_after
 
 
 def test_logs_are_json_with_trace_ids_and_no_secrets(observed: Observed,

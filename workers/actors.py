@@ -118,8 +118,8 @@ def _send(job: dict[str, Any], message: MessageProxy) -> str:
     delivered: Delivered | None = None
     try:
         # An earlier attempt left unconfirmed pins the message to that transport.
-        delivered = runtime.deliverer.deliver(job, only_via=attempt.pinned,
-                                              withheld=attempt.withheld)
+        delivered = runtime.deliverer_for(message.queue_name).deliver(
+            job, only_via=attempt.pinned, withheld=attempt.withheld)
         runtime.disarm_time_limit()
     except BaseException as exc:  # every way an attempt ends is recorded, interrupts too
         if delivered is None:
@@ -142,7 +142,8 @@ def _record_sent(job: dict[str, Any], message: MessageProxy, delivered: Delivere
                 runtime.status.keep_content(job["id"], delivered.sandboxed.subject,
                                             delivered.sandboxed.html, delivered.sandboxed.text)
             runtime.status.settle(
-                job["id"], "sent", message.options["redis_message_id"], runtime.holding,
+                job["id"], "sent", message.options["redis_message_id"],
+                runtime.holding_for(message.queue_name),
                 status=outcome, detail=_sent_detail(result), transport=result.transport,
                 version=delivered.version, response=result.response,
                 code=result.response[:3] or None)
@@ -244,7 +245,7 @@ def _settle(message: MessageProxy, job: dict[str, Any], kind: str, label: str,
     unsettled (given back to the queue by the broker) when Redis cannot be reached."""
     try:
         held = runtime.status.settle(job["id"], kind, message.options["redis_message_id"],
-                                     runtime.holding, **record)
+                                     runtime.holding_for(message.queue_name), **record)
     except REDIS_DOWN as exc:
         log.warning("could not record the attempt's outcome (%s); the message goes back to "
                     "the queue: %s", label, exc, extra={"message_id": job["id"]})

@@ -16,9 +16,11 @@ gauges read from Redis at scrape time.
 - ``email_failovers_total{failed,delivered}``: messages delivered by a later transport of a
   ``TRANSPORTS`` chain; ``email_transport_misconfigured_total{transport}``: refused credentials
 - ``email_recovered_total``: messages the sweeper re-queued (should stay 0: an alarm)
+- ``email_scheduled_dispatched_total``: scheduled messages moved to their queue when due
 - ``email_sent_record_seconds``: relay acceptance to ``sent`` recorded, the duplicate window
 - ``email_queue_depth``, ``email_queue_delayed``, ``email_queue_in_flight``,
-  ``email_queue_oldest_age_seconds``, ``email_dead_letter_queue_size``: queue gauges
+  ``email_queue_oldest_age_seconds``, ``email_dead_letter_queue_size``: queue gauges (with a
+  ``queue`` label: each stream has its own)
 """
 
 
@@ -44,6 +46,8 @@ MISCONFIGURED = Counter("email_transport_misconfigured", "Sends refused for the 
                         "configuration (API token, relay credentials, TLS)", ["transport"])
 RECOVERED = Counter("email_recovered",
                     "Unfinished messages that no queue held, re-queued by the sweeper")
+DISPATCHED = Counter("email_scheduled_dispatched",
+                     "Scheduled messages moved from the schedule to their queue")
 SENT_RECORD_SECONDS = Histogram(
     "email_sent_record_seconds",
     "From the relay's acceptance to the sent record in Redis (the duplicate window)",

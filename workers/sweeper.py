@@ -24,8 +24,10 @@ import threading
 import time
 from typing import Any
 
+import orjson
 import redis
 from dramatiq import Broker
+from dramatiq.common import q_name
 from dramatiq.middleware import Middleware
 
 from mailcore.queue import fresh_copy, holding
@@ -58,6 +60,11 @@ if not s[1] or finished[s[1]] then
   redis.call('DEL', KEYS[3])
   return 'finished'
 end
+if s[1] == 'scheduled' then
+  -- Waiting in the schedule (mailcore/schedule.py), not lost: its dispatch re-opens it.
+  redis.call('ZREM', KEYS[4], id)
+  return 'scheduled'
+end
 local updated = tonumber(s[2] or '0')
 if now - updated < tonumber(ARGV[3]) then
   redis.call('ZADD', KEYS[4], updated, id)
@@ -86,12 +93,20 @@ return 'recovered'
 """
 
 
+def _queue_of(body: bytes) -> str | None:
+    if not body:
+        return None
+    name = orjson.loads(body).get("queue_name")
+    return q_name(name) if isinstance(name, str) and name else None
+
+
 class Sweeper:
     """Finds unfinished messages that no queue holds and re-queues them.
 
     Parameters:
       client: a synchronous Redis client.
-      queue_name: the Dramatiq queue.
+      queue_name: the Dramatiq queue of a message whose copy names none (each message is
+        re-queued on its own stream's queue, which its copy names).
       prefix: key prefix of status records.
       min_age_seconds: a message changed more recently than this is left alone.
       retention_seconds: status retention, refreshed when a message is re-queued.
@@ -103,8 +118,7 @@ class Sweeper:
         self.prefix = prefix
         self.min_age = min_age_seconds
         self.retention = retention_seconds
-        self.keys = holding(queue_name, "-")
-        self.queue = self.keys.messages[: -len(".msgs")]
+        self.queue_name = queue_name
         self._recover = client.register_script(_RECOVER)
 
     @classmethod
@@ -127,11 +141,13 @@ class Sweeper:
         for index, message_id in enumerate(ids):
             body, attempts = found[2 * index], found[2 * index + 1]
             new_id, new_body = fresh_copy(body, retries=int(attempts or 0)) if body else ("", b"")
+            # The queue of its stream (mailcore/streams.py), as its body names it.
+            keys = holding(_queue_of(new_body) or self.queue_name, "-")
             outcome = self._recover(
                 keys=[status_key(self.prefix, message_id), timeline_key(self.prefix, message_id),
                       job_key(self.prefix, message_id), open_key(self.prefix),
-                      self.keys.messages, self.queue, self.keys.delayed_messages,
-                      self.keys.dead_messages],
+                      keys.messages, keys.messages[: -len(".msgs")], keys.delayed_messages,
+                      keys.dead_messages],
                 args=[message_id, now, self.min_age, new_id, new_body, self.retention,
                       event(QUEUED, "re-queued by the sweeper: no queue held it")]).decode()
             if outcome == "recovered":

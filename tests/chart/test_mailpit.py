@@ -27,8 +27,21 @@ CONFIG = "mail-email-service"
 
 
 def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
-    """Whether a matchLabels selector picks an object with these labels."""
-    return all(labels.get(key) == value for key, value in selector["matchLabels"].items())
+    """Whether a label selector (matchLabels, and matchExpressions with In, NotIn, Exists or
+    DoesNotExist) picks an object with these labels."""
+    if not all(labels.get(key) == value
+               for key, value in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        value, operator = labels.get(expression["key"]), expression["operator"]
+        if operator == "In" and value not in expression["values"]:
+            return False
+        if operator == "NotIn" and value in expression["values"]:
+            return False
+        if (operator == "Exists") != (value is not None) and operator in ("Exists",
+                                                                          "DoesNotExist"):
+            return False
+    return True
 
 
 def pod_labels(docs: list[dict[str, Any]], name: str) -> dict[str, str]:
@@ -103,7 +116,8 @@ def test_network_policy_admits_smtp_from_this_release_s_workers_only(helm_binary
     [peer] = rule["from"]
     callers = {name: selects(peer["podSelector"], pod_labels(docs, name))
                for name in by_kind(docs, "Deployment")}
-    assert callers == {"mail-email-service-worker": True, "mail-email-service-ingress": False,
+    assert callers == {"mail-email-service-worker": True, "mail-email-service-worker-bulk": True,
+                       "mail-email-service-ingress": False,
                        "mail-email-service-operator": False, MAILPIT: False}
     # Not another release's workers: the selector names this release.
     assert peer["podSelector"]["matchLabels"]["app.kubernetes.io/instance"] == "mail"

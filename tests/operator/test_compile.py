@@ -195,6 +195,13 @@ def test_spec_fields_map_to_the_source() -> None:
         "Team <team@example.com>", "help@example.com", "T")
 
 
+def test_a_bad_stream_is_a_permanent_invalid_template() -> None:
+    assert compile_resource("t", spec(stream="bulk")).source.stream == "bulk"
+    with pytest.raises(TemplateError) as info:
+        compile_resource("t", spec(stream="marketing"))
+    assert info.value.reason == "InvalidTemplate" and "spec.stream" in info.value.message
+
+
 def test_condition_transition_time_moves_only_when_the_status_changes() -> None:
     first = set_condition(None, type="Ready", status=False, reason="InvalidMJML", message="a",
                           generation=1, now="2026-01-01T00:00:00Z")

@@ -207,6 +207,10 @@ def broken(change: Any) -> dict[str, Any]:
     (lambda s: s.update(pinnedVersion="0" * 100_000), ("spec.pinnedVersion", "maxLength")),
     (lambda s: s.update(pinnedVersion="../../etc/passwd"), ("spec.pinnedVersion", "pattern")),
     (lambda s: s.update(pinnedVersion="0123456789abcde\x00"), ("spec.pinnedVersion", "pattern")),
+    (lambda s: s.update(stream="marketing"), ("spec.stream", "enum")),
+    (lambda s: s.update(stream="Bulk"), ("spec.stream", "enum")),
+    (lambda s: s.update(stream=["bulk"]), ("spec.stream", "type")),
+    (lambda s: s.update(stream=1), ("spec.stream", "type")),
     (lambda s: s.update(unsubscribe="yes"), ("spec.unsubscribe", "type")),
     (lambda s: s.update(unsubscribe=1), ("spec.unsubscribe", "type")),
 ])
@@ -311,3 +315,10 @@ def test_crd_manifest_is_a_valid_kubernetes_object() -> None:
     typo["spec"]["versions"][0]["subresource"] = {"status": {}}
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(typo, "1.31", strict=True)
+
+
+def test_a_template_may_name_its_stream() -> None:
+    for stream in ("transactional", "bulk"):
+        obj = copy.deepcopy(examples()[-1])
+        obj["spec"]["stream"] = stream
+        assert errors(obj) == [] and cel_failures(obj) == []

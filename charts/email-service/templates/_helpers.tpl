@@ -344,3 +344,15 @@ affinity:
   value: {{ .Values.dkim.subdomains | quote }}
 {{- end }}
 {{- end -}}
+
+{{/* The worker component of a stream: "worker" for transactional, else "worker-<stream>". */}}
+{{- define "email-service.workerComponent" -}}
+{{- if eq . "transactional" -}}worker{{- else -}}{{ printf "worker-%s" . }}{{- end -}}
+{{- end -}}
+
+{{/* The worker components of every configured stream, as a YAML list. */}}
+{{- define "email-service.workerComponents" -}}
+{{- range $stream, $_ := .Values.worker.streams }}
+- {{ include "email-service.workerComponent" $stream }}
+{{- end }}
+{{- end -}}
