@@ -207,8 +207,8 @@ def _run_api(args: argparse.Namespace) -> int:
     configure_logging(settings.telemetry)
     host, port = args.host or settings.http.host, args.port or settings.http.port
     count = settings.http.processes if args.processes is None else args.processes
-    if count < 1:
-        raise ConfigError(f"--processes: {count} is not a number of processes (1 or more)")
+    if not 1 <= count <= 64:
+        raise ConfigError(f"--processes: {count} is not a number of processes (1 to 64)")
     if count > 1 and not args.reuse_port:
         # A supervisor of `count` copies of this command sharing the port (service/processes).
         processes.prepare_metrics_dir()

@@ -165,8 +165,9 @@ def test_sigterm_to_the_supervisor_stops_every_process(door: Door) -> None:
 
 
 @pytest.mark.parametrize(("args", "env", "error"), [
-    (["--processes", "0"], {}, "--processes: 0 is not a number of processes (1 or more)"),
-    (["--processes", "-3"], {}, "--processes: -3 is not a number of processes (1 or more)"),
+    (["--processes", "0"], {}, "--processes: 0 is not a number of processes (1 to 64)"),
+    (["--processes", "-3"], {}, "--processes: -3 is not a number of processes (1 to 64)"),
+    (["--processes", "65"], {}, "--processes: 65 is not a number of processes (1 to 64)"),
     ([], {"HTTP_PROCESSES": "two"}, "HTTP_PROCESSES:"),
     ([], {"HTTP_PROCESSES": "0"}, "HTTP_PROCESSES:"),
     ([], {"HTTP_PROCESSES": "65"}, "HTTP_PROCESSES:"),
