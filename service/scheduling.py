@@ -78,7 +78,8 @@ async def cancel_message(request: Request) -> JSONResponse:
         await cancel(service.client, prefix, message_id, owner=stored,
                      template=template.decode() if template else None,
                      stream=stream.decode() if stream else None,
-                     retention_seconds=settings.limits.status_retention_seconds)
+                     retention_seconds=settings.limits.status_retention_seconds,
+                     emit_events=settings.webhooks.enabled)
     except LookupError:
         raise ApiError(404, "not_found", f"no message {message_id!r} for this caller") from None
     except NotCancellable as exc:
