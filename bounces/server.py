@@ -100,7 +100,8 @@ async def serve(settings: Settings, *, host: str | None = None, port: int | None
     client = async_client(settings.redis.where, "ingress")
     metrics = BounceMetrics()
     handler = BounceHandler(bounces, Recording(client, settings.redis.key_prefix,
-                                               settings.limits.status_retention_seconds),
+                                               settings.limits.status_retention_seconds,
+                                               emit_events=settings.webhooks.enabled),
                             metrics, lmtp=bounces.lmtp)
     protocol = bounded(LMTP if bounces.lmtp else SMTP,
                        _Sessions(bounces.max_connections, metrics))

@@ -52,11 +52,14 @@ class Recording:
       client: an asyncio Redis client.
       prefix: the key prefix.
       retention_seconds: how long statuses are kept after their last change.
+      emit_events: append the ``bounced``/``complained`` lifecycle events (``WEBHOOKS_ENABLED``:
+        without webhooks nothing reads them).
     """
 
     client: Redis
     prefix: str
     retention_seconds: int
+    emit_events: bool = False
 
 
 def recipient_field(address: str) -> str:
@@ -137,7 +140,7 @@ async def _record_watched(where: Recording, pipe: Any, message_id: str,
         owner=_text(owner), template=_text(template), recipient=recipient,
         stream=_text(stream), detail=detail, metadata=metadata,
         bounce_type=kind if kind != COMPLAINT else None, dsn_status=report.status,
-        source=source)
+        source=source) if where.emit_events else b""
     pipe.multi()
     pipe.hset(key, mapping=fields)
     pipe.rpush(timeline_key(where.prefix, message_id), timeline_entry)

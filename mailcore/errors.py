@@ -106,7 +106,7 @@ class IdempotencyConflict(EmailServiceError):
 
 class NotCancellable(EmailServiceError):
     """The message is no longer scheduled (dispatched, sent, cancelled already): ``status``
-    says what it is now.
+    says what it is now (also the ``status`` field of ``details``).
 
     Parameters:
       status: the message's current status.
@@ -114,8 +114,9 @@ class NotCancellable(EmailServiceError):
 
     code = "not_cancellable"
 
-    def __init__(self, message: str, *, status: str) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, status: str = "",
+                 details: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message, details=details or [{"field": "status", "message": status}])
         self.status = status
 
 

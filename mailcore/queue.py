@@ -253,7 +253,8 @@ class Acceptor:
         ``WAIT``, on the same connection as the write); 0: do not wait.
       wait_timeout_ms: how long to wait for them before :class:`ReplicationTimeout`.
       emit_events: announce each queued message's ``queued`` lifecycle event
-        (``WEBHOOKS_ENABLED``; an entry's own ``lifecycle_event`` is announced regardless).
+        (``WEBHOOKS_ENABLED``; an entry's own ``lifecycle_event``, set by its maker under the same
+        rule, is announced as given).
     """
 
     def __init__(

@@ -254,12 +254,13 @@ class Dispatcher:
 
 
 async def cancel(client: aioredis.Redis, prefix: str, message_id: str, *, owner: str,
-                 template: str | None, stream: str | None, retention_seconds: int) -> None:
+                 template: str | None, stream: str | None, retention_seconds: int,
+                 emit_events: bool = False) -> None:
     """Cancel the scheduled message ``message_id`` (its owner checked by the caller), or
     :class:`NotCancellable` with its current status when dispatch (or another cancel) won;
     ``LookupError`` when there is no such message."""
     payload = lifecycle_event(CANCELLED, message_id, owner=owner, template=template,
-                              stream=stream)
+                              stream=stream) if emit_events else b""
     script = client.register_script(_CANCEL)
     outcome, current = await script(
         keys=[schedule_key(prefix), status_key(prefix, message_id),

@@ -18,7 +18,7 @@ the recipients.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
@@ -38,10 +38,13 @@ local function begin_suppression_check(now)
   if #withheld == 0 then return '' end
   if ARGV[8] == '' then return 'announce' end
   local list = cjson.encode(withheld)
-  local announced = cjson.decode(ARGV[8])
-  announced['recipients'] = withheld
-  announced['owner'] = redis.call('HGET', KEYS[1], 'owner') or nil
-  lifecycle_emit(KEYS[4], cjson.encode(announced))
+  -- NO_EVENT: without webhooks nothing reads lifecycle events, so none is written.
+  if ARGV[8] ~= '-' then
+    local announced = cjson.decode(ARGV[8])
+    announced['recipients'] = withheld
+    announced['owner'] = redis.call('HGET', KEYS[1], 'owner') or nil
+    lifecycle_emit(KEYS[4], cjson.encode(announced))
+  end
   if #withheld < count then
     redis.call('HSET', KEYS[1], 'suppressed_recipients', list)
     return list
@@ -52,7 +55,7 @@ local function begin_suppression_check(now)
     detail = 'every recipient is on the suppression list (checked at send time)'}))
   redis.call('EXPIRE', KEYS[1], ARGV[4])
   redis.call('EXPIRE', KEYS[2], ARGV[4])
-  redis.call('ZREM', KEYS[6], announced['message_id'])
+  redis.call('ZREM', KEYS[6], redis.call('HGET', KEYS[1], 'id'))
   redis.call('DEL', KEYS[5])
   return 'all'
 end
@@ -99,14 +102,19 @@ class SendTimeCheck:
     stream: str
     announced: bytes = b""
 
+    #: ``announced`` when no lifecycle event is wanted (webhooks off).
+    NO_EVENT: ClassVar[bytes] = b"-"
+
     @property
     def args(self) -> list[Any]:
         """ARGV 7 onward of the script."""
         return [len(self.fields), self.announced, *self.fields, *self.addresses]
 
-    def announcing(self) -> SendTimeCheck:
+    def announcing(self, emit_events: bool = True) -> SendTimeCheck:
         """The same check with its ``suppressed`` event (without ``recipients``: the script
-        adds the ones it withholds)."""
+        adds the ones it withholds), or :data:`NO_EVENT` without ``emit_events``."""
+        if not emit_events:
+            return replace(self, announced=self.NO_EVENT)
         return replace(self, announced=lifecycle_event(
             SUPPRESSED, self.message_id, template=self.template or None, stream=self.stream,
             detail="on the suppression list at send time"))

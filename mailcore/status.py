@@ -348,6 +348,8 @@ class StatusStore:
         if check is not None:
             keys += [suppressions_key(self.prefix), lifecycle_stream(self.prefix),
                      job_key(self.prefix, message_id), open_key(self.prefix)]
+        if check is not None and not self.emit_events:
+            check = check.announcing(False)  # no event wanted: no second round trip either
         while True:
             previous, detail, *rest = self._scripts().begin(
                 keys=keys, args=args + (check.args if check is not None else []))
@@ -355,7 +357,7 @@ class StatusStore:
             if previous != "announce" or check is None or check.announced:
                 break
             # Some recipients are suppressed (nothing was written): again, with the event.
-            check = check.announcing()
+            check = check.announcing(self.emit_events)
         if previous == SUPPRESSED and check is not None:
             return Attempt(proceed=False, reason=previous, attempt=0,
                            withheld=check.addresses)

@@ -18,11 +18,11 @@ from .webhook_targets import (
 class WebhookSettings:
     """Signed webhooks: lifecycle events, endpoints, delivery, retries and the SSRF guard."""
 
-    #: Off: no lifecycle event is written for queued/sent/failed/dead (no per-message cost).
+    #: Off: no lifecycle event of any kind is written (no per-message cost, no stream to grow).
     enabled: bool = setting(
-        "WEBHOOKS_ENABLED", "false", "Write `queued`, `sent`, `failed` and `dead` lifecycle "
-        "events for webhooks (the chart sets it when `webhooks.enabled`); off, sending costs "
-        "nothing extra.", flag)
+        "WEBHOOKS_ENABLED", "false", "Write lifecycle events (queued, sent, bounced, "
+        "suppressed...) for webhooks (the chart sets it when `webhooks.enabled`); off, nothing "
+        "is written and sending costs nothing extra.", flag)
     queue_name: str = setting("WEBHOOKS_QUEUE", "webhooks", "Dramatiq queue of webhook "
                               "deliveries.", text)
     allowed_hosts: tuple[str, ...] = setting(

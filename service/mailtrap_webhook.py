@@ -53,7 +53,8 @@ def mailtrap_routes(settings: Settings, registry: CollectorRegistry) -> list[Rou
             events.labels("-", "malformed").inc()
             raise ApiError(400, "malformed_json", str(exc)) from None
         recording = Recording(request.app.state.redis, settings.redis.key_prefix,
-                              settings.limits.status_retention_seconds)
+                              settings.limits.status_retention_seconds,
+                              emit_events=settings.webhooks.enabled)
         recorded = 0
         for item in parsed:
             label = item.name if item.name in _KNOWN else "other"

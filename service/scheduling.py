@@ -78,12 +78,12 @@ async def cancel_message(request: Request) -> JSONResponse:
         await cancel(service.client, prefix, message_id, owner=stored,
                      template=template.decode() if template else None,
                      stream=stream.decode() if stream else None,
-                     retention_seconds=settings.limits.status_retention_seconds)
+                     retention_seconds=settings.limits.status_retention_seconds,
+                     emit_events=settings.webhooks.enabled)
     except LookupError:
         raise ApiError(404, "not_found", f"no message {message_id!r} for this caller") from None
     except NotCancellable as exc:
-        raise ApiError(409, exc.code, exc.message,
-                       details=[{"field": "status", "message": exc.status}]) from None
+        raise http_error(exc) from None
     except (RedisError, OSError):
         error: EmailServiceError = StoreUnavailable("Redis is unreachable; retry later",
                                                     retry_after=5)

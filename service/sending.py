@@ -215,8 +215,9 @@ class SendService:
                 break
             # Every recipient of some messages is suppressed (nothing was written): record
             # those as such, not queued, and accept again (service/suppression_door.py).
-            mark_suppressed(body, suppress_entries(entries, encoded, result.suppressed,
-                                                   self.acceptor.encode))
+            mark_suppressed(body, suppress_entries(
+                entries, encoded, result.suppressed, self.acceptor.encode,
+                emit_events=self.settings.webhooks.enabled))
         if result.outcome == "rate_limited":
             assert caller is not None and rate is not None
             # ``wait`` is until the whole batch fits; the bucket is empty until one token is.

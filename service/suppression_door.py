@@ -39,10 +39,12 @@ def door_fields(job: dict[str, Any]) -> tuple[str, ...]:
 
 
 def suppress_entries(entries: list[Entry], encoded: list[list[Any]], positions: tuple[int, ...],
-                     encode: Callable[[Entry], list[Any]]) -> dict[str, list[str]]:
+                     encode: Callable[[Entry], list[Any]], *,
+                     emit_events: bool) -> dict[str, list[str]]:
     """Turn the entries at ``positions`` (1-based, from the accept script) into ``suppressed``
-    records, clear every entry's check (in place, ``encoded`` too); returns the suppressed
-    messages' ids with their recipients."""
+    records (with their lifecycle event when ``emit_events``: ``WEBHOOKS_ENABLED``), clear
+    every entry's check (in place, ``encoded`` too); returns the suppressed messages' ids with
+    their recipients."""
     suppressed: dict[str, list[str]] = {}
     for position in positions:
         index = position - 1
@@ -56,7 +58,8 @@ def suppress_entries(entries: list[Entry], encoded: list[list[Any]], positions: 
             event(SUPPRESSED, "every recipient is on the suppression list"),
             lifecycle_event(SUPPRESSED, message_id, owner=status.get("owner"),
                             template=status.get("template"), stream=job_stream(entry.job),
-                            detail="on the suppression list at the door", recipients=names))
+                            detail="on the suppression list at the door", recipients=names)
+            if emit_events else b"")
         encoded[index] = encode(entries[index])
         suppressed[message_id] = names
     for index, entry in enumerate(entries):

@@ -99,9 +99,10 @@ async def unsubscribe(request: Request) -> HTMLResponse:
                         source_message_id=found.message_id)
     async with request.app.state.redis.pipeline(transaction=True) as pipe:
         add_to(pipe, prefix, entry)
-        lifecycle.emit(pipe, prefix, lifecycle.lifecycle_event(
-            lifecycle.UNSUBSCRIBED, found.message_id, recipient=found.address,
-            stream=None if found.scope == "global" else found.scope, scope=found.scope))
+        if settings.webhooks.enabled:
+            lifecycle.emit(pipe, prefix, lifecycle.lifecycle_event(
+                lifecycle.UNSUBSCRIBED, found.message_id, recipient=found.address,
+                stream=None if found.scope == "global" else found.scope, scope=found.scope))
         await pipe.execute()
     return _page("Unsubscribed", f"<p>Done: no more {html.escape(_what(found))}.</p>")
 

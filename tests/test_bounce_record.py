@@ -42,8 +42,8 @@ def run(redis_server: RedisServer, prefix: str, message_id: str, report: Recipie
     async def go() -> str:
         async_client = AsyncRedis.from_url(redis_server.url)
         try:
-            return await record(Recording(async_client, prefix, 3600), message_id, report,
-                                source=source)
+            where = Recording(async_client, prefix, 3600, emit_events=True)
+            return await record(where, message_id, report, source=source)
         finally:
             await async_client.aclose()
     return asyncio.run(go())
@@ -159,7 +159,7 @@ def test_concurrent_reports_each_count_once(redis_server: RedisServer, client: r
     async def go() -> list[str]:
         async_client = AsyncRedis.from_url(redis_server.url)
         try:
-            where = Recording(async_client, prefix, 3600)
+            where = Recording(async_client, prefix, 3600, emit_events=True)
             return await asyncio.gather(*[
                 record(where, message_id, RecipientReport(r, HARD), source="dsn")
                 for r in recipients * 2])

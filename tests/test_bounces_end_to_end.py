@@ -66,6 +66,7 @@ def smtp_rig(redis_server: RedisServer, tmp_path: Path) -> Iterator[SmtpRig]:
     relay = SMTPServer()
     port, http_port = free_port(), free_port()
     env = base_env(redis_server.url, relay.port, KEY_PREFIX=prefix, QUEUE_NAME=prefix,
+                   WEBHOOKS_ENABLED="true",
                    BOUNCE_DOMAIN=BOUNCE_DOMAIN, BOUNCE_SECRET=BOUNCE_SECRET,
                    BOUNCES_HOST="127.0.0.1", BOUNCES_PORT=str(port),
                    BOUNCES_HTTP_PORT=str(http_port), EVENTS_ENABLED="false",
@@ -110,6 +111,7 @@ def mailtrap_rig(redis_server: RedisServer, tmp_path: Path
     prefix = f"e2em-{uuid.uuid4().hex[:8]}"
     stand_in = MailtrapStandIn().start()
     env = base_env(redis_server.url, free_port(), KEY_PREFIX=prefix, QUEUE_NAME=prefix,
+                   WEBHOOKS_ENABLED="true",
                    TRANSPORT="mailtrap", MAILTRAP_API_TOKEN=stand_in.token,
                    MAILTRAP_BASE_URL=stand_in.url, MAILTRAP_WEBHOOK_SECRET=WEBHOOK_SECRET,
                    EVENTS_ENABLED="false", RESET_LIMIT_PER_RECIPIENT="off")

@@ -68,6 +68,7 @@ def rig(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> 
         REMOTE_DOMAIN: f"smtp:[127.0.0.1]:{remote.port}",
     })
     env = base_env(redis_server.url, postfix.port, KEY_PREFIX=prefix, QUEUE_NAME=prefix,
+                   WEBHOOKS_ENABLED="true",
                    BOUNCE_DOMAIN=BOUNCE_DOMAIN, BOUNCE_SECRET=BOUNCE_SECRET,
                    BOUNCES_HOST="127.0.0.1", BOUNCES_PORT=str(receiver_port),
                    BOUNCES_HTTP_PORT=str(receiver_http), EVENTS_ENABLED="false",
@@ -126,8 +127,10 @@ def test_local_unknown_user_is_a_hard_bounce(rig: Rig) -> None:
     message_id = send(rig, recipient)
     fields = bounced(rig, message_id, recipient)
     assert fields["status"] == "bounced" and fields["bounce_type"] == "hard"
-    [evt] = [e for e in events(rig.client, rig.prefix) if e["message_id"] == message_id]
-    assert evt["type"] == "message.bounced" and evt["dsn_status"] == "5.1.1"
+    # Its lifecycle: queued, sent (the relay accepted it), then the bounce.
+    mine = [e for e in events(rig.client, rig.prefix) if e["message_id"] == message_id]
+    assert [e["type"] for e in mine] == ["message.queued", "message.sent", "message.bounced"]
+    assert mine[-1]["dsn_status"] == "5.1.1" and mine[-1]["bounce_type"] == "hard"
     status = httpx.get(f"{rig.stack.base_url}/v1/messages/{message_id}", headers=AUTH).json()
     assert status["status"] == "bounced"
     assert status["timeline"][-1]["recipient"] == recipient

@@ -47,7 +47,7 @@ class Hook:
 def hook(redis_server: RedisServer) -> Iterator[Hook]:
     prefix = f"mtwh-{uuid.uuid4().hex[:8]}"
     settings = app_settings(redis_server.url, KEY_PREFIX=prefix, QUEUE_NAME=prefix,
-                            MAILTRAP_WEBHOOK_SECRET=SECRET)
+                            MAILTRAP_WEBHOOK_SECRET=SECRET, WEBHOOKS_ENABLED="true")
     with TestClient(create_app(settings)) as http, redis_server.client() as client:
         yield Hook(http, client, prefix)
 

@@ -37,7 +37,7 @@ def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def store(redis_server: RedisServer, prefix: str) -> Iterator[StatusStore]:
-    status = StatusStore.from_url(redis_server.url, prefix, 600)
+    status = StatusStore.from_url(redis_server.url, prefix, 600, emit_events=True)
     yield status
     status.close()
 
@@ -105,6 +105,27 @@ def test_some_suppressed_are_withheld_and_recorded(client: redis.Redis, prefix: 
     assert status["suppressed_recipients"] == ["eve@example.com"]
     [announced] = events(client, prefix)
     assert announced["recipients"] == ["eve@example.com"] and announced["stream"] == "bulk"
+
+
+def test_without_webhooks_the_same_outcomes_are_recorded_and_nothing_announced(
+        client: redis.Redis, prefix: str, redis_server: RedisServer) -> None:
+    quiet = StatusStore.from_url(redis_server.url, prefix, 600)  # WEBHOOKS_ENABLED off
+    every, some = job("ada@example.com"), job("bob@example.com", "eve@example.com")
+    for message in (every, some):
+        queued(client, prefix, message["id"])
+    suppress(client, prefix, "ada@example.com")
+    suppress(client, prefix, "eve@example.com")
+    ended = quiet.begin_attempt(every["id"], 30, "r1", SendTimeCheck.for_job(every))
+    assert not ended.proceed and ended.reason == SUPPRESSED
+    assert read_status(client, prefix, every["id"])["status"] == SUPPRESSED
+    assert client.zscore(open_key(prefix), every["id"]) is None
+    assert client.exists(job_key(prefix, every["id"])) == 0
+    partial = quiet.begin_attempt(some["id"], 30, "r2", SendTimeCheck.for_job(some))
+    assert partial.proceed and partial.withheld == ("eve@example.com",)
+    assert read_status(client, prefix, some["id"])["suppressed_recipients"] == [
+        "eve@example.com"]
+    assert events(client, prefix) == []
+    quiet.close()
 
 
 def test_nothing_suppressed_or_expired_costs_nothing_visible(

@@ -47,7 +47,7 @@ def api(redis_server: RedisServer) -> Iterator[Api]:
     prefix, queue = f"sapi-{uuid.uuid4().hex[:8]}", f"sapi-{uuid.uuid4().hex[:8]}"
     settings = app_settings(redis_server.url, KEY_PREFIX=prefix, QUEUE_NAME=queue,
                             RESET_LIMIT_PER_RECIPIENT="off", SUPPRESSION_IMPORT_MAX_LINES="50",
-                            SUPPRESSION_IMPORT_MAX_BYTES="65536")
+                            SUPPRESSION_IMPORT_MAX_BYTES="65536", WEBHOOKS_ENABLED="true")
     with TestClient(create_app(settings)) as client:
         yield Api(client, redis_server, prefix, queue)
 

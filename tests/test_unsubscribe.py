@@ -127,7 +127,8 @@ def site(redis_server: RedisServer) -> Iterator[Site]:
     settings = app_settings(redis_server.url, KEY_PREFIX=prefix,
                             QUEUE_NAME=f"unsub-{uuid.uuid4().hex[:8]}",
                             PUBLIC_BASE_URL="https://mail.example.com",
-                            UNSUBSCRIBE_SECRETS=f"{SECRET},{OLD_SECRET}")
+                            UNSUBSCRIBE_SECRETS=f"{SECRET},{OLD_SECRET}",
+                            WEBHOOKS_ENABLED="true")
     with TestClient(create_app(settings)) as client:
         yield Site(client, redis_server, prefix)
 
