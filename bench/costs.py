@@ -89,23 +89,30 @@ def dkim_costs() -> dict[str, float]:
             if key != "message_bytes"}
 
 
-def _settings(url: str, prefix: str) -> Any:
+def _settings(url: str, prefix: str, **extra: str) -> Any:
     from mailcore.config import Settings
 
     return Settings.from_env({
         "SECRETS_DIR": "/nonexistent", "REDIS_URL": url, "KEY_PREFIX": prefix,
         "SENDER_EMAIL": "noreply@shop.example.com", "JWT_SECRET": _SECRET, "RATE_LIMIT": "off",
-        "EVENTS_ENABLED": "false", "LOG_LEVEL": "WARNING"})
+        "EVENTS_ENABLED": "false", "LOG_LEVEL": "WARNING", **extra})
 
 
-async def _door(url: str, messages: int) -> dict[str, float]:
-    """One ``POST /v1/messages`` at a time through the app in this process."""
+def _has_webhooks() -> bool:
+    return importlib.util.find_spec("mailcore.webhook_settings") is not None
+
+
+async def _door(url: str, messages: int, *, webhooks: bool = False) -> dict[str, float]:
+    """One ``POST /v1/messages`` at a time through the app in this process; with ``webhooks``
+    (``WEBHOOKS_ENABLED=true``: the accept writes the ``queued`` lifecycle event), only the
+    plain send, as ``door_send_webhooks_*``."""
     import httpx
 
     from mailcore.tokens import mint_token
     from service.app import create_app
 
-    app = create_app(_settings(url, f"costs-{uuid.uuid4().hex[:8]}"))
+    app = create_app(_settings(url, f"costs-{uuid.uuid4().hex[:8]}",
+                               **({"WEBHOOKS_ENABLED": "true"} if webhooks else {})))
     caller = {"Authorization": f"Bearer {mint_token(_SECRET, subject='bench')}"}
     admin = {"Authorization": "Bearer " + mint_token(_SECRET, subject="ops",
                                                        scope="email:admin")}
@@ -121,9 +128,10 @@ async def _door(url: str, messages: int) -> dict[str, float]:
                 "template": "password_reset", "to": to, "data": {"email": to, "code": "1"}})
             assert response.status_code == 202, response.text
 
-        figures["door_send_us"], figures["door_send_redis_us"] = await meter.asynchronous(
+        plain = "door_send_webhooks" if webhooks else "door_send"
+        figures[f"{plain}_us"], figures[f"{plain}_redis_us"] = await meter.asynchronous(
             lambda n: send(f"r{run}-{n}@example.org"), messages)
-        if "/v1/suppressions/import" in paths:
+        if "/v1/suppressions/import" in paths and not webhooks:
             # 10,000 entries in the list, none of them the recipient; then a suppressed one.
             lines = b"".join(json.dumps({"address": f"s{run}-{n}@example.net"}).encode() + b"\n"
                              for n in range(10_000))
@@ -185,6 +193,8 @@ def measure(messages: int) -> dict[str, float]:
     figures.update(dkim_costs())
     with _private_redis() as url:
         figures.update(asyncio.run(_door(url, messages)))
+        if _has_webhooks():
+            figures.update(asyncio.run(_door(url, messages, webhooks=True)))
         figures.update(worker_costs(url, messages))
         figures.update(lifecycle_costs(url, messages))
     return figures

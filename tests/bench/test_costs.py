@@ -21,9 +21,11 @@ REPO = Path(__file__).resolve().parent.parent.parent
 def test_every_figure_is_measured() -> None:
     with costs._private_redis() as url:
         door = asyncio.run(costs._door(url, 30))
+        door |= asyncio.run(costs._door(url, 30, webhooks=True))
         worker = costs.worker_costs(url, 30)
         lifecycle = costs.lifecycle_costs(url, 30)
-    assert {"door_send_us", "door_send_redis_us"} <= door.keys()
+    assert {"door_send_us", "door_send_redis_us", "door_send_webhooks_us",
+            "door_send_list10k_us", "door_send_suppressed_us"} <= door.keys()
     assert {"worker_begin_attempt_us", "worker_record_sent_us"} <= worker.keys()
     assert {"lifecycle_build_us", "script_emit_us", "script_emit_redis_us"} <= lifecycle.keys()
     for figures in (door, worker, lifecycle):
