@@ -262,3 +262,34 @@ def test_a_busy_consumer_waits_briefly_instead_of_backing_off(
     consumer.ack(held[0])
     assert next(consumer) is not None
     consumer.close()
+
+
+def test_a_live_consumer_gives_back_what_sits_in_its_acks_set_unheld(
+        redis_server: RedisServer) -> None:
+    # A fetch whose reply was lost after the consumer (re)started: the ids moved into this live
+    # worker's acks set and no consumer holds them; no heartbeat timeout would ever free them.
+    broker = make_broker(redis_server.url, heartbeat_timeout_ms=1000)  # reconcile every 0.5 s
+    broker.namespace = f"broker-test-{uuid.uuid4().hex[:8]}"
+    try:
+        queue = _queue_with(broker, 3)
+        acks_key, _ = _keys(broker, queue)
+        consumer: Any = broker.consume(queue, prefetch=4, timeout=100)
+        client: Any = broker.client
+        popped = client.lpop(f"{broker.namespace}:{queue}")
+        assert isinstance(popped, bytes)
+        lost = popped.decode()
+        client.sadd(acks_key, lost)
+        held = _take(consumer, 2)  # the two the consumer did fetch, handed out, not acked yet
+        assert client.sismember(acks_key, lost)
+        [recovered] = _take(consumer, 1)
+        assert recovered.options["redis_message_id"] == lost
+        # What the consumer handed out was never given back meanwhile (no duplicate).
+        assert client.llen(f"{broker.namespace}:{queue}") == 0
+        assert {m.options["redis_message_id"] for m in held} <= {
+            m.decode() for m in client.smembers(acks_key)}
+        for message in [*held, recovered]:
+            _settle(broker, queue, message)
+            consumer.ack(message)
+        consumer.close()
+    finally:
+        broker.close()

@@ -16,7 +16,10 @@ settled; Dramatiq's own ack is then a no-op here. A message that reaches the ack
 outcome could not be written: Redis was unreachable, or the attempt ended in an unexpected way)
 is given back to the queue instead of being deleted, so it is redelivered; until that requeue
 reaches Redis it stays in this worker's acks set, which the next consumer (re)start or the
-heartbeat-timeout maintenance gives back. Nothing here ever deletes a message whose outcome is
+heartbeat-timeout maintenance gives back. And a consumer compares its acks set with what it
+handed out every half heartbeat timeout (at most 30 s): what nobody holds (a fetch whose reply
+was lost after the consumer restarted, as in a Sentinel failover to a lagging replica) goes back.
+Nothing here ever deletes a message whose outcome is
 not recorded: that is what Dramatiq's Retries middleware did when its re-enqueue failed, so the
 workers run without it (the actor schedules its own retries).
 
@@ -74,6 +77,9 @@ MAX_IDLE_POLL_MS = 100
 #: Pause while most prefetched messages are still being worked on: the queue is not idle, the
 #: threads are busy, and acks free room within milliseconds.
 BUSY_POLL_MS = 2
+#: A consumer compares its acks set with what it handed out at most this often (and at least
+#: twice per heartbeat timeout): see ``_BatchingConsumer._reconcile``.
+RECONCILE_MAX_SECONDS = 30.0
 
 
 class RecoveringRedisBroker(RedisBroker):
@@ -172,14 +178,46 @@ class _BatchingConsumer(_RedisConsumer):
         self._requeues_lock = threading.Lock()
         self._low_water = max(1, prefetch // 4)
         self._delayed = queue_name.endswith(".DQ")
+        #: Redis ids handed out by this consumer and not acked yet (guarded by the lock).
+        self._handed: set[str] = set()
+        self._acks_key = f"{broker.namespace}:__acks__.{broker.broker_id}.{queue_name}"
+        self._reconcile_every = min(RECONCILE_MAX_SECONDS,
+                                    max(broker.heartbeat_timeout / 2000, 0.5))
+        self._next_reconcile = time.monotonic() + self._reconcile_every
 
     def ack(self, message: MessageProxy) -> None:
         # Called by worker threads (and, on a delay queue, by the consumer thread right after
         # the broker promoted the message in one step: nothing left to do either).
-        if not (self._delayed or is_settled(message)):
-            with self._requeues_lock:
-                self.pending_requeues.append(message.options["redis_message_id"])
+        redis_id = message.options["redis_message_id"]
+        with self._requeues_lock:
+            if not (self._delayed or is_settled(message)):
+                self.pending_requeues.append(redis_id)
+            self._handed.discard(redis_id)
         self.queued_message_ids.discard(message.message_id)
+
+    def _reconcile(self) -> None:
+        """Give back what sits in this worker's acks set but nobody here holds.
+
+        A consumer restarted after a connection error gives back its acks set as it starts; a
+        fetch whose reply was lost *after* that (a Redis failover mid-restart, with a replica
+        that had not seen every write) leaves messages in the set of a live worker, which no
+        heartbeat timeout ever frees. Nothing is cached when this runs, so the set should hold
+        only what this consumer handed out; the rest goes back with the next fetch (a copy
+        still being worked on by a thread of the replaced consumer is stopped by the send
+        guard)."""
+        self._next_reconcile = time.monotonic() + self._reconcile_every
+        try:
+            members = self.broker.client.smembers(self._acks_key)
+        except redis.RedisError as exc:
+            raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]
+        with self._requeues_lock:
+            held = self._handed | set(self.pending_requeues)
+            stranded = [rid for rid in (m.decode() if isinstance(m, bytes) else str(m)
+                                        for m in members) if rid not in held]
+            self.pending_requeues.extend(stranded)
+        if stranded:
+            self.logger.warning("Giving back %d message(s) held in this worker's acks set for "
+                                "%r by no consumer.", len(stranded), self.queue_name)
 
     def requeue(self, messages: Any) -> None:
         try:
@@ -217,7 +255,11 @@ class _BatchingConsumer(_RedisConsumer):
                 self.misses = 0
                 message = Message.decode(data)
                 self.queued_message_ids.add(message.message_id)
+                with self._requeues_lock:
+                    self._handed.add(message.options["redis_message_id"])
                 return MessageProxy(message)
+            if time.monotonic() >= self._next_reconcile:
+                self._reconcile()  # nothing is cached now: everything fetched is handed out
             room = self.prefetch - self.outstanding_message_count
             if room < self._low_water:
                 # Three quarters of the prefetch (Dramatiq's is twice the thread count) are
