@@ -32,7 +32,7 @@ class Door:
         self.client, self.redis, self.prefix, self.queue = client, redis, prefix, queue
 
     def nothing_written(self) -> bool:
-        return (self.redis.zcard(schedule_key(self.prefix)) == 0
+        return bool(self.redis.zcard(schedule_key(self.prefix)) == 0
                 and self.redis.llen(f"dramatiq:{self.queue}") == 0
                 and self.redis.llen(f"dramatiq:{self.queue}-bulk") == 0)
 
