@@ -218,6 +218,9 @@ def run_dev(*, port: int, outbox: Path, sync: list[Path] | None = None,
             "ADMIN_TOKEN": mint_token(secret, subject="dev", ttl_seconds=24 * 3600,
                                       scope=admin_scope),
         }
+        if webhooks:
+            # `email-service dlq retry` from the other shell announces its retries too.
+            values["WEBHOOKS_ENABLED"] = "true"
         if env_file is not None:
             _write_env_file(env_file, values)
             wrote_env_file = True

@@ -142,6 +142,11 @@ def test_dev_with_webhooks_delivers_signed_events_to_a_local_receiver(
             return read_env_file(tmp_path / ".email-service-dev.env")
 
         found = wait_for(values, timeout=90, message="the dev banner")
+        # The other shell's `email-service dlq retry` announces retries like the API's.
+        script = f"set -a; source {tmp_path / '.email-service-dev.env'}; " \
+                 'printf %s "$WEBHOOKS_ENABLED"'
+        assert subprocess.run(["bash", "-c", script], capture_output=True, text=True,
+                              check=True, timeout=30).stdout == "true"
         banner = log.read_text()
         assert "Webhooks are on" in banner and "one worker, webhooks," in banner
         hooks = [pid for pid, cmd in _children(dev.pid).items() if " webhooks " in f"{cmd} "]
