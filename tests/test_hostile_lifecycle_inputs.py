@@ -16,6 +16,8 @@ import orjson
 import pytest
 from starlette.testclient import TestClient
 
+from mailcore.lifecycle import stream_key
+from mailcore.mailtrap_events import sign
 from mailcore.schedule import schedule_key
 from mailcore.tokens import mint_token
 from mailcore.unsubscribe import make_token, verify_token
@@ -24,12 +26,17 @@ from service.query import bounded_int, declared_length
 
 from .support import TEST_SECRET, RedisServer, app_settings
 
+MAILTRAP_SECRET = "mailtrap-signing-secret-0123456789abcdef"
+UNSUBSCRIBE_SECRET = "unsubscribe-secret-0123456789abcdef0123"
 ADMIN = {"Authorization": f"Bearer {mint_token(TEST_SECRET, subject='ops', scope='email:admin')}"}
 
 
 class Door:
     def __init__(self, client: TestClient, redis: Any, prefix: str, queue: str) -> None:
         self.client, self.redis, self.prefix, self.queue = client, redis, prefix, queue
+
+    def events(self) -> int:
+        return int(self.redis.xlen(stream_key(self.prefix)))
 
     def nothing_written(self) -> bool:
         return bool(self.redis.zcard(schedule_key(self.prefix)) == 0
@@ -42,7 +49,10 @@ def door(redis_server: RedisServer) -> Iterator[Door]:
     queue, prefix = f"hl-{uuid.uuid4().hex[:8]}", f"hl-{uuid.uuid4().hex[:8]}"
     settings = app_settings(redis_server.url, KEY_PREFIX=prefix, QUEUE_NAME=queue,
                             BULK_QUEUE_NAME=f"{queue}-bulk", RESET_LIMIT_PER_RECIPIENT="off",
-                            WEBHOOKS_ENABLED="true")
+                            WEBHOOKS_ENABLED="true", MAILTRAP_WEBHOOK_SECRET=MAILTRAP_SECRET,
+                            PUBLIC_BASE_URL="https://mail.example.com",
+                            UNSUBSCRIBE_SECRETS=UNSUBSCRIBE_SECRET,
+                            WEBHOOKS_ALLOWED_HOSTS="hooks.example.com")
     redis = redis_server.client()
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         yield Door(client, redis, prefix, queue)
@@ -201,3 +211,68 @@ def test_a_trailing_newline_is_no_unsubscribe_token_scope_or_message_id() -> Non
         make_token(secret, "ada@example.com", "bulk\n", "m-1")
     with pytest.raises(ValueError):
         make_token(secret, "ada@example.com", "bulk", "m-1\n")
+
+
+# --- unsubscribe tokens, webhook registrations and Mailtrap bodies over HTTP ---------------------
+
+@pytest.mark.parametrize("token", ["%FF", "%00", "%0A", "\u00e9" * 30, "A" * 30_000, "a.b.c",
+                                   "%F0%9F%98%80.AAAAAAAAAAAAAAAAAAAAAA"])
+def test_hostile_unsubscribe_tokens_get_the_one_invalid_page(door: Door, token: str) -> None:
+    before = door.events()
+    valid = make_token(UNSUBSCRIBE_SECRET, "ada@example.com", "bulk", "m-1")
+    for path in (f"/u/{token}", f"/u/{valid}{token}" if len(token) < 100 else f"/u/{token}"):
+        for method in ("GET", "POST"):
+            answer = door.client.request(method, path, content=b"List-Unsubscribe=One-Click")
+            assert answer.status_code == 404 and "not valid" in answer.text, (path[:60], method)
+    assert door.events() == before
+
+
+@pytest.mark.parametrize(("body", "status"), [
+    # Encodings.
+    (b'{"url": "https://hooks.example.com/", "events": ["sent"], "description": "\\ud800"}',
+     400),
+    (b'{"url": "https://hooks.example.com/\\u0000", "events": ["sent"]}', 422),
+    ('{"url": "https://hooks.example.com/\u00e9", "events": ["sent"]}'.encode(), 422),
+    (b"\xef\xbb\xbf{}", 400),
+    # Values a URL parser chokes on.
+    (b'{"url": "https://hooks.example.com:99999/", "events": ["sent"]}', 422),
+    (b'{"url": "https://hooks.example.com:-1/", "events": ["sent"]}', 422),
+    (b'{"url": "https://[hooks.example.com/", "events": ["sent"]}', 422),
+    # Nesting.
+    (b'{"url": "https://hooks.example.com/", "events": ' + _nested(5000) + b"}", 400),
+    (b'{"url": "https://hooks.example.com/", "events": ' + _nested(20) + b"}", 422),
+])
+def test_hostile_webhook_registrations(door: Door, body: bytes, status: int) -> None:
+    answer = door.client.post("/v1/webhooks", content=body,
+                              headers={**ADMIN, "Content-Type": "application/json"})
+    assert answer.status_code == status, answer.text
+    assert door.client.get("/v1/webhooks", headers=ADMIN).json()["endpoints"] == []
+
+
+def _mailtrap_event(**fields: Any) -> dict[str, Any]:
+    return {"event": "bounce", "email": "ada@example.org",
+            "custom_variables": {"email_service_id": str(uuid.uuid4())}, **fields}
+
+
+@pytest.mark.parametrize(("body", "status"), [
+    (b'{"events": [{"event": "bounce", "custom_variables": {"email_service_id": '
+     + _nested(5000) + b"}}]}", 400),
+    (b"\xef\xbb\xbf" + orjson.dumps({"events": []}), 400),
+    (b'{"events": [], "events": 5}', 400),
+    (orjson.dumps({"events": []}) + b" " * 2_000_000, 413),
+    (orjson.dumps({"events": [_mailtrap_event(email="ada\x00@example.org")]}), 200),
+    (orjson.dumps({"events": [_mailtrap_event(email="ada@\u00c9XAMPLE.org")]}), 200),
+    (orjson.dumps({"events": [_mailtrap_event(response="5.1.1 " + "x" * 900_000)]}), 200),
+    (b'{"events": [{"event": "bounce", "response_code": ' + b"5" * 5000 + b"}]}", 400),
+    (orjson.dumps({"events": [_mailtrap_event(response_code=1e308)]}), 200),
+    (orjson.dumps({"events": [_mailtrap_event(custom_variables={"email_service_id": [1]})]}),
+     200),
+])
+def test_hostile_mailtrap_bodies_record_nothing(door: Door, body: bytes, status: int) -> None:
+    before = door.events()
+    answer = door.client.post("/v1/webhooks/mailtrap", content=body, headers={
+        "Content-Type": "application/json", "Mailtrap-Signature": sign(MAILTRAP_SECRET, body)})
+    assert answer.status_code == status, answer.text[:300]
+    if status == 200:
+        assert answer.json()["recorded"] == 0
+    assert door.events() == before
