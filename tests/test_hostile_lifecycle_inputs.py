@@ -146,6 +146,17 @@ def test_hostile_suppression_list_queries_are_422(door: Door, query: str) -> Non
     assert answer.json()["details"][0]["field"] in ("limit", "cursor", "reason", "scope")
 
 
+@pytest.mark.parametrize("query", [
+    "reason=HARD_BOUNCE", "reason=hard_bounce%00", "reason=" + "x" * 50_000, "reason=",
+    "reason=manual%E2%80%8B", "scope=Global", "scope=bulk:x", "scope=%C4%B1", "scope=bulk%0A",
+    "scope=" + "b" * 50_000, "scope=%FF", "scope=",
+])
+def test_hostile_suppression_export_queries_are_422(door: Door, query: str) -> None:
+    answer = door.client.get(f"/v1/suppressions/export?{query}", headers=ADMIN)
+    assert answer.status_code == 422, (query[:80], answer.text)
+    assert answer.json()["details"][0]["field"] in ("reason", "scope")
+
+
 def test_a_forged_but_well_formed_cursor_only_moves_the_page(door: Door) -> None:
     """A cursor is an index position, not a secret: any member-shaped one pages from there."""
     for member in (b"global:", b"global:\x00", b"global:" + "é".encode() * 100, b"zzz:zzz"):
