@@ -70,7 +70,8 @@ def receiver(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
     prefix = f"bounces-{uuid.uuid4().hex[:8]}"
     process, port, http = start_receiver(
         redis_server.url, tmp_path_factory.mktemp("bounces"), KEY_PREFIX=prefix,
-        BOUNCES_MAX_MESSAGE_BYTES="65536", BOUNCES_MAX_RECIPIENTS="4")
+        BOUNCES_MAX_MESSAGE_BYTES="65536", BOUNCES_MAX_RECIPIENTS="4",
+        WEBHOOKS_ENABLED="true")  # the tests check the lifecycle events too
     try:
         process.wait_until(lambda: httpx.get(f"{http}/ready").status_code == 200, timeout=30,
                            message="the bounce receiver to be ready")
@@ -265,3 +266,32 @@ def test_sessions_beyond_the_limit_are_told_to_come_back(redis_server: RedisServ
         assert found is not None and float(found.group(1)) >= 1
     finally:
         process.stop()
+
+
+def test_hostile_recipients_are_refused_and_the_receiver_stays_up(receiver: Receiver) -> None:
+    """RCPT by class: encodings (UTF-8 without SMTPUTF8, control characters, a fullwidth @),
+    sizes (a token and an address far over any limit), shapes (nested brackets, a longer domain,
+    a changed token). Each is refused, never trusted. (A source route before the genuine address,
+    or its local part quoted, is the same mailbox by RFC 5321, and accepted.)"""
+    message_id = sent_message(receiver.client, receiver.prefix, ["h@relay.example.net"])
+    genuine = receiver.verp(message_id)
+    local, _, domain = genuine.partition("@")
+    hostile = [
+        f"{local}\u00e9@{domain}", f"{local}\x01@{domain}", f"{local}\uff20{domain}",
+        f"{local}@{domain}\u200b", f"bounces+{'A' * 5000}@{domain}", "x" * 10_000,
+        f"<{genuine}>",
+        f"{local}@{domain}.evil.example", f"{local.upper()}x@{domain}",
+    ]
+    with smtplib.SMTP("127.0.0.1", receiver.port, timeout=10) as smtp:
+        smtp.ehlo()
+        assert smtp.mail("")[0] == 250
+        for address in hostile:
+            raw = address.encode("utf-8", "surrogateescape")
+            smtp.send(b"RCPT TO:<" + raw + b">\r\n")
+            code, _ = smtp.getreply()
+            assert 500 <= code < 600, (address[:60], code)
+        # The session is still usable: the genuine address is accepted after all that.
+        assert smtp.rcpt(genuine)[0] == 250
+        smtp.rset()
+    assert receiver.process.process is not None and receiver.process.process.poll() is None
+    assert status_fields(receiver.client, receiver.prefix, message_id)["status"] == "sent"
