@@ -181,8 +181,13 @@ def run_dev(*, port: int, outbox: Path, sync: list[Path] | None = None,
             env.setdefault(name, value)
     base = [sys.executable, "-m", "email_service"]
 
-    def start(*args: str) -> None:
-        children.append(subprocess.Popen([*base, *args], env=env, process_group=0))
+    def start(*args: str, heartbeat: str | None = None) -> None:
+        own = dict(env)
+        if heartbeat is not None and "WORKER_HEARTBEAT_DIR" not in env:
+            # Each command clears its heartbeat folder on start: the worker's and the webhook
+            # processes' reports must not share one (nor another dev stack's).
+            own["WORKER_HEARTBEAT_DIR"] = str(workdir / f"heartbeat-{heartbeat}")
+        children.append(subprocess.Popen([*base, *args], env=own, process_group=0))
 
     wrote_env_file = False
     try:
@@ -192,9 +197,9 @@ def run_dev(*, port: int, outbox: Path, sync: list[Path] | None = None,
             # would.
             start("sync", "--watch", *map(str, sync))
         start("api", "--host", "127.0.0.1", "--port", str(port))
-        start("worker", "--processes", "1", "--threads", "4")
+        start("worker", "--processes", "1", "--threads", "4", heartbeat="worker")
         if webhooks:
-            start("webhooks", "--processes", "1", "--threads", "4")
+            start("webhooks", "--processes", "1", "--threads", "4", heartbeat="webhooks")
         if not _wait_ready(f"http://127.0.0.1:{port}/ready", children, stop):
             if stop.is_set():
                 return 0

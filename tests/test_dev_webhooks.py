@@ -88,6 +88,11 @@ def _children(pid: int) -> dict[int, str]:
     return found
 
 
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
+    return dict(item.split("=", 1) for item in raw.split("\0") if "=" in item)
+
+
 def _alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -151,6 +156,10 @@ def test_dev_with_webhooks_delivers_signed_events_to_a_local_receiver(
         assert "Webhooks are on" in banner and "one worker, webhooks," in banner
         hooks = [pid for pid, cmd in _children(dev.pid).items() if " webhooks " in f"{cmd} "]
         assert len(hooks) == 1, _children(dev.pid)
+        # Each command clears its heartbeat folder on start: theirs are not shared.
+        folders = {_environ(pid).get("WORKER_HEARTBEAT_DIR") for pid, cmd in
+                   _children(dev.pid).items() if " webhooks " in f"{cmd} " or " worker " in cmd}
+        assert len(folders) == 2 and None not in folders, folders
 
         url = found["EMAIL_SERVICE_URL"]
         admin = {"Authorization": f"Bearer {found['ADMIN_TOKEN']}"}
