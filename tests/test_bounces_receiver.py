@@ -71,8 +71,7 @@ def receiver(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
     prefix = f"bounces-{uuid.uuid4().hex[:8]}"
     process, port, http = start_receiver(
         redis_server.url, tmp_path_factory.mktemp("bounces"), KEY_PREFIX=prefix,
-        BOUNCES_MAX_MESSAGE_BYTES="65536", BOUNCES_MAX_RECIPIENTS="4",
-        WEBHOOKS_ENABLED="true")  # the tests check the lifecycle events too
+        BOUNCES_MAX_MESSAGE_BYTES="65536", BOUNCES_MAX_RECIPIENTS="4")
     try:
         process.wait_until(lambda: httpx.get(f"{http}/ready").status_code == 200, timeout=30,
                            message="the bounce receiver to be ready")
