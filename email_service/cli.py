@@ -390,7 +390,8 @@ def _run_dlq(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     dead = DeadLetters(sync_client(settings.redis.where, "admin"),
                        settings.queues[args.stream], settings.redis.key_prefix,
-                       settings.limits.status_retention_seconds)
+                       settings.limits.status_retention_seconds,
+                       emit_events=settings.webhooks.enabled)
     if args.dlq_command == "list":
         letters = dead.list(args.limit)
         if not letters:

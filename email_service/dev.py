@@ -1,7 +1,9 @@
 """``email-service dev``: the whole stack on one machine, mail caught in a folder.
 
 Starts a private redis-server (unless one is configured), a local SMTP catcher writing each
-message as ``.eml`` + ``.html``, the ingress and a worker, then prints a ready-to-paste curl with
+message as ``.eml`` + ``.html``, the ingress and a worker (which also dispatches scheduled sends),
+and, when ``WEBHOOKS_ENABLED`` is set, the webhook fan-out and delivery (``email-service
+webhooks``, allowed to call receivers on this machine), then prints a ready-to-paste curl with
 a freshly minted token, and writes the stack's settings (Redis URL, JWT secret, a sending and an
 admin token) to an env file, so ``email-service token``, ``dlq`` and ``publish-reset`` work from
 another shell. Ctrl-C (SIGINT) or SIGTERM stops everything and exits 0.
@@ -84,6 +86,29 @@ def _start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     return process, f"redis://127.0.0.1:{port}/0"
 
 
+#: Local webhook receivers (a `python -m http.server`, a test's listener) run on this machine:
+#: the SSRF guard's defaults allow only cluster services, so dev allows loopback too, and
+#: retries a failing receiver after seconds rather than minutes. Any of these set in the
+#: environment wins.
+_DEV_WEBHOOKS = {
+    "WEBHOOKS_ALLOWED_HOSTS": "localhost,127.0.0.1,*.svc.cluster.local",
+    "WEBHOOKS_CLUSTER_HOSTS": "localhost,127.0.0.1,*.svc.cluster.local",
+    "WEBHOOKS_ALLOWED_NETWORKS": "127.0.0.0/8,::1/128",
+    "WEBHOOKS_MIN_BACKOFF_SECONDS": "2",
+    "WEBHOOKS_MAX_BACKOFF_SECONDS": "60",
+}
+
+
+def _webhooks_enabled(env: dict[str, str]) -> bool:
+    """``WEBHOOKS_ENABLED`` as the service reads it (a malformed value fails there, loudly)."""
+    from mailcore.envfields import flag
+
+    try:
+        return bool(flag(env.get("WEBHOOKS_ENABLED", "false")))
+    except ValueError:
+        return False
+
+
 def _stop_all(children: list[subprocess.Popen[bytes]]) -> None:
     for child in children:
         if child.poll() is None:
@@ -150,10 +175,19 @@ def run_dev(*, port: int, outbox: Path, sync: list[Path] | None = None,
     # Not the fixed metrics port of a deployed worker: a second dev stack (or anything else on
     # 9191) would stop this one from starting.
     env.setdefault("WORKER_METRICS_PORT", "0")
+    webhooks = _webhooks_enabled(env)
+    if webhooks:
+        for name, value in _DEV_WEBHOOKS.items():
+            env.setdefault(name, value)
     base = [sys.executable, "-m", "email_service"]
 
-    def start(*args: str) -> None:
-        children.append(subprocess.Popen([*base, *args], env=env, process_group=0))
+    def start(*args: str, heartbeat: str | None = None) -> None:
+        own = dict(env)
+        if heartbeat is not None and "WORKER_HEARTBEAT_DIR" not in env:
+            # Each command clears its heartbeat folder on start: the worker's and the webhook
+            # processes' reports must not share one (nor another dev stack's).
+            own["WORKER_HEARTBEAT_DIR"] = str(workdir / f"heartbeat-{heartbeat}")
+        children.append(subprocess.Popen([*base, *args], env=own, process_group=0))
 
     wrote_env_file = False
     try:
@@ -163,7 +197,9 @@ def run_dev(*, port: int, outbox: Path, sync: list[Path] | None = None,
             # would.
             start("sync", "--watch", *map(str, sync))
         start("api", "--host", "127.0.0.1", "--port", str(port))
-        start("worker", "--processes", "1", "--threads", "4")
+        start("worker", "--processes", "1", "--threads", "4", heartbeat="worker")
+        if webhooks:
+            start("webhooks", "--processes", "1", "--threads", "4", heartbeat="webhooks")
         if not _wait_ready(f"http://127.0.0.1:{port}/ready", children, stop):
             if stop.is_set():
                 return 0
@@ -181,15 +217,22 @@ def run_dev(*, port: int, outbox: Path, sync: list[Path] | None = None,
         values = {
             "EMAIL_SERVICE_URL": url, **where, "JWT_SECRET": secret,
             "TOKEN": mint_token(secret, subject="dev", ttl_seconds=24 * 3600),
-            "ADMIN_TOKEN": mint_token(secret, subject="dev-admin", ttl_seconds=24 * 3600,
+            # The same caller as TOKEN, with the admin scope: a webhook endpoint registered
+            # with it receives the events of the messages sent with TOKEN (endpoints are
+            # per caller).
+            "ADMIN_TOKEN": mint_token(secret, subject="dev", ttl_seconds=24 * 3600,
                                       scope=admin_scope),
         }
+        if webhooks:
+            # `email-service dlq retry` from the other shell announces its retries too.
+            values["WEBHOOKS_ENABLED"] = "true"
         if env_file is not None:
             _write_env_file(env_file, values)
             wrote_env_file = True
         # A configured Redis URL may carry its password: only the private one is printed.
         shown = values["REDIS_URL"] if redis is not None else "the configured one (see REDIS_URL)"
-        print(_banner(values, outbox, redis_note, shown, sync or [], env_file), flush=True)
+        print(_banner(values, outbox, redis_note, shown, sync or [], env_file, webhooks),
+              flush=True)
         while not stop.is_set() and all(p.poll() is None for p in children):
             stop.wait(0.5)
         if stop.is_set():
@@ -210,9 +253,22 @@ def run_dev(*, port: int, outbox: Path, sync: list[Path] | None = None,
 
 
 def _banner(values: dict[str, str], outbox: Path, redis_note: str, redis_shown: str,
-            sync: list[Path], env_file: Path | None) -> str:
+            sync: list[Path], env_file: Path | None, webhooks: bool = False) -> str:
     url, token = values["EMAIL_SERVICE_URL"], values["TOKEN"]
     synced = ", ".join(map(str, sync)) or "nothing"
+    if webhooks:
+        hooks = f"""
+Webhooks are on (WEBHOOKS_ENABLED): `email-service webhooks` delivers lifecycle events to
+receivers on this machine too (localhost / 127.0.0.1). Register one with $ADMIN_TOKEN:
+
+  curl -sS -X POST {url}/v1/webhooks -H "Authorization: Bearer $ADMIN_TOKEN" \\
+    -H 'Content-Type: application/json' \\
+    -d '{{"url": "http://127.0.0.1:9000/hooks", "events": ["queued", "sent"]}}'
+"""
+    else:
+        hooks = """
+Webhooks are off: start with WEBHOOKS_ENABLED=true to run `email-service webhooks` too.
+"""
     if env_file is not None:
         settings = f"""Its settings and tokens are in {env_file} (removed when this stops).
 In another shell, to use `email-service` and the README's examples against this stack:
@@ -225,7 +281,7 @@ In another shell, to use `email-service` and the README's examples against this 
   {_activation_hint()}
 """ + "\n".join(f"  export {name}={shlex.quote(value)}" for name, value in values.items())
     return f"""
-email-service dev is up: ingress {url}, one worker, {redis_note}.
+email-service dev is up: ingress {url}, one worker{", webhooks" if webhooks else ""}, {redis_note}.
 Mail is caught locally and written to {outbox}/ (.eml and .html).
 Templates synced into the store (edits are picked up at once): {synced}.
 Redis: {redis_shown}   JWT secret: {values["JWT_SECRET"]}
@@ -252,5 +308,6 @@ Or any template through the native API:
   curl -sS {url}/v1/dead-letters -H "Authorization: Bearer $ADMIN_TOKEN")
   email-service token --subject checkout                # more tokens, signed with JWT_SECRET
 
+{hooks}
 API docs: {url}/docs     Ctrl-C stops everything.
 """

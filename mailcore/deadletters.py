@@ -3,7 +3,8 @@
 Dramatiq's Redis broker keeps failed messages in ``dramatiq:<queue>.XQ`` (a sorted set of Redis
 message ids by time of death) and their bodies in ``dramatiq:<queue>.XQ.msgs``. A retry moves the
 body back onto the queue in one optimistic transaction, so two concurrent retries cannot both
-succeed, and marks the status ``queued`` again with a timeline entry.
+succeed, and marks the status ``queued`` again with a timeline entry (and, with webhooks on, the
+``queued`` lifecycle event, in the same transaction: mailcore.lifecycle).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import orjson
 import redis
 
+from . import lifecycle
 from .queue import fresh_copy, queue_key
 from .status import (
     QUEUED,
@@ -54,10 +56,11 @@ class DeadLetters:
       queue_name: the Dramatiq queue.
       prefix: key prefix of status records.
       retention_seconds: status retention, refreshed when a message is retried.
+      emit_events: a retry appends the ``queued`` lifecycle event (``WEBHOOKS_ENABLED``).
     """
 
     def __init__(self, client: redis.Redis, queue_name: str, prefix: str,
-                 retention_seconds: int) -> None:
+                 retention_seconds: int, *, emit_events: bool = False) -> None:
         # redis-py's sync return types are unions of bytes/str/Any; we know they are bytes.
         self.client: Any = client
         self.queue = queue_key(queue_name)
@@ -65,6 +68,7 @@ class DeadLetters:
         self.xq_msgs = f"{self.xq}.msgs"
         self.prefix = prefix
         self.retention = retention_seconds
+        self.emit_events = emit_events
 
     def list(self, limit: int = 100) -> list[DeadLetter]:
         """Newest first."""
@@ -107,6 +111,7 @@ class DeadLetters:
                     if pipe.hget(self.xq_msgs, rid) is None:
                         return False
                     new_rid, data = fresh_copy(body)
+                    announced = self._queued_event(pipe, message_id)
                     pipe.multi()
                     pipe.zrem(self.xq, rid)
                     pipe.hdel(self.xq_msgs, rid)
@@ -123,10 +128,26 @@ class DeadLetters:
                     # Unfinished again: the sweeper's copy and index (mailcore.status).
                     pipe.set(job_key(self.prefix, message_id), data, ex=self.retention)
                     pipe.zadd(open_key(self.prefix), {message_id: now})
+                    lifecycle.emit(pipe, self.prefix, announced)
                     pipe.execute()
                     return True
                 except redis.WatchError:
                     continue  # the dead-letter set changed under us; look again
+
+    def _queued_event(self, pipe: Any, message_id: str) -> bytes:
+        """The ``queued`` event of a retry (``b""`` with webhooks off), with what the status
+        record knows of the message (read while watching, before the transaction)."""
+        if not self.emit_events:
+            return b""
+        owner, template, stream, recipients, metadata = (
+            value.decode() if value is not None else None
+            for value in pipe.hmget(status_key(self.prefix, message_id), "owner", "template",
+                                    "stream", "recipients", "metadata"))
+        return lifecycle.lifecycle_event(
+            lifecycle.QUEUED, message_id, owner=owner or None, template=template or None,
+            stream=stream or None, detail="retried from the dead-letter queue",
+            recipients=orjson.Fragment(recipients) if recipients else None,
+            metadata=orjson.Fragment(metadata) if metadata else None)
 
     def retry_all(self) -> int:
         count = 0

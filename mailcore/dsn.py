@@ -48,7 +48,7 @@ _MAX_ADDRESS = 254
 logging.getLogger("flufl.bounce").setLevel(logging.CRITICAL)
 
 _STATUS = re.compile(r"\s*([245])\.(\d{1,3})\.(\d{1,3})")
-_ADDRESS = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@[A-Za-z0-9.-]{1,253}$")
+_ADDRESS = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@[A-Za-z0-9.-]{1,253}\Z")
 
 
 @dataclass(frozen=True)

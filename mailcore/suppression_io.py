@@ -36,7 +36,8 @@ MAX_LINE_BYTES = 4096
 MAX_REPORTED = 100
 _FIELDS = ("address", "reason", "scope", "source_message_id", "created_at", "expires_at")
 _BOM = b"\xef\xbb\xbf"
-_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
+_RFC3339 = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})\Z")
 
 
 def entry_view(entry: Suppression) -> dict[str, Any]:

@@ -43,7 +43,7 @@ GLOBAL = "global"
 #: The stream a request without ``stream`` belongs to.
 DEFAULT_STREAM = "transactional"
 #: Scope (stream) names: short, lower case, no ``:`` (it separates scope from mailbox).
-SCOPE_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+SCOPE_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,31}\Z")
 #: The most entries one page returns.
 MAX_PAGE = 1000
 #: Index members read per round when a filter skips expired entries.

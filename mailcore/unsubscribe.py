@@ -32,8 +32,8 @@ MAC_BYTES = 16
 #: Longer tokens are refused before any decoding.
 MAX_TOKEN = 600
 _SEPARATOR = "\x1f"
-_TOKEN = re.compile(r"^[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{22}$")
-_MESSAGE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{22}\Z")
+_MESSAGE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")
 
 
 @dataclass(frozen=True)

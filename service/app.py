@@ -97,7 +97,8 @@ def create_app(settings: Settings, *, dev_secret: str | None = None) -> Starlett
         # Each stream's queue has its own dead letters (``?stream=`` on the endpoints).
         app.state.dead_letters = {
             stream: DeadLetters(admin_client, queue, settings.redis.key_prefix,
-                                settings.limits.status_retention_seconds)
+                                settings.limits.status_retention_seconds,
+                                emit_events=settings.webhooks.enabled)
             for stream, queue in settings.queues.items()}
         app.state.webhooks = WebhookState(settings, admin_client)
         listener_task = None

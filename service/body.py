@@ -9,6 +9,7 @@ import orjson
 from starlette.requests import Request
 
 from .errors import ApiError
+from .query import declared_length
 
 
 async def read_body(request: Request, limit: int, timeout: float) -> bytes:
@@ -16,9 +17,10 @@ async def read_body(request: Request, limit: int, timeout: float) -> bytes:
     seconds to arrive (a client trickling its body cannot hold a connection open)."""
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isascii() or not declared.isdigit():
+        length = declared_length(declared)
+        if length is None:
             raise ApiError(400, "invalid_request", "Content-Length is not a number")
-        if int(declared) > limit:
+        if length > limit:
             raise _too_large(limit)
     chunks: list[bytes] = []
     size = 0

@@ -384,6 +384,8 @@ def openapi_document() -> dict[str, Any]:
         },
         "/v1/dead-letters/retry": {"post": {
             "summary": "Retry every dead letter (admin scope)", "operationId": "retryAllDead",
+            "description": "Each is queued again as by `POST /v1/dead-letters/{id}/retry` "
+                           "(with its `message.queued` event when `WEBHOOKS_ENABLED`).",
             "parameters": [_STREAM], "responses": {"202": _json(RetryAll, "Requeued"),
                                                    **_errors(401, 403, 422)},
         }},
@@ -395,6 +397,9 @@ def openapi_document() -> dict[str, Any]:
         }},
         "/v1/dead-letters/{id}/retry": {"post": {
             "summary": "Retry one dead letter, keeping its id (admin scope)",
+            "description": "Queued again under the same id, its timeline kept; with "
+                           "`WEBHOOKS_ENABLED`, a `message.queued` webhook event (`detail`: "
+                           "`retried from the dead-letter queue`) is written in the same step.",
             "operationId": "retryDead", "parameters": [_path_param("id"), _STREAM],
             "responses": {"202": _json(Queued, "Requeued"), **_errors(401, 403, 404, 422)},
         }},

@@ -38,6 +38,7 @@ from .body import decode_json_object, read_body, read_json_object
 from .errors import ApiError, JSONResponse, http_error
 from .offload import OFFLOAD_BYTES, off_loop
 from .openapi import PreviewRequest, openapi_document
+from .query import bounded_int
 from .sending import BatchResponder, SendService
 
 _VERSION = re.compile(r"[0-9a-f]{16}")
@@ -386,11 +387,11 @@ async def _dead_letters(request: Request) -> DeadLetters:
 
 async def list_dead_letters(request: Request) -> JSONResponse:
     dead = await _dead_letters(request)
-    raw_limit = request.query_params.get("limit", "100")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 1000:
+    limit = bounded_int(request.query_params.get("limit", "100"), 1, 1000)
+    if limit is None:
         raise ApiError(422, "invalid_request", "limit must be an integer from 1 to 1000",
                        details=[{"field": "limit", "message": "1..1000"}])
-    letters = await anyio.to_thread.run_sync(dead.list, int(raw_limit))
+    letters = await anyio.to_thread.run_sync(dead.list, limit)
     return JSONResponse({"dead_letters": [letter.as_dict() for letter in letters]})
 
 

@@ -31,6 +31,7 @@ from .auth import authenticate
 from .body import read_json_object
 from .errors import ApiError, JSONResponse
 from .offload import OFFLOAD_BYTES, off_loop
+from .query import bounded_int, declared_length
 
 #: Seconds an import body may take to arrive.
 IMPORT_TIMEOUT = 60.0
@@ -89,12 +90,12 @@ def _address_scope(request: Request) -> tuple[str, str]:
 async def list_suppressions(request: Request) -> Response:
     await authenticate(request)
     reason, scope = _filters(request)
-    raw_limit = request.query_params.get("limit", "100")
-    if not raw_limit.isascii() or not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE:
+    limit = bounded_int(request.query_params.get("limit", "100"), 1, MAX_PAGE)
+    if limit is None:
         raise _invalid("limit", f"an integer from 1 to {MAX_PAGE}")
     try:
         entries, cursor = await _store(request).page(
-            request.query_params.get("cursor"), int(raw_limit), reason=reason, scope=scope)
+            request.query_params.get("cursor"), limit, reason=reason, scope=scope)
     except ValueError as exc:
         raise _invalid("cursor", str(exc)) from None
     return JSONResponse({"suppressions": [entry_view(e) for e in entries],
@@ -137,9 +138,10 @@ async def import_suppressions(request: Request) -> Response:
     await _admin(request)
     settings = _settings(request).suppressions
     declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isascii() or not declared.isdigit()):
+    length = None if declared is None else declared_length(declared)
+    if declared is not None and length is None:
         raise ApiError(400, "invalid_request", "Content-Length is not a number")
-    if declared is not None and int(declared) > settings.import_max_bytes:
+    if length is not None and length > settings.import_max_bytes:
         raise _too_large(settings.import_max_bytes)
     reader = JsonlImport(max_lines=settings.import_max_lines)
     size = 0

@@ -81,9 +81,12 @@ async def confirm_page(request: Request) -> HTMLResponse:
     found = _verify(request)
     if found is None:
         return _not_valid()
-    token = html.escape(request.path_params["token"], quote=True)
+    # Relative to this page (a verified token holds no '/' or ':'): the button posts where the
+    # link pointed, also behind a path prefix (PUBLIC_BASE_URL https://host/mail), where a bare
+    # "/u/…" would post to the host's root.
+    action = html.escape(f"./{request.path_params['token']}", quote=True)
     return _page("Unsubscribe?", f"""<p>Stop sending {html.escape(_what(found))}?</p>
-<form method="post" action="/u/{token}">
+<form method="post" action="{action}">
 <input type="hidden" name="List-Unsubscribe" value="One-Click">
 <button type="submit">Unsubscribe</button>
 </form>""")

@@ -33,6 +33,7 @@ from mailcore.webhook_endpoints import (
 from .auth import authenticate
 from .body import read_json_object
 from .errors import ApiError, JSONResponse
+from .query import bounded_int
 
 #: Largest registration body (a URL, a filter and a description fit in far less).
 MAX_BODY_BYTES = 16 * 1024
@@ -138,14 +139,14 @@ async def list_dead_letters(request: Request) -> JSONResponse:
     """Deliveries to the caller's endpoints (and, for admins, the declared global ones) that
     were given up on, newest first."""
     state, caller = await _caller(request, admin=True)
-    raw_limit = request.query_params.get("limit", "100")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 1000:
+    limit = bounded_int(request.query_params.get("limit", "100"), 1, 1000)
+    if limit is None:
         raise ApiError(422, "invalid_request", "limit must be an integer from 1 to 1000",
                        details=[{"field": "limit", "message": "1..1000"}])
     own = await anyio.to_thread.run_sync(state.store.owned, caller.owner)
     ids = {endpoint.id for endpoint in own} | {
         endpoint.id for endpoint in state.declared if endpoint.owner in (None, caller.owner)}
-    letters = await anyio.to_thread.run_sync(state.dead.list, ids, int(raw_limit))
+    letters = await anyio.to_thread.run_sync(state.dead.list, ids, limit)
     return JSONResponse({"dead_letters": letters})
 
 

@@ -266,3 +266,32 @@ def test_sessions_beyond_the_limit_are_told_to_come_back(redis_server: RedisServ
         assert found is not None and float(found.group(1)) >= 1
     finally:
         process.stop()
+
+
+def test_hostile_recipients_are_refused_and_the_receiver_stays_up(receiver: Receiver) -> None:
+    """RCPT by class: encodings (UTF-8 without SMTPUTF8, control characters, a fullwidth @),
+    sizes (a token and an address far over any limit), shapes (nested brackets, a longer domain,
+    a changed token). Each is refused, never trusted. (A source route before the genuine address,
+    or its local part quoted, is the same mailbox by RFC 5321, and accepted.)"""
+    message_id = sent_message(receiver.client, receiver.prefix, ["h@relay.example.net"])
+    genuine = receiver.verp(message_id)
+    local, _, domain = genuine.partition("@")
+    hostile = [
+        f"{local}\u00e9@{domain}", f"{local}\x01@{domain}", f"{local}\uff20{domain}",
+        f"{local}@{domain}\u200b", f"bounces+{'A' * 5000}@{domain}", "x" * 10_000,
+        f"<{genuine}>",
+        f"{local}@{domain}.evil.example", f"{local.upper()}x@{domain}",
+    ]
+    with smtplib.SMTP("127.0.0.1", receiver.port, timeout=10) as smtp:
+        smtp.ehlo()
+        assert smtp.mail("")[0] == 250
+        for address in hostile:
+            raw = address.encode("utf-8", "surrogateescape")
+            smtp.send(b"RCPT TO:<" + raw + b">\r\n")
+            code, _ = smtp.getreply()
+            assert 500 <= code < 600, (address[:60], code)
+        # The session is still usable: the genuine address is accepted after all that.
+        assert smtp.rcpt(genuine)[0] == 250
+        smtp.rset()
+    assert receiver.process.process is not None and receiver.process.process.poll() is None
+    assert status_fields(receiver.client, receiver.prefix, message_id)["status"] == "sent"

@@ -5,9 +5,12 @@ endpoints through the real app (TestClient, a real Redis): nothing changes on GE
 from __future__ import annotations
 
 import base64
+import html
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any, cast
+from urllib.parse import urljoin
 
 import pytest
 from starlette.testclient import TestClient
@@ -136,11 +139,26 @@ def site(redis_server: RedisServer) -> Iterator[Site]:
 def test_get_shows_a_form_and_changes_nothing(site: Site) -> None:
     page = site.client.get(f"/u/{token()}")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    assert f'<form method="post" action="/u/{token()}">' in page.text
+    assert f'<form method="post" action="./{token()}">' in page.text
     assert "a***@example.com" in page.text and "ada@example.com" not in page.text
     assert page.headers["referrer-policy"] == "no-referrer"
     assert "default-src 'none'" in page.headers["content-security-policy"]
     assert site.list.get("ada@example.com", "bulk") is None and site.events() == []
+
+
+def test_behind_a_path_prefix_the_form_posts_to_the_link(redis_server: RedisServer) -> None:
+    """PUBLIC_BASE_URL may carry a path (an ingress serving the service under /mail): the
+    confirmation page's button must post where the link pointed, not to the host's root."""
+    settings = app_settings(redis_server.url, KEY_PREFIX=f"unsub-{uuid.uuid4().hex[:8]}",
+                            PUBLIC_BASE_URL="https://shop.example.com/mail/",
+                            UNSUBSCRIBE_SECRETS=SECRET)
+    with TestClient(create_app(settings)) as client:
+        page = client.get(f"/u/{token()}")
+    assert page.status_code == 200
+    action = re.search(r'<form method="post" action="([^"]+)">', page.text)
+    assert action is not None
+    link = f"https://shop.example.com/mail/u/{token()}"
+    assert urljoin(link, html.unescape(action.group(1))) == link
 
 
 def test_one_click_post_suppresses_and_announces(site: Site) -> None:

@@ -376,3 +376,44 @@ def test_the_worker_probe_judges_the_webhooks_processes(live: Live) -> None:
                                      timeout=30, message="a ready probe")
     assert ready
     assert probe().returncode == 0
+
+
+def test_a_retried_dead_letter_is_announced_queued_again(live: Live,
+                                                          smtp_server: SMTPServer) -> None:
+    """Gap of the first delivery: a dead letter retried (the admin API) is queued again under
+    its id; its ``queued`` event, written in the re-queue transaction, reaches the receiver
+    like the accept's, then ``sent`` when the retry is delivered."""
+    live.register("/retried", ["queued", "failed", "sent"])
+    to = f"dead-{uuid.uuid4().hex[:8]}@example.org"
+    smtp_server.handler.plan[to] = ["554 5.6.0 refused once, by plan"]  # permanent: failed
+    answer = httpx.post(f"{live.stack.base_url}/v1/messages", headers=SENDER,
+                        json={"template": "password_reset", "to": to,
+                              "data": {"email": to, "code": "4711"}})
+    assert answer.status_code == 202, answer.text
+    message_id = answer.json()["id"]
+
+    def seen(kinds: list[str]) -> list[dict[str, Any]] | None:
+        found = [hit.payload["data"] for hit in live.receiver.delivered("/retried")
+                 if hit.payload and hit.payload["data"]["message_id"] == message_id]
+        return found if [event["type"] for event in found] == kinds else None
+
+    first = ["message.queued", "message.failed"]
+    live.webhooks.wait_until(lambda: seen(first) or seen(first[::-1]), timeout=60,
+                             message="queued and failed, delivered")
+    retried = httpx.post(f"{live.stack.base_url}/v1/dead-letters/{message_id}/retry",
+                         headers=ADMIN)
+    assert retried.status_code == 202, retried.text
+
+    def announced() -> list[dict[str, Any]] | None:
+        found = [hit.payload["data"] for hit in live.receiver.delivered("/retried")
+                 if hit.payload and hit.payload["data"]["message_id"] == message_id]
+        kinds = sorted(event["type"] for event in found)
+        return found if kinds == sorted([*first, "message.queued", "message.sent"]) else None
+
+    events = live.webhooks.wait_until(announced, timeout=60,
+                                      message="queued again and sent, delivered")
+    assert events is not None
+    again = [event for event in events if event["type"] == "message.queued"
+             and event.get("detail") == "retried from the dead-letter queue"]
+    assert len(again) == 1 and again[0]["owner"] == "jwt::shop"
+    assert again[0]["template"] == "password_reset" and again[0]["recipients"] == [to]
