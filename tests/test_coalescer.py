@@ -70,16 +70,27 @@ def coalescer_of(app: Starlette) -> AcceptCoalescer:
     return coalescer
 
 
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _bodies(client: redis.Redis, queue: str) -> bytes:
+    """Every queued Dramatiq message body of ``queue``, joined."""
+    values: list[Any] = list(client.hvals(f"dramatiq:{queue}.msgs"))
+    return b"\n".join(value if isinstance(value, bytes) else str(value).encode()
+                      for value in values)
+
+
 def whole_or_absent(client: redis.Redis, prefix: str, queue: str, message_ids: Sequence[str],
                     ) -> dict[str, bool]:
     """Each message's records: all there (True), none (False); anything between fails."""
-    queued = {body for body in client.hvals(f"dramatiq:{queue}.msgs")}
+    queued = _bodies(client, queue)
     found: dict[str, bool] = {}
     for message_id in message_ids:
         parts = [bool(client.exists(status_key(prefix, message_id))),
                  bool(client.exists(timeline_key(prefix, message_id))),
                  bool(client.exists(job_key(prefix, message_id))),
-                 any(message_id.encode() in body for body in queued)]
+                 message_id.encode() in queued]
         assert all(parts) or not any(parts), (message_id, parts)
         found[message_id] = all(parts)
     return found
@@ -156,7 +167,7 @@ async def test_concurrent_requests_share_flushes_each_with_its_own_outcome(
         status = check.hgetall(status_key(prefix, suppressed.json()["id"]))
         assert status[b"status"] == b"suppressed"
         # The refused batch wrote nothing: its good recipient was not charged or queued.
-        bodies = b"".join(check.hvals(f"dramatiq:{queue}.msgs"))
+        bodies = _bodies(check, queue)
         assert b"batch-ok" not in bodies
         # Each request was decided once: 3 + 1 + 1 + 3 + 20 + the first flooded message queued.
         assert check.llen(f"dramatiq:{queue}") == 3 + 1 + 3 + 20 + 1
@@ -320,7 +331,7 @@ async def test_redis_killed_mid_flush_fails_every_pending_request_with_503(
     accepted = answers[0].json()["id"]
     assert whole_or_absent(check, prefix, queue, [accepted]) == {accepted: True}
     assert check.llen(f"dramatiq:{queue}") == 2  # with the warm-up's
-    bodies = b"".join(check.hvals(f"dramatiq:{queue}.msgs"))
+    bodies = _bodies(check, queue)
     assert all(to.encode() not in bodies for to in recipients[1:])
 
 
@@ -355,6 +366,6 @@ async def test_redis_killed_while_a_flush_runs_leaves_each_message_whole_or_abse
     check = private_redis.client()
     # Every 202 was kept (fsync always); whatever else Redis ran is whole, nothing half.
     assert all(whole_or_absent(check, prefix, queue, accepted).values())
-    every = [key.decode().split(":")[-1] for key in check.keys(f"{prefix}:msg:*")
-             if not key.endswith((b":timeline", b":job"))]
+    every = [key.split(":")[-1] for key in map(_text, check.keys(f"{prefix}:msg:*"))
+             if not key.endswith((":timeline", ":job"))]
     whole_or_absent(check, prefix, queue, every)
