@@ -27,7 +27,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from mailcore.queue import ReplicationTimeout
 
@@ -107,6 +107,12 @@ class AcceptCoalescer:
         """One pipeline for ``batch``: each request's reply, or the error that is its own."""
         self.flushes += 1
         self.flushed += len(batch)
+        if len(batch) == 1 and not self.wait_replicas:
+            # Alone: the plain script call (no pipeline to build), exactly as uncoalesced.
+            try:
+                return [await self.script(keys=batch[0].keys, args=batch[0].args)]
+            except ResponseError as exc:  # the script's own error: the request's, as below
+                return [exc]
         replies, replicas = await self._send(batch)
         missing = [index for index, reply in enumerate(replies)
                    if isinstance(reply, NoScriptError)]

@@ -203,7 +203,8 @@ async def test_a_lone_request_is_flushed_at_once_and_late_arrivals_share_the_nex
         assert coalescer.idle
 
 
-async def test_a_script_error_is_the_requests_own(redis_server: RedisServer) -> None:
+async def test_a_script_error_is_the_requests_own_and_noscript_is_recovered(
+        redis_server: RedisServer) -> None:
     async with door(redis_server.url, RATE_LIMIT="off") as (_client, app):
         coalescer = coalescer_of(app)
         service = service_of(app)
@@ -215,6 +216,16 @@ async def test_a_script_error_is_the_requests_own(redis_server: RedisServer) -> 
         results = await asyncio.gather(*good, bad, return_exceptions=True)
         assert isinstance(results[-1], redis.ResponseError)
         assert all(isinstance(r, list) and r[0] == b"queued" for r in results[:-1]), results
+        # Alone, too.
+        with pytest.raises(redis.ResponseError):
+            await coalescer.run([f"{prefix}:idem:-"], ["not", "a", "valid", "call"])
+        # Scripts flushed (a restarted Redis): a shared flush meets NOSCRIPT, loads the script
+        # and runs those calls again.
+        await app.state.redis.script_flush()
+        flushes = coalescer.flushes
+        again = await asyncio.gather(*(coalescer.run(*_noop_call(prefix, n)) for n in range(4)))
+        assert [r[0] for r in again] == [b"queued"] * 4
+        assert coalescer.flushes == flushes + 1
 
 
 def _noop_call(prefix: str, n: int) -> tuple[list[str], list[Any]]:
@@ -265,10 +276,10 @@ def private_redis(tmp_path: Path) -> Any:
 
 
 def _kill_at_flush(coalescer: AcceptCoalescer, server: PrivateRedis, *, at: int) -> list[int]:
-    """SIGKILL ``server`` when the ``at``-th flush is in flight (its requests taken, its
-    pipeline about to be written); returns the sizes of the flushes seen."""
+    """SIGKILL ``server`` when the ``at``-th flush is in flight (its requests taken, about to
+    be written); returns the sizes of the flushes seen."""
     sizes: list[int] = []
-    send: Callable[[Any], Awaitable[Any]] = coalescer._send
+    send: Callable[[Any], Awaitable[Any]] = coalescer._flush
 
     async def killing(batch: Any) -> Any:
         sizes.append(len(batch))
@@ -278,13 +289,12 @@ def _kill_at_flush(coalescer: AcceptCoalescer, server: PrivateRedis, *, at: int)
             server.process.wait(timeout=10)
         return await send(batch)
 
-    coalescer._send = killing  # type: ignore[method-assign]
+    coalescer._flush = killing  # type: ignore[method-assign]
     return sizes
 
 
 async def _warm_up(client: httpx.AsyncClient, coalescer: AcceptCoalescer) -> None:
-    """One request on the fresh Redis: its first EVALSHA meets NOSCRIPT, the coalescer loads
-    the script and sends that request again, in the same flush."""
+    """One request on the fresh Redis (its EVALSHA meets NOSCRIPT and the script is loaded)."""
     before = coalescer.flushes
     answer = await client.post("/v1/messages", json=reset(unique("warm")), headers=FREE)
     assert answer.status_code == 202, answer.text
@@ -343,7 +353,7 @@ async def test_redis_killed_while_a_flush_runs_leaves_each_message_whole_or_abse
         prefix, queue = service.settings.redis.key_prefix, service.settings.worker.queue_name
         coalescer = coalescer_of(app)
         await _warm_up(client, coalescer)
-        send = coalescer._send
+        send = coalescer._flush
         sizes: list[int] = []
 
         async def dying(batch: Any) -> Any:
@@ -352,7 +362,7 @@ async def test_redis_killed_while_a_flush_runs_leaves_each_message_whole_or_abse
                 asyncio.get_running_loop().call_soon(os.kill, private_redis.pid, signal.SIGKILL)
             return await send(batch)
 
-        coalescer._send = dying  # type: ignore[method-assign]
+        coalescer._flush = dying  # type: ignore[method-assign]
         recipients = [unique("d") for _ in range(40)]
         answers = await _one_in_flight_then(client, coalescer, recipients)
         assert private_redis.process is not None
