@@ -1,12 +1,12 @@
 """Group commit at the door: concurrent accepts of one ingress process share Redis round trips.
 
 A request's accept script call (mailcore/queue.py) is handed to :class:`AcceptCoalescer`
-instead of being sent on its own. When no flush is in flight it is flushed at once (on the next
-turn of the event loop: a lone request after idle waits for no timer); the requests that arrive
-while a flush is in flight are sent together, in arrival order, as the next flush: one pipeline
-of ``EVALSHA`` calls, one write and one read. Each call is its own script run, so each request
-stays atomic (all or nothing, a batch too) and is decided exactly as when sent alone — caller
-and recipient limits, idempotency, queue ceiling, suppression, schedule — in arrival order; one
+instead of being sent on its own. When no flush is in flight it is sent at once by its own task,
+as the plain script call (a lone request after idle waits for no timer and no task hop); the
+requests that arrive while a flush is in flight are sent together, in arrival order, as the next
+flush: one pipeline of ``EVALSHA`` calls, one write and one read. Each call is its own script
+run, so each request stays atomic (all or nothing, a batch too) and is decided exactly as when
+sent alone — caller and recipient limits, idempotency, queue ceiling, suppression, schedule — in arrival order; one
 request's refusal or script error is its own. A connection error fails every request of that
 flush with the same error (503, as for a single request), and each request was either written
 whole or not at all. With ``REDIS_WAIT_REPLICAS`` the flush ends with one ``WAIT`` on the same
@@ -41,7 +41,8 @@ _WRITTEN = (b"queued", b"existing")
 class _Pending:
     keys: list[str]
     args: list[Any]
-    future: asyncio.Future[Any] = field(repr=False)
+    #: Where its reply goes (None: its caller flushes it itself).
+    future: asyncio.Future[Any] | None = field(default=None, repr=False)
 
 
 class AcceptCoalescer:
@@ -62,6 +63,8 @@ class AcceptCoalescer:
         self.wait_timeout_ms = wait_timeout_ms
         self._pending: list[_Pending] = []
         self._flusher: asyncio.Task[None] | None = None
+        #: A lone request is being flushed by its own caller.
+        self._alone = False
         #: How many flushes ran and how many requests they carried (tests, metrics).
         self.flushes = 0
         self.flushed = 0
@@ -69,18 +72,32 @@ class AcceptCoalescer:
     async def run(self, keys: list[str], args: list[Any]) -> Any:
         """The accept script's reply for ``keys`` and ``args``, sent with whatever else is
         waiting; raises what the script call would raise alone."""
+        if self.idle:
+            # Nothing in flight: this request is sent at once, from its own task (no timer, no
+            # hop); requests arriving meanwhile wait for it and then go together.
+            self._alone = True
+            try:
+                [reply] = await self._flush([_Pending(keys, args)])
+            finally:
+                self._alone = False
+                self._start_drain()
+            if isinstance(reply, BaseException):
+                raise reply
+            return reply
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending(keys, args, future))
-        if self._flusher is None:
-            # No timer: the flush starts on the loop's next turn; requests that arrive while it
-            # is in flight are the next flush's.
-            self._flusher = asyncio.get_running_loop().create_task(self._drain())
+        if not self._alone:
+            self._start_drain()
         return await future
 
     @property
     def idle(self) -> bool:
         """Whether nothing is waiting and no flush is in flight."""
-        return self._flusher is None and not self._pending
+        return self._flusher is None and not self._alone and not self._pending
+
+    def _start_drain(self) -> None:
+        if self._pending and self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._drain())
 
     async def _drain(self) -> None:
         try:
@@ -145,8 +162,8 @@ class AcceptCoalescer:
         return list(replies[:-1]), int(replies[-1])
 
 
-def _settle(future: asyncio.Future[Any], outcome: Any) -> None:
-    if future.done():  # its request was cancelled (client gone): the write stands
+def _settle(future: asyncio.Future[Any] | None, outcome: Any) -> None:
+    if future is None or future.done():  # its request was cancelled (client gone): the write stands
         return
     if isinstance(outcome, BaseException):
         future.set_exception(outcome)

@@ -26,7 +26,7 @@ from mailcore.status import job_key, status_key, timeline_key
 from mailcore.timestamps import rfc3339
 from mailcore.tokens import mint_token
 from service.app import create_app
-from service.coalescer import AcceptCoalescer
+from service.coalescer import AcceptCoalescer, _Pending
 from service.sending import SendService
 
 from .support import TEST_SECRET, RedisServer, app_settings
@@ -223,7 +223,7 @@ async def test_a_script_error_is_the_requests_own_and_noscript_is_recovered(
         # and runs those calls again.
         await app.state.redis.script_flush()
         flushes = coalescer.flushes
-        again = await asyncio.gather(*(coalescer.run(*_noop_call(prefix, n)) for n in range(4)))
+        again = await coalescer._flush([_Pending(*_noop_call(prefix, n)) for n in range(4)])
         assert [r[0] for r in again] == [b"queued"] * 4
         assert coalescer.flushes == flushes + 1
 
