@@ -1,15 +1,15 @@
 """Group commit at the door: concurrent accepts of one ingress process share Redis round trips.
 
-A request's accept script call (mailcore/queue.py) is handed to :class:`AcceptCoalescer`
-instead of being sent on its own. When no flush is in flight it is sent at once by its own task,
-as the plain script call (a lone request after idle waits for no timer and no task hop); the
-requests that arrive while a flush is in flight are sent together, in arrival order, as the next
-flush: one pipeline of ``EVALSHA`` calls, one write and one read. Each call is its own script
-run, so each request stays atomic (all or nothing, a batch too) and is decided exactly as when
-sent alone — caller and recipient limits, idempotency, queue ceiling, suppression, schedule —
-in arrival order; one request's refusal or script error is its own. A connection error fails every request of that
-flush with the same error (503, as for a single request), and each request was either written
-whole or not at all. With ``REDIS_WAIT_REPLICAS`` the flush ends with one ``WAIT`` on the same
+A request's accept script call (mailcore/queue.py) is handed to :class:`AcceptCoalescer` instead of
+being sent on its own. When no flush is in flight it is sent at once by its own task, as the plain
+script call (a lone request after idle waits for no timer and no task hop); the requests that
+arrive while a flush is in flight are sent together, in arrival order, as the next flush: one
+pipeline of ``EVALSHA`` calls, one write and one read. Each call is its own script run, so each
+request stays atomic (all or nothing, a batch too) and is decided exactly as when sent alone —
+caller and recipient limits, idempotency, queue ceiling, suppression, schedule — in arrival order;
+one request's refusal or script error is its own. A connection error fails every request of that
+flush with the same error (503, as for a single request), and each request was either written whole
+or not at all. With ``REDIS_WAIT_REPLICAS`` the flush ends with one ``WAIT`` on the same
 connection, which covers every write before it.
 
 Why a pipeline rather than one script over all the requests: the same per-request script is
