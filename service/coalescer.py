@@ -65,6 +65,7 @@ class AcceptCoalescer:
         self._flusher: asyncio.Task[None] | None = None
         #: A lone request is being flushed by its own caller.
         self._alone = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         #: How many flushes ran and how many requests they carried (tests, metrics).
         self.flushes = 0
         self.flushed = 0
@@ -72,6 +73,9 @@ class AcceptCoalescer:
     async def run(self, keys: list[str], args: list[Any]) -> Any:
         """The accept script's reply for ``keys`` and ``args``, sent with whatever else is
         waiting; raises what the script call would raise alone."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # first use, or a new event loop: nothing of the old one
+            self._loop, self._pending, self._flusher, self._alone = loop, [], None, False
         if self.idle:
             # Nothing in flight: this request is sent at once, from its own task (no timer, no
             # hop); requests arriving meanwhile wait for it and then go together.
@@ -84,7 +88,7 @@ class AcceptCoalescer:
             if isinstance(reply, BaseException):
                 raise reply
             return reply
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Any] = loop.create_future()
         self._pending.append(_Pending(keys, args, future))
         if not self._alone:
             self._start_drain()

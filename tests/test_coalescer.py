@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
+import redis.asyncio as aioredis
 from starlette.applications import Starlette
 
 from harness.redis import RedisServer as PrivateRedis
@@ -33,8 +34,6 @@ from .support import TEST_SECRET, RedisServer, app_settings
 
 SHOP = {"Authorization": f"Bearer {mint_token(TEST_SECRET, subject='shop')}"}
 FREE = {"Authorization": f"Bearer {mint_token(TEST_SECRET, subject='free')}"}
-pytestmark = pytest.mark.asyncio
-
 ADMIN = {"Authorization": f"Bearer {mint_token(TEST_SECRET, scope='email:admin')}"}
 
 
@@ -96,6 +95,7 @@ def whole_or_absent(client: redis.Redis, prefix: str, queue: str, message_ids: S
     return found
 
 
+@pytest.mark.asyncio
 async def test_concurrent_requests_share_flushes_each_with_its_own_outcome(
         redis_server: RedisServer) -> None:
     async with door(redis_server.url, RATE_LIMIT="3/minute", RATE_LIMIT_OVERRIDES="free=off",
@@ -173,6 +173,7 @@ async def test_concurrent_requests_share_flushes_each_with_its_own_outcome(
         assert check.llen(f"dramatiq:{queue}") == 3 + 1 + 3 + 20 + 1
 
 
+@pytest.mark.asyncio
 async def test_a_lone_request_is_flushed_at_once_and_late_arrivals_share_the_next(
         redis_server: RedisServer) -> None:
     async with door(redis_server.url, RATE_LIMIT="off") as (client, app):
@@ -203,6 +204,7 @@ async def test_a_lone_request_is_flushed_at_once_and_late_arrivals_share_the_nex
         assert coalescer.idle
 
 
+@pytest.mark.asyncio
 async def test_a_script_error_is_the_requests_own_and_noscript_is_recovered(
         redis_server: RedisServer) -> None:
     async with door(redis_server.url, RATE_LIMIT="off") as (_client, app):
@@ -235,6 +237,7 @@ def _noop_call(prefix: str, n: int) -> tuple[list[str], list[Any]]:
     return keys, ["0", b"", 0, 0, 60, "0", 0, 0]
 
 
+@pytest.mark.asyncio
 async def test_replication_timeout_fails_each_written_request_with_one_wait_per_flush(
         redis_server: RedisServer) -> None:
     async with door(redis_server.url, RATE_LIMIT="1/minute", RATE_LIMIT_OVERRIDES="free=off",
@@ -256,6 +259,7 @@ async def test_replication_timeout_fails_each_written_request_with_one_wait_per_
         assert coalescer.flushes - before < 10
 
 
+@pytest.mark.asyncio
 async def test_turned_off_each_request_runs_its_own_script(redis_server: RedisServer) -> None:
     async with door(redis_server.url, ACCEPT_COALESCE="false", RATE_LIMIT="off") as (client, app):
         service = service_of(app)
@@ -318,6 +322,7 @@ async def _one_in_flight_then(client: httpx.AsyncClient, coalescer: AcceptCoales
     return list(await asyncio.gather(first, *rest))
 
 
+@pytest.mark.asyncio
 async def test_redis_killed_mid_flush_fails_every_pending_request_with_503(
         private_redis: PrivateRedis) -> None:
     async with door(private_redis.url, RATE_LIMIT="off", RESET_LIMIT_PER_RECIPIENT="off") as (
@@ -345,6 +350,7 @@ async def test_redis_killed_mid_flush_fails_every_pending_request_with_503(
     assert all(to.encode() not in bodies for to in recipients[1:])
 
 
+@pytest.mark.asyncio
 async def test_redis_killed_while_a_flush_runs_leaves_each_message_whole_or_absent(
         private_redis: PrivateRedis) -> None:
     async with door(private_redis.url, RATE_LIMIT="off", RESET_LIMIT_PER_RECIPIENT="off") as (
@@ -379,3 +385,24 @@ async def test_redis_killed_while_a_flush_runs_leaves_each_message_whole_or_abse
     every = [key.split(":")[-1] for key in map(_text, check.keys(f"{prefix}:msg:*"))
              if not key.endswith((":timeline", ":job"))]
     whole_or_absent(check, prefix, queue, every)
+
+
+def test_a_new_event_loop_starts_afresh(redis_server: RedisServer) -> None:
+    """A coalescer whose loop went away mid-flush (its state stranded) serves the next loop."""
+    client = aioredis.Redis.from_url(redis_server.url)
+    script = client.register_script("return {'queued', ''}")
+    coalescer = AcceptCoalescer(client, script)
+
+    async def stranded() -> None:
+        await coalescer.run(["k"], [])
+        await client.connection_pool.disconnect()
+        coalescer._alone = True  # as if the loop had stopped with a flush in flight
+
+    async def fresh() -> Any:
+        try:
+            return await asyncio.wait_for(coalescer.run(["k"], []), timeout=10)
+        finally:
+            await client.aclose()
+
+    asyncio.run(stranded())
+    assert asyncio.run(fresh())[0] == b"queued"
