@@ -70,7 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     api.add_argument("--port", type=int, help="port to listen on (default: PORT, or 8000)")
     api.add_argument("--processes", type=int,
                      help="ingress processes sharing the port (default: HTTP_PROCESSES, or 1)")
-    api.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    api.add_argument("--reuse-port", action="store_true",
+                     help="bind with SO_REUSEPORT, beside other processes on the same port "
+                          "(what --processes gives the processes it starts; default: off)")
     api.set_defaults(run=_run_api)
 
     worker = command("worker", "run Dramatiq worker processes that deliver mail")

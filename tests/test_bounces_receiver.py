@@ -59,7 +59,8 @@ def start_receiver(redis_url: str, logs: Path, **env: str) -> tuple[ServiceProce
     port, http_port = free_port(), free_port()
     process = ServiceProcess(["bounces"], base_env(
         redis_url, 1, BOUNCE_DOMAIN=BOUNCE_DOMAIN, BOUNCE_SECRET=BOUNCE_SECRET,
-        BOUNCES_HOST="127.0.0.1", BOUNCES_PORT=str(port), BOUNCES_HTTP_PORT=str(http_port),
+        WEBHOOKS_ENABLED="true", BOUNCES_HOST="127.0.0.1", BOUNCES_PORT=str(port),
+        BOUNCES_HTTP_PORT=str(http_port),
         **env), logs / "bounces.log").start()
     return process, port, f"http://127.0.0.1:{http_port}"
 
