@@ -22,6 +22,8 @@ import redis.asyncio as aioredis
 from starlette.applications import Starlette
 
 from harness.redis import RedisServer as PrivateRedis
+from mailcore.queue import Acceptor, Charge, Entry, send_job
+from mailcore.ratelimit import Rate, bucket_key
 from mailcore.schedule import schedule_key
 from mailcore.status import job_key, status_key, timeline_key
 from mailcore.timestamps import rfc3339
@@ -406,3 +408,36 @@ def test_a_new_event_loop_starts_afresh(redis_server: RedisServer) -> None:
 
     asyncio.run(stranded())
     assert asyncio.run(fresh())[0] == b"queued"
+
+
+def _entry() -> Entry:
+    job = send_job(uuid.uuid4().hex, {"template": "password_reset", "to": ["a@example.org"]},
+                   source="api")
+    return Entry(job, {"status": "queued", "created_at": "1763900000"}, b'{"status": "queued"}')
+
+
+@pytest.mark.asyncio
+async def test_requests_are_decided_in_arrival_order(redis_server: RedisServer) -> None:
+    """Through the Acceptor (no await before the coalescer: arrival order is call order): six
+    requests at once against a bucket of three, then four with one idempotency key."""
+    tag = uuid.uuid4().hex[:8]
+    client = aioredis.Redis.from_url(redis_server.url)
+    acceptor = Acceptor(client, queue_name=f"order-{tag}", prefix=f"order-{tag}",
+                        retention_seconds=60, max_queue_depth=0)
+    coalescer = AcceptCoalescer(client, acceptor.script)
+    acceptor.runner = coalescer.run
+    caller = Charge(bucket_key(f"order-{tag}", "caller:shop"), Rate(3, 60))
+    try:
+        limited = await asyncio.gather(*(acceptor.accept([_entry()], caller=caller)
+                                         for _ in range(6)))
+        assert [r.outcome for r in limited] == ["queued"] * 3 + ["rate_limited"] * 3
+        key = f"order-{tag}:idem:one"
+        records = [f"record-{n}".encode() for n in range(4)]
+        keyed = await asyncio.gather(*(
+            acceptor.accept([_entry()], idempotency_key=key, idempotency_record=record,
+                            idempotency_ttl=60) for record in records))
+        assert [r.outcome for r in keyed] == ["queued"] + ["existing"] * 3
+        assert all(r.stored == records[0] for r in keyed[1:])
+        assert coalescer.flushes == 4  # each time: the first alone, the rest together
+    finally:
+        await client.aclose()
