@@ -218,6 +218,11 @@ class RedisSettings:
         "Guarantees). `0`: answer once the primary has it.", integer(low=0, high=16))
     wait_timeout_ms: int = setting("REDIS_WAIT_TIMEOUT_MS", "100", "How long the door waits for "
                                    "those replicas.", integer(low=1, high=60_000))
+    #: Concurrent accepts of one ingress process share Redis round trips (service/coalescer.py).
+    coalesce_accepts: bool = setting(
+        "ACCEPT_COALESCE", "true", "Group commit at the door: requests arriving while an accept "
+        "is in flight go to Redis together, one pipeline, each decided on its own as before. "
+        "`false`: one round trip per request.", flag)
 
     @property
     def sentinel(self) -> SentinelSettings | None:

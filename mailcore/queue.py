@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import dramatiq
 import orjson
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from .lifecycle import EMIT_LUA, QUEUED, lifecycle_event
@@ -240,6 +242,10 @@ class ReplicationTimeout(RedisError):
     sent, so a caller's retry with the same ``Idempotency-Key`` replays instead of resending."""
 
 
+#: Runs the accept script with (keys, args) and returns its raw reply.
+ScriptRunner = Callable[[list[str], list[Any]], Awaitable[Any]]
+
+
 class Acceptor:
     """Atomically records and queues accepted messages.
 
@@ -252,6 +258,8 @@ class Acceptor:
       wait_replicas: answer only once this many replicas have the accepted messages (Redis
         ``WAIT``, on the same connection as the write); 0: do not wait.
       wait_timeout_ms: how long to wait for them before :class:`ReplicationTimeout`.
+      runner: runs the accept script for :meth:`accept` instead (the door's coalescer,
+        service/coalescer.py, which then also does the ``WAIT``).
       emit_events: announce each queued message's ``queued`` lifecycle event
         (``WEBHOOKS_ENABLED``; an entry's own ``lifecycle_event``, set by its maker under the same
         rule, is announced as given).
@@ -260,9 +268,10 @@ class Acceptor:
     def __init__(
         self, client: aioredis.Redis, *, queue_name: str, prefix: str, retention_seconds: int,
         max_queue_depth: int, wait_replicas: int = 0, wait_timeout_ms: int = 100,
-        emit_events: bool = False,
+        emit_events: bool = False, runner: ScriptRunner | None = None,
     ) -> None:
         self.emit_events = emit_events
+        self.runner = runner
         self.client = client
         self.wait_replicas = wait_replicas
         self.wait_timeout_ms = wait_timeout_ms
@@ -271,6 +280,11 @@ class Acceptor:
         self.retention = retention_seconds
         self.max_queue_depth = max_queue_depth
         self._script = client.register_script(_ACCEPT)
+
+    @property
+    def script(self) -> AsyncScript:
+        """The registered accept script (its ``sha`` and ``script``)."""
+        return self._script
 
     async def accept(
         self, entries: list[Entry], *, idempotency_key: str | None = None,
@@ -300,7 +314,9 @@ class Acceptor:
                      job_key(self.prefix, message_id), f"{queue}.msgs", queue]
             args += encoded[index] if encoded is not None else self.encode(entry)
         keys += [open_key(self.prefix), suppressions_key(self.prefix)]
-        if self.wait_replicas:
+        if self.runner is not None:
+            outcome, detail = await self.runner(keys, args)
+        elif self.wait_replicas:
             outcome, detail = await self._accept_replicated(keys, args)
         else:
             outcome, detail = await self._script(keys=keys, args=args)

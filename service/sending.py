@@ -36,6 +36,7 @@ from mailcore.templates import Pin, TemplateRegistry
 from mailcore.tokens import Caller
 from mailcore.validation import Validator
 
+from .coalescer import AcceptCoalescer
 from .metrics import IngressMetrics
 from .offload import OFFLOAD_MESSAGES, off_loop
 from .scheduling import accept_entry
@@ -79,6 +80,12 @@ class SendService:
             wait_timeout_ms=settings.redis.wait_timeout_ms,
             emit_events=settings.webhooks.enabled,
         )
+        #: Group commit at the door (``ACCEPT_COALESCE``): None when turned off.
+        self.coalescer = (AcceptCoalescer(
+            client, self.acceptor.script, wait_replicas=settings.redis.wait_replicas,
+            wait_timeout_ms=settings.redis.wait_timeout_ms)
+            if settings.redis.coalesce_accepts else None)
+        self.acceptor.runner = self.coalescer.run if self.coalescer else None
         self.limiter = RateLimiter(client, settings.redis.key_prefix)
         #: Callers' buckets known to be empty: their requests are refused before any work.
         self.empty = EmptyBuckets()

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from .conftest import CHART
-from .test_chart import REQUIRED, helm, pod_specs, render
+from .test_chart import REQUIRED, by_kind, helm, pod_specs, render
 
 
 def ingress_args(docs: list[dict[str, Any]]) -> list[str]:
@@ -32,3 +32,15 @@ def test_the_schema_refuses_bad_counts(helm_binary: str, value: str) -> None:
     result = helm(helm_binary, "template", "mail", str(CHART), *REQUIRED,
                   "--set-json", f"ingress.processes={value}", check=False)
     assert result.returncode != 0 and "processes" in result.stderr, result.stderr
+
+
+def test_accept_coalescing_is_on_unless_turned_off(helm_binary: str) -> None:
+    """``ingress.coalesceAccepts`` (ACCEPT_COALESCE, service/coalescer.py): on by default."""
+    default = by_kind(render(helm_binary, *REQUIRED), "ConfigMap")["mail-email-service"]["data"]
+    assert "ACCEPT_COALESCE" not in default
+    off = by_kind(render(helm_binary, *REQUIRED, "--set", "ingress.coalesceAccepts=false"),
+                  "ConfigMap")["mail-email-service"]["data"]
+    assert off["ACCEPT_COALESCE"] == "false"
+    result = helm(helm_binary, "template", "mail", str(CHART), *REQUIRED,
+                  "--set-json", 'ingress.coalesceAccepts="no"', check=False)
+    assert result.returncode != 0 and "coalesceAccepts" in result.stderr, result.stderr
