@@ -164,9 +164,11 @@ def test_remote_refusal_after_acceptance(rig: Rig) -> None:
 
 
 def test_postfix_report_names_the_verp_address(rig: Rig, tmp_path: Path) -> None:
-    # What Postfix logged: the report went to the receiver and was accepted (250).
-    assert "to=<bounces+" in rig.postfix.log() and "status=sent (250 2.0.0 OK)" in \
-        rig.postfix.log()
+    # What Postfix logged: the report went to the receiver and was accepted (250). Postfix
+    # writes that line after the receiver's reply, so the status may be recorded first: wait.
+    wait_for(lambda: "to=<bounces+" in rig.postfix.log()
+             and "status=sent (250 2.0.0 OK)" in rig.postfix.log(), timeout=30,
+             message="postfix to log the report's delivery to the receiver")
 
 
 def test_postfix_hands_reports_over_by_lmtp(redis_server: RedisServer, tmp_path: Path) -> None:
@@ -197,7 +199,10 @@ def test_postfix_hands_reports_over_by_lmtp(redis_server: RedisServer, tmp_path:
                 f"bounce:{recipient}"), timeout=60,
                 message=f"the report by LMTP (postfix log: {postfix.log()[-1500:]})")
             assert status_fields(client, prefix, message_id)["status"] == "bounced"
-        assert "relay=127.0.0.1[127.0.0.1]:" in postfix.log()
+        # Postfix logs the delivery once the receiver's reply is in, after the status was
+        # recorded (during the LMTP transaction): wait for the line, do not race it.
+        wait_for(lambda: "relay=127.0.0.1[127.0.0.1]:" in postfix.log(), timeout=30,
+                 message=f"postfix to log the LMTP delivery ({postfix.log()[-1500:]})")
     finally:
         postfix.stop()
         receiver.stop()
