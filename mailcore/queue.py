@@ -241,6 +241,15 @@ class ReplicationTimeout(RedisError):
     an unreachable Redis (503, retry later): the message is on the primary and will likely be
     sent, so a caller's retry with the same ``Idempotency-Key`` replays instead of resending."""
 
+    @classmethod
+    def shortfall(cls, confirmed: int, wanted: int, timeout_ms: int) -> ReplicationTimeout:
+        return cls(f"accepted by the primary but confirmed by {confirmed} of {wanted} "
+                   f"replica(s) within {timeout_ms} ms")
+
+
+#: Accept replies that wrote something (only those wait for the replicas).
+WRITTEN = (b"queued", b"existing")
+
 
 #: Runs the accept script with (keys, args) and returns its raw reply.
 ScriptRunner = Callable[[list[str], list[Any]], Awaitable[Any]]
@@ -333,10 +342,9 @@ class Acceptor:
             await self._script(keys=keys, args=args, client=pipe)
             pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
             result, replicas = await pipe.execute()
-        if result[0] in (b"queued", b"existing") and int(replicas) < self.wait_replicas:
-            raise ReplicationTimeout(
-                f"accepted by the primary but confirmed by {int(replicas)} of "
-                f"{self.wait_replicas} replica(s) within {self.wait_timeout_ms} ms")
+        if result[0] in WRITTEN and int(replicas) < self.wait_replicas:
+            raise ReplicationTimeout.shortfall(int(replicas), self.wait_replicas,
+                                               self.wait_timeout_ms)
         return result
 
     def encode(self, entry: Entry) -> list[Any]:

@@ -29,12 +29,10 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
-from mailcore.queue import ReplicationTimeout
+from mailcore.queue import WRITTEN, ReplicationTimeout
 
 #: The most requests in one flush (the rest go in the next, at once).
 MAX_FLUSH = 128
-#: Replies of a written accept: only those wait for the replicas.
-_WRITTEN = (b"queued", b"existing")
 
 
 @dataclass
@@ -144,10 +142,10 @@ class AcceptCoalescer:
             for index, reply in zip(missing, again, strict=True):
                 replies[index] = reply
         if self.wait_replicas and replicas < self.wait_replicas:
-            timeout = (f"accepted by the primary but confirmed by {replicas} of "
-                       f"{self.wait_replicas} replica(s) within {self.wait_timeout_ms} ms")
-            replies = [ReplicationTimeout(timeout)
-                       if isinstance(reply, list) and reply and reply[0] in _WRITTEN else reply
+            # One error each: an exception raised in several tasks would share a traceback.
+            replies = [ReplicationTimeout.shortfall(replicas, self.wait_replicas,
+                                                    self.wait_timeout_ms)
+                       if isinstance(reply, list) and reply and reply[0] in WRITTEN else reply
                        for reply in replies]
         return replies
 
