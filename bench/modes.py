@@ -15,6 +15,7 @@ from .phases import (
     fit_sizes,
     phase_ceilings,
     phase_door_fixed,
+    phase_door_half,
     phase_door_saturation,
     phase_drain,
     phase_e2e,
@@ -52,6 +53,7 @@ def full(run: Run, sizes: Sizes) -> None:
         try:
             service.start_api(smtp_sink.port)
             phase_door_saturation(run, sizes, service)
+            phase_door_half(run, sizes, service)
             service.start_worker(smtp_sink.port)
             phase_drain(run, sizes, service, smtp_sink)
             fit_sizes(run, sizes)

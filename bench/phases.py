@@ -136,6 +136,26 @@ def phase_door_saturation(run: Run, sizes: Sizes, service: Service) -> None:
     }
 
 
+def phase_door_half(run: Run, sizes: Sizes, service: Service) -> None:
+    """Open-loop load at half the rate the door just saturated at, still without workers:
+    the latency a door sized with 2x headroom gives (issue 18's target)."""
+    saturation = run.figures["door_saturation"]["accepted_per_s"]
+    rate = max(10.0, round(saturation / 2))
+    run.log(f"door at half its saturation rate: {rate:g} req/s (no worker)")
+    result = run_async(httpload.open_loop("127.0.0.1", service.port, service.request(),
+                                           rate=rate, duration=sizes.fixed_seconds))
+    latencies = result.latencies()
+    run.figures["door_half_saturation"] = {
+        "rate": rate, "sent": len(result.samples) + result.errors,
+        "accepted": len(result.ok(202)), "errors": result.errors,
+        "p50_ms": ms(pct(latencies, 50)), "p99_ms": ms(pct(latencies, 99)),
+        "max_ms": ms(latencies[-1] if latencies else None),
+    }
+    bare = run.figures.get("bare_framework")
+    if bare and bare.get("accepted_per_s"):
+        run.figures["door_vs_bare"] = round(saturation / bare["accepted_per_s"], 3)
+
+
 def _sink_count_rate(sink: PostfixSink, window: float) -> float:
     """Deliveries per second counted by smtp-sink over ``window`` seconds."""
     first, t0 = sink.count, time.monotonic()

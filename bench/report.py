@@ -63,13 +63,19 @@ def table(run: Run) -> str:
             f"{_fmt(b['accepted_per_s'])}; {_fmt(b['cpu_per_request_us'])} us")
     if "door_saturation" in f:
         d = f["door_saturation"]
-        add("door at saturation: accepted req/s", _fmt(d["accepted_per_s"]),
-            "door_saturation.accepted_per_s")
+        add("door at saturation: accepted req/s", _fmt(d["accepted_per_s"]))
+        if "door_vs_bare" in f:
+            add("door at saturation / a bare uvicorn+Starlette process", f"{f['door_vs_bare']:.2f}x",
+                "door_vs_bare")
         add("door at saturation: p50 / p99", f"{_fmt(d['p50_ms'])} / {_fmt(d['p99_ms'])} ms")
+    if "door_half_saturation" in f:
+        d = f["door_half_saturation"]
+        add(f"door at half saturation ({d['rate']:g} req/s, no worker): p50 / p99",
+            f"{_fmt(d['p50_ms'])} / {_fmt(d['p99_ms'])} ms", "door_half_saturation.p99_ms")
     if "door_fixed_rate" in f:
         d = f["door_fixed_rate"]
-        add(f"door at {d['rate']:g} req/s: p50 / p99",
-            f"{_fmt(d['p50_ms'])} / {_fmt(d['p99_ms'])} ms", "door_fixed_rate.p99_ms")
+        add(f"door at {d['rate']:g} req/s, workers delivering: p50 / p99",
+            f"{_fmt(d['p50_ms'])} / {_fmt(d['p99_ms'])} ms")
     if "e2e_loopback" in f:
         e = f["e2e_loopback"]
         add(f"delivered end to end, HTTP, loopback ({e['messages']:,} msgs)",
@@ -92,6 +98,8 @@ def table(run: Run) -> str:
             f"{cpu.get('sink_us', 0)} us")
         if cpu.get("stack_us"):
             cores = os.cpu_count() or 1
+            add("CPU per delivered msg, whole stack", _fmt(cpu["stack_us"], " us"),
+                "e2e_loopback.cpu_per_message.stack_us")
             add(f"=> CPU-bound ceiling on {cores} cores (stack CPU {cpu['stack_us']} us/msg)",
                 _fmt(round(cores * 1e6 / cpu["stack_us"]), " /s"))
     if "delivery_floor_cpu_us" in f:
@@ -114,7 +122,7 @@ def table(run: Run) -> str:
     if "latency_idle" in f:
         lat = f["latency_idle"]
         add(f"accepted->delivered, lone message after {lat['idle_s']:g} s idle: p50 / max",
-            f"{_fmt(lat['p50_ms'])} / {_fmt(lat['max_ms'])} ms")
+            f"{_fmt(lat['p50_ms'])} / {_fmt(lat['max_ms'])} ms", "latency_idle.p50_ms")
     if "render_builtin_us" in f:
         for name, cost in f["render_builtin_us"].items():
             add(f"render {name}: compiled best / median; per-message compile",

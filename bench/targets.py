@@ -56,13 +56,20 @@ TARGETS: tuple[Target, ...] = (
     Target("smoke.lost", Comparator.AT_MOST, 0, " lost"),
     Target("smoke.duplicates", Comparator.AT_MOST, 0, " duplicates"),
     Target("smoke.unexpected", Comparator.AT_MOST, 0, " unexpected"),
-    # The door (auth, validation, enqueue) alone and under a fixed load.
-    Target("door_saturation.accepted_per_s", Comparator.AT_LEAST, 5000, "/s"),
-    Target("door_fixed_rate.p99_ms", Comparator.BELOW, 20, " ms"),
+    # The door (auth, validation, enqueue) alone, against a bare uvicorn + Starlette process
+    # of the same run (a ratio: this VM's speed moves by 2x between runs), and at half the
+    # rate it saturates at (issue 18).
+    Target("door_vs_bare", Comparator.AT_LEAST, 0.5, "x"),
+    Target("door_half_saturation.p99_ms", Comparator.BELOW, 20, " ms"),
     # Delivered end to end, and how fast after acceptance.
     Target("e2e_loopback.delivered_per_s", Comparator.AT_LEAST, 1500, "/s"),
     Target("e2e_batches.delivered_per_s", Comparator.AT_LEAST, 1500, "/s"),
     Target("latency_fixed_rate.p99_ms", Comparator.BELOW, 200, " ms"),
+    # Batching must not make light traffic wait: a lone message after idle.
+    Target("latency_idle.p50_ms", Comparator.BELOW, 20, " ms"),
+    # Whole-stack CPU per delivered message (ingress, workers, Redis, sink): at 1.3 ms, 1,500
+    # delivered/s fit on 2 cores.
+    Target("e2e_loopback.cpu_per_message.stack_us", Comparator.AT_MOST, 1300, " us"),
     Target("e2e_relay.delivered_per_s", Comparator.AT_LEAST, 400, "/s"),
     Target("ratio_relay", Comparator.AT_LEAST, 50, "x"),
     # Judged on the fastest batch, the code's own cost; the median shows the VM's noise.

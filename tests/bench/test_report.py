@@ -25,7 +25,9 @@ def full_figures() -> dict[str, Any]:
         "bare_framework_redis": {"accepted_per_s": 2900, "cpu_per_request_us": 335},
         "door_saturation": {"accepted_per_s": 1400, "p50_ms": 40.0, "p99_ms": 90.0,
                             "cpu_per_request": {"ingress_us": 700, "redis_us": 150}},
-        "door_fixed_rate": {"rate": 1000.0, "p50_ms": 3.0, "p99_ms": 19.5},
+        "door_vs_bare": 0.156,
+        "door_half_saturation": {"rate": 700.0, "p50_ms": 3.0, "p99_ms": 19.5},
+        "door_fixed_rate": {"rate": 1000.0, "p50_ms": 30.0, "p99_ms": 400.0},
         "e2e_loopback": e2e, "e2e_batches": e2e, "e2e_events_loopback": e2e, "e2e_relay": e2e,
         "delivery_floor_cpu_us": {"begin_attempt_us": 150, "deliver_us": 500,
                                   "record_sent_us": 150, "whole_us": 800},
@@ -57,8 +59,14 @@ def test_a_full_run_renders_with_verdicts_from_the_targets(tmp_path: Path) -> No
     run.figures["rss_mb"] = run.rss
     rows = {line.split("  ")[0]: line for line in table(run).splitlines()[2:]}
     assert len(rows) > 25
-    assert rows["door at saturation: accepted req/s"].rstrip().endswith(MISSED)
-    assert rows["door at 1000 req/s: p50 / p99"].rstrip().endswith(MET)  # 19.5 < 20
+    assert rows["door at saturation / a bare uvicorn+Starlette process"].rstrip().endswith(MISSED)
+    assert "0.16x" in rows["door at saturation / a bare uvicorn+Starlette process"]
+    assert rows["door at half saturation (700 req/s, no worker): p50 / p99"
+                ].rstrip().endswith(MET)  # 19.5 < 20
+    assert rows["door at 1000 req/s, workers delivering: p50 / p99"].rstrip().endswith("400.0 ms")
+    assert rows["CPU per delivered msg, whole stack"].rstrip().endswith(MISSED)  # 2000 > 1300
+    assert rows["accepted->delivered, lone message after 1.5 s idle: p50 / max"
+                ].rstrip().endswith(MET)
     assert rows["render order_confirmation: compiled best / median; per-message compile"
                 ].rstrip().endswith(MISSED)  # 55 > 50
     assert rows["template change propagation"].rstrip().endswith("-")  # not measured
