@@ -65,8 +65,8 @@ def table(run: Run) -> str:
         d = f["door_saturation"]
         add("door at saturation: accepted req/s", _fmt(d["accepted_per_s"]))
         if "door_vs_bare" in f:
-            add("door at saturation / a bare uvicorn+Starlette process", f"{f['door_vs_bare']:.2f}x",
-                "door_vs_bare")
+            add("door at saturation / a bare uvicorn+Starlette process",
+                f"{f['door_vs_bare']:.2f}x", "door_vs_bare")
         add("door at saturation: p50 / p99", f"{_fmt(d['p50_ms'])} / {_fmt(d['p99_ms'])} ms")
     if "door_half_saturation" in f:
         d = f["door_half_saturation"]
