@@ -11,6 +11,7 @@ which this service does not use, so it is refused at the door rather than accept
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 
@@ -29,8 +30,27 @@ _MAILBOX = re.compile(
 )
 
 
+#: Valid addresses remembered by :func:`normalize_address`: a few MB at most (an entry is a key
+#: of at most ``_CACHED_INPUT`` characters, its answer of at most 254, and the LRU's links).
+CACHE_SIZE = 4096
+# Longer inputs (none valid from the door, whose field allows 320) are checked every time.
+_CACHED_INPUT = 320
+
+
 def normalize_address(value: str) -> str:
-    """The address as it is sent (ASCII, A-label domain), or ``ValueError`` saying what is wrong."""
+    """The address as it is sent (ASCII, A-label domain), or ``ValueError`` saying what is wrong.
+
+    email-validator costs tens of µs an address and its answer depends on the text alone (no
+    settings, no DNS), so valid answers are remembered: a recipient written to again is not
+    parsed again. A refusal raises, and ``lru_cache`` never stores one, so hostile input cannot
+    fill the cache; valid input can only push older entries out.
+    """
+    if len(value) > _CACHED_INPUT:
+        return _normalize(value)
+    return _normalize_cached(value)
+
+
+def _normalize(value: str) -> str:
     if "\r" in value or "\n" in value:
         raise ValueError("must not contain CR or LF (header injection)")
     try:
@@ -49,6 +69,9 @@ def normalize_address(value: str) -> str:
         raise ValueError(f"not a valid email address: the part before the @ is longer than "
                          f"{MAX_LOCAL_PART} characters")
     return ascii_email
+
+
+_normalize_cached = functools.lru_cache(maxsize=CACHE_SIZE)(_normalize)
 
 
 def ascii_domain(domain: str) -> str:
