@@ -39,6 +39,7 @@ from .sandbox import (
     patch_program,
     render_output,
 )
+from .schema_fast import compile_check
 
 _JINJA = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
 _LITERAL_OPENER = re.compile(r"\{[{%#]")
@@ -202,6 +203,8 @@ class CompiledTemplate:
         self.name = source.name
         self.version = source.version
         self.validator = _schema_validator(source.variables)
+        #: "Certainly valid" without jsonschema's walk (mailcore/schema_fast.py).
+        self._valid = compile_check(source.variables) if self.validator is not None else None
         self._default = _compile_body(source.subject, source.mjml, source.html, source.text)
         self._locales = {
             _normal(locale): _compile_body(
@@ -221,7 +224,7 @@ class CompiledTemplate:
 
     def validate_data(self, data: Mapping[str, Any]) -> None:
         """Raise ``TemplateError(InvalidData)`` when data does not match ``variables``."""
-        if self.validator is None:
+        if self.validator is None or (self._valid is not None and self._valid(data)):
             return
         errors = sorted(self.validator.iter_errors(data), key=lambda e: list(e.absolute_path))
         if errors:

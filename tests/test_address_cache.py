@@ -26,7 +26,7 @@ def test_a_remembered_answer_is_the_uncached_one(value: str) -> None:
                                    "ada@example.org\r\nBcc: x@example.org", "ada@localhost"])
 def test_a_refusal_is_never_remembered(value: str) -> None:
     for _ in range(3):
-        with pytest.raises(ValueError, match="CR or LF|not a valid email address"):
+        with pytest.raises(ValueError, match=r"CR or LF|not a valid email address"):
             normalize_address(value)
     assert addresses._normalize_cached.cache_info().currsize == 0
 
