@@ -105,9 +105,10 @@ async def _send(request: Request, parse: Parser, *, source: str, respond: BatchR
                 parsed = parse(service.validator, body)
                 if accept_language:
                     _locale_from_header(service, parsed, request.headers.get("accept-language"))
+                key = request.headers.get("idempotency-key")
+                # request.url builds a URL object: only for a request that has a key.
                 return parsed, Idempotency.from_request(
-                    request.headers.get("idempotency-key"), caller.owner, request.url.path,
-                    body)
+                    key, caller.owner, request.url.path if key is not None else "", body)
 
             # A named template_version may be read from Redis: never on the event loop.
             if len(raw) > OFFLOAD_BYTES or b"template_version" in raw:
