@@ -37,6 +37,8 @@ def _current_job_values() -> list[str]:
     """The template data values of the job this worker thread is processing, longest first."""
     module = sys.modules.get("dramatiq.middleware.current_message")
     message = module.CurrentMessage.get_current_message() if module is not None else None
+    if message is None:  # the ingress, and a worker between jobs
+        return []
     args = getattr(message, "args", None) or ()
     job = args[0] if args else None
     request = job.get("request") if isinstance(job, dict) else None
@@ -62,12 +64,21 @@ class JSONFormatter(logging.Formatter):
     def __init__(self, *, mask: bool = True) -> None:
         super().__init__()
         self.mask = mask
+        #: The last second formatted and its text: most lines share their second with the last.
+        self._second: tuple[int, str] = (-1, "")
+
+    def _time(self, record: logging.LogRecord) -> str:
+        second, text = self._second
+        if int(record.created) != second:
+            second = int(record.created)
+            text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = (second, text)
+        return f"{text}.{int(record.msecs):03d}Z"
 
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
         entry: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "time": self._time(record),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": mask_addresses(redact_job_data(message)) if self.mask
@@ -149,6 +160,10 @@ def configure_logging(telemetry: TelemetrySettings) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RedactJobs())
     handler.setFormatter(TextFormatter(mask=mask) if text else JSONFormatter(mask=mask))
+    # Neither formatter prints the caller's file and line, thread or process: not looked up
+    # for every record (the logging HOWTO's "Optimization"; a few µs a line).
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(telemetry.log_level)
