@@ -81,6 +81,16 @@ class GroupCommitter:
         self.flushes = 0
         self.calls = 0
 
+    @property
+    def busy(self) -> bool:
+        """Whether a call or flush is in flight (or about to be sent)."""
+        return self._busy
+
+    @property
+    def waiting(self) -> int:
+        """Calls queued for the next flush."""
+        return len(self._queue)
+
     def register(self, script: str) -> Script:
         """``script`` registered on this committer's client, for :meth:`run`."""
         return self.client.register_script(script)
@@ -188,8 +198,7 @@ class GroupCommitter:
     def _send(self, batch: Sequence[_Call]) -> list[Any]:
         with self.client.pipeline(transaction=False) as pipe:
             for call in batch:
-                pipe.execute_command("EVALSHA", call.script.sha, len(call.keys), *call.keys,
-                                     *call.args)
+                pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
             return list(pipe.execute(raise_on_error=False))
 
     def close(self) -> None:
