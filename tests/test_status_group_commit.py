@@ -78,7 +78,7 @@ class Gate:
         self.outcomes: dict[str, Any] = {}
 
     def __enter__(self) -> Gate:
-        self.admin.execute_command("CLIENT", "PAUSE", "60000", "WRITE")
+        self.admin.client_pause(60000, all=False)  # writes (scripts too) wait
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -109,7 +109,7 @@ class Gate:
         wait_for(lambda: committer.waiting == expected, message=f"{name} queued")
 
     def release(self) -> None:
-        self.admin.execute_command("CLIENT", "UNPAUSE")
+        self.admin.client_unpause()
 
     def results(self) -> dict[str, Any]:
         for thread in self.threads.values():
@@ -324,7 +324,8 @@ def test_one_calls_error_is_its_own_and_a_failed_flush_wakes_everyone(
     # it gets the error, each its own, and the next call goes out.
     with Gate(admin, lambda: committer) as gate:
         gate.lone(run("lone"))
-        for name, value in (("first", "a"), ("bad", object()), ("last", "b")):
+        values: tuple[tuple[str, object], ...] = (("first", "a"), ("bad", object()), ("last", "b"))
+        for name, value in values:
             gate.queue(name, run(value))
         gate.release()
         outcomes = gate.results()
