@@ -314,8 +314,8 @@ def test_one_calls_error_is_its_own_and_a_failed_flush_wakes_everyone(
 
     with Gate(admin, lambda: committer) as gate:
         gate.lone(run("lone"))
-        for value in ("a", "boom", "b"):
-            gate.queue(value, run(value))
+        for text in ("a", "boom", "b"):
+            gate.queue(text, run(text))
         gate.release()
         outcomes = gate.results()
     assert outcomes["a"] == b"a" and outcomes["b"] == b"b" and outcomes["lone"] == b"lone"
@@ -324,9 +324,8 @@ def test_one_calls_error_is_its_own_and_a_failed_flush_wakes_everyone(
     # it gets the error, each its own, and the next call goes out.
     with Gate(admin, lambda: committer) as gate:
         gate.lone(run("lone"))
-        values: tuple[tuple[str, object], ...] = (("first", "a"), ("bad", object()), ("last", "b"))
-        for name, value in values:
-            gate.queue(name, run(value))
+        for name, bad in (("first", "a"), ("bad", object()), ("last", "b")):
+            gate.queue(name, run(bad))
         gate.release()
         outcomes = gate.results()
     failed = [outcomes[name] for name in ("first", "bad", "last")]
