@@ -6,7 +6,9 @@ per step), rounds alternating between the two, against a private in-memory redis
 
 Per message: client CPU (this process's CPU time / messages: the threads, the committer and
 redis-py), Redis CPU (``INFO cpu``), wall-clock rate, and with the committer the mean number of
-calls per round trip. Best and median of the rounds.
+calls per round trip. Best and median of the rounds. Then what a lone call pays for the
+committer: a trivial script called from one thread, directly (``Script.__call__``) and through
+the committer, client CPU per call.
 
     python -m bench.group_commit_cost [--messages 4800] [--rounds 3] [--threads 1,8,24]
 """
@@ -26,6 +28,8 @@ from pathlib import Path
 import redis
 
 from harness.redis import RedisServer
+from mailcore.group_commit import GroupCommitter
+from mailcore.redisclient import sync_client
 from mailcore.status import SENT, Holding, StatusStore
 
 
@@ -90,8 +94,30 @@ def _round(url: str, threads: int, group: bool, messages: int) -> dict[str, floa
     return figures
 
 
+def _lone(url: str, calls: int, rounds: int) -> dict[str, list[float]]:
+    """Client CPU µs per call of a trivial script, one thread, direct vs through the
+    committer (each on its own worker client), rounds alternating."""
+    direct = sync_client(url, "worker", single_connection=True).register_script("return 1")
+    committer = GroupCommitter(sync_client(url, "worker", single_connection=True))
+    through = committer.register("return 1")
+    direct(keys=["k"], args=["x"])
+    committer.run(through, ["k"], ["x"])
+    figures: dict[str, list[float]] = {"lone_direct_us": [], "lone_committer_us": []}
+    for _ in range(rounds):
+        for name in figures:
+            started = _cpu()
+            for _ in range(calls):
+                if name == "lone_direct_us":
+                    direct(keys=["k"], args=["x"])
+                else:
+                    committer.run(through, ["k"], ["x"])
+            figures[name].append(round((_cpu() - started) / calls * 1e6, 1))
+    committer.close()
+    return figures
+
+
 def measure(messages: int, rounds: int, thread_counts: list[int]
-            ) -> dict[str, list[dict[str, float]]]:
+            ) -> tuple[dict[str, list[dict[str, float]]], dict[str, list[float]]]:
     results: dict[str, list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-group-commit-") as folder:
         server = RedisServer(Path(folder), persistent=False).start()
@@ -102,9 +128,10 @@ def measure(messages: int, rounds: int, thread_counts: list[int]
                         name = f"{'on' if group else 'off'}_{threads}"
                         results.setdefault(name, []).append(
                             _round(server.url, threads, group, messages))
+            lone = _lone(server.url, messages, rounds * 4)
         finally:
             server.stop()
-    return results
+    return results, lone
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -114,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", default="1,8,24")
     args = parser.parse_args(argv)
     thread_counts = [int(n) for n in args.threads.split(",")]
-    results = measure(args.messages, args.rounds, thread_counts)
+    results, lone = measure(args.messages, args.rounds, thread_counts)
     print("per message (begin_attempt + settle)     best / median of "
           f"{args.rounds} rounds, {args.messages} messages each")
     print(f"{'threads':>7} {'committer':>9} {'client µs':>15} {'Redis µs':>15} "
@@ -132,7 +159,10 @@ def main(argv: list[str] | None = None) -> None:
                      if mode == "on" else "1")
             print(f"{threads:>7} {mode:>9} {cell('client_us', 'min'):>15} "
                   f"{cell('redis_us', 'min'):>15} {cell('per_s', 'max'):>15} {trips:>10}")
-    print(json.dumps(results))
+    for name, values in lone.items():
+        print(f"{name}: {min(values):g} / {statistics.median(values):g} (best / median of "
+              f"{len(values)} rounds of {args.messages} calls)")
+    print(json.dumps({**results, **lone}))
 
 
 if __name__ == "__main__":
