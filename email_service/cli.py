@@ -217,7 +217,7 @@ def _run_api(args: argparse.Namespace) -> int:
         return processes.Supervisor(processes.child_command(host, port), count,
                                     grace_seconds=_GRACEFUL_SECONDS + 2).run()
     configure_tracing("api", settings.telemetry)
-    app = create_app(settings)
+    app = create_app(settings, freeze_heap=True)
     # Slow or greedy clients are bounded here, before the app: the head must arrive within
     # HTTP_HEADER_TIMEOUT_SECONDS and HTTP_MAX_HEADER_BYTES (the body's own timeout is the
     # app's), idle keep-alive connections close, and past HTTP_MAX_CONCURRENCY uvicorn

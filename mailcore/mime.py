@@ -16,7 +16,6 @@ into, say, a spoofed sender name.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import os
 import re
@@ -146,7 +145,22 @@ def _quoted_printable(body: str) -> bytes:
 
 def _base64(body: str) -> bytes:
     # Text in base64 is encoded in its canonical form, CRLF line ends (RFC 2045 6.8).
-    return base64.encodebytes(_lf_bytes(body).replace(b"\n", b"\r\n")).replace(b"\n", b"\r\n")
+    return _base64_lines(_lf_bytes(body).replace(b"\n", b"\r\n"))
+
+
+#: Characters per base64 line (RFC 2045 6.8: at most 76).
+_BASE64_LINE = 76
+
+
+def _base64_lines(data: bytes) -> bytes:
+    """``data`` in base64, 76-character lines ending in CRLF: the bytes of
+    ``base64.encodebytes`` with CRLF, in about half its time (one C call for the whole body,
+    where it made one per 57 input bytes)."""
+    if not data:
+        return b""
+    encoded = binascii.b2a_base64(data, newline=False)
+    return b"\r\n".join([encoded[i:i + _BASE64_LINE]
+                          for i in range(0, len(encoded), _BASE64_LINE)]) + b"\r\n"
 
 
 def _part(boundary: str, subtype: str, body: str) -> bytes:
@@ -242,7 +256,7 @@ def _file_part(boundary: str, item: Attachment) -> bytes:
              "Content-Transfer-Encoding: base64"]
     if item.content_id:
         lines.append(f"Content-ID: <{item.content_id}>")
-    encoded = base64.encodebytes(item.content).replace(b"\n", b"\r\n")
+    encoded = _base64_lines(item.content)
     return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + encoded + b"\r\n"
 
 

@@ -18,6 +18,7 @@ import redis
 import redis.asyncio as aioredis
 from redis._parsers.base import BaseParser
 
+from .resp import OnePassPacker, use_in_async
 from .sentinel import SentinelSettings
 from .sentinel_client import async_sentinel_pool, sentinel_pool
 
@@ -95,16 +96,21 @@ def _options(use: Use) -> dict[str, Any]:
             "health_check_interval": timeouts.health_check}
 
 
+#: Packs every synchronous client's commands (mailcore/resp.py: one pass, same bytes).
+_PACKER = OnePassPacker()
+
+
 def sync_client(where: Where, use: Use, *, single_connection: bool = False) -> redis.Redis:
     """A synchronous client for ``use``; ``single_connection`` for one thread's own connection
     (no pool checkout per command)."""
+    options = {**_options(use), "command_packer": _PACKER}
     if isinstance(where, SentinelSettings):
-        sentinel = SentinelRedis(connection_pool=sentinel_pool(where, **_options(use)),
+        sentinel = SentinelRedis(connection_pool=sentinel_pool(where, **options),
                                  single_connection_client=single_connection)
         sentinel.auto_close_connection_pool = True  # the pool is this client's alone
         return sentinel
     client: redis.Redis = redis.Redis.from_url(where, single_connection_client=single_connection,
-                                               **_options(use))
+                                               **options)
     return client
 
 
@@ -113,6 +119,8 @@ def async_client(where: Where, use: Use) -> aioredis.Redis:
     if isinstance(where, SentinelSettings):
         sentinel = AsyncSentinelRedis(connection_pool=async_sentinel_pool(where, **_options(use)))
         sentinel.auto_close_connection_pool = True
+        use_in_async(sentinel)
         return sentinel
     client: aioredis.Redis = aioredis.Redis.from_url(where, **_options(use))
+    use_in_async(client)
     return client

@@ -19,6 +19,7 @@ from starlette.routing import Route
 from mailcore.config import Settings
 from mailcore.deadletters import DeadLetters
 from mailcore.errors import EmailServiceError
+from mailcore.heap import freeze_startup_objects
 from mailcore.redisclient import async_client, sync_client
 from mailcore.store import template_store_from_settings
 from mailcore.telemetry import exporting
@@ -74,8 +75,10 @@ def _tracing_middleware() -> list[Middleware]:
                        exclude_spans=["receive", "send"])]  # one span per request, not per message
 
 
-def create_app(settings: Settings, *, dev_secret: str | None = None) -> Starlette:
-    """The Starlette app. Refuses to build without token keys outside development mode."""
+def create_app(settings: Settings, *, dev_secret: str | None = None,
+               freeze_heap: bool = False) -> Starlette:
+    """The Starlette app. Refuses to build without token keys outside development mode.
+    ``freeze_heap``: the server freezes its start-up objects once started (mailcore/heap.py)."""
     settings.auth.require_keys()
     secret = settings.auth.secret or dev_secret
     jwks = None
@@ -110,6 +113,8 @@ def create_app(settings: Settings, *, dev_secret: str | None = None) -> Starlett
             listener_task = asyncio.create_task(listener.run_forever(),
                                                 name="password-reset-events")
         app.state.event_listener_task = listener_task
+        if freeze_heap:  # the server, ready to serve (mailcore/heap.py); not tests' many apps
+            freeze_startup_objects()
         try:
             yield
         finally:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import re
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 
+import pytest
+
 from mailcore.message import Recipient
-from mailcore.mime import build_envelope
+from mailcore.mime import _base64_lines, build_envelope
 from mailcore.rendering import RenderedEmail
 
 SENDER = Recipient(email="noreply@shop.example.com", name="Shop, Inc.")
@@ -107,3 +110,9 @@ def test_html_goes_in_base64_and_text_in_quoted_printable() -> None:
     assert isinstance(payload, str)
     encoded_lines = payload.split("\r\n")
     assert max(len(line) for line in encoded_lines) <= 76  # RFC 2045 6.8
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, 3, 56, 57, 58, 114, 171, 1000, 65_537])
+def test_base64_lines_are_the_standard_librarys(size: int) -> None:
+    data = bytes((i * 131 + size) % 256 for i in range(size))
+    assert _base64_lines(data) == base64.encodebytes(data).replace(b"\n", b"\r\n")

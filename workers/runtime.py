@@ -11,6 +11,7 @@ from dramatiq.middleware import CurrentMessage, Middleware, Retries, TimeLimit, 
 
 from mailcore.config import Settings
 from mailcore.dkim_signing import signer_for
+from mailcore.heap import freeze_startup_objects
 from mailcore.queue import holding
 from mailcore.redaction import install as install_redacting_encoder
 from mailcore.redisclient import sync_client
@@ -47,6 +48,14 @@ class CloseConnections(Middleware):
             self.also.close()
         self.status.close()
         shutdown_tracing()  # flush spans still buffered
+
+
+class FreezeAfterBoot(Middleware):
+    """Freezes the process's start-up objects once its threads run (mailcore/heap.py); last
+    in the middleware list, so what the others made at boot is frozen too."""
+
+    def after_worker_boot(self, broker: Broker, worker: object) -> None:
+        freeze_startup_objects()
 
 
 @dataclass
@@ -117,7 +126,8 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
                    Heartbeat(settings.worker.heartbeat_dir, settings.worker.heartbeat_seconds),
                    SweeperThread(sweeper, settings.worker.recovery_interval_seconds),
                    DispatcherThread(Dispatcher.from_settings(settings),
-                                    settings.schedule.poll_seconds)]
+                                    settings.schedule.poll_seconds),
+                   FreezeAfterBoot()]
     broker = make_broker(
         settings.redis.where, middleware=middleware,
         heartbeat_timeout_ms=settings.worker.queue_heartbeat_timeout_ms,
