@@ -99,32 +99,33 @@ class GroupCommitter:
         """``script``'s reply for ``keys`` and ``args``, sent with whatever else is waiting;
         raises what the script call would raise alone."""
         call: _Call | None = None
-        with self._lock:
-            if self._busy:
-                call = _Call(script, keys, args)
-                self._queue.append(call)
-            else:
-                self._busy = True
-        if call is None:
-            # Nothing in flight: this thread sends its own call now, as the plain script call.
-            try:
+        alone = woken = False
+        # One try from the first step: an exception arriving anywhere (Dramatiq's time limit
+        # is raised asynchronously in the thread) still hands the turn on, takes a queued call
+        # back, or sends the flush this thread was elected to send.
+        try:
+            with self._lock:
+                if self._busy:
+                    call = _Call(script, keys, args)
+                    self._queue.append(call)
+                else:
+                    self._busy = alone = True
+            if alone:
+                # Nothing in flight: this thread sends its own call now, as the plain call.
                 self.flushes += 1
                 self.calls += 1
                 return script(keys=keys, args=args)
-            finally:
-                self._hand_on()
-        return self._wait(call)
-
-    def _wait(self, call: _Call) -> Any:
-        woken = False
-        try:
+            assert call is not None
             call.wake.acquire()
             woken = True
         finally:
-            if not woken:  # an exception while waiting: take the call back if still queued
-                self._withdraw(call)
-            if call.batch is not None:  # elected: this thread sends, whatever is under way
-                self._lead(call.batch)
+            if alone:
+                self._hand_on()
+            elif call is not None:
+                if not woken:  # interrupted while queued: take the call back if still there
+                    self._withdraw(call)
+                if call.batch is not None:  # elected: this thread sends, whatever is under way
+                    self._lead(call.batch)
         if call.error is not None:
             raise call.error
         return call.reply
