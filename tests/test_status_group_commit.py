@@ -194,6 +194,41 @@ def test_threads_at_once_each_get_their_own_outcome(redis_server: RedisServer) -
     store.close()
 
 
+def test_many_threads_looping_all_get_their_own_outcomes(redis_server: RedisServer) -> None:
+    """No gate: threads race through begin + settle as workers do; every hand-on holds."""
+    admin = redis_server.client()
+    store = StatusStore.from_url(redis_server.url, f"gc-{uuid.uuid4().hex[:6]}", 60,
+                                 group_commit=True)
+    holding = holding_for(store.prefix)
+    ids = [[f"t{t}-m{n}" for n in range(40)] for t in range(16)]
+    hold(admin, holding, *(f"r-{m}" for mine in ids for m in mine))
+    wrong: list[str] = []
+
+    def work(mine: list[str]) -> None:
+        for message_id in mine:
+            attempt = store.begin_attempt(message_id, 30, f"r-{message_id}")
+            if not (attempt.proceed and attempt.attempt == 1):
+                wrong.append(f"{message_id}: {attempt}")
+            if not store.settle(message_id, "sent", f"r-{message_id}", holding, status=SENT,
+                                detail="250 ok"):
+                wrong.append(f"{message_id}: not held")
+
+    threads = [threading.Thread(target=work, args=(mine,), daemon=True) for mine in ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads), "a thread hangs"
+    assert wrong == []
+    assert admin.scard(holding.acks) == 0
+    assert {admin.hget(status_key(store.prefix, m), "status") for mine in ids for m in mine} \
+        == {SENT.encode()}
+    committer = store.committer
+    assert committer is not None and committer.calls == 2 * 16 * 40
+    assert not committer.busy and committer.waiting == 0
+    store.close()
+
+
 def test_a_lone_call_goes_out_at_once(redis_server: RedisServer) -> None:
     admin = redis_server.client()
     store = StatusStore.from_url(redis_server.url, f"gc-{uuid.uuid4().hex[:6]}", 60,
