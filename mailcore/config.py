@@ -476,6 +476,12 @@ class WorkerSettings:
                              "worker` (`--processes`).", integer(low=1))
     threads: int = setting("WORKER_THREADS", "24", "Threads per worker process; each keeps one "
                            "SMTP session open (`--threads`).", integer(low=1))
+    #: The threads of a worker process share status round trips (mailcore/group_commit.py).
+    group_commit: bool = setting(
+        "WORKER_GROUP_COMMIT", "true", "Group commit in the workers: status steps (begin "
+        "attempt, record outcome) a process's threads make while one is in flight go to Redis "
+        "together, one pipeline, each decided on its own as before. `false`: one round trip "
+        "per step on each thread's own connection.", flag)
     #: Where ``email-service worker`` serves Prometheus metrics (port 0: not at all).
     metrics_host: str = setting("WORKER_METRICS_HOST", "127.0.0.1", "Address the worker metrics "
                                 "listen on; the chart sets `0.0.0.0` so Prometheus can scrape the "

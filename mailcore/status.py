@@ -28,6 +28,7 @@ import orjson
 import redis
 from redis.commands.core import Script
 
+from .group_commit import GroupCommitter
 from .lifecycle import EMIT_LUA, lifecycle_event, stream_key
 from .lifecycle import stream_key as lifecycle_stream
 from .redisclient import Where, sync_client
@@ -290,31 +291,61 @@ class StatusStore:
 
     Each worker thread gets its own connection (``connect`` is called once per thread): going
     through a shared pool costs every command a checkout, a return and a fork check, and a
-    message takes two commands.
+    message takes two commands. With ``group_commit`` the script calls of all threads go
+    through one :class:`~mailcore.group_commit.GroupCommitter` instead (its own connection):
+    calls made while another is in flight share the next round trip.
 
     Parameters:
-      connect: makes a Redis client; called once per thread.
+      connect: makes a Redis client; called once per thread (and once for the committer).
       prefix: key prefix.
       retention_seconds: how long statuses are kept after their last change.
       emit_events: write the ``sent``, ``failed`` and ``dead`` lifecycle events
         (``WEBHOOKS_ENABLED``).
+      group_commit: share round trips across threads (``WORKER_GROUP_COMMIT``).
     """
 
     def __init__(self, connect: Callable[[], redis.Redis], prefix: str,
-                 retention_seconds: int, *, emit_events: bool = False) -> None:
+                 retention_seconds: int, *, emit_events: bool = False,
+                 group_commit: bool = False) -> None:
         self.emit_events = emit_events
         self.connect = connect
         self.prefix = prefix
         self.retention = retention_seconds
+        self.group_commit = group_commit
         self._local = threading.local()
         self._clients: list[redis.Redis] = []
         self._clients_lock = threading.Lock()
+        self._shared: tuple[GroupCommitter, _Scripts] | None = None
 
     @classmethod
     def from_url(cls, url: Where, prefix: str, retention_seconds: int, *,
-                 emit_events: bool = False) -> StatusStore:
+                 emit_events: bool = False, group_commit: bool = False) -> StatusStore:
         return cls(lambda: sync_client(url, "worker", single_connection=True), prefix,
-                   retention_seconds, emit_events=emit_events)
+                   retention_seconds, emit_events=emit_events, group_commit=group_commit)
+
+    @property
+    def committer(self) -> GroupCommitter | None:
+        """The group committer, once made (``group_commit``; tests and the bench count its
+        flushes)."""
+        return self._shared[0] if self._shared is not None else None
+
+    def _run(self, name: str, keys: list[Any], args: list[Any]) -> Any:
+        """Run the script ``name`` (a field of :class:`_Scripts`): through the committer, or
+        on this thread's connection."""
+        if not self.group_commit:
+            return getattr(self._scripts(), name)(keys=keys, args=args)
+        shared = self._shared
+        if shared is None:
+            with self._clients_lock:  # made on first use, like a thread's connection
+                if self._shared is None:
+                    committer = GroupCommitter(self.connect())
+                    self._shared = committer, _Scripts(
+                        begin=committer.register(_BEGIN_ATTEMPT),
+                        record=committer.register(_RECORD),
+                        settle=committer.register(_SETTLE))
+                shared = self._shared
+        committer, scripts = shared
+        return committer.run(getattr(scripts, name), keys, args)
 
     def _scripts(self) -> _Scripts:
         """This thread's scripts, on its own connection (made on first use)."""
@@ -332,8 +363,11 @@ class StatusStore:
     def close(self) -> None:
         with self._clients_lock:
             clients, self._clients = self._clients, []
+            shared, self._shared = self._shared, None
         for client in clients:
             client.close()
+        if shared is not None:
+            shared[0].close()
 
     def begin_attempt(self, message_id: str, lease_seconds: float,
                       redis_id: str = "", check: SendTimeCheck | None = None) -> Attempt:
@@ -351,8 +385,8 @@ class StatusStore:
         if check is not None and not self.emit_events:
             check = check.announcing(False)  # no event wanted: no second round trip either
         while True:
-            previous, detail, *rest = self._scripts().begin(
-                keys=keys, args=args + (check.args if check is not None else []))
+            previous, detail, *rest = self._run(
+                "begin", keys, args + (check.args if check is not None else []))
             previous = previous.decode() if isinstance(previous, bytes) else str(previous)
             if previous != "announce" or check is None or check.announced:
                 break
@@ -373,10 +407,9 @@ class StatusStore:
 
     def record(self, message_id: str, status: str, detail: str = "", **fields: Any) -> None:
         """Set the status (and extra fields) and append a timeline event, in one round trip."""
-        self._scripts().record(keys=[status_key(self.prefix, message_id),
-                                     timeline_key(self.prefix, message_id)],
-                               args=[self.retention, *self._event_and_fields(
-                                   status, detail, fields)])
+        self._run("record", [status_key(self.prefix, message_id),
+                             timeline_key(self.prefix, message_id)],
+                  [self.retention, *self._event_and_fields(status, detail, fields)])
 
     def keep_content(self, message_id: str, subject: str, html: str, text: str) -> None:
         """Keep a sandboxed message's rendered parts as long as its status."""
@@ -414,11 +447,11 @@ class StatusStore:
             args += pairs
         else:
             args.append(b"")
-        held = self._scripts().settle(keys=[
+        held = self._run("settle", [
             status_key(self.prefix, message_id), timeline_key(self.prefix, message_id),
             job_key(self.prefix, message_id), open_key(self.prefix), holding.acks,
             holding.messages, holding.delayed, holding.delayed_messages, holding.dead,
-            holding.dead_messages, stream_key(self.prefix)], args=args)
+            holding.dead_messages, stream_key(self.prefix)], args)
         return bool(held)
 
     @staticmethod

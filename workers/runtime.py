@@ -109,7 +109,8 @@ def build_runtime(settings: Settings) -> WorkerRuntime:
     transport = transport_from_settings(settings)
     status = StatusStore.from_url(settings.redis.where, settings.redis.key_prefix,
                                   settings.limits.status_retention_seconds,
-                                  emit_events=settings.webhooks.enabled)
+                                  emit_events=settings.webhooks.enabled,
+                                  group_commit=settings.worker.group_commit)
     # No Retries middleware: the actor records each attempt's outcome (retry included) and
     # removes its message in one step; Retries would re-enqueue, and Dramatiq then ack, a
     # message whether or not its re-enqueue reached Redis.
