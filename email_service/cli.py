@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -213,7 +212,7 @@ def _run_api(args: argparse.Namespace) -> int:
         raise ConfigError(f"--processes: {count} is not a number of processes (1 to 64)")
     if count > 1 and not args.reuse_port:
         # A supervisor of `count` copies of this command sharing the port (service/processes).
-        processes.prepare_metrics_dir()
+        processes.prepare_ingress_metrics_dir()
         return processes.Supervisor(processes.child_command(host, port), count,
                                     grace_seconds=_GRACEFUL_SECONDS + 2).run()
     configure_tracing("api", settings.telemetry)
@@ -266,10 +265,11 @@ def _run_worker(args: argparse.Namespace) -> int:
     if settings.worker.metrics_port:
         # prometheus_client picks its multiprocess mode when first imported, and the Dramatiq
         # processes are forked from this one: name the folder before importing it.
-        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", "/tmp/email-service-metrics")
-        from workers.exposition import prepare_multiprocess_dir, serve_worker_metrics
+        from mailcore.metrics_dir import prepare_metrics_dir
 
-        prepare_multiprocess_dir()
+        prepare_metrics_dir("worker")  # named before prometheus_client is imported (below)
+        from workers.exposition import serve_worker_metrics
+
         serve_worker_metrics(settings.worker.metrics_port, settings.redis.where,
                              list(settings.queues.values()),
                              host=settings.worker.metrics_host)

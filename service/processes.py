@@ -19,7 +19,6 @@ import contextlib
 import ctypes
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -31,12 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from mailcore.metrics_dir import prepare_metrics_dir
+
 log = logging.getLogger("email_service.ingress")
 
 #: Marks a child of the supervisor (it binds with SO_REUSEPORT and does not supervise).
 CHILD_FLAG = "--reuse-port"
-#: The metrics folder when ``PROMETHEUS_MULTIPROC_DIR`` names none.
-DEFAULT_METRICS_DIR = "/tmp/email-service-ingress-metrics"
 #: Restart delays after a child exits: doubling from the first up to the last; a child that
 #: ran this long before exiting restarts after the first again.
 _BACKOFF = (0.5, 5.0)
@@ -63,13 +62,9 @@ def listening_socket(host: str, port: int, backlog: int = 2048) -> socket.socket
     return sock
 
 
-def prepare_metrics_dir() -> Path:
-    """Name (``PROMETHEUS_MULTIPROC_DIR``, for the children to inherit) and empty the folder
-    the processes' metrics go to; samples of an earlier run would add to this one's."""
-    path = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", DEFAULT_METRICS_DIR))
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def prepare_ingress_metrics_dir() -> Path:
+    """The folder the processes' metrics go to (mailcore/metrics_dir.py)."""
+    return prepare_metrics_dir("ingress")
 
 
 def _prctl(option: int, value: int) -> None:

@@ -39,8 +39,8 @@ def _cycle() -> weakref.ref[Node]:
 
 @pytest.mark.usefixtures("unfrozen")
 def test_freezing_keeps_the_collector_working_for_later_objects() -> None:
-    frozen = freeze_startup_objects()
-    assert frozen == gc.get_freeze_count() > 1000  # the interpreter and pytest alone
+    # Frozen objects are still freed when nothing refers to them: the count only ever drops.
+    assert freeze_startup_objects() > 1000  # the interpreter and pytest alone
     later = _cycle()
     gc.collect()
     assert later() is None  # made after the freeze: collected

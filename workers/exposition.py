@@ -6,11 +6,8 @@ definitions live in :mod:`workers.metrics`, imported only by the Dramatiq worker
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -21,15 +18,6 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from mailcore.redisclient import Where, sync_client
-
-
-def prepare_multiprocess_dir() -> Path:
-    """Empty ``PROMETHEUS_MULTIPROC_DIR`` (which the worker command names before importing
-    prometheus_client) for this run; its children inherit it."""
-    path = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 class QueueCollector(Collector):

@@ -4,7 +4,6 @@ gauge on ``WORKER_METRICS_PORT``."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,7 +26,6 @@ def run_webhooks(processes: int | None, threads: int | None) -> int:
     configure_logging(settings.telemetry)
     prepare_directory(settings.worker.heartbeat_dir)
     if settings.worker.metrics_port:
-        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", "/tmp/email-service-webhook-metrics")
         _serve_metrics(settings)
     dramatiq_args = make_argument_parser().parse_args([  # type: ignore[no-untyped-call]
         "workers.webhook_actors", "--processes", str(processes or hooks.processes),
@@ -38,6 +36,11 @@ def run_webhooks(processes: int | None, threads: int | None) -> int:
 
 
 def _serve_metrics(settings: Settings) -> None:
+    from mailcore.metrics_dir import prepare_metrics_dir
+
+    # prometheus_client picks its multiprocess mode when first imported, and the Dramatiq
+    # processes are forked from this one: name the folder before importing it.
+    prepare_metrics_dir("webhook")
     from prometheus_client import CollectorRegistry, start_http_server
     from prometheus_client.core import GaugeMetricFamily
     from prometheus_client.multiprocess import MultiProcessCollector
@@ -47,7 +50,6 @@ def _serve_metrics(settings: Settings) -> None:
     from mailcore.redisclient import sync_client
     from mailcore.webhook_deadletters import WebhookDeadLetters
 
-    from .exposition import prepare_multiprocess_dir
     from .webhook_metrics import DEAD_LETTER_SIZE
 
     class DeadLetterGauge(Collector):
@@ -64,7 +66,6 @@ def _serve_metrics(settings: Settings) -> None:
                                     "Webhook deliveries given up on, still listed",
                                     value=float(count))
 
-    prepare_multiprocess_dir()
     registry = CollectorRegistry()
     MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     registry.register(DeadLetterGauge())
