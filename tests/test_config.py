@@ -155,8 +155,7 @@ def test_the_service_reads_the_environment_only_through_settings() -> None:
     # What remains: the sandbox child's limits from its parent, prometheus_client's own folder,
     # and copying the environment for child processes.
     allowed = {("mailcore/sandbox_process.py", "EMAIL_SERVICE_CHILD_LIMITS"),
-               ("workers/exposition.py", "PROMETHEUS_MULTIPROC_DIR"),
-               ("email_service/cli.py", "PROMETHEUS_MULTIPROC_DIR"),
+               ("mailcore/metrics_dir.py", "PROMETHEUS_MULTIPROC_DIR"),
                ("service/metrics.py", "PROMETHEUS_MULTIPROC_DIR"),
                ("service/processes.py", "PROMETHEUS_MULTIPROC_DIR")}
     for package in ("mailcore", "service", "workers", "email_service", "operator"):
