@@ -15,6 +15,7 @@ The worker's per-message render stays in-process (microseconds), bounded by the 
 from __future__ import annotations
 
 import json
+import math
 import os
 import select
 import signal
@@ -205,6 +206,11 @@ class TemplateSandbox:
                 self._child = None
                 how = child.describe_death()
                 child.kill()
+                if child.process.returncode == -signal.SIGXCPU:
+                    raise TemplateError(
+                        "RenderBudgetExceeded", "render budget exceeded: compiling and "
+                        "test-rendering used up the compiler process's CPU time (stopped)"
+                    ) from None
                 raise TemplateError("CompilerCrashed", f"the template compiler process {how} "
                                     f"(memory limit {self.limits.memory_mb} MiB)") from None
         if "error" in answer:
@@ -231,7 +237,9 @@ def _cpu_allowance(seconds: int) -> None:
     import resource
 
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    used = int(usage.ru_utime + usage.ru_stime)
+    # Rounded up: the limit is in whole seconds, and rounding down could leave a child that has
+    # used 0.9 s only 0.1 s of its allowance (killed by SIGXCPU before the wall-clock deadline).
+    used = math.ceil(usage.ru_utime + usage.ru_stime)
     hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
     soft = used + seconds
     if hard != resource.RLIM_INFINITY:

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -258,6 +262,42 @@ def test_a_crashed_child_is_reported_and_replaced() -> None:
         assert caught.value.reason == "CompilerCrashed"
         assert "SIGSEGV" in caught.value.message
         sandbox.compile(TemplateSource(name="ok", subject="s", html="ok"))  # a fresh child
+
+
+def test_a_child_killed_for_cpu_time_reports_the_render_budget() -> None:
+    slow = TemplateSource(name="slow", subject="s", html=SLOW)
+    limits = ProcessLimits(memory_mb=512, timeout=20, render=RenderLimits(time_budget=15))
+    with TemplateSandbox(limits) as sandbox:
+        sandbox.compile(TemplateSource(name="ok", subject="s", html="ok"))  # warm
+        child = sandbox._child
+        assert child is not None
+        killer = threading.Timer(0.3, os.kill, (child.process.pid, signal.SIGXCPU))
+        killer.start()
+        with pytest.raises(TemplateError) as caught:
+            sandbox.compile(slow)
+        killer.join()
+        assert caught.value.reason == "RenderBudgetExceeded"
+        assert "CPU time" in caught.value.message
+        sandbox.compile(TemplateSource(name="ok", subject="s", html="ok"))  # a fresh child
+
+
+def test_the_cpu_allowance_counts_from_the_cpu_already_used() -> None:
+    """A child that has used 0.7 s still gets a whole second more (the limit is whole seconds,
+    so the time used must be rounded up, not down)."""
+    probe = textwrap.dedent("""
+        import resource, time
+        from mailcore.sandbox_process import _cpu_allowance
+        end = time.process_time() + 0.7
+        while time.process_time() < end:
+            pass
+        _cpu_allowance(1)
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        soft = resource.getrlimit(resource.RLIMIT_CPU)[0]
+        print(soft - (usage.ru_utime + usage.ru_stime))
+    """)
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=60, cwd=Path(__file__).resolve().parents[1], check=True)
+    assert float(done.stdout) >= 1.0
 
 
 def test_a_runaway_child_is_killed_at_the_wall_clock_deadline() -> None:
