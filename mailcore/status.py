@@ -79,7 +79,8 @@ if status == 'sending' and lease > tonumber(ARGV[1]) then
   -- This very attempt, run again (a client retrying after a lost reply), holds it already.
   if redis.call('HGET', KEYS[1], 'lease_owner') == ARGV[6] then
     return {'sending', redis.call('HGET', KEYS[1], 'attempts'),
-            redis.call('HGET', KEYS[1], 'pinned_transport') or ''}
+            redis.call('HGET', KEYS[1], 'pinned_transport') or '',
+            redis.call('HGET', KEYS[1], 'suppressed_recipients') or ''}
   end
   return {'busy', tostring(lease)}
 end
@@ -87,6 +88,8 @@ local withheld = begin_suppression_check(tonumber(ARGV[1]))
 if withheld == 'all' then return {'suppressed', 0} end
 if withheld == 'announce' then return {'announce', 0} end
 local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+-- The field names this attempt's withheld recipients (a run again answers from it): none now.
+if withheld == '' and attempts > 1 then redis.call('HDEL', KEYS[1], 'suppressed_recipients') end
 redis.call('HSET', KEYS[1], 'status', 'sending', 'updated_at', ARGV[1],
            'lease_until', tonumber(ARGV[1]) + tonumber(ARGV[2]), 'lease_owner', ARGV[6])
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'redis_id', ARGV[5]) end

@@ -107,6 +107,31 @@ def test_some_suppressed_are_withheld_and_recorded(client: redis.Redis, prefix: 
     assert announced["recipients"] == ["eve@example.com"] and announced["stream"] == "bulk"
 
 
+def test_an_attempt_run_again_answers_the_same_withheld_recipients(
+        client: redis.Redis, prefix: str, store: StatusStore,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The begin step run again by the same attempt (its reply was lost) is answered from what
+    the first run recorded: the same attempt number and the same withheld recipients, with no
+    second event; a later attempt that withholds nobody clears the field."""
+    owner = uuid.uuid4()
+    monkeypatch.setattr("mailcore.status.uuid.uuid4", lambda: owner)
+    one = job("ada@example.com", "eve@example.com")
+    queued(client, prefix, one["id"])
+    suppress(client, prefix, "eve@example.com")
+    first = store.begin_attempt(one["id"], 30, "r1", SendTimeCheck.for_job(one))
+    again = store.begin_attempt(one["id"], 30, "r1", SendTimeCheck.for_job(one))
+    assert first.withheld == again.withheld == ("eve@example.com",)
+    assert (first.attempt, again.attempt) == (1, 1) and again.proceed
+    assert len(events(client, prefix)) == 1
+    # The attempt failed; eve is taken off the list; the next attempt withholds nobody.
+    client.hset(status_key(prefix, one["id"]), mapping={"status": "retrying", "lease_until": 0})
+    SyncSuppressionList(client, prefix).remove(suppression_address("eve@example.com"))
+    monkeypatch.setattr("mailcore.status.uuid.uuid4", uuid.uuid4)
+    later = store.begin_attempt(one["id"], 30, "r2", SendTimeCheck.for_job(one))
+    assert later.proceed and later.attempt == 2 and later.withheld == ()
+    assert not client.hexists(status_key(prefix, one["id"]), "suppressed_recipients")
+
+
 def test_without_webhooks_the_same_outcomes_are_recorded_and_nothing_announced(
         client: redis.Redis, prefix: str, redis_server: RedisServer) -> None:
     quiet = StatusStore.from_url(redis_server.url, prefix, 600)  # WEBHOOKS_ENABLED off

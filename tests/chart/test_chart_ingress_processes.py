@@ -44,3 +44,16 @@ def test_accept_coalescing_is_on_unless_turned_off(helm_binary: str) -> None:
     result = helm(helm_binary, "template", "mail", str(CHART), *REQUIRED,
                   "--set-json", 'ingress.coalesceAccepts="no"', check=False)
     assert result.returncode != 0 and "coalesceAccepts" in result.stderr, result.stderr
+
+
+def test_worker_group_commit_is_on_unless_turned_off(helm_binary: str) -> None:
+    """``worker.groupCommit`` (WORKER_GROUP_COMMIT, mailcore/group_commit.py): on by default."""
+    default = by_kind(render(helm_binary, *REQUIRED), "ConfigMap")["mail-email-service"]["data"]
+    assert "WORKER_GROUP_COMMIT" not in default
+    off = by_kind(render(helm_binary, *REQUIRED, "--set", "worker.groupCommit=false"),
+                  "ConfigMap")["mail-email-service"]["data"]
+    assert off["WORKER_GROUP_COMMIT"] == "false"
+    for value in ('"no"', "0", "[true]"):
+        result = helm(helm_binary, "template", "mail", str(CHART), *REQUIRED,
+                      "--set-json", f"worker.groupCommit={value}", check=False)
+        assert result.returncode != 0 and "groupCommit" in result.stderr, (value, result.stderr)
