@@ -98,16 +98,33 @@ async def closed_loop(host: str, port: int, request: bytes, *, total: int | None
     return results
 
 
+#: An idle connection older than this is not reused (the ingress closes idle keep-alive
+#: connections after HTTP_KEEPALIVE_SECONDS, 5 by default).
+STALE_SECONDS = 4.0
+
+
 async def open_loop(host: str, port: int, request: bytes, *, rate: float, duration: float,
                     max_connections: int = 1024) -> Results:
     """Send at ``rate`` per second for ``duration`` seconds, opening connections as needed."""
     results = Results()
-    idle: list[_Conn] = []
+    #: Connections waiting for a request, with when each was last used (newest last).
+    idle: list[tuple[_Conn, float]] = []
     opened = [0]
     tasks: set[asyncio.Task[None]] = set()
 
+    def reusable() -> _Conn | None:
+        # One idle past the server's keep-alive timeout may be closed under us: a request sent
+        # on it would fail through no fault of the server's, so it is dropped instead.
+        while idle:
+            conn, used = idle.pop()
+            if time.monotonic() - used < STALE_SECONDS:
+                return conn
+            conn.close()
+            opened[0] -= 1
+        return None
+
     async def one(due: float) -> None:
-        conn = idle.pop() if idle else None
+        conn = reusable()
         if conn is None:
             if opened[0] >= max_connections:
                 results.errors += 1
@@ -121,12 +138,13 @@ async def open_loop(host: str, port: int, request: bytes, *, rate: float, durati
             conn.close()
             opened[0] -= 1
             return
-        results.samples.append(Sample(due, time.monotonic(), status, body))
-        idle.append(conn)
+        done = time.monotonic()
+        results.samples.append(Sample(due, done, status, body))
+        idle.append((conn, done))
 
     # Warm a few connections so the first requests do not pay the TCP handshake.
     for _ in range(min(16, max_connections)):
-        idle.append(await _connect(host, port))
+        idle.append((await _connect(host, port), time.monotonic()))
         opened[0] += 1
     count = int(rate * duration)
     started = time.monotonic()
@@ -141,7 +159,7 @@ async def open_loop(host: str, port: int, request: bytes, *, rate: float, durati
     while tasks:
         await asyncio.wait(set(tasks))
     results.wall = time.monotonic() - started
-    for conn in idle:
+    for conn, _ in idle:
         conn.close()
     return results
 

@@ -1,6 +1,8 @@
 """The per-message Python that issue 18's trimming cut, each piece alone (``python -m
 bench.trim_costs``): an address checked (new, and written to again), a template's data checked,
-an SMTP address quoted, the door's ``queued`` log line at INFO. CPU µs per call, one thread.
+an SMTP address quoted, the door's ``queued`` log line at INFO, the Dramatiq signals a worker
+emits for one message (before/after processing and acking, through the workers' middleware).
+CPU µs per call, one thread.
 
 ``--service-root DIR`` runs the same calls on another tree too (e.g. a ``git archive`` of main),
 rounds alternating, and prints both trees' medians side by side.
@@ -67,6 +69,38 @@ def _log_line(calls: int) -> float:
             os.close(saved)
 
 
+def _worker_signals(calls: int) -> float:
+    """The four broker signals around one message, through the tree's worker broker and the
+    workers' middleware (Dramatiq's defaults but Retries, CurrentMessage, and five of the
+    service's own, which handle only boot and shutdown signals)."""
+    import dramatiq
+    from dramatiq.broker import MessageProxy
+    from dramatiq.middleware import CurrentMessage, Middleware, Retries, default_middleware
+
+    from workers.broker import make_broker
+
+    class BootOnly(Middleware):
+        def after_worker_boot(self, broker: Any, worker: Any) -> None: ...
+
+    middleware = [m() for m in default_middleware if m is not Retries]
+    # Five distinct classes, as the service's are (Dramatiq warns of a type added twice).
+    middleware += [CurrentMessage(), *(type(f"BootOnly{n}", (BootOnly,), {})() for n in range(5))]
+    broker = make_broker("redis://127.0.0.1:1", middleware=middleware)  # never connects
+
+    @dramatiq.actor(broker=broker, queue_name="signals")
+    def job() -> None: ...
+
+    message = MessageProxy(job.message())
+
+    def signals(_: int) -> None:
+        broker.emit_before("process_message", message)
+        broker.emit_after("process_message", message, result=None)
+        broker.emit_before("ack", message)
+        broker.emit_after("ack", message)
+
+    return _per_call(signals, calls)
+
+
 def measure(calls: int) -> dict[str, float]:
     from mailcore.addresses import normalize_address
     from mailcore.templates import TemplateRegistry, builtin_templates_dir
@@ -88,6 +122,7 @@ def measure(calls: int) -> dict[str, float]:
                                          calls),
         "quoteaddr_new_us": _per_call(lambda n: quoteaddr(f"q{run}-{n}@example.org"), calls),
         "log_queued_info_us": _log_line(calls),
+        "worker_signals_per_message_us": _worker_signals(calls),
     }
 
 

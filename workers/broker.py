@@ -46,6 +46,8 @@ from dramatiq.message import Message
 from mailcore.redisclient import Where, sync_client
 from mailcore.sentinel import SentinelSettings
 
+from .emit import EmitsToHandlers
+
 _SETTLED = "_email_service_settled"
 
 # A delayed message whose eta has passed, onto its queue: only by the worker still holding it.
@@ -82,10 +84,11 @@ BUSY_POLL_MS = 2
 RECONCILE_MAX_SECONDS = 30.0
 
 
-class RecoveringRedisBroker(RedisBroker):
+class RecoveringRedisBroker(EmitsToHandlers, RedisBroker):
     """A :class:`RedisBroker` whose consumers take back what an earlier consumer left behind.
 
-    It also notes when a command last completed (``last_dispatch``, wall-clock seconds): the
+    Signals go only to the middleware that handle them (``workers/emit.py``). It also notes when
+    a command last completed (``last_dispatch``, wall-clock seconds): the
     worker heartbeat reads it to tell a wedged consumer from an idle one.
     """
 
