@@ -34,6 +34,9 @@ from .suppressions import hash_key as suppressions_key
 SEND_ACTOR = "send_email"
 #: Dramatiq's Redis namespace (its default).
 NAMESPACE = "dramatiq"
+#: A queue's wake-up list (``<namespace>:<queue>.wake``): the accept script pushes a token
+#: when it queues a message, and an idle worker waits on it instead of sleeping out its poll.
+WAKE_SUFFIX = ".wake"
 
 # KEYS: 1 idempotency record, 2 the schedule, 3 the lifecycle stream, then the B token
 #   buckets, then the status, timeline, job-copy, queue-bodies and queue keys of each of the M
@@ -50,6 +53,7 @@ NAMESPACE = "dramatiq"
 #   suppression fields ('' for no check; mailcore.suppressions.lookup_fields joined by
 #   newlines). A message whose status field is 'suppressed' is recorded (and announced) but
 #   neither queued nor scheduled.
+# Each queue written to also gets a wake-up token (its key derived from the queue's: WAKE_SUFFIX).
 # Before anything else, read only: when every recipient of some message is suppressed, answer
 # 'suppressed' with their positions; the caller turns those into 'suppressed' records and asks
 # again without the check (service/suppression_door.py). No extra round trip otherwise.
@@ -115,6 +119,7 @@ for j = callers + 1, buckets do
   bucket_store(KEYS[3 + j], tokens[j] - need[j], capacity[j], rate[j], now)
 end
 if ARGV[1] == '1' then redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3]) end
+local queued = {}
 for i = 1, count do
   local base = 3 + buckets + 5 * (i - 1)
   local status, timeline, copy = KEYS[base + 1], KEYS[base + 2], KEYS[base + 3]
@@ -141,9 +146,16 @@ for i = 1, count do
       redis.call('ZADD', KEYS[#KEYS - 1], created, ARGV[at + 4])
       redis.call('HSET', KEYS[base + 4], ARGV[at], ARGV[at + 1])
       redis.call('RPUSH', KEYS[base + 5], ARGV[at])
+      queued[KEYS[base + 5]] = true
     end
   end
   at = at + 9
+end
+-- Wake one idle consumer of each queue written to (workers/broker.py waits on this list between
+-- polls): one token at most, so a busy system, whose consumers never wait, keeps just one.
+for queue in pairs(queued) do
+  local wake = queue .. '""" + WAKE_SUFFIX + """'
+  if redis.call('LLEN', wake) == 0 then redis.call('RPUSH', wake, '1') end
 end
 return {'queued', ''}
 """

@@ -3,6 +3,8 @@ consumer leaves behind, and due retries moved in one step."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -13,11 +15,14 @@ from dramatiq.broker import MessageProxy
 from dramatiq.errors import ConnectionClosed
 from redis.connection import AbstractConnection
 
+from mailcore.queue import WAKE_SUFFIX, Acceptor, Entry, send_job
+from mailcore.redisclient import async_client
 from workers.broker import (
     BUSY_POLL_MS,
     MAX_IDLE_POLL_MS,
     MAX_PENDING_REQUEUES,
     RecoveringRedisBroker,
+    _BatchingConsumer,
     make_broker,
     mark_settled,
 )
@@ -219,7 +224,8 @@ def test_an_idle_queue_is_polled_at_least_every_100_ms(broker: RecoveringRedisBr
     # Dramatiq backs off to its worker timeout (1 s) on an empty queue: a lone message on a
     # quiet system waited up to a second. Here the waits grow only to MAX_IDLE_POLL_MS.
     waits: list[float] = []
-    monkeypatch.setattr("workers.broker.time.sleep", waits.append)
+    monkeypatch.setattr(_BatchingConsumer, "_idle_wait",
+                        lambda self, seconds: waits.append(seconds))
     queue = _queue_with(broker, 0)
     consumer: Any = broker.consume(queue, prefetch=4, timeout=1000)
     assert [next(consumer) for _ in range(20)] == [None] * 20
@@ -230,6 +236,73 @@ def test_an_idle_queue_is_polled_at_least_every_100_ms(broker: RecoveringRedisBr
                                     options={}))
     assert next(consumer) is not None  # the next poll finds it
     consumer.close()
+
+
+def test_an_idle_consumer_is_woken_by_the_door_queuing_a_message(
+        redis_server: RedisServer) -> None:
+    """The wait between polls ends when the accept script pushes its wake-up token, not when
+    the poll interval is over (here 30 s: the test's deadline is far shorter)."""
+    # Dramatiq's namespace, where the door writes; Dramatiq's client reads with a 5 s socket
+    # timeout (the real waits are 100 ms at most), this one without, so that only the token
+    # can end a 30 s wait within the deadline.
+    broker = make_broker(redis_server.url)
+    broker.client.connection_pool.connection_kwargs["socket_timeout"] = None
+    queue = f"wake-{uuid.uuid4().hex[:8]}"
+    broker.declare_queue(queue)
+    consumer: Any = broker.consume(queue, prefetch=4, timeout=1000)
+    done = threading.Event()
+
+    def wait() -> None:
+        consumer._idle_wait(30)
+        done.set()
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    wait_for(lambda: _blocked_clients(redis_server) > 0, timeout=10,
+             message="the consumer waiting on its wake-up list")
+    job = send_job(uuid.uuid4().hex, {"template": "password_reset", "to": ["a@x.org"]},
+                   source="api")
+
+    async def accept() -> str:
+        client = async_client(redis_server.url, "ingress")
+        try:
+            acceptor = Acceptor(client, queue_name=queue, prefix=f"w-{uuid.uuid4().hex[:6]}",
+                                retention_seconds=60, max_queue_depth=0)
+            return (await acceptor.accept([Entry(job, {"status": "queued"}, b"{}")])).outcome
+        finally:
+            await client.aclose()
+
+    try:
+        assert asyncio.run(accept()) == "queued"
+        wait_for(done.is_set, timeout=10, message="the consumer woken")
+        assert broker.client.exists(f"dramatiq:{queue}{WAKE_SUFFIX}") == 0  # token taken
+        [message] = _take(consumer, 1)
+        assert message.message_id == job["id"]
+    finally:
+        broker.client.rpush(f"dramatiq:{queue}{WAKE_SUFFIX}", "1")  # never leave it waiting
+        waiter.join()
+        consumer.close()
+        broker.close()
+
+
+def test_the_idle_wait_against_a_lost_redis_is_a_connection_error(
+        broker: RecoveringRedisBroker) -> None:
+    queue = _queue_with(broker, 0)
+    consumer: Any = broker.consume(queue, prefetch=1, timeout=100)
+    lost = make_broker(f"redis://127.0.0.1:{free_port()}/0")
+    consumer.broker = lost
+    with pytest.raises(ConnectionClosed):
+        consumer._idle_wait(0.01)
+    consumer.broker = broker
+    consumer.close()
+
+
+def _blocked_clients(redis_server: RedisServer) -> int:
+    client = redis_server.client()
+    try:
+        return int(client.info("clients")["blocked_clients"])
+    finally:
+        client.close()
 
 
 def test_a_busy_consumer_fetches_once_a_quarter_of_its_prefetch_is_free(

@@ -15,6 +15,7 @@ import redis
 
 from mailcore.queue import (
     SEND_ACTOR,
+    WAKE_SUFFIX,
     Acceptor,
     AcceptResult,
     Charge,
@@ -118,6 +119,26 @@ def test_the_caller_pays_even_when_refused_and_recipients_only_when_queued(queue
     limited = queue.accept([entry()], caller=caller, recipients=(mailbox,))
     assert limited.outcome == "rate_limited" and 1700 < limited.wait <= 1800
     assert len(queue.waiting()) == 1
+
+
+def test_queuing_leaves_one_wake_up_token_for_an_idle_worker(queue: Queue) -> None:
+    """Each accept that queues a message makes sure one token waits on the queue's wake-up
+    list (workers/broker.py waits on it); never more than one, however many are accepted;
+    none for a refused, scheduled or replayed request."""
+    wake = queue_key(queue.name) + WAKE_SUFFIX
+    assert queue.accept([entry()], max_queue_depth=0).outcome == "queued"
+    assert queue.client.lrange(wake, 0, -1) == [b"1"]
+    for _ in range(3):
+        queue.accept([entry(), entry()])
+    assert queue.client.llen(wake) == 1
+    queue.client.delete(wake)  # a worker took the token
+    assert queue.accept([entry()], max_queue_depth=1).outcome == "full"
+    job = send_job(uuid.uuid4().hex, {"template": "password_reset", "to": ["a@x.org"]},
+                   source="api")
+    later = Entry(job, {"status": "scheduled", "created_at": "1763900000"},
+                  b'{"status": "scheduled"}', due=4_000_000_000)
+    assert queue.accept([later]).outcome == "queued"  # to the schedule, not the queue
+    assert queue.client.exists(wake) == 0
 
 
 def test_a_recipient_without_tokens_refuses_the_whole_request(queue: Queue) -> None:
