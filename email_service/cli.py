@@ -212,7 +212,9 @@ def _run_api(args: argparse.Namespace) -> int:
         raise ConfigError(f"--processes: {count} is not a number of processes (1 to 64)")
     if count > 1 and not args.reuse_port:
         # A supervisor of `count` copies of this command sharing the port (service/processes).
-        processes.prepare_ingress_metrics_dir()
+        from mailcore.metrics_dir import prepare_metrics_dir
+
+        prepare_metrics_dir("ingress")
         return processes.Supervisor(processes.child_command(host, port), count,
                                     grace_seconds=_GRACEFUL_SECONDS + 2).run()
     configure_tracing("api", settings.telemetry)

@@ -13,10 +13,9 @@ the script is loaded and those calls are sent again.
 
 A connection error or timeout fails every call of that flush with the error a single call would
 raise (each caller raises its own copy), so the actor's "Redis unreachable" handling is unchanged.
-The flush goes through the client's own retry (``Retry`` of ``mailcore.redisclient``), exactly
-as a single call does: after a reconnect the whole pipeline is sent again, which runs each of its
-calls again as that retry would run a single call again (the status scripts are written for a
-step run again after a lost reply: ``mailcore/status.py``).
+The worker's client makes no command retry (``mailcore.redisclient``), so a flush whose reply
+was lost is never sent again behind the callers' backs; the actor's own retry runs the step
+again later, which the status scripts are written for (``mailcore/status.py``).
 
 No thread waits on a thread that is gone: whoever sends a flush hands the turn on in a
 ``finally`` (its own exception included, an interrupt from Dramatiq's time limit too), and a

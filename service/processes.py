@@ -30,8 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from mailcore.metrics_dir import prepare_metrics_dir
-
 log = logging.getLogger("email_service.ingress")
 
 #: Marks a child of the supervisor (it binds with SO_REUSEPORT and does not supervise).
@@ -60,11 +58,6 @@ def listening_socket(host: str, port: int, backlog: int = 2048) -> socket.socket
         sock.close()
         raise
     return sock
-
-
-def prepare_ingress_metrics_dir() -> Path:
-    """The folder the processes' metrics go to (mailcore/metrics_dir.py)."""
-    return prepare_metrics_dir("ingress")
 
 
 def _prctl(option: int, value: int) -> None:

@@ -247,37 +247,25 @@ def test_huge_mjml_is_refused() -> None:
     assert caught.value.reason == "MJMLTooLarge"
 
 
-def test_a_crashed_child_is_reported_and_replaced() -> None:
+@pytest.mark.parametrize(("kill", "reason", "said"), [
+    (signal.SIGSEGV, "CompilerCrashed", "SIGSEGV"),  # a crash
+    (signal.SIGXCPU, "RenderBudgetExceeded", "CPU time"),  # RLIMIT_CPU reached
+])
+def test_a_killed_child_is_reported_and_replaced(kill: signal.Signals, reason: str,
+                                                 said: str) -> None:
     slow = TemplateSource(name="slow", subject="s", html=SLOW)
     limits = ProcessLimits(memory_mb=512, timeout=20, render=RenderLimits(time_budget=15))
     with TemplateSandbox(limits) as sandbox:
         sandbox.compile(TemplateSource(name="ok", subject="s", html="ok"))  # warm
         child = sandbox._child
         assert child is not None
-        killer = threading.Timer(0.3, os.kill, (child.process.pid, signal.SIGSEGV))
+        killer = threading.Timer(0.3, os.kill, (child.process.pid, kill))
         killer.start()
         with pytest.raises(TemplateError) as caught:
             sandbox.compile(slow)
         killer.join()
-        assert caught.value.reason == "CompilerCrashed"
-        assert "SIGSEGV" in caught.value.message
-        sandbox.compile(TemplateSource(name="ok", subject="s", html="ok"))  # a fresh child
-
-
-def test_a_child_killed_for_cpu_time_reports_the_render_budget() -> None:
-    slow = TemplateSource(name="slow", subject="s", html=SLOW)
-    limits = ProcessLimits(memory_mb=512, timeout=20, render=RenderLimits(time_budget=15))
-    with TemplateSandbox(limits) as sandbox:
-        sandbox.compile(TemplateSource(name="ok", subject="s", html="ok"))  # warm
-        child = sandbox._child
-        assert child is not None
-        killer = threading.Timer(0.3, os.kill, (child.process.pid, signal.SIGXCPU))
-        killer.start()
-        with pytest.raises(TemplateError) as caught:
-            sandbox.compile(slow)
-        killer.join()
-        assert caught.value.reason == "RenderBudgetExceeded"
-        assert "CPU time" in caught.value.message
+        assert caught.value.reason == reason
+        assert said in caught.value.message
         sandbox.compile(TemplateSource(name="ok", subject="s", html="ok"))  # a fresh child
 
 

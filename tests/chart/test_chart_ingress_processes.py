@@ -34,26 +34,19 @@ def test_the_schema_refuses_bad_counts(helm_binary: str, value: str) -> None:
     assert result.returncode != 0 and "processes" in result.stderr, result.stderr
 
 
-def test_accept_coalescing_is_on_unless_turned_off(helm_binary: str) -> None:
-    """``ingress.coalesceAccepts`` (ACCEPT_COALESCE, service/coalescer.py): on by default."""
+@pytest.mark.parametrize(("value", "variable"), [
+    ("ingress.coalesceAccepts", "ACCEPT_COALESCE"),  # service/coalescer.py
+    ("worker.groupCommit", "WORKER_GROUP_COMMIT"),  # mailcore/group_commit.py
+])
+def test_group_commit_is_on_unless_turned_off(helm_binary: str, value: str,
+                                              variable: str) -> None:
     default = by_kind(render(helm_binary, *REQUIRED), "ConfigMap")["mail-email-service"]["data"]
-    assert "ACCEPT_COALESCE" not in default
-    off = by_kind(render(helm_binary, *REQUIRED, "--set", "ingress.coalesceAccepts=false"),
+    assert variable not in default
+    off = by_kind(render(helm_binary, *REQUIRED, "--set", f"{value}=false"),
                   "ConfigMap")["mail-email-service"]["data"]
-    assert off["ACCEPT_COALESCE"] == "false"
-    result = helm(helm_binary, "template", "mail", str(CHART), *REQUIRED,
-                  "--set-json", 'ingress.coalesceAccepts="no"', check=False)
-    assert result.returncode != 0 and "coalesceAccepts" in result.stderr, result.stderr
-
-
-def test_worker_group_commit_is_on_unless_turned_off(helm_binary: str) -> None:
-    """``worker.groupCommit`` (WORKER_GROUP_COMMIT, mailcore/group_commit.py): on by default."""
-    default = by_kind(render(helm_binary, *REQUIRED), "ConfigMap")["mail-email-service"]["data"]
-    assert "WORKER_GROUP_COMMIT" not in default
-    off = by_kind(render(helm_binary, *REQUIRED, "--set", "worker.groupCommit=false"),
-                  "ConfigMap")["mail-email-service"]["data"]
-    assert off["WORKER_GROUP_COMMIT"] == "false"
-    for value in ('"no"', "0", "[true]"):
+    assert off[variable] == "false"
+    for bad in ('"no"', "0", "[true]"):
         result = helm(helm_binary, "template", "mail", str(CHART), *REQUIRED,
-                      "--set-json", f"worker.groupCommit={value}", check=False)
-        assert result.returncode != 0 and "groupCommit" in result.stderr, (value, result.stderr)
+                      "--set-json", f"{value}={bad}", check=False)
+        name = value.rpartition(".")[2]
+        assert result.returncode != 0 and name in result.stderr, (bad, result.stderr)
